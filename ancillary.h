@@ -1,0 +1,201 @@
+/*
+ * ancillary.h --
+ *
+ *	Pass one file descriptor, with a short payload, over a Unix domain
+ *	socket (SCM_RIGHTS). Header only: two static inline functions.
+ *
+ *	    ancil_send_fd(sock, fd, data, len, flags)
+ *	    ancil_recv_fd(sock, &fd, data, len, flags)
+ *
+ *	Both return -1 and set errno on failure, retry on EINTR, and never
+ *	leave a descriptor behind that the caller does not know about.
+ *
+ * Copyright (c) 2026 The socketserver authors.
+ * See the file "LICENSE" for information on usage and redistribution.
+ */
+
+#ifndef ANCILLARY_H
+#define ANCILLARY_H
+
+#include <errno.h>
+#include <string.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+#include <fcntl.h>
+
+#ifndef MSG_NOSIGNAL
+#define MSG_NOSIGNAL 0
+#endif
+
+/*
+ * Room for one descriptor, aligned as the kernel wants a cmsghdr. A sender
+ * that packs more into one message makes the kernel truncate the control
+ * data: MSG_CTRUNC tells us so and the receive is refused.
+ */
+
+typedef union {
+    struct cmsghdr align;	/* Forces cmsghdr alignment. */
+    char buf[CMSG_SPACE(sizeof(int))];
+				/* Space for exactly one descriptor. */
+} AncilControl;
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ancil_send_fd --
+ *
+ *	ancil_send_fd(sock, fd, data, len, flags): send descriptor fd and
+ *	len bytes of data (len >= 1) as one message on sock. flags are
+ *	added to sendmsg()'s (MSG_DONTWAIT, say); MSG_NOSIGNAL is always
+ *	set, so a closed peer is EPIPE, never SIGPIPE.
+ *
+ * Results:
+ *	0 once the message is queued; -1 and errno otherwise (EAGAIN when
+ *	the socket is full and MSG_DONTWAIT was given, ETOOMANYREFS at the
+ *	kernel's limit of descriptors in flight).
+ *
+ * Side effects:
+ *	The receiver gets its own copy of fd; the caller's stays open.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static inline int
+ancil_send_fd(
+    int sock,
+    int fd,
+    const void *data,
+    size_t len,
+    int flags)
+{
+    AncilControl control;
+    struct iovec iov;
+    struct msghdr msg;
+    struct cmsghdr *cmsg;
+    ssize_t sent;
+
+    memset(&control, 0, sizeof(control));
+    memset(&msg, 0, sizeof(msg));
+    iov.iov_base = (void *) data;
+    iov.iov_len = len;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int));
+    cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
+
+    do {
+	sent = sendmsg(sock, &msg, flags | MSG_NOSIGNAL);
+    } while (sent < 0 && errno == EINTR);
+    if (sent < 0) {
+	return -1;
+    }
+    if ((size_t) sent != len) {
+	/* Cannot happen on a message-preserving socket; never half-send. */
+	errno = EMSGSIZE;
+	return -1;
+    }
+    return 0;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ancil_recv_fd --
+ *
+ *	ancil_recv_fd(sock, &fd, data, len, flags): receive one message
+ *	from sock into data (at most len bytes) and the one descriptor it
+ *	carries into *fd, close-on-exec. flags are added to recvmsg()'s.
+ *
+ * Results:
+ *	The payload's length (>= 1) with *fd set; 0 with *fd == -1 at end
+ *	of file (the sending end is closed everywhere); -1 and errno
+ *	otherwise. EBADMSG means a malformed message was consumed and
+ *	discarded: no descriptor, more than one, or a payload longer than
+ *	len. The caller checks the payload's length itself.
+ *
+ * Side effects:
+ *	Every descriptor of a discarded message is closed.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static inline ssize_t
+ancil_recv_fd(
+    int sock,
+    int *fd,
+    void *data,
+    size_t len,
+    int flags)
+{
+    AncilControl control;
+    struct iovec iov;
+    struct msghdr msg;
+    struct cmsghdr *cmsg;
+    ssize_t got;
+    int count = 0;
+
+    *fd = -1;
+    memset(&msg, 0, sizeof(msg));
+    iov.iov_base = data;
+    iov.iov_len = len;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof(control.buf);
+#ifdef MSG_CMSG_CLOEXEC
+    flags |= MSG_CMSG_CLOEXEC;
+#endif
+
+    do {
+	got = recvmsg(sock, &msg, flags);
+    } while (got < 0 && errno == EINTR);
+    if (got < 0) {
+	return -1;
+    }
+
+    for (cmsg = CMSG_FIRSTHDR(&msg); cmsg != NULL;
+	    cmsg = CMSG_NXTHDR(&msg, cmsg)) {
+	int *fds = (int *) CMSG_DATA(cmsg);
+	size_t i, n;
+
+	if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) {
+	    continue;
+	}
+	n = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+	for (i = 0; i < n; i++) {
+	    int one;
+
+	    memcpy(&one, fds + i, sizeof(int));
+	    if (count++ == 0) {
+		*fd = one;
+	    } else {
+		close(one);
+	    }
+	}
+    }
+
+    if (got == 0 && count == 0) {
+	return 0;
+    }
+    if (count != 1 || (msg.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) || got == 0) {
+	if (*fd >= 0) {
+	    close(*fd);
+	    *fd = -1;
+	}
+	errno = EBADMSG;
+	return -1;
+    }
+#ifndef MSG_CMSG_CLOEXEC
+    fcntl(*fd, F_SETFD, FD_CLOEXEC);
+#endif
+    return got;
+}
+
+#endif /* ANCILLARY_H */

@@ -1,0 +1,188 @@
+# helpers.tcl --
+#
+#	Shared by the test files: constraints, forked workers that are always
+#	reaped, and clients that never wait without a deadline.
+
+package require tcltest 2.5
+namespace import -force ::tcltest::*
+package require socketserver 2.0
+
+testConstraint tclx [expr {![catch {package require Tclx}]}]
+testConstraint ipv6 [expr {![catch {close [socket -server {} -myaddr ::1 0]}]}]
+testConstraint procfs [file isdirectory /proc/self/fd]
+
+set ::testsDir [file dirname [file normalize [info script]]]
+set ::workers {}
+
+# forkWorker script --
+#	Forks a worker that runs script at global level (normally ending in
+#	'vwait forever') and exits: 0 if the script returned, 1 if it failed.
+#	The worker inherits this interpreter's procs, so the w_* procs below
+#	are at hand. The pid is remembered for reapWorkers.
+proc forkWorker {script} {
+    flush stdout
+    flush stderr
+    set pid [fork]
+    if {$pid == 0} {
+	foreach id [after info] {
+	    after cancel $id
+	}
+	set code [catch {uplevel #0 $script} msg]
+	if {$code == 1} {
+	    puts stderr "worker [pid]: $msg"
+	    flush stderr
+	}
+	exit [expr {$code == 1}]
+    }
+    lappend ::workers $pid
+    return $pid
+}
+
+# reapWorkers --
+#	Kills and reaps every worker this test forked.
+proc reapWorkers {} {
+    foreach pid $::workers {
+	catch {kill KILL $pid}
+	catch {wait $pid}
+    }
+    set ::workers {}
+}
+
+# waitUntil condition ?ms? --
+#	Runs the event loop until the expression holds; an error after ms.
+proc waitUntil {condition {ms 10000}} {
+    set deadline [expr {[clock milliseconds] + $ms}]
+    while {![uplevel 1 [list expr $condition]]} {
+	if {[clock milliseconds] > $deadline} {
+	    return -code error "timed out waiting for: $condition"
+	}
+	after 5 {set ::waitUntilTick 1}
+	vwait ::waitUntilTick
+    }
+}
+
+# readLine chan ?ms? --
+#	Waits for one line from chan: returns {line TEXT}, {eof} or {timeout}.
+proc readLine {chan {ms 10000}} {
+    fconfigure $chan -blocking 0
+    set ::readResult($chan) {}
+    fileevent $chan readable [list apply {{chan} {
+	if {[gets $chan line] >= 0} {
+	    set ::readResult($chan) [list line $line]
+	} elseif {[eof $chan]} {
+	    set ::readResult($chan) eof
+	}
+    }} $chan]
+    set id [after $ms [list set ::readResult($chan) timeout]]
+    vwait ::readResult($chan)
+    after cancel $id
+    fileevent $chan readable {}
+    set result $::readResult($chan)
+    unset ::readResult($chan)
+    return $result
+}
+
+# connect port ?host? --
+#	A line-buffered client connection.
+proc connect {port {host 127.0.0.1}} {
+    set chan [socket $host $port]
+    fconfigure $chan -buffering line -translation lf
+    return $chan
+}
+
+# ask port line --
+#	One exchange on a new connection: sends line, returns what readLine
+#	saw, closes.
+proc ask {port line} {
+    set chan [connect $port]
+    puts $chan $line
+    set reply [readLine $chan]
+    close $chan
+    return $reply
+}
+
+# accepted port / received port --
+#	This process's counters for port.
+proc accepted {port} {
+    dict get [::socketserver::socket info $port] accepted
+}
+proc received {port} {
+    dict get [::socketserver::socket info $port] received
+}
+
+# socketsOf pid --
+#	The descriptors of process pid that are sockets.
+proc socketsOf {pid} {
+    set result {}
+    foreach link [glob -nocomplain /proc/$pid/fd/*] {
+	if {![catch {file readlink $link} target]
+		&& [string match socket:* $target]} {
+	    lappend result [file tail $link]
+	}
+    }
+    return [lsort -integer $result]
+}
+
+# fdCount pid --
+proc fdCount {pid} {
+    llength [glob -nocomplain /proc/$pid/fd/*]
+}
+
+# cpuTicks pid --
+#	User plus system time of pid, in clock ticks.
+proc cpuTicks {pid} {
+    set f [open /proc/$pid/stat]
+    set stat [read $f]
+    close $f
+    # The command name may hold spaces: count fields after its ')'.
+    set fields [string range $stat [string last ) $stat]+2 end]
+    expr {[lindex $fields 11] + [lindex $fields 12]}
+}
+
+# Worker procs (run in forked workers, see forkWorker).
+#
+# w_serve: replies "PID LINE" to each line; "quit" or end of file closes
+# the connection and asks for the next one. A worker serves one
+# connection at a time.
+proc w_ask {{port {}}} {
+    if {$port eq ""} {
+	::socketserver::socket client w_serve
+    } else {
+	set ::w_port $port
+	::socketserver::socket client -port $port w_serve
+    }
+}
+proc w_serve {chan addr peerport} {
+    fconfigure $chan -buffering line -translation lf -blocking 0
+    fileevent $chan readable [list w_line $chan]
+}
+proc w_line {chan} {
+    if {[gets $chan line] < 0} {
+	if {[eof $chan]} {
+	    w_done $chan
+	}
+	return
+    }
+    switch -- $line {
+	quit {
+	    w_done $chan
+	}
+	fds {
+	    puts $chan "[pid] [llength [glob /proc/self/fd/*]]"
+	}
+	exec {
+	    puts $chan "[pid] [exec sh -c {ls -l /proc/$$/fd | grep -c socket: || true}]"
+	}
+	default {
+	    puts $chan "[pid] $line"
+	}
+    }
+}
+proc w_done {chan} {
+    close $chan
+    if {[info exists ::w_port]} {
+	w_ask $::w_port
+    } else {
+	w_ask
+    }
+}
