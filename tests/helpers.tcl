@@ -86,7 +86,7 @@ proc readLine {chan {ms 10000}} {
 #	A line-buffered client connection.
 proc connect {port {host 127.0.0.1}} {
     set chan [socket $host $port]
-    fconfigure $chan -buffering line -translation lf
+    fconfigure $chan -buffering line -translation {auto lf}
     return $chan
 }
 

@@ -1,0 +1,109 @@
+#!/usr/bin/env tclsh
+# echo_server.tcl ?port? --
+#
+#	A pre-forked echo server: the parent listens on port (default 8888;
+#	0 picks a free one) and forks two workers. Each worker echoes every
+#	line back prefixed with its pid until a line containing "quit", then
+#	closes the connection and asks for the next one.
+#
+#	    kill -USR1 <parent>	forks one more worker
+#	    kill -TERM <parent>	(or INT, ^C) stops the parent and its workers
+#
+#	Try it: telnet localhost 8888
+
+package require Tclx
+package require socketserver
+
+set port [expr {$argc > 0 ? [lindex $argv 0] : 8888}]
+if {[catch {::socketserver::socket server $port} port]} {
+    puts stderr "echo_server: $port"
+    exit 1
+}
+set workers {}
+
+# --- worker -------------------------------------------------------------
+
+proc serve {chan addr peerport} {
+    fconfigure $chan -buffering line -blocking 0
+    fileevent $chan readable [list echoLine $chan]
+}
+
+proc echoLine {chan} {
+    if {[catch {gets $chan line} n] || ($n < 0 && [eof $chan])} {
+	finish $chan
+    } elseif {$n < 0} {
+	return
+    } elseif {[string match *quit* $line]} {
+	finish $chan
+    } elseif {[catch {puts $chan "[pid]: $line"}]} {
+	finish $chan
+    }
+}
+
+proc finish {chan} {
+    catch {close $chan}
+    ::socketserver::socket client serve
+}
+
+# The serving process is gone: nothing more will come.
+proc workerError {message options} {
+    if {[lrange [dict get $options -errorcode] 0 1] eq {SOCKETSERVER CLOSED}} {
+	exit 0
+    }
+    puts stderr "echo_server worker [pid]: $message"
+}
+
+proc runWorker {} {
+    signal default {TERM INT USR1 CHLD}
+    set ::workers {}
+    interp bgerror {} workerError
+    ::socketserver::socket client serve
+    vwait forever
+    exit 0
+}
+
+# --- parent -------------------------------------------------------------
+
+proc forkWorker {} {
+    flush stdout
+    flush stderr
+    set pid [fork]
+    if {$pid == 0} {
+	runWorker
+    }
+    lappend ::workers $pid
+    puts "worker $pid started"
+    flush stdout
+}
+
+proc reapWorkers {} {
+    while {![catch {wait -nohang} status] && $status ne ""} {
+	set pid [lindex $status 0]
+	set i [lsearch -exact $::workers $pid]
+	if {$i >= 0} {
+	    set ::workers [lreplace $::workers $i $i]
+	    puts "worker $pid ended: [lrange $status 1 end]"
+	    flush stdout
+	}
+    }
+}
+
+proc shutdown {} {
+    signal ignore CHLD
+    foreach pid $::workers {
+	catch {kill TERM $pid}
+    }
+    foreach pid $::workers {
+	catch {wait $pid}
+    }
+    puts "echo server stopped"
+    exit 0
+}
+
+puts "echo server [pid] listening on port $port"
+forkWorker
+forkWorker
+signal trap USR1 forkWorker
+signal trap CHLD reapWorkers
+signal trap {TERM INT} shutdown
+vwait forever
