@@ -2,6 +2,7 @@
 #
 #   make              build libsocketserver2.0.so (stubs-enabled)
 #   make test         run tests/all.tcl against the built library
+#   make bench        benchmarks against Tcl's own servers and a C ceiling
 #   make install      install into a directory on tclsh's auto_path
 #   make uninstall    remove what 'make install' put there
 #   make clean        remove build products
@@ -33,7 +34,7 @@ ALL_CFLAGS = $(CFLAGS) $(EXTRA_CFLAGS) -Wall -Wextra -fPIC -pthread \
 TCL_LIBDIR ?= $(shell echo 'foreach d $$auto_path {if {[string match $(PREFIX)/* $$d]} {puts $$d; exit}}; puts [file dirname [info library]]' | $(TCLSH))
 INSTALL_DIR = $(DESTDIR)$(TCL_LIBDIR)/$(PACKAGE)$(VERSION)
 
-.PHONY: all test install uninstall clean
+.PHONY: all test bench install uninstall clean
 
 all: $(LIB)
 
@@ -42,6 +43,13 @@ $(LIB): socketserver.c ancillary.h
 
 test: $(LIB)
 	TCLLIBPATH=$(CURDIR) $(TCLSH) tests/all.tcl $(TESTFLAGS)
+
+# Side-by-side benchmarks (needs wrk): see bench/run.tcl for the settings.
+bench: $(LIB) bench/c_reference
+	TCLLIBPATH=$(CURDIR) $(TCLSH) bench/run.tcl
+
+bench/c_reference: bench/c_reference.c ancillary.h
+	$(CC) $(CFLAGS) $(EXTRA_CFLAGS) -Wall -Wextra -o $@ bench/c_reference.c
 
 install: $(LIB)
 	@test -n "$(TCL_LIBDIR)" || { echo "can't tell where to install: set TCL_LIBDIR" >&2; exit 1; }
@@ -54,4 +62,4 @@ uninstall:
 	-rmdir $(INSTALL_DIR)
 
 clean:
-	rm -f $(LIB) *.o
+	rm -f $(LIB) *.o bench/c_reference

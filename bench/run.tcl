@@ -1,0 +1,228 @@
+# run.tcl --
+#
+#	Benchmarks socketserver against Tcl's own servers and a C ceiling,
+#	side by side in one run, with wrk opening a new connection per
+#	request (-H 'Connection: close'). Prints one markdown table.
+#
+#	Settings (environment): BENCH_DURATION seconds per row (default 5),
+#	BENCH_WORKERS worker counts for the overhead scenario (default
+#	"2 8 32 64"), BENCH_SCENARIOS (default "overhead blocking cpu").
+#
+#	Server CPU per request: user + system time of every process in the
+#	server's process group (/proc/PID/stat), read just before and just
+#	after the load, divided by the requests wrk completed.
+
+set here [file dirname [file normalize [info script]]]
+set duration [expr {[info exists env(BENCH_DURATION)] ? $env(BENCH_DURATION) : 5}]
+set overheadWorkers [expr {[info exists env(BENCH_WORKERS)] ? $env(BENCH_WORKERS) : "2 8 32 64"}]
+set scenarios [expr {[info exists env(BENCH_SCENARIOS)] ? $env(BENCH_SCENARIOS) : "overhead blocking cpu"}]
+set ticksPerSecond [exec getconf CLK_TCK]
+
+# cpuOfGroup pgid --
+#	User + system ticks of every live process in process group pgid.
+proc cpuOfGroup {pgid} {
+    set total 0
+    foreach stat [glob -nocomplain /proc/\[0-9\]*/stat] {
+	if {[catch {
+	    set f [open $stat]
+	    set text [read $f]
+	    close $f
+	}]} {
+	    continue
+	}
+	set fields [string range $text [string last ) $text]+2 end]
+	if {[lindex $fields 2] == $pgid} {
+	    incr total [expr {[lindex $fields 11] + [lindex $fields 12]}]
+	}
+    }
+    return $total
+}
+
+# groupAlive pgid --
+proc groupAlive {pgid} {
+    foreach stat [glob -nocomplain /proc/\[0-9\]*/stat] {
+	if {![catch {set f [open $stat]; set text [read $f]; close $f}]} {
+	    set fields [string range $text [string last ) $text]+2 end]
+	    if {[lindex $fields 2] == $pgid && [lindex $fields 0] ne "Z"} {
+		return 1
+	    }
+	}
+    }
+    return 0
+}
+
+# startServer command --
+#	Runs command in a new session (so its pid is its process group) and
+#	waits for its "ready PORT" line. Returns {pipe pgid port}.
+proc startServer {command} {
+    set pipe [open |[list setsid {*}$command 2>@stderr] r]
+    set pgid [pid $pipe]
+    set timer [after 20000 {set ::ready timeout}]
+    fileevent $pipe readable [list apply {{pipe} {
+	if {[gets $pipe line] >= 0 || [eof $pipe]} {
+	    set ::ready $line
+	}
+    }} $pipe]
+    vwait ::ready
+    after cancel $timer
+    fileevent $pipe readable {}
+    if {![regexp {^ready (\d+)$} $::ready -> port]} {
+	stopServer $pipe $pgid
+	error "server did not start ($command): $::ready"
+    }
+    return [list $pipe $pgid $port]
+}
+
+# stopServer pipe pgid --
+#	Kills the whole process group and waits until none of it is left.
+proc stopServer {pipe pgid} {
+    catch {exec kill -TERM -- -$pgid}
+    for {set i 0} {$i < 300 && [groupAlive $pgid]} {incr i} {
+	after 10
+    }
+    if {[groupAlive $pgid]} {
+	catch {exec kill -KILL -- -$pgid}
+    }
+    catch {close $pipe}
+}
+
+# toMs text --
+#	wrk's latency ("449.00us", "1.2ms", "1.01s") in milliseconds.
+proc toMs {text} {
+    regexp {^([\d.]+)(us|ms|s)$} $text -> value unit
+    expr {$value * [dict get {us 0.001 ms 1.0 s 1000.0} $unit]}
+}
+
+# measure label design workers work connections --
+#	Starts one server, loads it with wrk, stops it; returns a row dict.
+proc measure {scenario design workers work connections} {
+    global here duration ticksPerSecond
+    if {$design eq "c"} {
+	set command [list [file join $here c_reference] $workers 0 $work]
+    } else {
+	set command [list [info nameofexecutable] [file join $here tcl_server.tcl] \
+	    $design $workers 0 $work]
+    }
+    lassign [startServer $command] pipe pgid port
+    # Let forked workers reach their first request before the clock runs.
+    after 300
+    set before [cpuOfGroup $pgid]
+    set wrk [exec wrk -t 2 -c $connections -d ${duration}s --latency \
+	-H "Connection: close" http://127.0.0.1:$port/]
+    set after [cpuOfGroup $pgid]
+    stopServer $pipe $pgid
+
+    regexp {(\d+) requests in} $wrk -> requests
+    regexp {Requests/sec:\s+([\d.]+)} $wrk -> rps
+    set errors 0
+    if {[regexp {Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)} \
+	    $wrk -> c r w t]} {
+	set errors [expr {$c + $r + $w + $t}]
+    }
+    if {[regexp {Non-2xx or 3xx responses: (\d+)} $wrk -> bad]} {
+	incr errors $bad
+    }
+    regexp {\n\s+50%\s+(\S+)} $wrk -> p50
+    regexp {\n\s+99%\s+(\S+)} $wrk -> p99
+    set cpu [expr {$requests > 0
+	? ($after - $before) * 1e6 / $ticksPerSecond / $requests : 0}]
+    puts stderr [format "  %-9s %-12s W=%-3s %8.0f req/s %6.1f us/req" \
+	$scenario $design $workers $rps $cpu]
+    dict create scenario $scenario design $design workers $workers \
+	rps $rps errors $errors cpu $cpu p50 [toMs $p50] p99 [toMs $p99]
+}
+
+set designs {socketserver single prefork c}
+set rows {}
+puts stderr "benchmark: $duration s per row, scenarios: $scenarios"
+foreach scenario $scenarios {
+    switch -- $scenario {
+	overhead {
+	    lappend rows [measure overhead single 1 none 8]
+	    foreach w $overheadWorkers {
+		foreach design {socketserver prefork c} {
+		    lappend rows [measure overhead $design $w none 8]
+		}
+	    }
+	}
+	blocking {
+	    lappend rows [measure blocking single 1 sleep 32]
+	    foreach design {socketserver prefork c} {
+		lappend rows [measure blocking $design 16 sleep 32]
+	    }
+	}
+	cpu {
+	    lappend rows [measure cpu single 1 cpu 8]
+	    foreach design {socketserver prefork c} {
+		lappend rows [measure cpu $design 2 cpu 8]
+	    }
+	}
+    }
+}
+
+# Ratios for socketserver rows: against the C ceiling with the same
+# workers, and against the best Tcl alternative (the single-process server
+# or the pre-fork one with the same workers, whichever costs less CPU).
+proc find {rows scenario design workers} {
+    foreach row $rows {
+	if {[dict get $row scenario] eq $scenario && [dict get $row design] eq $design
+		&& ($workers eq "*" || [dict get $row workers] == $workers)} {
+	    return $row
+	}
+    }
+    return {}
+}
+
+set names {socketserver socketserver single "Tcl socket -server" prefork "Tcl pre-fork, inherited listener" c "C ceiling"}
+puts "| scenario | server | W | req/s | errors | CPU µs/req | p50 ms | p99 ms | CPU vs C | CPU vs best Tcl |"
+puts "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+foreach row $rows {
+    dict with row {
+	set vsC ""
+	set vsTcl ""
+	if {$design eq "socketserver"} {
+	    set c [find $rows $scenario c $workers]
+	    if {$c ne "" && [dict get $c cpu] > 0} {
+		set vsC [format %.2f [expr {$cpu / [dict get $c cpu]}]]
+	    }
+	    set best {}
+	    foreach alt [list [find $rows $scenario single *] [find $rows $scenario prefork $workers]] {
+		if {$alt ne "" && ($best eq "" || [dict get $alt cpu] < $best)} {
+		    set best [dict get $alt cpu]
+		}
+	    }
+	    if {$best ne "" && $best > 0} {
+		set vsTcl [format %.2f [expr {$cpu / $best}]]
+	    }
+	}
+	puts [format "| %s | %s | %s | %.0f | %d | %.0f | %.2f | %.2f | %s | %s |" \
+	    $scenario [dict get $names $design] [expr {$design eq "single" ? 1 : $workers}] \
+	    $rps $errors $cpu $p50 $p99 $vsC $vsTcl]
+    }
+}
+
+# The figures the issues track.
+proc cpuOf {rows scenario design workers} {
+    set row [find $rows $scenario $design $workers]
+    expr {$row eq "" ? "" : [dict get $row cpu]}
+}
+set single [cpuOf $rows overhead single *]
+set lines {}
+foreach {label a b} [list \
+	"overhead W=2: socketserver / Tcl socket -server" [cpuOf $rows overhead socketserver 2] $single \
+	"overhead W=2: socketserver / C ceiling" [cpuOf $rows overhead socketserver 2] [cpuOf $rows overhead c 2] \
+	"overhead W=64 / W=8 (socketserver)" [cpuOf $rows overhead socketserver 64] [cpuOf $rows overhead socketserver 8] \
+	"overhead W=32: socketserver / Tcl socket -server" [cpuOf $rows overhead socketserver 32] $single] {
+    if {$a ne "" && $b ne "" && $b > 0} {
+	lappend lines [format "- %s, CPU per request: %.2f" $label [expr {$a / $b}]]
+    }
+}
+set blocking [find $rows blocking socketserver 16]
+if {$blocking ne ""} {
+    lappend lines [format "- blocking W=16: %.0f req/s, %.1f%% of the ideal 800" \
+	[dict get $blocking rps] [expr {[dict get $blocking rps] / 8.0}]]
+}
+if {[llength $lines]} {
+    puts ""
+    puts [join $lines \n]
+}

@@ -1,0 +1,78 @@
+# tcl_server.tcl DESIGN WORKERS PORT WORK --
+#
+#	The Tcl contenders of the benchmarks, all with the same HTTP/1.0
+#	"hello" handler:
+#	    socketserver  the extension, WORKERS forked workers, one-shot
+#	                  requests
+#	    single        Tcl's own [socket -server], one process
+#	    prefork       [socket -server], then WORKERS forked children that
+#	                  all keep the listening channel (the parent closes
+#	                  its copy)
+#	WORK is none, sleep (20 ms, as if waiting on a database) or cpu
+#	(2 ms of computation). Prints "ready PORT" once every process is set
+#	up. The benchmark stops it by killing its process group.
+
+lassign $argv design workers port work
+
+proc work {} {}
+if {$work eq "sleep"} {
+    proc work {} {after 20}
+} elseif {$work eq "cpu"} {
+    proc work {} {
+	set end [expr {[clock microseconds] + 2000}]
+	while {[clock microseconds] < $end} {}
+    }
+}
+
+proc handle {chan args} {
+    fconfigure $chan -translation {auto crlf} -buffering full
+    if {[gets $chan requestLine] >= 0} {
+	while {[gets $chan header] > 0} {}
+	work
+	puts $chan "HTTP/1.0 200 OK"
+	puts $chan "Content-Type: text/plain"
+	puts $chan "Content-Length: 6"
+	puts $chan "Connection: close"
+	puts $chan ""
+	puts $chan "hello"
+    }
+    catch {close $chan}
+}
+
+# Forks n children that run script, then vwait; returns nothing.
+proc forkChildren {n script} {
+    package require Tclx
+    for {set i 0} {$i < $n} {incr i} {
+	flush stdout
+	if {[fork] == 0} {
+	    uplevel #0 $script
+	    vwait forever
+	}
+    }
+}
+
+switch -- $design {
+    socketserver {
+	package require socketserver
+	proc serve {chan addr peerport} {
+	    handle $chan
+	    ::socketserver::socket client serve
+	}
+	set port [::socketserver::socket server -myaddr 127.0.0.1 $port]
+	interp bgerror {} {apply {args {exit 0}}}
+	forkChildren $workers {::socketserver::socket client serve}
+    }
+    single {
+	set listener [socket -server handle -myaddr 127.0.0.1 $port]
+	set port [lindex [fconfigure $listener -sockname] 2]
+    }
+    prefork {
+	set listener [socket -server handle -myaddr 127.0.0.1 $port]
+	set port [lindex [fconfigure $listener -sockname] 2]
+	forkChildren $workers {}
+	close $listener
+    }
+}
+puts "ready $port"
+flush stdout
+vwait forever
