@@ -2,17 +2,24 @@
  * socketserver.c --
  *
  *	A pre-forked TCP server for Tcl. One process listens on a port and a
- *	background thread accepts connections; each accepted connection is
- *	passed, with its peer's address, over a SOCK_SEQPACKET socketpair
- *	(the "queue") that the serving process shares with every process
- *	forked from it. A process that wants a connection asks for one; when
- *	the queue holds one, the event loop takes it and calls the Tcl
- *	handler with a real Tcl TCP channel.
+ *	background thread accepts connections. Processes forked from it ask
+ *	for connections one at a time, and each accepted connection goes to
+ *	exactly one process that asked, first come, first served.
+ *
+ *	The queue of a port is a SOCK_SEQPACKET socketpair that the serving
+ *	process shares with every process forked from it. Asking processes
+ *	write to it; only the serving process's accept thread reads it. An
+ *	ask carries the sending end of a private socketpair made for that one
+ *	request; the accept thread keeps the asks in a FIFO and passes each
+ *	accepted connection (SCM_RIGHTS) over the private socketpair of the
+ *	oldest ask. So exactly one process wakes per connection, however many
+ *	are waiting: the one whose ask is served.
  *
  *	One connection, start to end:
- *	    AcceptConnections (accept thread)  accept()s it into heldFd,
- *	    QueueHeldConnection               sendmsg()s it onto the queue,
- *	    ReceiveConnection (event loop)    recvmsg()s it in a requester,
+ *	    ClientCmd (asking process)        sends an ask up the queue,
+ *	    AcceptConnections (accept thread) accept()s it,
+ *	    HandOverHeldConnection            sends it to the oldest ask,
+ *	    ReceiveConnection (event loop)    recvmsg()s it on the private pair,
  *	    DeliverConnection                 wraps it and calls the handler.
  *
  * Copyright (c) 2026 The socketserver authors.
@@ -48,18 +55,35 @@
 #define PACKAGE_VERSION	"2.0"
 
 /*
- * What travels on the queue with each connection: the peer's address as
- * accept() returned it. A message of any other size or magic is discarded.
+ * Every message, on the queue and on private socketpairs, is one Message
+ * and one descriptor. A message of any other size, magic or kind is
+ * discarded and its descriptors closed.
  */
 
-#define PAYLOAD_MAGIC	0x53535632u	/* "SSV2" */
+#define MESSAGE_MAGIC	0x53535632u	/* "SSV2" */
 
-typedef struct Payload {
-    uint32_t magic;		/* PAYLOAD_MAGIC. */
-    uint32_t addrLen;		/* Bytes of addr that accept() filled in. */
+#define KIND_ASK	1	/* Up the queue: fd is the private sending
+				 * end to answer on. */
+#define KIND_RETURN	2	/* Up the queue: fd is a connection that a
+				 * withdrawn request had already received. */
+#define KIND_CONNECTION	3	/* On a private pair: fd is the connection. */
+
+typedef struct Message {
+    uint32_t magic;		/* MESSAGE_MAGIC. */
+    uint32_t kind;		/* KIND_*. */
+    uint32_t addrLen;		/* Bytes of addr in use (connections). */
     struct sockaddr_storage addr;
-				/* The peer's address. */
-} Payload;
+				/* The peer's address, as accept() gave it. */
+} Message;
+
+/*
+ * A connection known to the accept thread but not handed over yet.
+ */
+
+typedef struct Pending {
+    int fd;			/* The connection. */
+    Message message;		/* Its KIND_CONNECTION message. */
+} Pending;
 
 /*
  * Listening states of a queue in this process.
@@ -73,20 +97,21 @@ typedef struct Payload {
  * One queue per port, process-wide, never freed: workers forked earlier
  * keep using it across 'close' and a later 'server' on the same port.
  *
- * queueLock guards the list and every field marked (L). The accept thread
- * reads listenFd, sendFd and wakeFds without the lock: they are set before
- * it starts and changed only after it is joined. heldFd is written only
- * by the accept thread while it runs, always under the lock, so that a
- * fork (whose prepare handler takes the lock) never copies a connection
- * it does not know about.
+ * queueLock guards the list and every field marked (L). Every descriptor
+ * the accept thread creates or receives (accept(), recvmsg() of asks) is
+ * created and recorded here under the lock, so that a fork, whose prepare
+ * handler takes the lock, never copies one that the child handler does
+ * not know about and close. The accept thread reads listenFd, askFds[0]
+ * and wakeFds without the lock: they are set before it starts and changed
+ * only after it is joined.
  */
 
 typedef struct Queue {
     struct Queue *nextPtr;	/* Next queue of the process. (L) */
     int port;			/* Port number; fixed. */
-    int recvFd;			/* Receiving end of the queue; every
-				 * process that knows the queue has it. */
-    int sendFd;			/* Sending end; -1 in forked children. (L) */
+    int askFds[2];		/* The queue. [0] is read by the accept
+				 * thread (-1 in forked children); every
+				 * process writes asks to [1]. (L) */
     int listenFd;		/* Listening socket or -1. (L) */
     int wakeFds[2];		/* Pipe whose read end, when readable, tells
 				 * the accept thread to stop. (L) */
@@ -94,9 +119,16 @@ typedef struct Queue {
     pthread_t thread;		/* The accept thread, when state isn't
 				 * NOT_LISTENING. */
     char myaddr[NI_MAXHOST];	/* Numeric address last listened on. (L) */
-    int heldFd;			/* Accepted connection not queued yet, or
-				 * -1. (L) */
-    Payload held;		/* Its peer's address. */
+    Pending held;		/* Connection being handed over; fd -1 if
+				 * none. (L) */
+    Pending *returned;		/* Connections returned by withdrawn
+				 * requests, oldest first, malloc'd. (L) */
+    int numReturned;		/* How many. (L) */
+    int *askers;		/* Private sending ends of the asks read so
+				 * far, oldest first, malloc'd. (L) */
+    int numAskers;		/* How many. (L) */
+    int pruneMark;		/* Drop withdrawn asks when numAskers
+				 * passes this. (L) */
     long accepted;		/* Connections this process accepted. (L) */
     long received;		/* Connections this process took. (L) */
     int lastErrno;		/* Last error the accept thread met, or 0.
@@ -105,17 +137,18 @@ typedef struct Queue {
 
 /*
  * A pending request: one interpreter waits for one connection from one
- * queue. It watches a private duplicate of the queue's receiving end, so
- * that several interpreters in one thread each get their own file handler,
- * and watches it only while the request is pending.
+ * queue, on the receiving end of the private socketpair it sent up with
+ * its ask. Only this request's process wakes when the connection comes.
  */
 
 typedef struct Request {
     struct Request *nextPtr;	/* Next request of the same interpreter. */
+    struct Request *nextInProcess;
+				/* Next request of the process. (L) */
     struct InterpData *dataPtr;	/* The interpreter that asked. */
     Queue *queuePtr;		/* The queue asked from. */
-    int watchFd;		/* Duplicate of queuePtr->recvFd, watched
-				 * with Tcl_CreateFileHandler. */
+    int replyFd;		/* Private receiving end, watched with
+				 * Tcl_CreateFileHandler. */
     Tcl_Obj *handlerObj;	/* Command prefix to call; one reference. */
     unsigned long generation;	/* forkGeneration when made: a request
 				 * copied into a forked child is stale. */
@@ -133,6 +166,8 @@ typedef struct InterpData {
 
 static pthread_mutex_t queueLock = PTHREAD_MUTEX_INITIALIZER;
 static Queue *firstQueuePtr = NULL;	/* Queues of this process. (L) */
+static Request *allRequests = NULL;	/* Requests of every interpreter of
+					 * the process. (L) */
 static int defaultPort = -1;		/* Port of the first server. (L) */
 static unsigned long forkGeneration = 0;/* Counts forks; changed only in
 					 * the child of a fork. */
@@ -140,7 +175,9 @@ static pthread_once_t setupOnce = PTHREAD_ONCE_INIT;
 
 #define ASSOC_KEY	"socketserver"
 #define PAUSE_MS	100	/* Pause after a resource shortage. */
-#define RETRY_MS	10	/* Retry after the queue refused a send. */
+#define RETRY_MS	10	/* Retry after the kernel refused a send for
+				 * want of resources. */
+#define PRUNE_MIN	64	/* Smallest pruneMark. */
 
 /*
  * Static routines for this file:
@@ -162,7 +199,7 @@ static void		DeleteInterpData(ClientData clientData,
 			    Tcl_Interp *interp);
 static void		DeliverConnection(Tcl_Interp *interp,
 			    Tcl_Obj *handlerObj, Queue *queuePtr, int fd,
-			    const Payload *payloadPtr);
+			    const Message *messagePtr);
 static void		DropRequest(Request *requestPtr);
 static Request *	FindRequest(InterpData *dataPtr, Queue *queuePtr);
 static Queue *		FindQueue(int port);
@@ -177,7 +214,15 @@ static int		OpenListener(Tcl_Interp *interp, const char *myaddr,
 			    int *boundPortPtr, char *boundAddr);
 static int		ParsePort(Tcl_Interp *interp, Tcl_Obj *objPtr,
 			    int *portPtr);
-static int		QueueHeldConnection(Queue *queuePtr);
+static int		HandOverHeldConnection(Queue *queuePtr, int wait);
+static int		IsConnection(ssize_t got, int fd,
+			    const Message *messagePtr);
+static void		PruneAskers(Queue *queuePtr);
+static void		ReadQueue(Queue *queuePtr);
+static void		TakeConnection(Request *requestPtr, int fd,
+			    const Message *messagePtr);
+static int		TakeReturnedConnection(Queue *queuePtr);
+static int		WithdrawRequest(Request *requestPtr, int deliver);
 static void		ReceiveConnection(ClientData clientData, int mask);
 static void		RefuseRequest(Tcl_Interp *interp, Request *requestPtr,
 			    Tcl_Obj *messageObj, const char *code);
@@ -255,19 +300,23 @@ SetupProcess(void)
  * AtForkPrepare, AtForkParent, AtForkChild --
  *
  *	Keep fork() from copying half-made state. The prepare handler takes
- *	queueLock, so no accept thread is between accept() and recording the
- *	new descriptor. The child, which has no accept thread, closes what
- *	belongs to the serving process alone: listeners, the queues' sending
- *	ends, the stop pipes and any connection accepted but not queued.
+ *	queueLock, under which every descriptor of the accept thread is
+ *	created and recorded. The child, which has no accept thread, closes
+ *	what belongs to the serving process alone: listeners, the reading
+ *	ends of the queues, the stop pipes, the asks read so far and every
+ *	connection accepted but not handed over.
  *
  * Results:
  *	None.
  *
  * Side effects:
- *	In the child: counters start at 0, every request copied from the
- *	parent becomes stale (forkGeneration), and the queue's sending end
- *	lives only in the serving process, so workers see end of file on
- *	the queue once it exits.
+ *	In the child: counters start at 0 and every request copied from the
+ *	parent becomes stale. The child's copy of a stale request's private
+ *	end is replaced by /dev/null at the same number (so Tcl's notifier,
+ *	which may still watch that number, sees a harmless descriptor until
+ *	the request is dropped), so that a connection sent to the parent's
+ *	request never waits in a copy that nobody reads. Once the serving
+ *	process exits, workers see end of file on their private ends.
  *
  *----------------------------------------------------------------------
  */
@@ -288,19 +337,38 @@ static void
 AtForkChild(void)
 {
     Queue *queuePtr;
+    Request *requestPtr;
+    int i, nullFd;
 
     for (queuePtr = firstQueuePtr; queuePtr != NULL;
 	    queuePtr = queuePtr->nextPtr) {
 	CloseFd(&queuePtr->listenFd);
-	CloseFd(&queuePtr->sendFd);
+	CloseFd(&queuePtr->askFds[0]);
 	CloseFd(&queuePtr->wakeFds[0]);
 	CloseFd(&queuePtr->wakeFds[1]);
-	CloseFd(&queuePtr->heldFd);
+	CloseFd(&queuePtr->held.fd);
+	for (i = 0; i < queuePtr->numReturned; i++) {
+	    CloseFd(&queuePtr->returned[i].fd);
+	}
+	queuePtr->numReturned = 0;
+	for (i = 0; i < queuePtr->numAskers; i++) {
+	    CloseFd(&queuePtr->askers[i]);
+	}
+	queuePtr->numAskers = 0;
 	queuePtr->state = NOT_LISTENING;
 	queuePtr->accepted = 0;
 	queuePtr->received = 0;
 	queuePtr->lastErrno = 0;
     }
+
+    nullFd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    for (requestPtr = allRequests; requestPtr != NULL;
+	    requestPtr = requestPtr->nextInProcess) {
+	if (nullFd < 0 || dup3(nullFd, requestPtr->replyFd, O_CLOEXEC) < 0) {
+	    close(requestPtr->replyFd);
+	}
+    }
+    CloseFd(&nullFd);
     forkGeneration++;
     pthread_mutex_unlock(&queueLock);
 }
@@ -423,15 +491,16 @@ WaitFor(
  *
  * AcceptConnections --
  *
- *	The accept thread of one queue: accepts connections and queues them,
- *	one at a time, until told to stop. It never touches Tcl.
+ *	The accept thread of one queue: accepts connections and hands each
+ *	to the oldest ask, one at a time, until told to stop. It never
+ *	touches Tcl.
  *
  * Results:
  *	NULL.
  *
  * Side effects:
- *	A connection it accepted but could not queue yet stays in heldFd
- *	when it stops, to be queued first when accepting resumes.
+ *	A connection it accepted but could not hand over yet stays held when
+ *	it stops, to go first when accepting resumes.
  *
  *----------------------------------------------------------------------
  */
@@ -443,15 +512,36 @@ AcceptConnections(
     Queue *queuePtr = clientData;
 
     for (;;) {
-	if (queuePtr->heldFd < 0) {
-	    if (!WaitFor(queuePtr, queuePtr->listenFd, POLLIN, -1)) {
+	if (queuePtr->held.fd < 0 && !TakeReturnedConnection(queuePtr)) {
+	    struct pollfd fds[3];
+
+	    /*
+	     * Idle: wait for a connection, and read asks as they come so
+	     * that the next connection needs no extra wake-up.
+	     */
+
+	    fds[0].fd = queuePtr->wakeFds[0];
+	    fds[1].fd = queuePtr->listenFd;
+	    fds[2].fd = queuePtr->askFds[0];
+	    fds[0].events = fds[1].events = fds[2].events = POLLIN;
+	    fds[0].revents = fds[1].revents = fds[2].revents = 0;
+	    if (poll(fds, 3, -1) < 0 && errno != EINTR) {
+		WaitFor(queuePtr, -1, 0, PAUSE_MS);
+		continue;
+	    }
+	    if (fds[0].revents != 0) {
 		break;
 	    }
-	    if (!AcceptOneConnection(queuePtr)) {
+	    if (fds[2].revents != 0) {
+		pthread_mutex_lock(&queueLock);
+		ReadQueue(queuePtr);
+		pthread_mutex_unlock(&queueLock);
+	    }
+	    if (fds[1].revents == 0 || !AcceptOneConnection(queuePtr)) {
 		continue;
 	    }
 	}
-	if (!QueueHeldConnection(queuePtr)) {
+	if (!HandOverHeldConnection(queuePtr, 1)) {
 	    break;
 	}
     }
@@ -464,7 +554,7 @@ AcceptConnections(
  * AcceptOneConnection --
  *
  *	Accept thread: accepts one connection from the (non-blocking)
- *	listener into heldFd, close-on-exec.
+ *	listener into held, close-on-exec.
  *
  * Results:
  *	1 if a connection is now held, 0 if none was (nothing waiting, an
@@ -481,29 +571,20 @@ static int
 AcceptOneConnection(
     Queue *queuePtr)
 {
-    Payload payload;
-    socklen_t addrLen = sizeof(payload.addr);
+    Message message;
+    socklen_t addrLen = sizeof(message.addr);
     int fd, error = 0;
 
-    memset(&payload, 0, sizeof(payload));
+    memset(&message, 0, sizeof(message));
     pthread_mutex_lock(&queueLock);
-#ifdef SOCK_CLOEXEC
-    fd = accept4(queuePtr->listenFd, (struct sockaddr *) &payload.addr,
+    fd = accept4(queuePtr->listenFd, (struct sockaddr *) &message.addr,
 	    &addrLen, SOCK_CLOEXEC);
-#else
-    fd = accept(queuePtr->listenFd, (struct sockaddr *) &payload.addr,
-	    &addrLen);
-    if (fd >= 0 && fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
-	error = errno;
-	CloseFd(&fd);
-	errno = error;
-    }
-#endif
     if (fd >= 0) {
-	payload.magic = PAYLOAD_MAGIC;
-	payload.addrLen = addrLen;
-	queuePtr->held = payload;
-	queuePtr->heldFd = fd;
+	message.magic = MESSAGE_MAGIC;
+	message.kind = KIND_CONNECTION;
+	message.addrLen = addrLen;
+	queuePtr->held.message = message;
+	queuePtr->held.fd = fd;
 	queuePtr->accepted++;
     } else {
 	error = errno;
@@ -536,46 +617,221 @@ AcceptOneConnection(
 /*
  *----------------------------------------------------------------------
  *
- * QueueHeldConnection --
+ * ReadQueue --
  *
- *	Accept thread: puts the held connection on the queue, waiting
- *	while the queue is full (no worker reading, or the kernel's limit
- *	of descriptors in flight). Never drops the connection.
+ *	Accept thread, queueLock held: reads every message waiting on the
+ *	queue, without blocking. Asks join the FIFO of askers; returned
+ *	connections join the returned list. Anything else is discarded.
  *
  * Results:
- *	1 once queued, 0 if told to stop first (the connection stays held).
+ *	None.
  *
  * Side effects:
- *	Closes this process's copy of the connection once queued.
+ *	May drop asks whose requests were withdrawn (their private socket
+ *	is hung up), so that repeated asks and cancels cannot pile up
+ *	descriptors here.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+ReadQueue(
+    Queue *queuePtr)
+{
+    Message message;
+    ssize_t got;
+    int fd;
+
+    for (;;) {
+	got = ancil_recv_fd(queuePtr->askFds[0], &fd, &message,
+		sizeof(message), MSG_DONTWAIT);
+	if (got < 0 && errno == EBADMSG) {
+	    continue;
+	}
+	if (got <= 0) {
+	    return;
+	}
+	if ((size_t) got != sizeof(message) || message.magic != MESSAGE_MAGIC
+		|| (message.kind != KIND_ASK && message.kind != KIND_RETURN)) {
+	    close(fd);
+	    continue;
+	}
+	if (message.kind == KIND_ASK) {
+	    int *grown = realloc(queuePtr->askers,
+		    (queuePtr->numAskers + 1) * sizeof(int));
+
+	    if (grown == NULL) {
+		/* The asker sees end of file; nothing else can be done. */
+		queuePtr->lastErrno = ENOMEM;
+		close(fd);
+		continue;
+	    }
+	    queuePtr->askers = grown;
+	    queuePtr->askers[queuePtr->numAskers++] = fd;
+	    if (queuePtr->numAskers > queuePtr->pruneMark) {
+		PruneAskers(queuePtr);
+	    }
+	} else {
+	    Pending *grown = realloc(queuePtr->returned,
+		    (queuePtr->numReturned + 1) * sizeof(Pending));
+
+	    if (grown == NULL) {
+		queuePtr->lastErrno = ENOMEM;
+		close(fd);
+		continue;
+	    }
+	    message.kind = KIND_CONNECTION;
+	    queuePtr->returned = grown;
+	    queuePtr->returned[queuePtr->numReturned].fd = fd;
+	    queuePtr->returned[queuePtr->numReturned].message = message;
+	    queuePtr->numReturned++;
+	}
+    }
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * PruneAskers --
+ *
+ *	queueLock held: drops the asks whose private socket was hung up by
+ *	the asker (request withdrawn, process gone).
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	Sets pruneMark to twice what is left, so pruning costs O(1) per ask
+ *	on average.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+PruneAskers(
+    Queue *queuePtr)
+{
+    int i, kept = 0;
+
+    for (i = 0; i < queuePtr->numAskers; i++) {
+	struct pollfd pfd;
+
+	pfd.fd = queuePtr->askers[i];
+	pfd.events = POLLOUT;
+	pfd.revents = 0;
+	if (poll(&pfd, 1, 0) >= 0 && (pfd.revents & (POLLHUP | POLLERR))) {
+	    close(pfd.fd);
+	} else {
+	    queuePtr->askers[kept++] = pfd.fd;
+	}
+    }
+    queuePtr->numAskers = kept;
+    queuePtr->pruneMark = (2 * kept > PRUNE_MIN) ? 2 * kept : PRUNE_MIN;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * TakeReturnedConnection --
+ *
+ *	Accept thread: makes the oldest returned connection the held one.
+ *
+ * Results:
+ *	1 if a connection is now held, 0 if none was returned.
+ *
+ * Side effects:
+ *	None.
  *
  *----------------------------------------------------------------------
  */
 
 static int
-QueueHeldConnection(
+TakeReturnedConnection(
     Queue *queuePtr)
 {
-    for (;;) {
-	int error, ok;
+    int taken = 0;
 
-	if (ancil_send_fd(queuePtr->sendFd, queuePtr->heldFd,
-		&queuePtr->held, sizeof(Payload), MSG_DONTWAIT) == 0) {
-	    pthread_mutex_lock(&queueLock);
-	    CloseFd(&queuePtr->heldFd);
-	    pthread_mutex_unlock(&queueLock);
-	    return 1;
-	}
-	error = errno;
+    pthread_mutex_lock(&queueLock);
+    if (queuePtr->numReturned > 0) {
+	queuePtr->held = queuePtr->returned[0];
+	queuePtr->numReturned--;
+	memmove(queuePtr->returned, queuePtr->returned + 1,
+		queuePtr->numReturned * sizeof(Pending));
+	taken = 1;
+    }
+    pthread_mutex_unlock(&queueLock);
+    return taken;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * HandOverHeldConnection --
+ *
+ *	Accept thread (or 'close', with wait 0): sends the held connection
+ *	over the private socket of the oldest ask. Asks whose requester is
+ *	gone are skipped. With wait, waits for an ask when there is none and
+ *	retries when the kernel is short of resources (ETOOMANYREFS: too
+ *	many descriptors in flight). Never drops the connection.
+ *
+ * Results:
+ *	1 once handed over; 0 if not (told to stop, or no ask without wait).
+ *
+ * Side effects:
+ *	Closes this process's copy of the connection and of the ask.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+HandOverHeldConnection(
+    Queue *queuePtr,
+    int wait)
+{
+    for (;;) {
+	int error = 0, askFd;
+
 	pthread_mutex_lock(&queueLock);
-	queuePtr->lastErrno = error;
-	pthread_mutex_unlock(&queueLock);
-	if (error == EAGAIN || error == EWOULDBLOCK) {
-	    ok = WaitFor(queuePtr, queuePtr->sendFd, POLLOUT, PAUSE_MS);
-	} else {
-	    /* ETOOMANYREFS, ENOBUFS, ENOMEM: poll() can't tell when. */
-	    ok = WaitFor(queuePtr, -1, 0, RETRY_MS);
+	if (queuePtr->numAskers == 0) {
+	    ReadQueue(queuePtr);
 	}
-	if (!ok) {
+	while (queuePtr->numAskers > 0) {
+	    askFd = queuePtr->askers[0];
+	    queuePtr->numAskers--;
+	    memmove(queuePtr->askers, queuePtr->askers + 1,
+		    queuePtr->numAskers * sizeof(int));
+	    if (ancil_send_fd(askFd, queuePtr->held.fd,
+		    &queuePtr->held.message, sizeof(Message),
+		    MSG_DONTWAIT) == 0) {
+		close(askFd);
+		CloseFd(&queuePtr->held.fd);
+		pthread_mutex_unlock(&queueLock);
+		return 1;
+	    }
+	    error = errno;
+	    if (error == ETOOMANYREFS || error == ENOBUFS || error == ENOMEM) {
+		/* Keep the ask first in line and retry shortly. */
+		memmove(queuePtr->askers + 1, queuePtr->askers,
+			queuePtr->numAskers * sizeof(int));
+		queuePtr->askers[0] = askFd;
+		queuePtr->numAskers++;
+		queuePtr->lastErrno = error;
+		break;
+	    }
+	    /* EPIPE and the like: that request was withdrawn. */
+	    close(askFd);
+	    error = 0;
+	}
+	pthread_mutex_unlock(&queueLock);
+
+	if (!wait) {
+	    return 0;
+	}
+	if (error != 0) {
+	    if (!WaitFor(queuePtr, -1, 0, RETRY_MS)) {
+		return 0;
+	    }
+	} else if (!WaitFor(queuePtr, queuePtr->askFds[0], POLLIN, -1)) {
 	    return 0;
 	}
     }
@@ -671,9 +927,9 @@ StartAccepting(
  *	None.
  *
  * Side effects:
- *	New connections are refused. A connection accepted but not yet
- *	queued is queued now if the queue has room, or else stays held and
- *	goes first when accepting resumes.
+ *	New connections are refused. A connection accepted but not handed
+ *	over yet goes to the oldest waiting ask now if there is one, or else
+ *	stays held and goes first when accepting resumes.
  *
  *----------------------------------------------------------------------
  */
@@ -690,15 +946,13 @@ StopAccepting(
     /* A new, empty pipe always takes one byte. */
     pthread_join(queuePtr->thread, NULL);
 
+    if (queuePtr->held.fd >= 0 || TakeReturnedConnection(queuePtr)) {
+	HandOverHeldConnection(queuePtr, 0);
+    }
     pthread_mutex_lock(&queueLock);
     CloseFd(&queuePtr->listenFd);
     CloseFd(&queuePtr->wakeFds[0]);
     CloseFd(&queuePtr->wakeFds[1]);
-    if (queuePtr->heldFd >= 0 && ancil_send_fd(queuePtr->sendFd,
-	    queuePtr->heldFd, &queuePtr->held, sizeof(Payload),
-	    MSG_DONTWAIT) == 0) {
-	CloseFd(&queuePtr->heldFd);
-    }
     queuePtr->state = NOT_LISTENING;
     pthread_mutex_unlock(&queueLock);
 }
@@ -953,7 +1207,7 @@ ServerCmd(
 	SetPortErrorCode(interp, "BUSY", boundPort);
 	return TCL_ERROR;
     }
-    if (queuePtr != NULL && queuePtr->sendFd < 0) {
+    if (queuePtr != NULL && queuePtr->askFds[0] < 0) {
 	pthread_mutex_unlock(&queueLock);
 	close(listenFd);
 	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
@@ -965,31 +1219,23 @@ ServerCmd(
     }
     if (queuePtr == NULL) {
 	pthread_mutex_unlock(&queueLock);
-	if (socketpair(AF_UNIX, SOCK_SEQPACKET, 0, queueFds) < 0) {
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0,
+		queueFds) < 0) {
 	    close(listenFd);
 	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
 		    "couldn't create the queue for port %d (a SOCK_SEQPACKET "
 		    "socketpair): %s", boundPort, Tcl_PosixError(interp)));
 	    return TCL_ERROR;
 	}
-	if (fcntl(queueFds[0], F_SETFD, FD_CLOEXEC) < 0
-		|| fcntl(queueFds[1], F_SETFD, FD_CLOEXEC) < 0) {
-	    close(listenFd);
-	    close(queueFds[0]);
-	    close(queueFds[1]);
-	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		    "couldn't create the queue for port %d: %s", boundPort,
-		    Tcl_PosixError(interp)));
-	    return TCL_ERROR;
-	}
 	queuePtr = (Queue *) ckalloc(sizeof(Queue));
 	memset(queuePtr, 0, sizeof(Queue));
 	queuePtr->port = boundPort;
-	queuePtr->recvFd = queueFds[0];
-	queuePtr->sendFd = queueFds[1];
+	queuePtr->askFds[0] = queueFds[0];
+	queuePtr->askFds[1] = queueFds[1];
 	queuePtr->listenFd = -1;
 	queuePtr->wakeFds[0] = queuePtr->wakeFds[1] = -1;
-	queuePtr->heldFd = -1;
+	queuePtr->held.fd = -1;
+	queuePtr->pruneMark = PRUNE_MIN;
 	queuePtr->state = NOT_LISTENING;
 
 	pthread_mutex_lock(&queueLock);
@@ -1121,14 +1367,14 @@ FindRequest(
  *
  * DropRequest --
  *
- *	Withdraws a request: stops watching the queue and frees it.
+ *	Forgets a request: stops watching its private socket, closes it and
+ *	frees the request.
  *
  * Results:
  *	None.
  *
  * Side effects:
- *	The process no longer wakes for this queue on this request's
- *	account; nothing is taken from the queue.
+ *	The serving process finds the ask hung up and skips it.
  *
  *----------------------------------------------------------------------
  */
@@ -1143,10 +1389,150 @@ DropRequest(
 	linkPtr = &(*linkPtr)->nextPtr;
     }
     *linkPtr = requestPtr->nextPtr;
-    Tcl_DeleteFileHandler(requestPtr->watchFd);
-    CloseFd(&requestPtr->watchFd);
+
+    pthread_mutex_lock(&queueLock);
+    linkPtr = &allRequests;
+    while (*linkPtr != requestPtr) {
+	linkPtr = &(*linkPtr)->nextInProcess;
+    }
+    *linkPtr = requestPtr->nextInProcess;
+    pthread_mutex_unlock(&queueLock);
+
+    Tcl_DeleteFileHandler(requestPtr->replyFd);
+    CloseFd(&requestPtr->replyFd);
     Tcl_DecrRefCount(requestPtr->handlerObj);
     ckfree((char *) requestPtr);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * IsConnection --
+ *
+ *	Checks a message received on a private socket: got bytes, one
+ *	descriptor fd.
+ *
+ * Results:
+ *	1 if it is a well-formed connection, else 0 (and fd, if any, is
+ *	closed).
+ *
+ * Side effects:
+ *	See above.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+IsConnection(
+    ssize_t got,
+    int fd,
+    const Message *messagePtr)
+{
+    if (got == (ssize_t) sizeof(Message)
+	    && messagePtr->magic == MESSAGE_MAGIC
+	    && messagePtr->kind == KIND_CONNECTION
+	    && messagePtr->addrLen <= sizeof(messagePtr->addr)
+	    && (messagePtr->addr.ss_family == AF_INET
+		    || messagePtr->addr.ss_family == AF_INET6)) {
+	return 1;
+    }
+    if (fd >= 0) {
+	close(fd);
+    }
+    return 0;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * TakeConnection --
+ *
+ *	A request's connection has arrived: ends the request and calls its
+ *	handler.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	Counts the connection in 'received'. See DeliverConnection.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+TakeConnection(
+    Request *requestPtr,
+    int fd,
+    const Message *messagePtr)
+{
+    Tcl_Interp *interp = requestPtr->dataPtr->interp;
+    Queue *queuePtr = requestPtr->queuePtr;
+    Tcl_Obj *handlerObj = requestPtr->handlerObj;
+
+    pthread_mutex_lock(&queueLock);
+    queuePtr->received++;
+    pthread_mutex_unlock(&queueLock);
+
+    Tcl_IncrRefCount(handlerObj);
+    DropRequest(requestPtr);
+    DeliverConnection(interp, handlerObj, queuePtr, fd, messagePtr);
+    Tcl_DecrRefCount(handlerObj);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * WithdrawRequest --
+ *
+ *	Withdraws a pending request without losing a connection: shuts its
+ *	private socket for reading first, so that from then on the serving
+ *	process can no longer send to it, then looks for a connection sent
+ *	before that.
+ *
+ * Results:
+ *	1 if a connection had arrived and deliver was set (its handler has
+ *	run), else 0.
+ *
+ * Side effects:
+ *	A connection that had arrived is delivered (deliver set) or returned
+ *	to the serving process to go to the next ask (interpreter deletion).
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+WithdrawRequest(
+    Request *requestPtr,
+    int deliver)
+{
+    Message message;
+    ssize_t got;
+    int fd;
+
+    if (requestPtr->generation != forkGeneration) {
+	DropRequest(requestPtr);
+	return 0;
+    }
+    shutdown(requestPtr->replyFd, SHUT_RD);
+    got = ancil_recv_fd(requestPtr->replyFd, &fd, &message, sizeof(message),
+	    MSG_DONTWAIT);
+    if (got > 0 && IsConnection(got, fd, &message)) {
+	if (deliver) {
+	    TakeConnection(requestPtr, fd, &message);
+	    return 1;
+	}
+	message.kind = KIND_RETURN;
+	if (ancil_send_fd(requestPtr->queuePtr->askFds[1], fd, &message,
+		sizeof(message), MSG_DONTWAIT) < 0) {
+	    /* The serving process is gone or its queue is full. */
+	    pthread_mutex_lock(&queueLock);
+	    requestPtr->queuePtr->lastErrno = errno;
+	    pthread_mutex_unlock(&queueLock);
+	}
+	close(fd);
+    }
+    DropRequest(requestPtr);
+    return 0;
 }
 
 /*
@@ -1155,15 +1541,15 @@ DropRequest(
  * ClientCmd --
  *
  *	$cmd client ?-port port? handler
- *	Asks for one connection from the queue.
+ *	Asks for one connection from the queue: sends the sending end of a
+ *	new private socketpair up the queue and watches the receiving end.
  *
  * Results:
  *	TCL_OK with an empty result, or TCL_ERROR.
  *
  * Side effects:
- *	The event loop now watches the queue for this interpreter until
- *	a connection is taken (ReceiveConnection) or the request is
- *	withdrawn.
+ *	This process wakes when, and only when, its connection comes
+ *	(ReceiveConnection) or the serving process is gone.
  *
  *----------------------------------------------------------------------
  */
@@ -1178,7 +1564,8 @@ ClientCmd(
     Tcl_Obj *handlerObj = objv[objc-1];
     Queue *queuePtr;
     Request *requestPtr;
-    int length, watchFd;
+    Message message;
+    int length, pair[2], error;
 
     if ((objc != 3 && objc != 5)
 	    || (objc == 3 && strcmp(Tcl_GetString(objv[2]), "-port") == 0)) {
@@ -1203,16 +1590,32 @@ ClientCmd(
 	return TCL_ERROR;
     }
 
-    watchFd = fcntl(queuePtr->recvFd, F_DUPFD_CLOEXEC, 0);
-    if (watchFd < 0) {
+    memset(&message, 0, sizeof(message));
+    message.magic = MESSAGE_MAGIC;
+    message.kind = KIND_ASK;
+    requestPtr = (Request *) ckalloc(sizeof(Request));
+
+    /*
+     * Under the lock, so that a fork never copies the sending end.
+     */
+
+    pthread_mutex_lock(&queueLock);
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
+	error = errno;
+	pthread_mutex_unlock(&queueLock);
+	ckfree((char *) requestPtr);
+	errno = error;
 	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
 		"couldn't ask for a connection from port %d: %s",
 		queuePtr->port, Tcl_PosixError(interp)));
 	return TCL_ERROR;
     }
-    if (watchFd >= FD_SETSIZE) {
+    if (pair[0] >= FD_SETSIZE) {
 	/* Tcl's select()-based notifier can't watch it. */
-	close(watchFd);
+	close(pair[0]);
+	close(pair[1]);
+	pthread_mutex_unlock(&queueLock);
+	ckfree((char *) requestPtr);
 	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
 		"couldn't ask for a connection from port %d: every descriptor "
 		"below %d is in use and Tcl's notifier can't watch higher "
@@ -1220,18 +1623,42 @@ ClientCmd(
 	SetPortErrorCode(interp, "FDLIMIT", queuePtr->port);
 	return TCL_ERROR;
     }
+    if (ancil_send_fd(queuePtr->askFds[1], pair[1], &message,
+	    sizeof(message), MSG_DONTWAIT) < 0) {
+	error = errno;
+	close(pair[0]);
+	close(pair[1]);
+	pthread_mutex_unlock(&queueLock);
+	ckfree((char *) requestPtr);
+	if (error == EPIPE || error == ECONNREFUSED || error == ECONNRESET
+		|| error == ENOTCONN) {
+	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		    "couldn't ask for a connection from port %d: the serving "
+		    "process is gone", queuePtr->port));
+	    SetPortErrorCode(interp, "CLOSED", queuePtr->port);
+	} else {
+	    errno = error;
+	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		    "couldn't ask for a connection from port %d: %s",
+		    queuePtr->port, Tcl_PosixError(interp)));
+	}
+	return TCL_ERROR;
+    }
+    close(pair[1]);
+    requestPtr->replyFd = pair[0];
+    requestPtr->nextInProcess = allRequests;
+    allRequests = requestPtr;
+    pthread_mutex_unlock(&queueLock);
 
-    requestPtr = (Request *) ckalloc(sizeof(Request));
     requestPtr->dataPtr = dataPtr;
     requestPtr->queuePtr = queuePtr;
-    requestPtr->watchFd = watchFd;
     requestPtr->handlerObj = handlerObj;
     Tcl_IncrRefCount(handlerObj);
     requestPtr->generation = forkGeneration;
     requestPtr->nextPtr = dataPtr->firstRequestPtr;
     dataPtr->firstRequestPtr = requestPtr;
-    Tcl_CreateFileHandler(watchFd, TCL_READABLE, ReceiveConnection,
-	    requestPtr);
+    Tcl_CreateFileHandler(requestPtr->replyFd, TCL_READABLE,
+	    ReceiveConnection, requestPtr);
     Tcl_ResetResult(interp);
     return TCL_OK;
 }
@@ -1241,17 +1668,15 @@ ClientCmd(
  *
  * ReceiveConnection --
  *
- *	File handler: the queue is readable for a pending request. Takes
- *	one connection if another process did not take it first.
+ *	File handler: the private socket of a pending request is readable.
  *
  * Results:
  *	None.
  *
  * Side effects:
  *	On a connection: the request ends and the handler is called. At end
- *	of file (the serving process is gone) or on an error: the request
- *	ends with a background error. A malformed message is discarded and
- *	the request goes on waiting.
+ *	of file (the serving process is gone), on a malformed message or on
+ *	an error: the request ends with a background error.
  *
  *----------------------------------------------------------------------
  */
@@ -1264,8 +1689,7 @@ ReceiveConnection(
     Request *requestPtr = clientData;
     Queue *queuePtr = requestPtr->queuePtr;
     Tcl_Interp *interp = requestPtr->dataPtr->interp;
-    Tcl_Obj *handlerObj;
-    Payload payload;
+    Message message;
     ssize_t got;
     int fd;
 
@@ -1276,41 +1700,26 @@ ReceiveConnection(
 	return;
     }
 
-    got = ancil_recv_fd(requestPtr->watchFd, &fd, &payload, sizeof(payload),
+    got = ancil_recv_fd(requestPtr->replyFd, &fd, &message, sizeof(message),
 	    MSG_DONTWAIT);
-    if (got < 0) {
-	if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EBADMSG) {
-	    /* Another process took it, or it was malformed: keep waiting. */
-	    return;
-	}
-	RefuseRequest(interp, requestPtr, Tcl_ObjPrintf(
-		"couldn't receive a connection from port %d: %s",
-		queuePtr->port, Tcl_PosixError(interp)), NULL);
+    if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
 	return;
     }
     if (got == 0) {
 	RefuseRequest(interp, requestPtr, Tcl_ObjPrintf(
 		"the queue of port %d is closed: the serving process is gone",
 		queuePtr->port), "CLOSED");
-	return;
+    } else if (got < 0 && errno != EBADMSG) {
+	RefuseRequest(interp, requestPtr, Tcl_ObjPrintf(
+		"couldn't receive a connection from port %d: %s",
+		queuePtr->port, Tcl_PosixError(interp)), NULL);
+    } else if (got < 0 || !IsConnection(got, fd, &message)) {
+	RefuseRequest(interp, requestPtr, Tcl_ObjPrintf(
+		"discarded a malformed message from the serving process of "
+		"port %d", queuePtr->port), "BADMESSAGE");
+    } else {
+	TakeConnection(requestPtr, fd, &message);
     }
-    if ((size_t) got != sizeof(payload) || payload.magic != PAYLOAD_MAGIC
-	    || payload.addrLen > sizeof(payload.addr)
-	    || (payload.addr.ss_family != AF_INET
-		    && payload.addr.ss_family != AF_INET6)) {
-	close(fd);
-	return;
-    }
-
-    pthread_mutex_lock(&queueLock);
-    queuePtr->received++;
-    pthread_mutex_unlock(&queueLock);
-
-    handlerObj = requestPtr->handlerObj;
-    Tcl_IncrRefCount(handlerObj);
-    DropRequest(requestPtr);
-    DeliverConnection(interp, handlerObj, queuePtr, fd, &payload);
-    Tcl_DecrRefCount(handlerObj);
 }
 
 /*
@@ -1376,7 +1785,7 @@ DeliverConnection(
     Tcl_Obj *handlerObj,
     Queue *queuePtr,
     int fd,
-    const Payload *payloadPtr)
+    const Message *messagePtr)
 {
     static const int stdTypes[3] = {TCL_STDIN, TCL_STDOUT, TCL_STDERR};
     char host[NI_MAXHOST], service[NI_MAXSERV];
@@ -1384,8 +1793,8 @@ DeliverConnection(
     Tcl_Channel chan;
     Tcl_Obj *cmdObj;
 
-    if (getnameinfo((const struct sockaddr *) &payloadPtr->addr,
-	    payloadPtr->addrLen, host, sizeof(host), service,
+    if (getnameinfo((const struct sockaddr *) &messagePtr->addr,
+	    messagePtr->addrLen, host, sizeof(host), service,
 	    sizeof(service), NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
 	strcpy(host, "");
 	strcpy(service, "0");
@@ -1469,10 +1878,8 @@ CancelCmd(
 	return TCL_ERROR;
     }
     requestPtr = FindRequest(dataPtr, queuePtr);
-    if (requestPtr != NULL) {
-	DropRequest(requestPtr);
-    }
-    Tcl_SetObjResult(interp, Tcl_NewBooleanObj(requestPtr != NULL));
+    Tcl_SetObjResult(interp, Tcl_NewBooleanObj(requestPtr != NULL
+	    && !WithdrawRequest(requestPtr, 1)));
     return TCL_OK;
 }
 
@@ -1599,6 +2006,7 @@ InfoCmd(
     PUT("accepted", Tcl_NewLongObj(queuePtr->accepted));
     PUT("received", Tcl_NewLongObj(queuePtr->received));
     PUT("requested", Tcl_NewBooleanObj(requested));
+    PUT("waiting", Tcl_NewIntObj(queuePtr->numAskers));
     errno = queuePtr->lastErrno;
     PUT("lasterror", Tcl_NewStringObj(errno ? Tcl_ErrnoId() : "", -1));
     pthread_mutex_unlock(&queueLock);
@@ -1694,7 +2102,7 @@ DeleteInterpData(
 
     (void) interp;
     while (dataPtr->firstRequestPtr != NULL) {
-	DropRequest(dataPtr->firstRequestPtr);
+	WithdrawRequest(dataPtr->firstRequestPtr, 0);
     }
     ckfree((char *) dataPtr);
 }

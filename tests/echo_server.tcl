@@ -82,8 +82,10 @@ proc reapWorkers {} {
 	set i [lsearch -exact $::workers $pid]
 	if {$i >= 0} {
 	    set ::workers [lreplace $::workers $i $i]
-	    puts "worker $pid ended: [lrange $status 1 end]"
-	    flush stdout
+	    catch {
+		puts "worker $pid ended: [lrange $status 1 end]"
+		flush stdout
+	    }
 	}
     }
 }
@@ -96,14 +98,19 @@ proc shutdown {} {
     foreach pid $::workers {
 	catch {wait $pid}
     }
-    puts "echo server stopped"
+    # Whoever read our output may be gone already.
+    catch {
+	puts "echo server stopped"
+	flush stdout
+    }
     exit 0
 }
 
+# Fork from the event loop, never inside a signal handler.
+signal trap USR1 {after idle forkWorker}
+signal trap CHLD {after idle reapWorkers}
+signal trap {TERM INT} shutdown
 puts "echo server [pid] listening on port $port"
 forkWorker
 forkWorker
-signal trap USR1 forkWorker
-signal trap CHLD reapWorkers
-signal trap {TERM INT} shutdown
 vwait forever
