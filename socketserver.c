@@ -789,37 +789,37 @@ HandOverHeldConnection(
     int wait)
 {
     for (;;) {
-	int error = 0, askFd;
+	int error = 0;
 
 	pthread_mutex_lock(&queueLock);
 	if (queuePtr->numAskers == 0) {
 	    ReadQueue(queuePtr);
 	}
 	while (queuePtr->numAskers > 0) {
-	    askFd = queuePtr->askers[0];
+	    int sent = ancil_send_fd(queuePtr->askers[0], queuePtr->held.fd,
+		    &queuePtr->held.message, sizeof(Message), MSG_DONTWAIT);
+
+	    error = (sent == 0) ? 0 : errno;
+	    if (error == ETOOMANYREFS || error == ENOBUFS || error == ENOMEM) {
+		/* The ask stays first in line; retry shortly. */
+		queuePtr->lastErrno = error;
+		break;
+	    }
+
+	    /*
+	     * Sent, or EPIPE and the like (that request was withdrawn): this
+	     * ask is done with.
+	     */
+
+	    close(queuePtr->askers[0]);
 	    queuePtr->numAskers--;
 	    memmove(queuePtr->askers, queuePtr->askers + 1,
 		    queuePtr->numAskers * sizeof(int));
-	    if (ancil_send_fd(askFd, queuePtr->held.fd,
-		    &queuePtr->held.message, sizeof(Message),
-		    MSG_DONTWAIT) == 0) {
-		close(askFd);
+	    if (sent == 0) {
 		CloseFd(&queuePtr->held.fd);
 		pthread_mutex_unlock(&queueLock);
 		return 1;
 	    }
-	    error = errno;
-	    if (error == ETOOMANYREFS || error == ENOBUFS || error == ENOMEM) {
-		/* Keep the ask first in line and retry shortly. */
-		memmove(queuePtr->askers + 1, queuePtr->askers,
-			queuePtr->numAskers * sizeof(int));
-		queuePtr->askers[0] = askFd;
-		queuePtr->numAskers++;
-		queuePtr->lastErrno = error;
-		break;
-	    }
-	    /* EPIPE and the like: that request was withdrawn. */
-	    close(askFd);
 	    error = 0;
 	}
 	pthread_mutex_unlock(&queueLock);

@@ -18,10 +18,11 @@ set overheadWorkers [expr {[info exists env(BENCH_WORKERS)] ? $env(BENCH_WORKERS
 set scenarios [expr {[info exists env(BENCH_SCENARIOS)] ? $env(BENCH_SCENARIOS) : "overhead blocking cpu"}]
 set ticksPerSecond [exec getconf CLK_TCK]
 
-# cpuOfGroup pgid --
-#	User + system ticks of every live process in process group pgid.
-proc cpuOfGroup {pgid} {
-    set total 0
+# groupProcesses pgid --
+#	The /proc/PID/stat fields (after the command name) of every process
+#	in process group pgid.
+proc groupProcesses {pgid} {
+    set result {}
     foreach stat [glob -nocomplain /proc/\[0-9\]*/stat] {
 	if {[catch {
 	    set f [open $stat]
@@ -32,20 +33,28 @@ proc cpuOfGroup {pgid} {
 	}
 	set fields [string range $text [string last ) $text]+2 end]
 	if {[lindex $fields 2] == $pgid} {
-	    incr total [expr {[lindex $fields 11] + [lindex $fields 12]}]
+	    lappend result $fields
 	}
+    }
+    return $result
+}
+
+# cpuOfGroup pgid --
+#	User + system ticks of every process in process group pgid.
+proc cpuOfGroup {pgid} {
+    set total 0
+    foreach fields [groupProcesses $pgid] {
+	incr total [expr {[lindex $fields 11] + [lindex $fields 12]}]
     }
     return $total
 }
 
 # groupAlive pgid --
+#	Whether any process of the group is still running (not a zombie).
 proc groupAlive {pgid} {
-    foreach stat [glob -nocomplain /proc/\[0-9\]*/stat] {
-	if {![catch {set f [open $stat]; set text [read $f]; close $f}]} {
-	    set fields [string range $text [string last ) $text]+2 end]
-	    if {[lindex $fields 2] == $pgid && [lindex $fields 0] ne "Z"} {
-		return 1
-	    }
+    foreach fields [groupProcesses $pgid] {
+	if {[lindex $fields 0] ne "Z"} {
+	    return 1
 	}
     }
     return 0
