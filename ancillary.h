@@ -8,7 +8,9 @@
  *	    ancil_recv_fd(sock, &fd, data, len, flags)
  *
  *	Both return -1 and set errno on failure, retry on EINTR, and never
- *	leave a descriptor behind that the caller does not know about.
+ *	leave a descriptor behind that the caller does not know about. A
+ *	receiver with no room for the descriptor (EMFILE) leaves the message
+ *	queued rather than lose it.
  *
  * Copyright (c) 2026 The socketserver authors.
  * See the file "LICENSE" for information on usage and redistribution.
@@ -32,7 +34,8 @@
 /*
  * Room for one descriptor, aligned as the kernel wants a cmsghdr. A sender
  * that packs more into one message makes the kernel truncate the control
- * data: MSG_CTRUNC tells us so and the receive is refused.
+ * data: MSG_CTRUNC tells us so and the message is refused. MSG_CTRUNC with
+ * no descriptor at all means the receiver had no room for one.
  */
 
 typedef union {
@@ -112,13 +115,18 @@ ancil_send_fd(
  *	ancil_recv_fd(sock, &fd, data, len, flags): receive one message
  *	from sock into data (at most len bytes) and the one descriptor it
  *	carries into *fd, close-on-exec. flags are added to recvmsg()'s.
+ *	The message is looked at (MSG_PEEK) before it is taken, so that a
+ *	descriptor the process has no room for is never lost: the message
+ *	stays queued instead. One reader per socket at a time.
  *
  * Results:
  *	The payload's length (>= 1) with *fd set; 0 with *fd == -1 at end
- *	of file (the sending end is closed everywhere); -1 and errno
- *	otherwise. EBADMSG means a malformed message was consumed and
- *	discarded: no descriptor, more than one, or a payload longer than
- *	len. The caller checks the payload's length itself.
+ *	of file (the sending end is closed everywhere) or after taking an
+ *	empty message, which no sender here makes; -1 and errno
+ *	otherwise. EMFILE means the descriptor could not be installed and
+ *	the message is still queued. EBADMSG means a malformed message was
+ *	consumed and discarded: no descriptor, more than one, or a payload
+ *	longer than len. The caller checks the payload's length itself.
  *
  * Side effects:
  *	Every descriptor of a discarded message is closed.
@@ -138,8 +146,8 @@ ancil_recv_fd(
     struct iovec iov;
     struct msghdr msg;
     struct cmsghdr *cmsg;
-    ssize_t got;
-    int count = 0;
+    ssize_t got, taken;
+    int count = 0, peekFlags;
 
     *fd = -1;
     memset(&msg, 0, sizeof(msg));
@@ -153,13 +161,17 @@ ancil_recv_fd(
     flags |= MSG_CMSG_CLOEXEC;
 #endif
 
+    /*
+     * Peeking installs copies of the descriptors and leaves the message
+     * queued.
+     */
+
     do {
-	got = recvmsg(sock, &msg, flags);
+	got = recvmsg(sock, &msg, flags | MSG_PEEK);
     } while (got < 0 && errno == EINTR);
     if (got < 0) {
 	return -1;
     }
-
     for (cmsg = CMSG_FIRSTHDR(&msg); cmsg != NULL;
 	    cmsg = CMSG_NXTHDR(&msg, cmsg)) {
 	int *fds = (int *) CMSG_DATA(cmsg);
@@ -180,11 +192,32 @@ ancil_recv_fd(
 	    }
 	}
     }
-
-    if (got == 0 && count == 0) {
+    peekFlags = msg.msg_flags;
+    if (got == 0 && count == 0 && !(peekFlags & MSG_CTRUNC)) {
+	/* End of file, or an empty message: take the latter. */
+	while (recv(sock, data, len, MSG_DONTWAIT) < 0 && errno == EINTR) {
+	}
 	return 0;
     }
-    if (count != 1 || (msg.msg_flags & (MSG_CTRUNC | MSG_TRUNC)) || got == 0) {
+    if (count == 0 && (peekFlags & MSG_CTRUNC)) {
+	/* The kernel could not install even one descriptor: no room. */
+	errno = EMFILE;
+	return -1;
+    }
+
+    /*
+     * Take the message without its descriptors: the kernel drops its own
+     * references, the copies installed above stay.
+     */
+
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    do {
+	taken = recvmsg(sock, &msg, (flags & ~MSG_PEEK) | MSG_DONTWAIT);
+    } while (taken < 0 && errno == EINTR);
+    if (taken != got || count != 1 || got == 0
+	    || (peekFlags & (MSG_CTRUNC | MSG_TRUNC))) {
 	if (*fd >= 0) {
 	    close(*fd);
 	    *fd = -1;

@@ -150,6 +150,9 @@ typedef struct Request {
     int replyFd;		/* Private receiving end, watched with
 				 * Tcl_CreateFileHandler. */
     Tcl_Obj *handlerObj;	/* Command prefix to call; one reference. */
+    Tcl_TimerToken retryTimer;	/* Set while the file handler is off
+				 * because there was no room for the
+				 * connection's descriptor. */
     unsigned long generation;	/* forkGeneration when made: a request
 				 * copied into a forked child is stale. */
 } Request;
@@ -218,12 +221,13 @@ static int		HandOverHeldConnection(Queue *queuePtr, int wait);
 static int		IsConnection(ssize_t got, int fd,
 			    const Message *messagePtr);
 static void		PruneAskers(Queue *queuePtr);
-static void		ReadQueue(Queue *queuePtr);
+static int		ReadQueue(Queue *queuePtr);
 static void		TakeConnection(Request *requestPtr, int fd,
 			    const Message *messagePtr);
 static int		TakeReturnedConnection(Queue *queuePtr);
 static int		WithdrawRequest(Request *requestPtr, int deliver);
 static void		ReceiveConnection(ClientData clientData, int mask);
+static void		RetryReceive(ClientData clientData);
 static void		RefuseRequest(Tcl_Interp *interp, Request *requestPtr,
 			    Tcl_Obj *messageObj, const char *code);
 static void		SetPortErrorCode(Tcl_Interp *interp,
@@ -533,9 +537,15 @@ AcceptConnections(
 		break;
 	    }
 	    if (fds[2].revents != 0) {
+		int emptied;
+
 		pthread_mutex_lock(&queueLock);
-		ReadQueue(queuePtr);
+		emptied = ReadQueue(queuePtr);
 		pthread_mutex_unlock(&queueLock);
+		if (!emptied) {
+		    WaitFor(queuePtr, -1, 0, PAUSE_MS);
+		    continue;
+		}
 	    }
 	    if (fds[1].revents == 0 || !AcceptOneConnection(queuePtr)) {
 		continue;
@@ -624,17 +634,19 @@ AcceptOneConnection(
  *	connections join the returned list. Anything else is discarded.
  *
  * Results:
- *	None.
+ *	1 once the queue is empty; 0 if a message has to stay queued because
+ *	this process has no room for its descriptor (EMFILE): the caller
+ *	pauses before it looks again.
  *
  * Side effects:
  *	May drop asks whose requests were withdrawn (their private socket
  *	is hung up), so that repeated asks and cancels cannot pile up
- *	descriptors here.
+ *	descriptors here. Records EBADMSG and EMFILE in lastErrno.
  *
  *----------------------------------------------------------------------
  */
 
-static void
+static int
 ReadQueue(
     Queue *queuePtr)
 {
@@ -645,15 +657,21 @@ ReadQueue(
     for (;;) {
 	got = ancil_recv_fd(queuePtr->askFds[0], &fd, &message,
 		sizeof(message), MSG_DONTWAIT);
-	if (got < 0 && errno == EBADMSG) {
-	    continue;
+	if (got < 0 && errno == EMFILE) {
+	    queuePtr->lastErrno = EMFILE;
+	    return 0;
 	}
-	if (got <= 0) {
-	    return;
+	if (got < 0 && errno != EBADMSG) {
+	    return 1;
 	}
-	if ((size_t) got != sizeof(message) || message.magic != MESSAGE_MAGIC
+	if (got <= 0 || (size_t) got != sizeof(message)
+		|| message.magic != MESSAGE_MAGIC
 		|| (message.kind != KIND_ASK && message.kind != KIND_RETURN)) {
-	    close(fd);
+	    /* Nobody here sends such a message: discard it. */
+	    queuePtr->lastErrno = EBADMSG;
+	    if (fd >= 0) {
+		close(fd);
+	    }
 	    continue;
 	}
 	if (message.kind == KIND_ASK) {
@@ -789,11 +807,11 @@ HandOverHeldConnection(
     int wait)
 {
     for (;;) {
-	int error = 0;
+	int error = 0, emptied = 1;
 
 	pthread_mutex_lock(&queueLock);
 	if (queuePtr->numAskers == 0) {
-	    ReadQueue(queuePtr);
+	    emptied = ReadQueue(queuePtr);
 	}
 	while (queuePtr->numAskers > 0) {
 	    int sent = ancil_send_fd(queuePtr->askers[0], queuePtr->held.fd,
@@ -829,6 +847,10 @@ HandOverHeldConnection(
 	}
 	if (error != 0) {
 	    if (!WaitFor(queuePtr, -1, 0, RETRY_MS)) {
+		return 0;
+	    }
+	} else if (!emptied) {
+	    if (!WaitFor(queuePtr, -1, 0, PAUSE_MS)) {
 		return 0;
 	    }
 	} else if (!WaitFor(queuePtr, queuePtr->askFds[0], POLLIN, -1)) {
@@ -1398,6 +1420,9 @@ DropRequest(
     *linkPtr = requestPtr->nextInProcess;
     pthread_mutex_unlock(&queueLock);
 
+    if (requestPtr->retryTimer != NULL) {
+	Tcl_DeleteTimerHandler(requestPtr->retryTimer);
+    }
     Tcl_DeleteFileHandler(requestPtr->replyFd);
     CloseFd(&requestPtr->replyFd);
     Tcl_DecrRefCount(requestPtr->handlerObj);
@@ -1654,6 +1679,7 @@ ClientCmd(
     requestPtr->queuePtr = queuePtr;
     requestPtr->handlerObj = handlerObj;
     Tcl_IncrRefCount(handlerObj);
+    requestPtr->retryTimer = NULL;
     requestPtr->generation = forkGeneration;
     requestPtr->nextPtr = dataPtr->firstRequestPtr;
     dataPtr->firstRequestPtr = requestPtr;
@@ -1705,6 +1731,17 @@ ReceiveConnection(
     if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
 	return;
     }
+    if (got < 0 && errno == EMFILE) {
+	/*
+	 * No room for the descriptor: it stays queued. Look again later
+	 * rather than be woken for it over and over.
+	 */
+
+	Tcl_DeleteFileHandler(requestPtr->replyFd);
+	requestPtr->retryTimer = Tcl_CreateTimerHandler(PAUSE_MS,
+		RetryReceive, requestPtr);
+	return;
+    }
     if (got == 0) {
 	RefuseRequest(interp, requestPtr, Tcl_ObjPrintf(
 		"the queue of port %d is closed: the serving process is gone",
@@ -1720,6 +1757,34 @@ ReceiveConnection(
     } else {
 	TakeConnection(requestPtr, fd, &message);
     }
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * RetryReceive --
+ *
+ *	Timer handler: watches a request's private socket again after there
+ *	was no room for its connection's descriptor.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	See ReceiveConnection.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+RetryReceive(
+    ClientData clientData)
+{
+    Request *requestPtr = clientData;
+
+    requestPtr->retryTimer = NULL;
+    Tcl_CreateFileHandler(requestPtr->replyFd, TCL_READABLE,
+	    ReceiveConnection, requestPtr);
 }
 
 /*
