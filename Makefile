@@ -2,6 +2,9 @@
 #
 #   make              build libsocketserver2.0.so (stubs-enabled)
 #   make test         run tests/all.tcl against the built library
+#   make stress       load, fault and bad-input scenarios (tests/stress)
+#   make memcheck     the single-process tests under valgrind memcheck
+#   make asan         the same with AddressSanitizer and UBSan
 #   make bench        benchmarks against Tcl's own servers and a C ceiling
 #   make install      install into a directory on tclsh's auto_path
 #   make uninstall    remove what 'make install' put there
@@ -34,7 +37,7 @@ ALL_CFLAGS = $(CFLAGS) $(EXTRA_CFLAGS) -Wall -Wextra -fPIC -pthread \
 TCL_LIBDIR ?= $(shell echo 'foreach d $$auto_path {if {[string match $(PREFIX)/* $$d]} {puts $$d; exit}}; puts [file dirname [info library]]' | $(TCLSH))
 INSTALL_DIR = $(DESTDIR)$(TCL_LIBDIR)/$(PACKAGE)$(VERSION)
 
-.PHONY: all test bench install uninstall clean
+.PHONY: all test stress memcheck asan bench install uninstall clean
 
 all: $(LIB)
 
@@ -43,6 +46,25 @@ $(LIB): socketserver.c ancillary.h
 
 test: $(LIB)
 	TCLLIBPATH=$(CURDIR) $(TCLSH) tests/all.tcl $(TESTFLAGS)
+
+stress: $(LIB) tests/stress/libinject.so
+	TCLLIBPATH=$(CURDIR) $(TCLSH) tests/all.tcl -testdir $(CURDIR)/tests/stress $(TESTFLAGS)
+
+# A test helper that sends what no well-behaved process sends.
+tests/stress/libinject.so: tests/stress/inject.c
+	$(CC) $(ALL_CFLAGS) -shared -o $@ tests/stress/inject.c $(TCL_STUB) $(LDFLAGS)
+
+memcheck: $(LIB)
+	TCLSH=$(TCLSH) sh tests/checkmem.sh memcheck $(CURDIR)
+
+# The extension built again with sanitizers, into tests/asan/.
+asan: socketserver.c ancillary.h
+	mkdir -p tests/asan
+	$(CC) $(ALL_CFLAGS) -O1 -fno-omit-frame-pointer \
+	    -fsanitize=address,undefined -shared -o tests/asan/$(LIB) \
+	    socketserver.c $(TCL_STUB) $(LDFLAGS)
+	cp pkgIndex.tcl tests/asan/
+	TCLSH=$(TCLSH) CC=$(CC) sh tests/checkmem.sh asan $(CURDIR)/tests/asan
 
 # Side-by-side benchmarks (needs wrk): see bench/run.tcl for the settings.
 bench: $(LIB) bench/c_reference
@@ -62,4 +84,5 @@ uninstall:
 	-rmdir $(INSTALL_DIR)
 
 clean:
-	rm -f $(LIB) *.o bench/c_reference
+	rm -f $(LIB) *.o bench/c_reference tests/stress/libinject.so
+	rm -rf tests/asan
