@@ -6,13 +6,15 @@
 #   make memcheck     the single-process tests under valgrind memcheck
 #   make asan         the same with AddressSanitizer and UBSan
 #   make bench        benchmarks against Tcl's own servers and a C ceiling
-#   make install      install into a directory on tclsh's auto_path
+#   make install      install into a directory on tclsh's auto_path, and
+#                     the manual page into $(MANDIR)/mann
 #   make uninstall    remove what 'make install' put there
+#   make dist         socketserver-2.0.tar.gz, to build, test and install from
 #   make clean        remove build products
 #
-# Overridable: PKG_CONFIG, TCLSH, CC, CFLAGS, EXTRA_CFLAGS (CI passes
-# -Werror), PREFIX, TCL_LIBDIR (the auto_path directory to install under),
-# DESTDIR.
+# Overridable: PKG_CONFIG, TCL_CONFIG (a tclConfig.sh to take Tcl's
+# flags from), TCLSH, CC, CFLAGS, EXTRA_CFLAGS (CI passes -Werror), PREFIX,
+# TCL_LIBDIR (the auto_path directory to install under), MANDIR, DESTDIR.
 
 PACKAGE    = socketserver
 VERSION    = 2.0
@@ -24,10 +26,23 @@ CC         ?= cc
 CFLAGS     ?= -O2 -g
 PREFIX     ?= /usr/local
 
+# Tcl's flags: from tclConfig.sh when TCL_CONFIG names one, else from
+# pkg-config, else from the tclConfig.sh found next to tclsh's library or
+# on its package path. Only the stub library is linked (Debian's
+# 'pkg-config --libs tcl' also names -ltcl8.6), so the extension loads into
+# any Tcl 8.6 or later.
+ifeq ($(TCL_CONFIG),)
+ifeq ($(shell $(PKG_CONFIG) --exists tcl 2>/dev/null && echo yes),yes)
 TCL_CFLAGS := $(shell $(PKG_CONFIG) --cflags tcl)
-# Debian's 'pkg-config --libs tcl' also names -ltcl8.6: link the stub
-# library only, so the extension loads into any Tcl 8.6 or later.
 TCL_STUB   := $(filter -L% -ltclstub%,$(shell $(PKG_CONFIG) --libs tcl))
+else
+TCL_CONFIG := $(shell echo 'set v [info tclversion]; foreach d [list [info library] [file dirname [info library]] {*}$$tcl_pkgPath /usr/lib /usr/lib64 /usr/local/lib] {foreach f [list $$d/tclConfig.sh $$d/tcl$$v/tclConfig.sh] {if {[file exists $$f]} {puts $$f; exit}}}' | $(TCLSH))
+endif
+endif
+ifneq ($(TCL_CONFIG),)
+TCL_CFLAGS := $(shell . $(TCL_CONFIG) && echo $$TCL_INCLUDE_SPEC)
+TCL_STUB   := $(shell . $(TCL_CONFIG) && echo $$TCL_STUB_LIB_SPEC)
+endif
 
 ALL_CFLAGS = $(CFLAGS) $(EXTRA_CFLAGS) -Wall -Wextra -fPIC -pthread \
              -DUSE_TCL_STUBS $(TCL_CFLAGS)
@@ -36,12 +51,22 @@ ALL_CFLAGS = $(CFLAGS) $(EXTRA_CFLAGS) -Wall -Wextra -fPIC -pthread \
 # else the directory above Tcl's own library.
 TCL_LIBDIR ?= $(shell echo 'foreach d $$auto_path {if {[string match $(PREFIX)/* $$d]} {puts $$d; exit}}; puts [file dirname [info library]]' | $(TCLSH))
 INSTALL_DIR = $(DESTDIR)$(TCL_LIBDIR)/$(PACKAGE)$(VERSION)
+MANDIR     ?= $(PREFIX)/share/man
 
-.PHONY: all test stress memcheck asan bench install uninstall clean
+# What 'make dist' packs: everything needed to build, test and install.
+DIST_NAME  = $(PACKAGE)-$(VERSION)
+DIST_FILES = README.md LICENSE Makefile pkgIndex.tcl socketserver.c ancillary.h \
+	     doc/socketserver.n .ci/run \
+	     $(wildcard tests/*.tcl tests/*.test tests/*.sh tests/stress/*.tcl \
+		tests/stress/*.test tests/stress/*.c examples/*.tcl \
+		examples/*.cfg bench/*.tcl bench/*.c)
+
+.PHONY: all test stress memcheck asan bench install uninstall dist clean
 
 all: $(LIB)
 
 $(LIB): socketserver.c ancillary.h
+	@test -n "$(TCL_CFLAGS)" || { echo "can't find Tcl's headers: install tcl-dev, or set TCL_CONFIG to a tclConfig.sh" >&2; exit 1; }
 	$(CC) $(ALL_CFLAGS) -shared -o $@ socketserver.c $(TCL_STUB) $(LDFLAGS)
 
 test: $(LIB)
@@ -78,11 +103,23 @@ install: $(LIB)
 	install -d $(INSTALL_DIR)
 	install -m 755 $(LIB) $(INSTALL_DIR)/
 	install -m 644 pkgIndex.tcl $(INSTALL_DIR)/
+	install -d $(DESTDIR)$(MANDIR)/mann
+	install -m 644 doc/socketserver.n $(DESTDIR)$(MANDIR)/mann/
 
 uninstall:
 	rm -f $(INSTALL_DIR)/$(LIB) $(INSTALL_DIR)/pkgIndex.tcl
 	-rmdir $(INSTALL_DIR)
+	rm -f $(DESTDIR)$(MANDIR)/mann/socketserver.n
+
+dist: $(DIST_NAME).tar.gz
+
+$(DIST_NAME).tar.gz: $(DIST_FILES)
+	rm -rf $(DIST_NAME) $@
+	mkdir $(DIST_NAME)
+	tar cf - $(DIST_FILES) | tar xf - -C $(DIST_NAME)
+	tar czf $@ $(DIST_NAME)
+	rm -rf $(DIST_NAME)
 
 clean:
 	rm -f $(LIB) *.o bench/c_reference tests/stress/libinject.so
-	rm -rf tests/asan
+	rm -rf tests/asan $(DIST_NAME) $(DIST_NAME).tar.gz

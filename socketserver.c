@@ -33,6 +33,14 @@
 
 #include <tcl.h>
 
+/*
+ * Tcl 9 counts list and string lengths in Tcl_Size; 8.6 has no such type.
+ */
+
+#ifndef TCL_SIZE_MAX
+typedef int Tcl_Size;
+#endif
+
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -1590,7 +1598,8 @@ ClientCmd(
     Queue *queuePtr;
     Request *requestPtr;
     Message message;
-    int length, pair[2], error;
+    Tcl_Size length;
+    int pair[2], error;
 
     if ((objc != 3 && objc != 5)
 	    || (objc == 3 && strcmp(Tcl_GetString(objv[2]), "-port") == 0)) {
@@ -2194,7 +2203,7 @@ Socketserver_Init(
 {
     InterpData *dataPtr;
 
-    if (Tcl_InitStubs(interp, "8.6", 0) == NULL) {
+    if (Tcl_InitStubs(interp, "8.6-", 0) == NULL) {
 	return TCL_ERROR;
     }
     pthread_once(&setupOnce, SetupProcess);
@@ -2228,7 +2237,7 @@ int
 Socketserver_SafeInit(
     Tcl_Interp *interp)
 {
-    if (Tcl_InitStubs(interp, "8.6", 0) == NULL) {
+    if (Tcl_InitStubs(interp, "8.6-", 0) == NULL) {
 	return TCL_ERROR;
     }
     Tcl_SetObjResult(interp, Tcl_NewStringObj(

@@ -282,7 +282,7 @@ int
 Inject_Init(
     Tcl_Interp *interp)
 {
-    if (Tcl_InitStubs(interp, "8.6", 0) == NULL) {
+    if (Tcl_InitStubs(interp, "8.6-", 0) == NULL) {
 	return TCL_ERROR;
     }
     Tcl_CreateObjCommand(interp, "inject::seqpackets", SeqpacketsCmd, NULL,
