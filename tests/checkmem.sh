@@ -2,10 +2,10 @@
 # checkmem.sh memcheck|asan LIBDIR --
 #
 #	Runs the test cases that stay in one process (SOCKETSERVER_SINGLE_
-#	PROCESS=1: no forked workers) with the package from LIBDIR under
-#	valgrind memcheck or with the AddressSanitizer and UBSan runtimes
-#	preloaded, prints one figure line and fails unless the tests pass
-#	and there is nothing to report.
+#	PROCESS=1: no forked workers; not the build tests) with the package
+#	from LIBDIR under valgrind memcheck or with the AddressSanitizer and
+#	UBSan runtimes preloaded, prints one figure line and fails unless the
+#	tests pass and there is nothing to report.
 #
 #	memcheck: errors and bytes "definitely lost" (Tcl's own allocator
 #	keeps blocks that valgrind calls "possibly lost" or "still
@@ -26,7 +26,8 @@ case $mode in
 memcheck)
     command -v valgrind >/dev/null || { echo "memcheck: valgrind is not installed" >&2; exit 1; }
     valgrind --quiet --trace-children=yes --leak-check=full \
-	--log-file="$logs/vg.%p" "$tclsh" tests/all.tcl >"$logs/out" 2>&1
+	--log-file="$logs/vg.%p" "$tclsh" tests/all.tcl -notfile build.test \
+	>"$logs/out" 2>&1
     status=$?
     errors=$(cat "$logs"/vg.* 2>/dev/null | sed -n 's/.*ERROR SUMMARY: \([0-9]*\) errors.*/\1/p' | awk '{s+=$1} END {print s+0}')
     lost=$(cat "$logs"/vg.* 2>/dev/null | sed -n 's/.*definitely lost: \([0-9,]*\) bytes.*/\1/p' | tr -d , | awk '{s+=$1} END {print s+0}')
@@ -44,7 +45,7 @@ asan)
     LD_PRELOAD="$preload" \
     ASAN_OPTIONS="detect_leaks=0:log_path=$logs/asan" \
     UBSAN_OPTIONS="print_stacktrace=1:log_path=$logs/ubsan" \
-	"$tclsh" tests/all.tcl >"$logs/out" 2>&1
+	"$tclsh" tests/all.tcl -notfile build.test >"$logs/out" 2>&1
     status=$?
     reports=$(ls "$logs" | grep -c -e '^asan' -e '^ubsan')
     tail -n 1 "$logs/out"
