@@ -105,6 +105,9 @@ proc forkWorker {} {
     flush stdout
     set pid [fork]
     if {$pid == 0} {
+	foreach id [after info] {
+	    after cancel $id
+	}
 	set ::workers {}
 	set ::retiring {}
 	runWorker
@@ -113,7 +116,11 @@ proc forkWorker {} {
     say "worker $pid started"
 }
 
+# Dead workers are looked for every 100 ms rather than on SIGCHLD: a
+# signal trapped by TclX that lands while threaded Tcl 8.6 holds its
+# notifier lock deadlocks the process, and SIGCHLD comes often here.
 proc reap {} {
+    after 100 reap
     while {![catch {wait -nohang} status] && $status ne ""} {
 	set pid [lindex $status 0]
 	say "worker $pid exited [lrange $status 1 end]"
@@ -152,7 +159,6 @@ proc status {} {
 
 proc stop {} {
     set ::stopping 1
-    signal ignore CHLD
     set all [concat $::workers $::retiring]
     foreach pid $all {
 	catch {kill TERM $pid}
@@ -179,7 +185,6 @@ if {[catch {::socketserver::socket server -myaddr $opt(-myaddr) $opt(-port)} \
     puts stderr "prefork: $port"
     exit 1
 }
-signal trap CHLD {after idle reap}
 signal trap HUP {after idle reload}
 signal trap USR2 {after idle status}
 signal trap {TERM INT} {after idle stop}
@@ -187,4 +192,5 @@ say "prefork [pid] listening on port $port"
 for {set i 0} {$i < $opt(-workers)} {incr i} {
     forkWorker
 }
+reap
 vwait forever

@@ -55,6 +55,9 @@ proc workerError {message options} {
 
 proc runWorker {} {
     signal default {TERM INT USR1 CHLD}
+    foreach id [after info] {
+	after cancel $id
+    }
     set ::workers {}
     interp bgerror {} workerError
     ::socketserver::socket client serve
@@ -76,7 +79,11 @@ proc forkWorker {} {
     flush stdout
 }
 
+# Looked for every 100 ms rather than on SIGCHLD: a signal trapped by
+# TclX that lands while threaded Tcl 8.6 holds its notifier lock
+# deadlocks the process.
 proc reapWorkers {} {
+    after 100 reapWorkers
     while {![catch {wait -nohang} status] && $status ne ""} {
 	set pid [lindex $status 0]
 	set i [lsearch -exact $::workers $pid]
@@ -91,7 +98,6 @@ proc reapWorkers {} {
 }
 
 proc shutdown {} {
-    signal ignore CHLD
     foreach pid $::workers {
 	catch {kill TERM $pid}
     }
@@ -108,9 +114,9 @@ proc shutdown {} {
 
 # Fork from the event loop, never inside a signal handler.
 signal trap USR1 {after idle forkWorker}
-signal trap CHLD {after idle reapWorkers}
 signal trap {TERM INT} shutdown
 puts "echo server [pid] listening on port $port"
 forkWorker
 forkWorker
+reapWorkers
 vwait forever

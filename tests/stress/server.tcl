@@ -85,6 +85,9 @@ proc workerError {message options} {
 
 proc runWorker {} {
     signal default {CHLD TERM}
+    foreach id [after info] {
+	after cancel $id
+    }
     close stdin
     set ::workers {}
     set ::seq 0
@@ -110,7 +113,10 @@ proc forkWorker {} {
     say "worker $pid"
 }
 
+# Every 100 ms, not on SIGCHLD: a TclX signal trap that fires while
+# threaded Tcl 8.6 holds its notifier lock deadlocks the process.
 proc reap {} {
+    after 100 reap
     while {![catch {wait -nohang} status] && $status ne ""} {
 	set pid [lindex $status 0]
 	set i [lsearch -exact $::workers $pid]
@@ -152,7 +158,6 @@ proc command {} {
 }
 
 proc stop {} {
-    signal ignore CHLD
     foreach pid $::workers {
 	catch {kill KILL $pid}
     }
@@ -162,10 +167,10 @@ proc stop {} {
     exit 0
 }
 
-signal trap CHLD {after idle reap}
 say "server [pid] $port"
 for {set i 0} {$i < $opt(-workers)} {incr i} {
     forkWorker
 }
+reap
 fileevent stdin readable command
 vwait forever
