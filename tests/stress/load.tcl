@@ -48,10 +48,34 @@ proc record {n reply} {
 	    [expr {max($max, $seq)}]]
 }
 
-proc connect {} {
-    set chan [socket 127.0.0.1 $::port]
+# openOne n --
+#	Counts an attempt, connects and sends n. Returns the channel, or ""
+#	once the failure is counted as an error.
+proc openOne {n} {
+    incr ::result(attempted)
+    if {[catch {socket 127.0.0.1 $::port} chan]} {
+	incr ::result(errors)
+	return ""
+    }
     fconfigure $chan -buffering line -translation lf
+    if {[catch {puts $chan $n}]} {
+	incr ::result(errors)
+	catch {close $chan}
+	return ""
+    }
     return $chan
+}
+
+# answerOne chan n --
+#	Blocking: reads and counts the answer to connection n.
+proc answerOne {chan n} {
+    if {[catch {gets $chan line} got]} {
+	incr ::result(errors)
+    } elseif {$got < 0} {
+	incr ::result(eof)
+    } else {
+	record $n $line
+    }
 }
 
 # --- concurrent ---------------------------------------------------------
@@ -62,16 +86,10 @@ proc startOne {} {
     }
     set n $::next
     incr ::next
-    incr ::result(attempted)
     incr ::active
-    if {[catch {connect} chan]} {
-	incr ::result(errors)
-	finishOne {} {}
-	return
-    }
-    if {[catch {puts $chan $n}]} {
-	incr ::result(errors)
-	finishOne $chan {}
+    set chan [openOne $n]
+    if {$chan eq ""} {
+	finishOne {}
 	return
     }
     fconfigure $chan -blocking 0
@@ -90,15 +108,15 @@ proc readOne {chan n timer} {
 	return
     }
     after cancel $timer
-    finishOne $chan {}
+    finishOne $chan
 }
 
 proc hangOne {chan} {
     incr ::result(hangs)
-    finishOne $chan {}
+    finishOne $chan
 }
 
-proc finishOne {chan dummy} {
+proc finishOne {chan} {
     if {$chan ne ""} {
 	catch {close $chan}
     }
@@ -115,28 +133,15 @@ proc finishOne {chan dummy} {
 proc burst {} {
     set chans {}
     for {set n 1} {$n <= $::count} {incr n} {
-	incr ::result(attempted)
-	if {[catch {connect} chan]} {
-	    incr ::result(errors)
-	    continue
+	set chan [openOne $n]
+	if {$chan ne ""} {
+	    lappend chans $n $chan
 	}
-	if {[catch {puts $chan $n}]} {
-	    incr ::result(errors)
-	    catch {close $chan}
-	    continue
-	}
-	lappend chans $n $chan
     }
     puts "opened [expr {[llength $chans] / 2}]"
     flush stdout
     foreach {n chan} $chans {
-	if {[catch {gets $chan line} got]} {
-	    incr ::result(errors)
-	} elseif {$got < 0} {
-	    incr ::result(eof)
-	} else {
-	    record $n $line
-	}
+	answerOne $chan $n
 	catch {close $chan}
     }
 }
@@ -144,17 +149,10 @@ proc burst {} {
 proc keep {} {
     set chans {}
     for {set n 1} {$n <= $::count} {incr n} {
-	incr ::result(attempted)
-	if {[catch {connect} chan]} {
-	    incr ::result(errors)
-	    continue
-	}
-	lappend chans $chan
-	puts $chan $n
-	if {[gets $chan line] < 0} {
-	    incr ::result(eof)
-	} else {
-	    record $n $line
+	set chan [openOne $n]
+	if {$chan ne ""} {
+	    lappend chans $chan
+	    answerOne $chan $n
 	}
     }
     foreach chan $chans {
