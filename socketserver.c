@@ -189,6 +189,8 @@ static pthread_once_t setupOnce = PTHREAD_ONCE_INIT;
 #define RETRY_MS	10	/* Retry after the kernel refused a send for
 				 * want of resources. */
 #define PRUNE_MIN	64	/* Smallest pruneMark. */
+#define NEW_PORT_TRIES	8	/* Binds 'server 0' tries for a port this
+				 * process has never served. */
 
 /*
  * Static routines for this file:
@@ -1147,6 +1149,59 @@ OpenListener(
 /*
  *----------------------------------------------------------------------
  *
+ * OpenNewListener --
+ *
+ *	OpenListener, except that for port 0 it avoids the ports this
+ *	process already has a queue for: 'server 0' asks for a new server,
+ *	and a recycled port number would otherwise resume an old queue,
+ *	with whatever workers and counts it has. Each refused listener is
+ *	kept open while the next is bound, so the kernel picks another
+ *	number; after NEW_PORT_TRIES the last one is used anyway.
+ *
+ * Results:
+ *	As OpenListener.
+ *
+ * Side effects:
+ *	None on error.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+OpenNewListener(
+    Tcl_Interp *interp,
+    const char *myaddr,
+    int port,
+    int backlog,
+    int *fdPtr,
+    int *boundPortPtr,
+    char *boundAddr)
+{
+    int refused[NEW_PORT_TRIES], numRefused = 0, known, status;
+
+    for (;;) {
+	status = OpenListener(interp, myaddr, port, backlog, fdPtr,
+		boundPortPtr, boundAddr);
+	if (status != TCL_OK || port != 0 || numRefused == NEW_PORT_TRIES) {
+	    break;
+	}
+	pthread_mutex_lock(&queueLock);
+	known = (FindQueue(*boundPortPtr) != NULL);
+	pthread_mutex_unlock(&queueLock);
+	if (!known) {
+	    break;
+	}
+	refused[numRefused++] = *fdPtr;
+    }
+    while (numRefused > 0) {
+	close(refused[--numRefused]);
+    }
+    return status;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * ServerCmd --
  *
  *	$cmd server ?-myaddr addr? ?-backlog n? port
@@ -1217,8 +1272,8 @@ ServerCmd(
     }
     pthread_mutex_unlock(&queueLock);
 
-    if (OpenListener(interp, myaddr, port, backlog, &listenFd, &boundPort,
-	    boundAddr) != TCL_OK) {
+    if (OpenNewListener(interp, myaddr, port, backlog, &listenFd,
+	    &boundPort, boundAddr) != TCL_OK) {
 	return TCL_ERROR;
     }
 
