@@ -2,15 +2,16 @@
  * ancillary.h --
  *
  *	Pass one file descriptor, with a short payload, over a Unix domain
- *	socket (SCM_RIGHTS). Header only: two static inline functions.
+ *	socket (SCM_RIGHTS). Header only: three static inline functions.
  *
  *	    ancil_send_fd(sock, fd, data, len, flags)
- *	    ancil_recv_fd(sock, &fd, data, len, flags)
+ *	    ancil_recv_fd(sock, &fd, data, len, flags)   one reader
+ *	    ancil_take_fd(sock, &fd, data, len, flags)   many readers
  *
- *	Both return -1 and set errno on failure, retry on EINTR, and never
- *	leave a descriptor behind that the caller does not know about. A
- *	receiver with no room for the descriptor (EMFILE) leaves the message
- *	queued rather than lose it.
+ *	All return -1 and set errno on failure, retry on EINTR, and never
+ *	leave a descriptor behind that the caller does not know about. With
+ *	ancil_recv_fd, a receiver with no room for the descriptor (EMFILE)
+ *	leaves the message queued rather than lose it.
  *
  * Copyright (c) 2026 The socketserver authors.
  * See the file "LICENSE" for information on usage and redistribution.
@@ -43,6 +44,54 @@ typedef union {
     char buf[CMSG_SPACE(sizeof(int))];
 				/* Space for exactly one descriptor. */
 } AncilControl;
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ancil_collect_fds --
+ *
+ *	Goes through the control data of a received message: the first
+ *	descriptor goes to *fd, any further ones are closed.
+ *
+ * Results:
+ *	How many descriptors the message carried.
+ *
+ * Side effects:
+ *	See above.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static inline int
+ancil_collect_fds(
+    struct msghdr *msg,
+    int *fd)
+{
+    struct cmsghdr *cmsg;
+    int count = 0;
+
+    for (cmsg = CMSG_FIRSTHDR(msg); cmsg != NULL;
+	    cmsg = CMSG_NXTHDR(msg, cmsg)) {
+	int *fds = (int *) CMSG_DATA(cmsg);
+	size_t i, n;
+
+	if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) {
+	    continue;
+	}
+	n = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+	for (i = 0; i < n; i++) {
+	    int one;
+
+	    memcpy(&one, fds + i, sizeof(int));
+	    if (count++ == 0) {
+		*fd = one;
+	    } else {
+		close(one);
+	    }
+	}
+    }
+    return count;
+}
 
 /*
  *----------------------------------------------------------------------
@@ -145,9 +194,8 @@ ancil_recv_fd(
     AncilControl control;
     struct iovec iov;
     struct msghdr msg;
-    struct cmsghdr *cmsg;
     ssize_t got, taken;
-    int count = 0, peekFlags;
+    int count, peekFlags;
 
     *fd = -1;
     memset(&msg, 0, sizeof(msg));
@@ -172,26 +220,7 @@ ancil_recv_fd(
     if (got < 0) {
 	return -1;
     }
-    for (cmsg = CMSG_FIRSTHDR(&msg); cmsg != NULL;
-	    cmsg = CMSG_NXTHDR(&msg, cmsg)) {
-	int *fds = (int *) CMSG_DATA(cmsg);
-	size_t i, n;
-
-	if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS) {
-	    continue;
-	}
-	n = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-	for (i = 0; i < n; i++) {
-	    int one;
-
-	    memcpy(&one, fds + i, sizeof(int));
-	    if (count++ == 0) {
-		*fd = one;
-	    } else {
-		close(one);
-	    }
-	}
-    }
+    count = ancil_collect_fds(&msg, fd);
     peekFlags = msg.msg_flags;
     if (got == 0 && count == 0 && !(peekFlags & MSG_CTRUNC)) {
 	/* End of file, or an empty message: take the latter. */
@@ -218,6 +247,81 @@ ancil_recv_fd(
     } while (taken < 0 && errno == EINTR);
     if (taken != got || count != 1 || got == 0
 	    || (peekFlags & (MSG_CTRUNC | MSG_TRUNC))) {
+	if (*fd >= 0) {
+	    close(*fd);
+	    *fd = -1;
+	}
+	errno = EBADMSG;
+	return -1;
+    }
+#ifndef MSG_CMSG_CLOEXEC
+    fcntl(*fd, F_SETFD, FD_CLOEXEC);
+#endif
+    return got;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ancil_take_fd --
+ *
+ *	ancil_take_fd(sock, &fd, data, len, flags): as ancil_recv_fd, but
+ *	in a single recvmsg(), for a socket that several processes read (a
+ *	peek and then a take could take another reader's message). The
+ *	caller makes sure it has room for a descriptor: one the kernel
+ *	cannot install is lost.
+ *
+ * Results:
+ *	As ancil_recv_fd, except that EMFILE means the message was taken
+ *	and its descriptor lost.
+ *
+ * Side effects:
+ *	Every descriptor of a discarded message is closed.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static inline ssize_t
+ancil_take_fd(
+    int sock,
+    int *fd,
+    void *data,
+    size_t len,
+    int flags)
+{
+    AncilControl control;
+    struct iovec iov;
+    struct msghdr msg;
+    ssize_t got;
+    int count;
+
+    *fd = -1;
+    memset(&msg, 0, sizeof(msg));
+    iov.iov_base = data;
+    iov.iov_len = len;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof(control.buf);
+#ifdef MSG_CMSG_CLOEXEC
+    flags |= MSG_CMSG_CLOEXEC;
+#endif
+    do {
+	got = recvmsg(sock, &msg, flags);
+    } while (got < 0 && errno == EINTR);
+    if (got < 0) {
+	return -1;
+    }
+    count = ancil_collect_fds(&msg, fd);
+    if (got == 0 && count == 0 && !(msg.msg_flags & MSG_CTRUNC)) {
+	return 0;
+    }
+    if (count == 0 && (msg.msg_flags & MSG_CTRUNC)) {
+	errno = EMFILE;
+	return -1;
+    }
+    if (count != 1 || got == 0
+	    || (msg.msg_flags & (MSG_CTRUNC | MSG_TRUNC))) {
 	if (*fd >= 0) {
 	    close(*fd);
 	    *fd = -1;

@@ -13,13 +13,18 @@
  *	request; the accept thread keeps the asks in a FIFO and passes each
  *	accepted connection (SCM_RIGHTS) over the private socketpair of the
  *	oldest ask. So exactly one process wakes per connection, however many
- *	are waiting: the one whose ask is served.
+ *	are waiting: the one whose ask is served. A connection accepted while
+ *	no ask waits goes into the port's small ready queue instead, from
+ *	which the next 'client' takes it at once, with no ask and no wake-up.
  *
  *	One connection, start to end:
- *	    ClientCmd (asking process)        sends an ask up the queue,
+ *	    ClientCmd (asking process)        takes a ready connection
+ *	                                      (TakeReady), or sends an ask,
  *	    AcceptConnections (accept thread) accept()s it,
- *	    HandOverHeldConnection            sends it to the oldest ask,
- *	    ReceiveConnection (event loop)    recvmsg()s it on the private pair,
+ *	    HandOverHeldConnection            sends it to the oldest ask, or
+ *	                                      into the ready queue,
+ *	    ReceiveConnection (event loop)    recvmsg()s it on the private pair
+ *	    or DeliverTaken                   (or delivers the ready one),
  *	    DeliverConnection                 wraps it and calls the handler.
  *
  * Copyright (c) 2026 The socketserver authors.
@@ -120,6 +125,14 @@ typedef struct Queue {
     int askFds[2];		/* The queue. [0] is read by the accept
 				 * thread (-1 in forked children); every
 				 * process writes asks to [1]. (L) */
+    int readyFds[2];		/* Connections accepted while no ask was
+				 * waiting: [1], in the serving process
+				 * only, is written by the accept thread;
+				 * a process calling 'client' takes one from
+				 * [0] at once if there is one. Its send
+				 * buffer holds only a few. (L) */
+    int readyMayHold;		/* 0 once the accept thread found [0]
+				 * empty and has not written since. (L) */
     int listenFd;		/* Listening socket or -1. (L) */
     int wakeFds[2];		/* Pipe whose read end, when readable, tells
 				 * the accept thread to stop. (L) */
@@ -156,7 +169,12 @@ typedef struct Request {
     struct InterpData *dataPtr;	/* The interpreter that asked. */
     Queue *queuePtr;		/* The queue asked from. */
     int replyFd;		/* Private receiving end, watched with
-				 * Tcl_CreateFileHandler. */
+				 * Tcl_CreateFileHandler; -1 if the request
+				 * took a ready connection instead. */
+    int takenFd;		/* The ready connection 'client' took, until
+				 * a TakenEvent delivers it; else -1. */
+    Message takenMessage;	/* Its message. */
+    int eventQueued;		/* 1 while its TakenEvent is queued. */
     Tcl_Obj *handlerObj;	/* Command prefix to call; one reference. */
     Tcl_TimerToken retryTimer;	/* Set while the file handler is off
 				 * because there was no room for the
@@ -164,6 +182,16 @@ typedef struct Request {
     unsigned long generation;	/* forkGeneration when made: a request
 				 * copied into a forked child is stale. */
 } Request;
+
+/*
+ * Delivers a ready connection that 'client' took, from the event loop
+ * (never from inside 'client', which a handler calls).
+ */
+
+typedef struct TakenEvent {
+    Tcl_Event header;		/* Tcl's part; must be first. */
+    Request *requestPtr;	/* The request that took it. */
+} TakenEvent;
 
 /*
  * Per interpreter: its pending requests. Touched only in the thread of
@@ -207,12 +235,14 @@ static int		ClientCmd(InterpData *dataPtr, Tcl_Interp *interp,
 			    int objc, Tcl_Obj *const objv[]);
 static int		CloseCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
+static void		AddRequest(Request *requestPtr);
 static void		CloseFd(int *fdPtr);
 static void		DeleteInterpData(ClientData clientData,
 			    Tcl_Interp *interp);
 static void		DeliverConnection(Tcl_Interp *interp,
 			    Tcl_Obj *handlerObj, Queue *queuePtr, int fd,
 			    const Message *messagePtr);
+static int		DeliverTaken(Tcl_Event *evPtr, int flags);
 static void		DropRequest(Request *requestPtr);
 static Request *	FindRequest(InterpData *dataPtr, Queue *queuePtr);
 static Queue *		FindQueue(int port);
@@ -225,15 +255,24 @@ static int		LookupQueue(Tcl_Interp *interp, int objc,
 static int		OpenListener(Tcl_Interp *interp, const char *myaddr,
 			    int port, int backlog, int *fdPtr,
 			    int *boundPortPtr, char *boundAddr);
+static int		MakeQueueSockets(int askFds[2], int readyFds[2]);
+static int		OpenNewListener(Tcl_Interp *interp,
+			    const char *myaddr, int port, int backlog,
+			    int *fdPtr, int *boundPortPtr, char *boundAddr);
 static int		ParsePort(Tcl_Interp *interp, Tcl_Obj *objPtr,
 			    int *portPtr);
 static int		HandOverHeldConnection(Queue *queuePtr, int wait);
 static int		IsConnection(ssize_t got, int fd,
 			    const Message *messagePtr);
+static int		IsTakenEventOf(Tcl_Event *evPtr,
+			    ClientData clientData);
 static void		PruneAskers(Queue *queuePtr);
 static int		ReadQueue(Queue *queuePtr);
 static void		TakeConnection(Request *requestPtr, int fd,
 			    const Message *messagePtr);
+static int		TakeReady(Queue *queuePtr, int *fdPtr,
+			    Message *messagePtr);
+static int		TakeReadyConnection(Queue *queuePtr);
 static int		TakeReturnedConnection(Queue *queuePtr);
 static int		WithdrawRequest(Request *requestPtr, int deliver);
 static void		ReceiveConnection(ClientData clientData, int mask);
@@ -252,7 +291,7 @@ static int		StartAccepting(Tcl_Interp *interp, Queue *queuePtr,
 			    int listenFd);
 static void		StopAccepting(Queue *queuePtr);
 static int		WaitFor(Queue *queuePtr, int fd, short events,
-			    int timeoutMs);
+			    int otherFd, short otherEvents, int timeoutMs);
 
 DLLEXPORT int		Socketserver_Init(Tcl_Interp *interp);
 DLLEXPORT int		Socketserver_SafeInit(Tcl_Interp *interp);
@@ -317,8 +356,10 @@ SetupProcess(void)
  *	queueLock, under which every descriptor of the accept thread is
  *	created and recorded. The child, which has no accept thread, closes
  *	what belongs to the serving process alone: listeners, the reading
- *	ends of the queues, the stop pipes, the asks read so far and every
- *	connection accepted but not handed over.
+ *	ends of the queues, the writing ends of the ready queues, the stop
+ *	pipes, the asks read so far and every connection accepted but not
+ *	handed over; and its copies of ready connections that requests took
+ *	but have not delivered.
  *
  * Results:
  *	None.
@@ -358,6 +399,7 @@ AtForkChild(void)
 	    queuePtr = queuePtr->nextPtr) {
 	CloseFd(&queuePtr->listenFd);
 	CloseFd(&queuePtr->askFds[0]);
+	CloseFd(&queuePtr->readyFds[1]);
 	CloseFd(&queuePtr->wakeFds[0]);
 	CloseFd(&queuePtr->wakeFds[1]);
 	CloseFd(&queuePtr->held.fd);
@@ -378,9 +420,11 @@ AtForkChild(void)
     nullFd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     for (requestPtr = allRequests; requestPtr != NULL;
 	    requestPtr = requestPtr->nextInProcess) {
-	if (nullFd < 0 || dup3(nullFd, requestPtr->replyFd, O_CLOEXEC) < 0) {
+	if (requestPtr->replyFd >= 0 && (nullFd < 0
+		|| dup3(nullFd, requestPtr->replyFd, O_CLOEXEC) < 0)) {
 	    close(requestPtr->replyFd);
 	}
+	CloseFd(&requestPtr->takenFd);
     }
     CloseFd(&nullFd);
     forkGeneration++;
@@ -460,9 +504,9 @@ FindQueue(
  *
  * WaitFor --
  *
- *	Accept thread: waits until fd has one of events (fd may be -1 to
- *	just wait), timeoutMs passes (-1: no limit), or the thread is told
- *	to stop.
+ *	Accept thread: waits until fd has one of events or otherFd one of
+ *	otherEvents (either may be -1), timeoutMs passes (-1: no limit), or
+ *	the thread is told to stop.
  *
  * Results:
  *	0 if the thread must stop, 1 otherwise.
@@ -478,9 +522,11 @@ WaitFor(
     Queue *queuePtr,
     int fd,
     short events,
+    int otherFd,
+    short otherEvents,
     int timeoutMs)
 {
-    struct pollfd fds[2];
+    struct pollfd fds[3];
 
     fds[0].fd = queuePtr->wakeFds[0];
     fds[0].events = POLLIN;
@@ -488,7 +534,10 @@ WaitFor(
     fds[1].fd = fd;
     fds[1].events = events;
     fds[1].revents = 0;
-    if (poll(fds, 2, timeoutMs) < 0 && errno != EINTR) {
+    fds[2].fd = otherFd;
+    fds[2].events = otherEvents;
+    fds[2].revents = 0;
+    if (poll(fds, 3, timeoutMs) < 0 && errno != EINTR) {
 	/*
 	 * Only ENOMEM is possible here: pause rather than spin.
 	 */
@@ -526,7 +575,8 @@ AcceptConnections(
     Queue *queuePtr = clientData;
 
     for (;;) {
-	if (queuePtr->held.fd < 0 && !TakeReturnedConnection(queuePtr)) {
+	if (queuePtr->held.fd < 0 && !TakeReturnedConnection(queuePtr)
+		&& !TakeReadyConnection(queuePtr)) {
 	    struct pollfd fds[3];
 
 	    /*
@@ -540,7 +590,7 @@ AcceptConnections(
 	    fds[0].events = fds[1].events = fds[2].events = POLLIN;
 	    fds[0].revents = fds[1].revents = fds[2].revents = 0;
 	    if (poll(fds, 3, -1) < 0 && errno != EINTR) {
-		WaitFor(queuePtr, -1, 0, PAUSE_MS);
+		WaitFor(queuePtr, -1, 0, -1, 0, PAUSE_MS);
 		continue;
 	    }
 	    if (fds[0].revents != 0) {
@@ -553,7 +603,7 @@ AcceptConnections(
 		emptied = ReadQueue(queuePtr);
 		pthread_mutex_unlock(&queueLock);
 		if (!emptied) {
-		    WaitFor(queuePtr, -1, 0, PAUSE_MS);
+		    WaitFor(queuePtr, -1, 0, -1, 0, PAUSE_MS);
 		    continue;
 		}
 	    }
@@ -629,7 +679,7 @@ AcceptOneConnection(
 	return 0;
     default:
 	/* EMFILE, ENFILE, ENOBUFS, ENOMEM and anything unexpected. */
-	WaitFor(queuePtr, -1, 0, PAUSE_MS);
+	WaitFor(queuePtr, -1, 0, -1, 0, PAUSE_MS);
 	return 0;
     }
 }
@@ -794,16 +844,118 @@ TakeReturnedConnection(
 /*
  *----------------------------------------------------------------------
  *
+ * TakeReadyConnection --
+ *
+ *	Accept thread: when an ask is waiting and the ready queue may hold
+ *	a connection (one was put there since it was last found empty),
+ *	takes the oldest back to be the held one, so that no ask waits
+ *	while a connection does.
+ *
+ * Results:
+ *	1 if a connection is now held, else 0.
+ *
+ * Side effects:
+ *	Clears readyMayHold when the ready queue is empty.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+TakeReadyConnection(
+    Queue *queuePtr)
+{
+    Message message;
+    int fd, taken = 0;
+
+    pthread_mutex_lock(&queueLock);
+    if (queuePtr->numAskers > 0 && queuePtr->readyMayHold) {
+	switch (TakeReady(queuePtr, &fd, &message)) {
+	case 1:
+	    queuePtr->held.fd = fd;
+	    queuePtr->held.message = message;
+	    taken = 1;
+	    break;
+	case 0:
+	    queuePtr->readyMayHold = 0;
+	    break;
+	}
+    }
+    pthread_mutex_unlock(&queueLock);
+    return taken;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * TakeReady --
+ *
+ *	queueLock held: takes the oldest connection from the ready queue of
+ *	queuePtr without blocking. Several processes read that queue, so
+ *	the message is taken in one recvmsg() (ancil_take_fd), and only
+ *	after checking that this process has a free descriptor for it.
+ *	Every descriptor this extension makes is made under queueLock, so
+ *	only some other code's thread opening a descriptor at that very
+ *	moment could take the room.
+ *
+ * Results:
+ *	1 with *fdPtr and *messagePtr set; 0 if the queue is empty (or
+ *	closed: the serving process is gone); -1 if this process has no
+ *	room for a descriptor (the connection stays queued).
+ *
+ * Side effects:
+ *	A malformed message is discarded (EBADMSG in lastErrno); any other
+ *	error is recorded in lastErrno too.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+TakeReady(
+    Queue *queuePtr,
+    int *fdPtr,
+    Message *messagePtr)
+{
+    ssize_t got;
+    int room;
+
+    for (;;) {
+	room = fcntl(queuePtr->readyFds[0], F_DUPFD_CLOEXEC, 0);
+	if (room < 0) {
+	    queuePtr->lastErrno = errno;
+	    return -1;
+	}
+	close(room);
+	got = ancil_take_fd(queuePtr->readyFds[0], fdPtr, messagePtr,
+		sizeof(Message), MSG_DONTWAIT);
+	if (got > 0 && IsConnection(got, *fdPtr, messagePtr)) {
+	    return 1;
+	}
+	if (got > 0 || (got < 0 && errno == EBADMSG)) {
+	    queuePtr->lastErrno = EBADMSG;
+	    continue;
+	}
+	if (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+	    queuePtr->lastErrno = errno;
+	}
+	return 0;
+    }
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * HandOverHeldConnection --
  *
  *	Accept thread (or 'close', with wait 0): sends the held connection
- *	over the private socket of the oldest ask. Asks whose requester is
- *	gone are skipped. With wait, waits for an ask when there is none and
- *	retries when the kernel is short of resources (ETOOMANYREFS: too
- *	many descriptors in flight). Never drops the connection.
+ *	over the private socket of the oldest ask, or, when no ask is
+ *	waiting, into the ready queue. Asks whose requester is gone are
+ *	skipped. With wait, waits for an ask or for room in the ready queue,
+ *	and retries when the kernel is short of resources (ETOOMANYREFS:
+ *	too many descriptors in flight). Never drops the connection.
  *
  * Results:
- *	1 once handed over; 0 if not (told to stop, or no ask without wait).
+ *	1 once handed over; 0 if not (told to stop, or no ask and no room
+ *	without wait).
  *
  * Side effects:
  *	Closes this process's copy of the connection and of the ask.
@@ -850,20 +1002,40 @@ HandOverHeldConnection(
 	    }
 	    error = 0;
 	}
+	if (queuePtr->numAskers == 0 && emptied) {
+	    /*
+	     * Nobody is asking: leave it ready for the next 'client' to
+	     * take, if the ready queue has room.
+	     */
+
+	    if (ancil_send_fd(queuePtr->readyFds[1], queuePtr->held.fd,
+		    &queuePtr->held.message, sizeof(Message),
+		    MSG_DONTWAIT) == 0) {
+		CloseFd(&queuePtr->held.fd);
+		queuePtr->readyMayHold = 1;
+		pthread_mutex_unlock(&queueLock);
+		return 1;
+	    }
+	    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+		error = errno;
+		queuePtr->lastErrno = error;
+	    }
+	}
 	pthread_mutex_unlock(&queueLock);
 
 	if (!wait) {
 	    return 0;
 	}
 	if (error != 0) {
-	    if (!WaitFor(queuePtr, -1, 0, RETRY_MS)) {
+	    if (!WaitFor(queuePtr, -1, 0, -1, 0, RETRY_MS)) {
 		return 0;
 	    }
 	} else if (!emptied) {
-	    if (!WaitFor(queuePtr, -1, 0, PAUSE_MS)) {
+	    if (!WaitFor(queuePtr, -1, 0, -1, 0, PAUSE_MS)) {
 		return 0;
 	    }
-	} else if (!WaitFor(queuePtr, queuePtr->askFds[0], POLLIN, -1)) {
+	} else if (!WaitFor(queuePtr, queuePtr->askFds[0], POLLIN,
+		queuePtr->readyFds[1], POLLOUT, -1)) {
 	    return 0;
 	}
     }
@@ -959,9 +1131,10 @@ StartAccepting(
  *	None.
  *
  * Side effects:
- *	New connections are refused. A connection accepted but not handed
- *	over yet goes to the oldest waiting ask now if there is one, or else
- *	stays held and goes first when accepting resumes.
+ *	New connections are refused. Connections accepted but not handed
+ *	over yet go to the waiting asks now, or else to the ready queue,
+ *	where the next 'client' takes them; one that does not fit stays held
+ *	and goes first when accepting resumes.
  *
  *----------------------------------------------------------------------
  */
@@ -978,8 +1151,10 @@ StopAccepting(
     /* A new, empty pipe always takes one byte. */
     pthread_join(queuePtr->thread, NULL);
 
-    if (queuePtr->held.fd >= 0 || TakeReturnedConnection(queuePtr)) {
-	HandOverHeldConnection(queuePtr, 0);
+    while ((queuePtr->held.fd >= 0 || TakeReturnedConnection(queuePtr)
+	    || TakeReadyConnection(queuePtr))
+	    && HandOverHeldConnection(queuePtr, 0)) {
+	/* Until no ask waits while a connection does. */
     }
     pthread_mutex_lock(&queueLock);
     CloseFd(&queuePtr->listenFd);
@@ -1202,6 +1377,50 @@ OpenNewListener(
 /*
  *----------------------------------------------------------------------
  *
+ * MakeQueueSockets --
+ *
+ *	Makes the two socketpairs of a new queue, close-on-exec: the one
+ *	asks travel up, and the one ready connections wait in. The latter's
+ *	send buffer is made as small as the kernel allows (about six
+ *	messages), so that few connections wait there rather than in the
+ *	listen backlog, and the accept thread hears (POLLOUT) when readers
+ *	have nearly emptied it.
+ *
+ * Results:
+ *	0, or -1 with errno set and nothing left open.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+MakeQueueSockets(
+    int askFds[2],
+    int readyFds[2])
+{
+    int smallest = 1, error;
+
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, readyFds) < 0) {
+	return -1;
+    }
+    if (setsockopt(readyFds[1], SOL_SOCKET, SO_SNDBUF, &smallest,
+	    sizeof(smallest)) == 0
+	    && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0,
+		    askFds) == 0) {
+	return 0;
+    }
+    error = errno;
+    close(readyFds[0]);
+    close(readyFds[1]);
+    errno = error;
+    return -1;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * ServerCmd --
  *
  *	$cmd server ?-myaddr addr? ?-backlog n? port
@@ -1228,7 +1447,7 @@ ServerCmd(
     const char *myaddr = "0.0.0.0";
     char boundAddr[NI_MAXHOST];
     int backlog = SOMAXCONN, port, boundPort, listenFd, i, index;
-    int queueFds[2];
+    int queueFds[2], readyFds[2];
     Queue *queuePtr;
 
     if (objc < 3 || (objc - 3) % 2 != 0) {
@@ -1304,12 +1523,11 @@ ServerCmd(
     }
     if (queuePtr == NULL) {
 	pthread_mutex_unlock(&queueLock);
-	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0,
-		queueFds) < 0) {
+	if (MakeQueueSockets(queueFds, readyFds) != 0) {
 	    close(listenFd);
 	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		    "couldn't create the queue for port %d (a SOCK_SEQPACKET "
-		    "socketpair): %s", boundPort, Tcl_PosixError(interp)));
+		    "couldn't create the queue for port %d (SOCK_SEQPACKET "
+		    "socketpairs): %s", boundPort, Tcl_PosixError(interp)));
 	    return TCL_ERROR;
 	}
 	queuePtr = (Queue *) ckalloc(sizeof(Queue));
@@ -1317,6 +1535,8 @@ ServerCmd(
 	queuePtr->port = boundPort;
 	queuePtr->askFds[0] = queueFds[0];
 	queuePtr->askFds[1] = queueFds[1];
+	queuePtr->readyFds[0] = readyFds[0];
+	queuePtr->readyFds[1] = readyFds[1];
 	queuePtr->listenFd = -1;
 	queuePtr->wakeFds[0] = queuePtr->wakeFds[1] = -1;
 	queuePtr->held.fd = -1;
@@ -1452,8 +1672,8 @@ FindRequest(
  *
  * DropRequest --
  *
- *	Forgets a request: stops watching its private socket, closes it and
- *	frees the request.
+ *	Forgets a request: stops watching its private socket, closes it (and
+ *	a taken connection not delivered) and frees the request.
  *
  * Results:
  *	None.
@@ -1486,8 +1706,14 @@ DropRequest(
     if (requestPtr->retryTimer != NULL) {
 	Tcl_DeleteTimerHandler(requestPtr->retryTimer);
     }
-    Tcl_DeleteFileHandler(requestPtr->replyFd);
-    CloseFd(&requestPtr->replyFd);
+    if (requestPtr->eventQueued) {
+	Tcl_DeleteEvents(IsTakenEventOf, requestPtr);
+    }
+    if (requestPtr->replyFd >= 0) {
+	Tcl_DeleteFileHandler(requestPtr->replyFd);
+	CloseFd(&requestPtr->replyFd);
+    }
+    CloseFd(&requestPtr->takenFd);
     Tcl_DecrRefCount(requestPtr->handlerObj);
     ckfree((char *) requestPtr);
 }
@@ -1575,7 +1801,7 @@ TakeConnection(
  *	Withdraws a pending request without losing a connection: shuts its
  *	private socket for reading first, so that from then on the serving
  *	process can no longer send to it, then looks for a connection sent
- *	before that.
+ *	before that. A ready connection the request took counts as sent.
  *
  * Results:
  *	1 if a connection had arrived and deliver was set (its handler has
@@ -1595,16 +1821,24 @@ WithdrawRequest(
 {
     Message message;
     ssize_t got;
-    int fd;
+    int fd, arrived;
 
     if (requestPtr->generation != forkGeneration) {
 	DropRequest(requestPtr);
 	return 0;
     }
-    shutdown(requestPtr->replyFd, SHUT_RD);
-    got = ancil_recv_fd(requestPtr->replyFd, &fd, &message, sizeof(message),
-	    MSG_DONTWAIT);
-    if (got > 0 && IsConnection(got, fd, &message)) {
+    if (requestPtr->takenFd >= 0) {
+	fd = requestPtr->takenFd;
+	requestPtr->takenFd = -1;
+	message = requestPtr->takenMessage;
+	arrived = 1;
+    } else {
+	shutdown(requestPtr->replyFd, SHUT_RD);
+	got = ancil_recv_fd(requestPtr->replyFd, &fd, &message,
+		sizeof(message), MSG_DONTWAIT);
+	arrived = (got > 0 && IsConnection(got, fd, &message));
+    }
+    if (arrived) {
 	if (deliver) {
 	    TakeConnection(requestPtr, fd, &message);
 	    return 1;
@@ -1626,11 +1860,110 @@ WithdrawRequest(
 /*
  *----------------------------------------------------------------------
  *
+ * AddRequest --
+ *
+ *	queueLock held: makes a filled-in request pending in its
+ *	interpreter and in the process.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	Takes a reference to the handler.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+AddRequest(
+    Request *requestPtr)
+{
+    InterpData *dataPtr = requestPtr->dataPtr;
+
+    Tcl_IncrRefCount(requestPtr->handlerObj);
+    requestPtr->nextInProcess = allRequests;
+    allRequests = requestPtr;
+    requestPtr->nextPtr = dataPtr->firstRequestPtr;
+    dataPtr->firstRequestPtr = requestPtr;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * DeliverTaken --
+ *
+ *	Event handler: delivers the ready connection that 'client' took.
+ *	It counts as a file event, so 'update idletasks' leaves it queued.
+ *
+ * Results:
+ *	1 once handled, 0 to stay queued.
+ *
+ * Side effects:
+ *	See TakeConnection.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+DeliverTaken(
+    Tcl_Event *evPtr,
+    int flags)
+{
+    Request *requestPtr = ((TakenEvent *) evPtr)->requestPtr;
+    Message message;
+    int fd;
+
+    if (!(flags & TCL_FILE_EVENTS)) {
+	return 0;
+    }
+    requestPtr->eventQueued = 0;
+    if (requestPtr->generation != forkGeneration) {
+	/* Made by the parent of a fork: the child's copy is closed. */
+	DropRequest(requestPtr);
+	return 1;
+    }
+    fd = requestPtr->takenFd;
+    requestPtr->takenFd = -1;
+    message = requestPtr->takenMessage;
+    TakeConnection(requestPtr, fd, &message);
+    return 1;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * IsTakenEventOf --
+ *
+ *	Tcl_DeleteEvents predicate: the TakenEvent of a request.
+ *
+ * Results:
+ *	1 if evPtr is the TakenEvent of the request clientData, else 0.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+IsTakenEventOf(
+    Tcl_Event *evPtr,
+    ClientData clientData)
+{
+    return (evPtr->proc == DeliverTaken
+	    && ((TakenEvent *) evPtr)->requestPtr == clientData);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * ClientCmd --
  *
  *	$cmd client ?-port port? handler
- *	Asks for one connection from the queue: sends the sending end of a
- *	new private socketpair up the queue and watches the receiving end.
+ *	Asks for one connection from the queue. If one is ready, takes it
+ *	and delivers it from the event loop. Otherwise sends the sending
+ *	end of a new private socketpair up the queue and watches the
+ *	receiving end.
  *
  * Results:
  *	TCL_OK with an empty result, or TCL_ERROR.
@@ -1654,7 +1987,7 @@ ClientCmd(
     Request *requestPtr;
     Message message;
     Tcl_Size length;
-    int pair[2], error;
+    int pair[2], fd, error;
 
     if ((objc != 3 && objc != 5)
 	    || (objc == 3 && strcmp(Tcl_GetString(objv[2]), "-port") == 0)) {
@@ -1679,16 +2012,43 @@ ClientCmd(
 	return TCL_ERROR;
     }
 
-    memset(&message, 0, sizeof(message));
-    message.magic = MESSAGE_MAGIC;
-    message.kind = KIND_ASK;
     requestPtr = (Request *) ckalloc(sizeof(Request));
+    requestPtr->dataPtr = dataPtr;
+    requestPtr->queuePtr = queuePtr;
+    requestPtr->handlerObj = handlerObj;
+    requestPtr->retryTimer = NULL;
+    requestPtr->generation = forkGeneration;
+    requestPtr->replyFd = -1;
+    requestPtr->takenFd = -1;
+    requestPtr->eventQueued = 0;
 
     /*
-     * Under the lock, so that a fork never copies the sending end.
+     * Under the lock, so that a fork never copies the sending end or a
+     * taken connection.
      */
 
     pthread_mutex_lock(&queueLock);
+    if (TakeReady(queuePtr, &fd, &requestPtr->takenMessage) == 1) {
+	/*
+	 * A connection is ready: take it without asking, and deliver it
+	 * from the event loop.
+	 */
+
+	TakenEvent *eventPtr = (TakenEvent *) ckalloc(sizeof(TakenEvent));
+
+	requestPtr->takenFd = fd;
+	AddRequest(requestPtr);
+	pthread_mutex_unlock(&queueLock);
+	eventPtr->header.proc = DeliverTaken;
+	eventPtr->requestPtr = requestPtr;
+	requestPtr->eventQueued = 1;
+	Tcl_QueueEvent((Tcl_Event *) eventPtr, TCL_QUEUE_TAIL);
+	Tcl_ResetResult(interp);
+	return TCL_OK;
+    }
+    memset(&message, 0, sizeof(message));
+    message.magic = MESSAGE_MAGIC;
+    message.kind = KIND_ASK;
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
 	error = errno;
 	pthread_mutex_unlock(&queueLock);
@@ -1735,18 +2095,9 @@ ClientCmd(
     }
     close(pair[1]);
     requestPtr->replyFd = pair[0];
-    requestPtr->nextInProcess = allRequests;
-    allRequests = requestPtr;
+    AddRequest(requestPtr);
     pthread_mutex_unlock(&queueLock);
 
-    requestPtr->dataPtr = dataPtr;
-    requestPtr->queuePtr = queuePtr;
-    requestPtr->handlerObj = handlerObj;
-    Tcl_IncrRefCount(handlerObj);
-    requestPtr->retryTimer = NULL;
-    requestPtr->generation = forkGeneration;
-    requestPtr->nextPtr = dataPtr->firstRequestPtr;
-    dataPtr->firstRequestPtr = requestPtr;
     Tcl_CreateFileHandler(requestPtr->replyFd, TCL_READABLE,
 	    ReceiveConnection, requestPtr);
     Tcl_ResetResult(interp);
