@@ -57,7 +57,8 @@ ServeForever(
     int fd;
 
     for (;;) {
-	ssize_t got = ancil_recv_fd(queue, &fd, payload, sizeof(payload), 0);
+	/* Many workers read the queue: take each message in one call. */
+	ssize_t got = ancil_take_fd(queue, &fd, payload, sizeof(payload), 0);
 	size_t used = 0;
 
 	if (got == 0) {
