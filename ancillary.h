@@ -159,6 +159,104 @@ ancil_send_fd(
 /*
  *----------------------------------------------------------------------
  *
+ * ancil_receive --
+ *
+ *	The receive behind ancil_recv_fd and ancil_take_fd: one message
+ *	from sock into data (at most len bytes) and the one descriptor it
+ *	carries into *fd, close-on-exec. With peekFirst, the message is
+ *	looked at (MSG_PEEK, which installs copies of its descriptors and
+ *	leaves it queued) and then taken without its descriptors, so that a
+ *	descriptor the process has no room for stays queued; without, it is
+ *	taken in a single recvmsg().
+ *
+ * Results:
+ *	As ancil_recv_fd.
+ *
+ * Side effects:
+ *	Every descriptor of a discarded message is closed.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static inline ssize_t
+ancil_receive(
+    int sock,
+    int *fd,
+    void *data,
+    size_t len,
+    int flags,
+    int peekFirst)
+{
+    AncilControl control;
+    struct iovec iov;
+    struct msghdr msg;
+    ssize_t got, taken;
+    int count, msgFlags;
+
+    *fd = -1;
+    memset(&msg, 0, sizeof(msg));
+    iov.iov_base = data;
+    iov.iov_len = len;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof(control.buf);
+#ifdef MSG_CMSG_CLOEXEC
+    flags |= MSG_CMSG_CLOEXEC;
+#endif
+    do {
+	got = recvmsg(sock, &msg, flags | (peekFirst ? MSG_PEEK : 0));
+    } while (got < 0 && errno == EINTR);
+    if (got < 0) {
+	return -1;
+    }
+    count = ancil_collect_fds(&msg, fd);
+    msgFlags = msg.msg_flags;
+    if (got == 0 && count == 0 && !(msgFlags & MSG_CTRUNC)) {
+	/* End of file, or an empty message: a peeked one is taken too. */
+	while (peekFirst && recv(sock, data, len, MSG_DONTWAIT) < 0
+		&& errno == EINTR) {
+	}
+	return 0;
+    }
+    if (count == 0 && (msgFlags & MSG_CTRUNC)) {
+	/* The kernel could not install even one descriptor: no room. */
+	errno = EMFILE;
+	return -1;
+    }
+
+    taken = got;
+    if (peekFirst) {
+	/*
+	 * Take the message without its descriptors: the kernel drops its
+	 * own references, the copies installed above stay.
+	 */
+
+	memset(&msg, 0, sizeof(msg));
+	msg.msg_iov = &iov;
+	msg.msg_iovlen = 1;
+	do {
+	    taken = recvmsg(sock, &msg, flags | MSG_DONTWAIT);
+	} while (taken < 0 && errno == EINTR);
+    }
+    if (taken != got || count != 1 || got == 0
+	    || (msgFlags & (MSG_CTRUNC | MSG_TRUNC))) {
+	if (*fd >= 0) {
+	    close(*fd);
+	    *fd = -1;
+	}
+	errno = EBADMSG;
+	return -1;
+    }
+#ifndef MSG_CMSG_CLOEXEC
+    fcntl(*fd, F_SETFD, FD_CLOEXEC);
+#endif
+    return got;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * ancil_recv_fd --
  *
  *	ancil_recv_fd(sock, &fd, data, len, flags): receive one message
@@ -191,73 +289,7 @@ ancil_recv_fd(
     size_t len,
     int flags)
 {
-    AncilControl control;
-    struct iovec iov;
-    struct msghdr msg;
-    ssize_t got, taken;
-    int count, peekFlags;
-
-    *fd = -1;
-    memset(&msg, 0, sizeof(msg));
-    iov.iov_base = data;
-    iov.iov_len = len;
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.buf;
-    msg.msg_controllen = sizeof(control.buf);
-#ifdef MSG_CMSG_CLOEXEC
-    flags |= MSG_CMSG_CLOEXEC;
-#endif
-
-    /*
-     * Peeking installs copies of the descriptors and leaves the message
-     * queued.
-     */
-
-    do {
-	got = recvmsg(sock, &msg, flags | MSG_PEEK);
-    } while (got < 0 && errno == EINTR);
-    if (got < 0) {
-	return -1;
-    }
-    count = ancil_collect_fds(&msg, fd);
-    peekFlags = msg.msg_flags;
-    if (got == 0 && count == 0 && !(peekFlags & MSG_CTRUNC)) {
-	/* End of file, or an empty message: take the latter. */
-	while (recv(sock, data, len, MSG_DONTWAIT) < 0 && errno == EINTR) {
-	}
-	return 0;
-    }
-    if (count == 0 && (peekFlags & MSG_CTRUNC)) {
-	/* The kernel could not install even one descriptor: no room. */
-	errno = EMFILE;
-	return -1;
-    }
-
-    /*
-     * Take the message without its descriptors: the kernel drops its own
-     * references, the copies installed above stay.
-     */
-
-    memset(&msg, 0, sizeof(msg));
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    do {
-	taken = recvmsg(sock, &msg, (flags & ~MSG_PEEK) | MSG_DONTWAIT);
-    } while (taken < 0 && errno == EINTR);
-    if (taken != got || count != 1 || got == 0
-	    || (peekFlags & (MSG_CTRUNC | MSG_TRUNC))) {
-	if (*fd >= 0) {
-	    close(*fd);
-	    *fd = -1;
-	}
-	errno = EBADMSG;
-	return -1;
-    }
-#ifndef MSG_CMSG_CLOEXEC
-    fcntl(*fd, F_SETFD, FD_CLOEXEC);
-#endif
-    return got;
+    return ancil_receive(sock, fd, data, len, flags, 1);
 }
 
 /*
@@ -289,50 +321,7 @@ ancil_take_fd(
     size_t len,
     int flags)
 {
-    AncilControl control;
-    struct iovec iov;
-    struct msghdr msg;
-    ssize_t got;
-    int count;
-
-    *fd = -1;
-    memset(&msg, 0, sizeof(msg));
-    iov.iov_base = data;
-    iov.iov_len = len;
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.buf;
-    msg.msg_controllen = sizeof(control.buf);
-#ifdef MSG_CMSG_CLOEXEC
-    flags |= MSG_CMSG_CLOEXEC;
-#endif
-    do {
-	got = recvmsg(sock, &msg, flags);
-    } while (got < 0 && errno == EINTR);
-    if (got < 0) {
-	return -1;
-    }
-    count = ancil_collect_fds(&msg, fd);
-    if (got == 0 && count == 0 && !(msg.msg_flags & MSG_CTRUNC)) {
-	return 0;
-    }
-    if (count == 0 && (msg.msg_flags & MSG_CTRUNC)) {
-	errno = EMFILE;
-	return -1;
-    }
-    if (count != 1 || got == 0
-	    || (msg.msg_flags & (MSG_CTRUNC | MSG_TRUNC))) {
-	if (*fd >= 0) {
-	    close(*fd);
-	    *fd = -1;
-	}
-	errno = EBADMSG;
-	return -1;
-    }
-#ifndef MSG_CMSG_CLOEXEC
-    fcntl(*fd, F_SETFD, FD_CLOEXEC);
-#endif
-    return got;
+    return ancil_receive(sock, fd, data, len, flags, 0);
 }
 
 #endif /* ANCILLARY_H */
