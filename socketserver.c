@@ -21,7 +21,7 @@
  *	    ClientCmd (asking process)        takes a ready connection
  *	                                      (TakeReady), or sends an ask,
  *	    AcceptConnections (accept thread) accept()s it,
- *	    HandOverHeldConnection            sends it to the oldest ask, or
+ *	    HandOverFirstPending            sends it to the oldest ask, or
  *	                                      into the ready queue,
  *	    ReceiveConnection (event loop)    recvmsg()s it on the private pair
  *	    or DeliverTaken                   (or delivers the ready one),
@@ -85,12 +85,16 @@ typedef struct Message {
     uint32_t magic;		/* MESSAGE_MAGIC. */
     uint32_t kind;		/* KIND_*. */
     uint32_t addrLen;		/* Bytes of addr in use (connections). */
+    uint64_t sequence;		/* Connections: accept order in the serving
+				 * process, so one that comes back up the
+				 * queue keeps its place. */
     struct sockaddr_storage addr;
 				/* The peer's address, as accept() gave it. */
 } Message;
 
 /*
- * A connection known to the accept thread but not handed over yet.
+ * A connection in the serving process, accepted or returned, not handed
+ * over yet.
  */
 
 typedef struct Pending {
@@ -140,11 +144,16 @@ typedef struct Queue {
     pthread_t thread;		/* The accept thread, when state isn't
 				 * NOT_LISTENING. */
     char myaddr[NI_MAXHOST];	/* Numeric address last listened on. (L) */
-    Pending held;		/* Connection being handed over; fd -1 if
-				 * none. (L) */
-    Pending *returned;		/* Connections returned by withdrawn
-				 * requests, oldest first, malloc'd. (L) */
-    int numReturned;		/* How many. (L) */
+    Pending *pending;		/* Connections to hand over, in accept
+				 * order (by sequence): the accept thread
+				 * hands over the first. Accepted ones,
+				 * returned ones and, when one is returned,
+				 * those it takes back from the ready queue
+				 * to put it in front of them. malloc'd. (L) */
+    int numPending;		/* How many. (L) */
+    int pendingSpace;		/* How many fit without realloc(). (L) */
+    uint64_t nextSequence;	/* Sequence of the next accepted
+				 * connection. (L) */
     int *askers;		/* Private sending ends of the asks read so
 				 * far, oldest first, malloc'd. (L) */
     int numAskers;		/* How many. (L) */
@@ -217,6 +226,7 @@ static pthread_once_t setupOnce = PTHREAD_ONCE_INIT;
 #define RETRY_MS	10	/* Retry after the kernel refused a send for
 				 * want of resources. */
 #define PRUNE_MIN	64	/* Smallest pruneMark. */
+#define PENDING_MIN	8	/* Room in a new pending list. */
 #define NEW_PORT_TRIES	8	/* Binds 'server 0' tries for a port this
 				 * process has never served. */
 
@@ -233,6 +243,7 @@ static int		CancelCmd(InterpData *dataPtr, Tcl_Interp *interp,
 			    int objc, Tcl_Obj *const objv[]);
 static int		ClientCmd(InterpData *dataPtr, Tcl_Interp *interp,
 			    int objc, Tcl_Obj *const objv[]);
+static int		ClaimRefused(Tcl_Interp *interp, Queue *queuePtr);
 static int		CloseCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
 static void		AddRequest(Request *requestPtr);
@@ -261,7 +272,7 @@ static int		OpenNewListener(Tcl_Interp *interp,
 			    int *fdPtr, int *boundPortPtr, char *boundAddr);
 static int		ParsePort(Tcl_Interp *interp, Tcl_Obj *objPtr,
 			    int *portPtr);
-static int		HandOverHeldConnection(Queue *queuePtr, int wait);
+static int		HandOverFirstPending(Queue *queuePtr, int wait);
 static int		IsConnection(ssize_t got, int fd,
 			    const Message *messagePtr);
 static int		IsTakenEventOf(Tcl_Event *evPtr,
@@ -273,9 +284,14 @@ static void		TakeConnection(Request *requestPtr, int fd,
 static int		TakeReady(Queue *queuePtr, int *fdPtr,
 			    Message *messagePtr);
 static int		TakeReadyConnection(Queue *queuePtr);
-static int		TakeReturnedConnection(Queue *queuePtr);
+static int		AddPending(Queue *queuePtr, int fd,
+			    const Message *messagePtr);
+static void		DrainReady(Queue *queuePtr);
+static void		RemoveFirstPending(Queue *queuePtr);
 static int		WithdrawRequest(Request *requestPtr, int deliver);
 static void		ReceiveConnection(ClientData clientData, int mask);
+static void		ReturnConnection(Queue *queuePtr, int fd,
+			    Message *messagePtr);
 static void		RetryReceive(ClientData clientData);
 static void		RefuseRequest(Tcl_Interp *interp, Request *requestPtr,
 			    Tcl_Obj *messageObj, const char *code);
@@ -402,11 +418,10 @@ AtForkChild(void)
 	CloseFd(&queuePtr->readyFds[1]);
 	CloseFd(&queuePtr->wakeFds[0]);
 	CloseFd(&queuePtr->wakeFds[1]);
-	CloseFd(&queuePtr->held.fd);
-	for (i = 0; i < queuePtr->numReturned; i++) {
-	    CloseFd(&queuePtr->returned[i].fd);
+	for (i = 0; i < queuePtr->numPending; i++) {
+	    CloseFd(&queuePtr->pending[i].fd);
 	}
-	queuePtr->numReturned = 0;
+	queuePtr->numPending = 0;
 	for (i = 0; i < queuePtr->numAskers; i++) {
 	    CloseFd(&queuePtr->askers[i]);
 	}
@@ -562,8 +577,8 @@ WaitFor(
  *	NULL.
  *
  * Side effects:
- *	A connection it accepted but could not hand over yet stays held when
- *	it stops, to go first when accepting resumes.
+ *	Connections it could not hand over yet stay pending when it stops,
+ *	to go first when accepting resumes.
  *
  *----------------------------------------------------------------------
  */
@@ -575,8 +590,7 @@ AcceptConnections(
     Queue *queuePtr = clientData;
 
     for (;;) {
-	if (queuePtr->held.fd < 0 && !TakeReturnedConnection(queuePtr)
-		&& !TakeReadyConnection(queuePtr)) {
+	if (!TakeReadyConnection(queuePtr)) {
 	    struct pollfd fds[3];
 
 	    /*
@@ -611,7 +625,7 @@ AcceptConnections(
 		continue;
 	    }
 	}
-	if (!HandOverHeldConnection(queuePtr, 1)) {
+	if (!HandOverFirstPending(queuePtr, 1)) {
 	    break;
 	}
     }
@@ -624,10 +638,10 @@ AcceptConnections(
  * AcceptOneConnection --
  *
  *	Accept thread: accepts one connection from the (non-blocking)
- *	listener into held, close-on-exec.
+ *	listener into the (empty) pending list, close-on-exec.
  *
  * Results:
- *	1 if a connection is now held, 0 if none was (nothing waiting, an
+ *	1 if a connection is now pending, 0 if none was (nothing waiting, an
  *	aborted connection, or a shortage of descriptors or memory, after
  *	which it pauses instead of spinning).
  *
@@ -653,8 +667,8 @@ AcceptOneConnection(
 	message.magic = MESSAGE_MAGIC;
 	message.kind = KIND_CONNECTION;
 	message.addrLen = addrLen;
-	queuePtr->held.message = message;
-	queuePtr->held.fd = fd;
+	message.sequence = queuePtr->nextSequence++;
+	AddPending(queuePtr, fd, &message);
 	queuePtr->accepted++;
     } else {
 	error = errno;
@@ -690,8 +704,10 @@ AcceptOneConnection(
  * ReadQueue --
  *
  *	Accept thread, queueLock held: reads every message waiting on the
- *	queue, without blocking. Asks join the FIFO of askers; returned
- *	connections join the returned list. Anything else is discarded.
+ *	queue, without blocking. Asks join the FIFO of askers; a returned
+ *	connection goes back into the pending list at its place in accept
+ *	order, and the ready queue is drained into that list so that the
+ *	returned one goes out before them. Anything else is discarded.
  *
  * Results:
  *	1 once the queue is empty; 0 if a message has to stay queued because
@@ -750,19 +766,14 @@ ReadQueue(
 		PruneAskers(queuePtr);
 	    }
 	} else {
-	    Pending *grown = realloc(queuePtr->returned,
-		    (queuePtr->numReturned + 1) * sizeof(Pending));
-
-	    if (grown == NULL) {
+	    message.kind = KIND_CONNECTION;
+	    if (!AddPending(queuePtr, fd, &message)) {
+		/* Its client sees end of file; nothing else can be done. */
 		queuePtr->lastErrno = ENOMEM;
 		close(fd);
 		continue;
 	    }
-	    message.kind = KIND_CONNECTION;
-	    queuePtr->returned = grown;
-	    queuePtr->returned[queuePtr->numReturned].fd = fd;
-	    queuePtr->returned[queuePtr->numReturned].message = message;
-	    queuePtr->numReturned++;
+	    DrainReady(queuePtr);
 	}
     }
 }
@@ -810,35 +821,125 @@ PruneAskers(
 /*
  *----------------------------------------------------------------------
  *
- * TakeReturnedConnection --
+ * AddPending --
  *
- *	Accept thread: makes the oldest returned connection the held one.
+ *	queueLock held: puts a connection into the pending list at its
+ *	place in accept order.
  *
  * Results:
- *	1 if a connection is now held, 0 if none was returned.
+ *	1, or 0 if there was no memory for it (nothing changed).
  *
  * Side effects:
- *	None.
+ *	The list may grow.
  *
  *----------------------------------------------------------------------
  */
 
 static int
-TakeReturnedConnection(
+AddPending(
+    Queue *queuePtr,
+    int fd,
+    const Message *messagePtr)
+{
+    int i;
+
+    if (queuePtr->numPending == queuePtr->pendingSpace) {
+	int space = 2 * queuePtr->pendingSpace;
+	Pending *grown = realloc(queuePtr->pending, space * sizeof(Pending));
+
+	if (grown == NULL) {
+	    return 0;
+	}
+	queuePtr->pending = grown;
+	queuePtr->pendingSpace = space;
+    }
+    i = queuePtr->numPending;
+    while (i > 0
+	    && queuePtr->pending[i-1].message.sequence > messagePtr->sequence) {
+	queuePtr->pending[i] = queuePtr->pending[i-1];
+	i--;
+    }
+    queuePtr->pending[i].fd = fd;
+    queuePtr->pending[i].message = *messagePtr;
+    queuePtr->numPending++;
+    return 1;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * RemoveFirstPending --
+ *
+ *	queueLock held: the first pending connection was handed over:
+ *	closes this process's copy and removes it from the list.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	See above.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+RemoveFirstPending(
     Queue *queuePtr)
 {
-    int taken = 0;
+    close(queuePtr->pending[0].fd);
+    queuePtr->numPending--;
+    memmove(queuePtr->pending, queuePtr->pending + 1,
+	    queuePtr->numPending * sizeof(Pending));
+}
 
-    pthread_mutex_lock(&queueLock);
-    if (queuePtr->numReturned > 0) {
-	queuePtr->held = queuePtr->returned[0];
-	queuePtr->numReturned--;
-	memmove(queuePtr->returned, queuePtr->returned + 1,
-		queuePtr->numReturned * sizeof(Pending));
-	taken = 1;
+/*
+ *----------------------------------------------------------------------
+ *
+ * DrainReady --
+ *
+ *	queueLock held, serving process: takes every connection the ready
+ *	queue may hold back into the pending list, where they line up in
+ *	accept order with the ones there.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	Clears readyMayHold once the ready queue is empty. Stops early,
+ *	leaving the rest queued, if there is no memory or no descriptor
+ *	for the next one.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+DrainReady(
+    Queue *queuePtr)
+{
+    Message message;
+    int fd;
+
+    while (queuePtr->readyMayHold) {
+	switch (TakeReady(queuePtr, &fd, &message)) {
+	case 1:
+	    if (!AddPending(queuePtr, fd, &message)) {
+		/* Put it back behind the others rather than lose it. */
+		queuePtr->lastErrno = ENOMEM;
+		if (ancil_send_fd(queuePtr->readyFds[1], fd, &message,
+			sizeof(message), MSG_DONTWAIT) < 0) {
+		    queuePtr->lastErrno = errno;
+		}
+		close(fd);
+		return;
+	    }
+	    break;
+	case 0:
+	    queuePtr->readyMayHold = 0;
+	    return;
+	default:
+	    return;
+	}
     }
-    pthread_mutex_unlock(&queueLock);
-    return taken;
 }
 
 /*
@@ -847,15 +948,15 @@ TakeReturnedConnection(
  * TakeReadyConnection --
  *
  *	Accept thread: when an ask is waiting and the ready queue may hold
- *	a connection (one was put there since it was last found empty),
- *	takes the oldest back to be the held one, so that no ask waits
- *	while a connection does.
+ *	connections (some were put there since it was last found empty),
+ *	takes them back into the pending list, so that no ask waits while a
+ *	connection does.
  *
  * Results:
- *	1 if a connection is now held, else 0.
+ *	1 if a connection is pending, else 0.
  *
  * Side effects:
- *	Clears readyMayHold when the ready queue is empty.
+ *	See DrainReady.
  *
  *----------------------------------------------------------------------
  */
@@ -864,24 +965,15 @@ static int
 TakeReadyConnection(
     Queue *queuePtr)
 {
-    Message message;
-    int fd, taken = 0;
+    int pending;
 
     pthread_mutex_lock(&queueLock);
-    if (queuePtr->numAskers > 0 && queuePtr->readyMayHold) {
-	switch (TakeReady(queuePtr, &fd, &message)) {
-	case 1:
-	    queuePtr->held.fd = fd;
-	    queuePtr->held.message = message;
-	    taken = 1;
-	    break;
-	case 0:
-	    queuePtr->readyMayHold = 0;
-	    break;
-	}
+    if (queuePtr->numAskers > 0) {
+	DrainReady(queuePtr);
     }
+    pending = (queuePtr->numPending > 0);
     pthread_mutex_unlock(&queueLock);
-    return taken;
+    return pending;
 }
 
 /*
@@ -944,10 +1036,11 @@ TakeReady(
 /*
  *----------------------------------------------------------------------
  *
- * HandOverHeldConnection --
+ * HandOverFirstPending --
  *
- *	Accept thread (or 'close', with wait 0): sends the held connection
- *	over the private socket of the oldest ask, or, when no ask is
+ *	Accept thread (or 'close', with wait 0): sends the first pending
+ *	connection (the caller made sure there is one) over the private
+ *	socket of the oldest ask, or, when no ask is
  *	waiting, into the ready queue. Asks whose requester is gone are
  *	skipped. With wait, waits for an ask or for room in the ready queue,
  *	and retries when the kernel is short of resources (ETOOMANYREFS:
@@ -964,7 +1057,7 @@ TakeReady(
  */
 
 static int
-HandOverHeldConnection(
+HandOverFirstPending(
     Queue *queuePtr,
     int wait)
 {
@@ -975,9 +1068,18 @@ HandOverHeldConnection(
 	if (queuePtr->numAskers == 0) {
 	    emptied = ReadQueue(queuePtr);
 	}
+	if (queuePtr->numAskers > 0) {
+	    /*
+	     * An ask raced a connection into the ready queue: that one is
+	     * older than the first pending, so it goes first.
+	     */
+
+	    DrainReady(queuePtr);
+	}
 	while (queuePtr->numAskers > 0) {
-	    int sent = ancil_send_fd(queuePtr->askers[0], queuePtr->held.fd,
-		    &queuePtr->held.message, sizeof(Message), MSG_DONTWAIT);
+	    int sent = ancil_send_fd(queuePtr->askers[0],
+		    queuePtr->pending[0].fd, &queuePtr->pending[0].message,
+		    sizeof(Message), MSG_DONTWAIT);
 
 	    error = (sent == 0) ? 0 : errno;
 	    if (error == ETOOMANYREFS || error == ENOBUFS || error == ENOMEM) {
@@ -996,7 +1098,7 @@ HandOverHeldConnection(
 	    memmove(queuePtr->askers, queuePtr->askers + 1,
 		    queuePtr->numAskers * sizeof(int));
 	    if (sent == 0) {
-		CloseFd(&queuePtr->held.fd);
+		RemoveFirstPending(queuePtr);
 		pthread_mutex_unlock(&queueLock);
 		return 1;
 	    }
@@ -1008,10 +1110,10 @@ HandOverHeldConnection(
 	     * take, if the ready queue has room.
 	     */
 
-	    if (ancil_send_fd(queuePtr->readyFds[1], queuePtr->held.fd,
-		    &queuePtr->held.message, sizeof(Message),
+	    if (ancil_send_fd(queuePtr->readyFds[1], queuePtr->pending[0].fd,
+		    &queuePtr->pending[0].message, sizeof(Message),
 		    MSG_DONTWAIT) == 0) {
-		CloseFd(&queuePtr->held.fd);
+		RemoveFirstPending(queuePtr);
 		queuePtr->readyMayHold = 1;
 		pthread_mutex_unlock(&queueLock);
 		return 1;
@@ -1133,8 +1235,8 @@ StartAccepting(
  * Side effects:
  *	New connections are refused. Connections accepted but not handed
  *	over yet go to the waiting asks now, or else to the ready queue,
- *	where the next 'client' takes them; one that does not fit stays held
- *	and goes first when accepting resumes.
+ *	where the next 'client' takes them; those that do not fit stay
+ *	pending and go first when accepting resumes.
  *
  *----------------------------------------------------------------------
  */
@@ -1151,9 +1253,8 @@ StopAccepting(
     /* A new, empty pipe always takes one byte. */
     pthread_join(queuePtr->thread, NULL);
 
-    while ((queuePtr->held.fd >= 0 || TakeReturnedConnection(queuePtr)
-	    || TakeReadyConnection(queuePtr))
-	    && HandOverHeldConnection(queuePtr, 0)) {
+    while (TakeReadyConnection(queuePtr)
+	    && HandOverFirstPending(queuePtr, 0)) {
 	/* Until no ask waits while a connection does. */
     }
     pthread_mutex_lock(&queueLock);
@@ -1169,7 +1270,8 @@ StopAccepting(
  *
  * ParsePort --
  *
- *	Reads a port number, 0 to 65535.
+ *	Reads a port: a number from 0 to 65535 or a TCP service name from
+ *	the services database ("http").
  *
  * Results:
  *	TCL_OK with *portPtr set, or TCL_ERROR with a message and
@@ -1187,18 +1289,36 @@ ParsePort(
     Tcl_Obj *objPtr,
     int *portPtr)
 {
+    const char *text = Tcl_GetString(objPtr);
+    struct addrinfo hints, *addrs;
     int port;
 
-    if (Tcl_GetIntFromObj(NULL, objPtr, &port) != TCL_OK
-	    || port < 0 || port > 65535) {
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		"expected port number from 0 to 65535 but got \"%s\"",
-		Tcl_GetString(objPtr)));
-	Tcl_SetErrorCode(interp, "TCL", "VALUE", "PORT", NULL);
-	return TCL_ERROR;
+    if (Tcl_GetIntFromObj(NULL, objPtr, &port) == TCL_OK) {
+	if (port >= 0 && port <= 65535) {
+	    *portPtr = port;
+	    return TCL_OK;
+	}
+    } else if (text[0] != '\0' && text[0] != '-') {
+	/*
+	 * A TCP service name, as Tcl's 'socket' takes (getservbyname()
+	 * there; getaddrinfo() here, which is thread-safe).
+	 */
+
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_INET;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE;
+	if (getaddrinfo(NULL, text, &hints, &addrs) == 0) {
+	    *portPtr = ntohs(((struct sockaddr_in *) addrs->ai_addr)->sin_port);
+	    freeaddrinfo(addrs);
+	    return TCL_OK;
+	}
     }
-    *portPtr = port;
-    return TCL_OK;
+    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+	    "expected port number from 0 to 65535 or a TCP service name but "
+	    "got \"%s\"", text));
+    Tcl_SetErrorCode(interp, "TCL", "VALUE", "PORT", NULL);
+    return TCL_ERROR;
 }
 
 /*
@@ -1421,6 +1541,48 @@ MakeQueueSockets(
 /*
  *----------------------------------------------------------------------
  *
+ * ClaimRefused --
+ *
+ *	queueLock held: tells whether 'server' must refuse a port whose
+ *	queue this process already has: it listens on it already, or it
+ *	inherited the queue from the process that serves it.
+ *
+ * Results:
+ *	1 with a message and -errorcode {SOCKETSERVER BUSY|INHERITED port}
+ *	in interp, or 0 if this process may listen on it.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+ClaimRefused(
+    Tcl_Interp *interp,
+    Queue *queuePtr)
+{
+    if (queuePtr->state != NOT_LISTENING) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't open socket on port %d: this process is already "
+		"listening on it", queuePtr->port));
+	SetPortErrorCode(interp, "BUSY", queuePtr->port);
+	return 1;
+    }
+    if (queuePtr->askFds[0] < 0) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't open socket on port %d: this process inherited "
+		"that port's queue from the process that serves it",
+		queuePtr->port));
+	SetPortErrorCode(interp, "INHERITED", queuePtr->port);
+	return 1;
+    }
+    return 0;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * ServerCmd --
  *
  *	$cmd server ?-myaddr addr? ?-backlog n? port
@@ -1450,43 +1612,60 @@ ServerCmd(
     int queueFds[2], readyFds[2];
     Queue *queuePtr;
 
-    if (objc < 3 || (objc - 3) % 2 != 0) {
-	Tcl_WrongNumArgs(interp, 2, objv, "?-myaddr addr? ?-backlog n? port");
-	return TCL_ERROR;
-    }
-    for (i = 2; i < objc - 1; i += 2) {
+    /*
+     * Options as Tcl's own 'socket' reads them: up to the first word that
+     * does not start with "-", each option's value the word after it.
+     */
+
+    for (i = 2; i < objc; i++) {
+	const char *word = Tcl_GetString(objv[i]);
+
+	if (word[0] != '-') {
+	    break;
+	}
 	if (Tcl_GetIndexFromObj(interp, objv[i], options, "option", 0,
 		&index) != TCL_OK) {
 	    return TCL_ERROR;
 	}
+	if (++i == objc) {
+	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		    "no argument given for %s option", options[index]));
+	    Tcl_SetErrorCode(interp, "TCL", "ARGUMENT", "MISSING", NULL);
+	    return TCL_ERROR;
+	}
 	switch ((enum options) index) {
 	case OPT_BACKLOG:
-	    if (Tcl_GetIntFromObj(NULL, objv[i+1], &backlog) != TCL_OK
+	    if (Tcl_GetIntFromObj(NULL, objv[i], &backlog) != TCL_OK
 		    || backlog < 1) {
 		Tcl_SetObjResult(interp, Tcl_ObjPrintf(
 			"expected positive integer backlog but got \"%s\"",
-			Tcl_GetString(objv[i+1])));
+			Tcl_GetString(objv[i])));
 		Tcl_SetErrorCode(interp, "TCL", "VALUE", "BACKLOG", NULL);
 		return TCL_ERROR;
 	    }
 	    break;
 	case OPT_MYADDR:
-	    myaddr = Tcl_GetString(objv[i+1]);
+	    myaddr = Tcl_GetString(objv[i]);
 	    break;
 	}
     }
-    if (ParsePort(interp, objv[objc-1], &port) != TCL_OK) {
+    if (i != objc - 1) {
+	Tcl_WrongNumArgs(interp, 2, objv, "?-myaddr addr? ?-backlog n? port");
+	return TCL_ERROR;
+    }
+    if (ParsePort(interp, objv[i], &port) != TCL_OK) {
 	return TCL_ERROR;
     }
 
+    /*
+     * A port this process knows: refuse before binding, so that the
+     * reason is ours and not the parent's listener (EADDRINUSE).
+     */
+
     pthread_mutex_lock(&queueLock);
     queuePtr = (port != 0) ? FindQueue(port) : NULL;
-    if (queuePtr != NULL && queuePtr->state != NOT_LISTENING) {
+    if (queuePtr != NULL && ClaimRefused(interp, queuePtr)) {
 	pthread_mutex_unlock(&queueLock);
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		"couldn't open socket on port %d: this process is already "
-		"listening on it", port));
-	SetPortErrorCode(interp, "BUSY", port);
 	return TCL_ERROR;
     }
     pthread_mutex_unlock(&queueLock);
@@ -1502,28 +1681,30 @@ ServerCmd(
 
     pthread_mutex_lock(&queueLock);
     queuePtr = FindQueue(boundPort);
-    if (queuePtr != NULL && queuePtr->state != NOT_LISTENING) {
+    if (queuePtr != NULL && ClaimRefused(interp, queuePtr)) {
 	pthread_mutex_unlock(&queueLock);
 	close(listenFd);
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		"couldn't open socket on port %d: this process is already "
-		"listening on it", boundPort));
-	SetPortErrorCode(interp, "BUSY", boundPort);
-	return TCL_ERROR;
-    }
-    if (queuePtr != NULL && queuePtr->askFds[0] < 0) {
-	pthread_mutex_unlock(&queueLock);
-	close(listenFd);
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		"couldn't open socket on port %d: this process inherited "
-		"that port's queue from the process that serves it",
-		boundPort));
-	SetPortErrorCode(interp, "INHERITED", boundPort);
 	return TCL_ERROR;
     }
     if (queuePtr == NULL) {
 	pthread_mutex_unlock(&queueLock);
+	Pending *pending = malloc(PENDING_MIN * sizeof(Pending));
+
+	/*
+	 * The accept thread accepts only while nothing is pending, so with
+	 * this room an accepted connection always fits in the list.
+	 */
+
+	if (pending == NULL) {
+	    close(listenFd);
+	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		    "couldn't create the queue for port %d: out of memory",
+		    boundPort));
+	    SetPortErrorCode(interp, "NOMEMORY", boundPort);
+	    return TCL_ERROR;
+	}
 	if (MakeQueueSockets(queueFds, readyFds) != 0) {
+	    free(pending);
 	    close(listenFd);
 	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
 		    "couldn't create the queue for port %d (SOCK_SEQPACKET "
@@ -1539,7 +1720,8 @@ ServerCmd(
 	queuePtr->readyFds[1] = readyFds[1];
 	queuePtr->listenFd = -1;
 	queuePtr->wakeFds[0] = queuePtr->wakeFds[1] = -1;
-	queuePtr->held.fd = -1;
+	queuePtr->pending = pending;
+	queuePtr->pendingSpace = PENDING_MIN;
 	queuePtr->pruneMark = PRUNE_MIN;
 	queuePtr->state = NOT_LISTENING;
 
@@ -1819,6 +2001,7 @@ WithdrawRequest(
     Request *requestPtr,
     int deliver)
 {
+    Queue *queuePtr = requestPtr->queuePtr;
     Message message;
     ssize_t got;
     int fd, arrived;
@@ -1843,18 +2026,53 @@ WithdrawRequest(
 	    TakeConnection(requestPtr, fd, &message);
 	    return 1;
 	}
-	message.kind = KIND_RETURN;
-	if (ancil_send_fd(requestPtr->queuePtr->askFds[1], fd, &message,
-		sizeof(message), MSG_DONTWAIT) < 0) {
-	    /* The serving process is gone or its queue is full. */
-	    pthread_mutex_lock(&queueLock);
-	    requestPtr->queuePtr->lastErrno = errno;
-	    pthread_mutex_unlock(&queueLock);
-	}
-	close(fd);
+
+	/*
+	 * Connections accepted after it may wait in the ready queue, where
+	 * the next 'client' would take them first: send them up behind it,
+	 * and the serving process puts them all back in accept order.
+	 */
+
+	pthread_mutex_lock(&queueLock);
+	do {
+	    ReturnConnection(queuePtr, fd, &message);
+	} while (TakeReady(queuePtr, &fd, &message) == 1);
+	pthread_mutex_unlock(&queueLock);
     }
     DropRequest(requestPtr);
     return 0;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ReturnConnection --
+ *
+ *	queueLock held: sends a connection that this process will not serve
+ *	up the queue, to be handed over again at its place in accept order.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	Closes this process's copy. If the serving process is gone or its
+ *	queue is full, the connection is lost and lastErrno says why.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+ReturnConnection(
+    Queue *queuePtr,
+    int fd,
+    Message *messagePtr)
+{
+    messagePtr->kind = KIND_RETURN;
+    if (ancil_send_fd(queuePtr->askFds[1], fd, messagePtr, sizeof(Message),
+	    MSG_DONTWAIT) < 0) {
+	queuePtr->lastErrno = errno;
+    }
+    close(fd);
 }
 
 /*
@@ -2254,7 +2472,8 @@ RefuseRequest(
  *
  * Side effects:
  *	The handler owns the channel. Its errors go to the background
- *	error handler.
+ *	error handler, and then the channel is closed, as Tcl's own
+ *	'socket -server' does with a failing accept callback.
  *
  *----------------------------------------------------------------------
  */
@@ -2298,6 +2517,13 @@ DeliverConnection(
     Tcl_RegisterChannel(interp, chan);
 
     /*
+     * As Tcl's own 'socket -server' does: an extra reference keeps the
+     * channel alive while the handler runs, even if it closes it.
+     */
+
+    Tcl_RegisterChannel(NULL, chan);
+
+    /*
      * The descriptor is blocking already, but say so through Tcl so the
      * channel and the descriptor agree whatever the system did.
      */
@@ -2312,11 +2538,20 @@ DeliverConnection(
     Tcl_ListObjAppendElement(NULL, cmdObj, Tcl_NewIntObj(atoi(service)));
     code = Tcl_EvalObjEx(interp, cmdObj, TCL_EVAL_GLOBAL);
     if (code != TCL_OK) {
-	Tcl_AddErrorInfo(interp, Tcl_GetString(Tcl_ObjPrintf(
+	Tcl_AppendObjToErrorInfo(interp, Tcl_ObjPrintf(
 		"\n    (socketserver handler for a connection from port %d)",
-		queuePtr->port)));
+		queuePtr->port));
 	Tcl_BackgroundException(interp, code);
+
+	/*
+	 * A failed handler must not leave its client waiting: close the
+	 * channel, unless the handler already did (then it is no longer
+	 * registered in interp and this does nothing).
+	 */
+
+	Tcl_UnregisterChannel(interp, chan);
     }
+    Tcl_UnregisterChannel(NULL, chan);
     Tcl_DecrRefCount(cmdObj);
     Tcl_Release(interp);
 }
@@ -2441,7 +2676,7 @@ InfoCmd(
     int objc,
     Tcl_Obj *const objv[])
 {
-    Tcl_Obj *resultObj = Tcl_NewObj();
+    Tcl_Obj *resultObj;
     Queue *queuePtr;
     int port, requested;
 
@@ -2450,6 +2685,7 @@ InfoCmd(
 	return TCL_ERROR;
     }
     if (objc == 2) {
+	resultObj = Tcl_NewObj();
 	pthread_mutex_lock(&queueLock);
 	for (queuePtr = firstQueuePtr; queuePtr != NULL;
 		queuePtr = queuePtr->nextPtr) {
@@ -2462,20 +2698,19 @@ InfoCmd(
     }
 
     if (ParsePort(interp, objv[2], &port) != TCL_OK) {
-	Tcl_DecrRefCount(resultObj);
 	return TCL_ERROR;
     }
     pthread_mutex_lock(&queueLock);
     queuePtr = FindQueue(port);
     pthread_mutex_unlock(&queueLock);
     if (queuePtr == NULL) {
-	Tcl_DecrRefCount(resultObj);
 	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
 		"no server on port %d in this process", port));
 	SetPortErrorCode(interp, "NOSERVER", port);
 	return TCL_ERROR;
     }
     requested = (FindRequest(dataPtr, queuePtr) != NULL);
+    resultObj = Tcl_NewObj();
 
 #define PUT(key, valueObj) \
     Tcl_DictObjPut(NULL, resultObj, Tcl_NewStringObj((key), -1), (valueObj))

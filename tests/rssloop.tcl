@@ -1,0 +1,67 @@
+# rssloop.tcl HANDLERS CALLS --
+#
+#	Memory growth over failing calls, in a process of its own. After a
+#	warm-up, HANDLERS connections each go to a handler that raises an
+#	error, then CALLS calls of 'info' fail on their arguments. Prints
+#	"HANDLER-KB INFO-KB": how much the resident set grew over each loop.
+#	Each client connects from another 127.0.X.Y address, so that the
+#	client side's TIME_WAIT sockets never run out of ephemeral ports.
+
+package require socketserver
+
+lassign $argv handlers calls
+
+proc rss {} {
+    set f [open /proc/self/status]
+    set status [read $f]
+    close $f
+    regexp {VmRSS:\s+(\d+)} $status -> kb
+    return $kb
+}
+
+set port [::socketserver::socket server -myaddr 127.0.0.1 0]
+set failures 0
+set round 0
+interp bgerror {} {apply {args {incr ::failures}}}
+
+proc fail {chan addr peerport} {
+    ::socketserver::socket client fail
+    error "handler failed"
+}
+
+# connectMany n --
+#	Makes n connections that the failing handler takes, and waits until
+#	every one has failed (60 s at most).
+proc connectMany {n} {
+    incr ::round
+    set target [expr {$::failures + $n}]
+    set deadline [expr {[clock seconds] + 60}]
+    ::socketserver::socket client fail
+    for {set i 0} {$i < $n} {incr i} {
+	set from 127.[expr {$::round % 250}].[expr {$i / 250 % 250}].[expr {1 + $i % 250}]
+	close [socket -myaddr $from 127.0.0.1 $::port]
+	if {$i % 50 == 0} {
+	    update
+	}
+    }
+    while {$::failures < $target} {
+	if {[clock seconds] > $deadline} {
+	    error "only [expr {$n - ($target - $::failures)}] of $n handlers ran"
+	}
+	after 10 {set ::tick 1}
+	vwait ::tick
+    }
+    ::socketserver::socket cancel
+}
+
+connectMany 2000
+for {set i 0} {$i < 2000} {incr i} {
+    catch {::socketserver::socket info 1 2}
+}
+set before [rss]
+connectMany $handlers
+set middle [rss]
+for {set i 0} {$i < $calls} {incr i} {
+    catch {::socketserver::socket info 1 2}
+}
+puts "[expr {$middle - $before}] [expr {[rss] - $middle}]"
