@@ -48,8 +48,9 @@ ALL_CFLAGS = $(CFLAGS) $(EXTRA_CFLAGS) -Wall -Wextra -fPIC -pthread \
              -DUSE_TCL_STUBS $(TCL_CFLAGS)
 
 # The first auto_path directory under PREFIX (on Debian /usr/local/lib/tcltk),
-# else the directory above Tcl's own library.
-TCL_LIBDIR ?= $(shell echo 'foreach d $$auto_path {if {[string match $(PREFIX)/* $$d]} {puts $$d; exit}}; puts [file dirname [info library]]' | $(TCLSH))
+# else PREFIX/lib, which 'make install' then tells to put on TCLLIBPATH:
+# nothing goes outside PREFIX unless TCL_LIBDIR says so.
+TCL_LIBDIR ?= $(shell echo 'foreach d $$auto_path {if {[string match $(PREFIX)/* $$d]} {puts $$d; exit}}; puts $(PREFIX)/lib' | $(TCLSH))
 INSTALL_DIR = $(DESTDIR)$(TCL_LIBDIR)/$(PACKAGE)$(VERSION)
 MANDIR     ?= $(PREFIX)/share/man
 
@@ -69,7 +70,7 @@ $(LIB): socketserver.c ancillary.h
 	@test -n "$(TCL_CFLAGS)" || { echo "can't find Tcl's headers: install tcl-dev, or set TCL_CONFIG to a tclConfig.sh" >&2; exit 1; }
 	$(CC) $(ALL_CFLAGS) -shared -o $@ socketserver.c $(TCL_STUB) $(LDFLAGS)
 
-test: $(LIB)
+test: $(LIB) tests/stress/libinject.so
 	TCLLIBPATH=$(CURDIR) $(TCLSH) tests/all.tcl $(TESTFLAGS)
 
 stress: $(LIB) tests/stress/libinject.so
@@ -98,18 +99,34 @@ bench: $(LIB) bench/c_reference
 bench/c_reference: bench/c_reference.c ancillary.h
 	$(CC) $(CFLAGS) $(EXTRA_CFLAGS) -Wall -Wextra -o $@ bench/c_reference.c
 
+# The directories 'make install' creates are listed in INSTALL_DIR/
+# .install-dirs, deepest first, for 'make uninstall' to remove when empty.
+MAN_DIR    = $(DESTDIR)$(MANDIR)/mann
+CREATED    = $(INSTALL_DIR)/.install-dirs
+
 install: $(LIB)
 	@test -n "$(TCL_LIBDIR)" || { echo "can't tell where to install: set TCL_LIBDIR" >&2; exit 1; }
-	install -d $(INSTALL_DIR)
+	@new=; for d in $(INSTALL_DIR) $(MAN_DIR); do \
+	    while [ ! -d "$$d" ]; do new="$$new $$d"; d=$$(dirname "$$d"); done; \
+	done; \
+	install -d $(INSTALL_DIR) $(MAN_DIR) && \
+	for d in $$new; do echo "$$d"; done | sort -u | awk '{print length, $$0}' | \
+	    sort -rn | cut -d' ' -f2- > $(CREATED)
 	install -m 755 $(LIB) $(INSTALL_DIR)/
 	install -m 644 pkgIndex.tcl $(INSTALL_DIR)/
-	install -d $(DESTDIR)$(MANDIR)/mann
-	install -m 644 doc/socketserver.n $(DESTDIR)$(MANDIR)/mann/
+	install -m 644 doc/socketserver.n $(MAN_DIR)/
+	@echo 'puts [expr {"$(TCL_LIBDIR)" in $$auto_path}]' | $(TCLSH) | grep -q 1 || \
+	    echo "$(TCL_LIBDIR) is not on $(TCLSH)'s auto_path: use TCLLIBPATH=$(TCL_LIBDIR)"
 
 uninstall:
-	rm -f $(INSTALL_DIR)/$(LIB) $(INSTALL_DIR)/pkgIndex.tcl
-	-rmdir $(INSTALL_DIR)
-	rm -f $(DESTDIR)$(MANDIR)/mann/socketserver.n
+	rm -f $(INSTALL_DIR)/$(LIB) $(INSTALL_DIR)/pkgIndex.tcl \
+	    $(MAN_DIR)/socketserver.n
+	@if [ -f $(CREATED) ]; then \
+	    dirs=$$(cat $(CREATED)); rm -f $(CREATED); \
+	    for d in $$dirs; do rmdir "$$d" 2>/dev/null || true; done; \
+	else \
+	    rmdir $(INSTALL_DIR) 2>/dev/null || true; \
+	fi
 
 dist: $(DIST_NAME).tar.gz
 

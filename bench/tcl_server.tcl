@@ -34,7 +34,9 @@ proc handle {chan args} {
 	puts $chan "Content-Length: 6"
 	puts $chan "Connection: close"
 	puts $chan ""
-	puts $chan "hello"
+	# The body goes out as it is: crlf would make it 7 bytes.
+	fconfigure $chan -translation binary
+	puts -nonewline $chan "hello\n"
     }
     catch {close $chan}
 }

@@ -43,13 +43,16 @@ proc respond {chan} {
 	puts $chan ""
 	return
     }
-    set body "hello from worker [pid]\n"
+    # Content-Length counts the bytes sent: encode the body first, and send
+    # it untranslated (the channel's crlf would add a byte per line).
+    set body [encoding convertto utf-8 "hello from worker [pid]\n"]
     puts $chan "HTTP/1.0 200 OK"
-    puts $chan "Content-Type: text/plain"
+    puts $chan "Content-Type: text/plain; charset=utf-8"
     puts $chan "Content-Length: [string length $body]"
     puts $chan "Connection: close"
     puts $chan ""
     if {$method eq "GET"} {
+	fconfigure $chan -translation binary
 	puts -nonewline $chan $body
     }
 }

@@ -1,9 +1,9 @@
 #!/usr/bin/env tclsh
-# outline.tcl --
+# outline.tcl ?port? --
 #
 #	The README's outline, runnable: a serving process forks three
-#	workers; each worker handles one connection at a time and asks for
-#	the next one when it is done. Listens on port 8888 (or argv 0).
+#	workers; each handles one connection at a time and asks for the next
+#	whatever its handler did. Listens on port 8888 (or argv 0).
 
 package require Tclx
 package require socketserver
@@ -11,21 +11,34 @@ package require socketserver
 set port [::socketserver::socket server [lindex [concat $argv 8888] 0]]
 
 proc handle {chan addr peerport} {
-    fconfigure $chan -buffering line
-    puts $chan "hello $addr:$peerport, this is worker [pid]"
-    close $chan
-    ::socketserver::socket client handle     ;# ask for the next one
+    try {
+	fconfigure $chan -buffering line
+	puts $chan "hello $addr:$peerport, this is worker [pid]"
+    } finally {
+	catch {close $chan}
+	askNext                       ;# even if the handler failed
+    }
 }
 
-# The serving process is gone (SOCKETSERVER CLOSED): so are we.
-proc bgerror {message} {
-    exit 0
+proc askNext {} {
+    if {[catch {::socketserver::socket client handle} msg opts]} {
+	workerError $msg $opts
+    }
+}
+
+# Only the end of the serving process (SOCKETSERVER CLOSED) ends a worker.
+proc workerError {msg opts} {
+    if {[lrange [dict get $opts -errorcode] 0 1] eq {SOCKETSERVER CLOSED}} {
+	exit 0
+    }
+    puts stderr "worker [pid]: $msg"
 }
 
 for {set i 0} {$i < 3} {incr i} {
     flush stdout
     if {[fork] == 0} {
-	::socketserver::socket client handle
+	interp bgerror {} workerError
+	askNext
 	vwait forever
     }
 }

@@ -3,13 +3,13 @@
 #
 #	A pre-forked echo server: the parent listens on port (default 8888;
 #	0 picks a free one) and forks two workers. Each worker echoes every
-#	line back prefixed with its pid until a line containing "quit", then
+#	line back prefixed with its pid until the line "quit", then
 #	closes the connection and asks for the next one.
 #
 #	    kill -USR1 <parent>	forks one more worker
 #	    kill -TERM <parent>	(or INT, ^C) stops the parent and its workers
 #
-#	Try it: telnet localhost 8888
+#	Try it: nc -N localhost 8888 (or telnet localhost 8888)
 
 package require Tclx
 package require socketserver
@@ -33,7 +33,7 @@ proc echoLine {chan} {
 	finish $chan
     } elseif {$n < 0} {
 	return
-    } elseif {[string match *quit* $line]} {
+    } elseif {[string trim $line] eq "quit"} {
 	finish $chan
     } elseif {[catch {puts $chan "[pid]: $line"}]} {
 	finish $chan

@@ -64,6 +64,13 @@ proc waitUntil {condition {ms 10000}} {
     }
 }
 
+# settles condition ?ms? --
+#	Like waitUntil, for a condition that is the assertion itself: 1 once
+#	it holds, 0 if it still does not after ms.
+proc settles {condition {ms 10000}} {
+    expr {![catch {uplevel 1 [list waitUntil $condition $ms]}]}
+}
+
 # readLine chan ?ms? --
 #	Waits for one line from chan: returns {line TEXT}, {eof} or {timeout}.
 proc readLine {chan {ms 10000}} {
@@ -124,6 +131,18 @@ proc socketsOf {pid} {
 	}
     }
     return [lsort -integer $result]
+}
+
+# running pid --
+#	1 if process pid exists and is not a zombie (an orphan that exited
+#	may wait a while for init to reap it).
+proc running {pid} {
+    if {[catch {open /proc/$pid/stat} f]} {
+	return 0
+    }
+    set stat [read $f]
+    close $f
+    expr {[lindex [string range $stat [string last ) $stat]+2 end] 0] ne "Z"}
 }
 
 # fdCount pid --
