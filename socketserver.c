@@ -57,6 +57,7 @@ typedef int Tcl_Size;
 #include <stdlib.h>
 #include <string.h>
 #include <sys/select.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <netinet/in.h>
@@ -80,14 +81,21 @@ typedef int Tcl_Size;
 #define KIND_RETURN	2	/* Up the queue: fd is a connection that a
 				 * withdrawn request had already received. */
 #define KIND_CONNECTION	3	/* On a private pair: fd is the connection. */
+#define KIND_ADOPT_ASK	4	/* Hand-over to a spawned program: fd is the
+				 * asking end of port's queue; addr holds
+				 * the numeric address as text. */
+#define KIND_ADOPT_READY 5	/* Hand-over: fd is the reading end of port's
+				 * ready queue. */
 
 typedef struct Message {
     uint32_t magic;		/* MESSAGE_MAGIC. */
     uint32_t kind;		/* KIND_*. */
     uint32_t addrLen;		/* Bytes of addr in use (connections). */
+    uint32_t port;		/* The queue's port (hand-over). */
     uint64_t sequence;		/* Connections: accept order in the serving
 				 * process, so one that comes back up the
-				 * queue keeps its place. */
+				 * queue keeps its place. Hand-over: the
+				 * token named in SPAWN_ENV. */
     struct sockaddr_storage addr;
 				/* The peer's address, as accept() gave it. */
 } Message;
@@ -221,7 +229,58 @@ static unsigned long forkGeneration = 0;/* Counts forks; changed only in
 					 * the child of a fork. */
 static pthread_once_t setupOnce = PTHREAD_ONCE_INIT;
 
+/*
+ * Signals: ::socketserver::signal. The C handler (CatchSignal) only sets
+ * the signal's flag and writes a byte to the wake pipe of the thread whose
+ * interpreter set the script; that thread's event loop runs the script.
+ * signalLock guards the tables and every field marked (S); the handler
+ * reads signalWakeFd and writes signalCaught, both sig_atomic_t.
+ */
+
+typedef struct SignalHandler {
+    Tcl_Interp *interp;		/* The interpreter that runs the script. (S) */
+    Tcl_ThreadId thread;	/* Its thread. (S) */
+    Tcl_Obj *scriptObj;		/* The script; one reference. (S) */
+    struct sigaction previous;	/* The action before any script was set,
+				 * put back when the script is removed. (S) */
+    unsigned long generation;	/* forkGeneration when set: one copied into
+				 * a forked child is stale (its action is
+				 * already put back). (S) */
+} SignalHandler;
+
+typedef struct WakePipe {
+    struct WakePipe *nextPtr;	/* Next wake pipe of the process. (S) */
+    Tcl_ThreadId thread;	/* The thread that watches fds[0]. */
+    int fds[2];			/* Pipe, both ends non-blocking and
+				 * close-on-exec. (S) */
+    unsigned long generation;	/* forkGeneration when made: in a forked
+				 * child, fds[0] is /dev/null and fds[1]
+				 * closed. (S) */
+} WakePipe;
+
+static pthread_mutex_t signalLock = PTHREAD_MUTEX_INITIALIZER;
+static SignalHandler *signalHandlers[NSIG];
+					/* Script per signal number. (S) */
+static WakePipe *firstWakePipe = NULL;	/* One per thread that set a
+					 * script. (S) */
+static volatile sig_atomic_t signalCaught[NSIG];
+					/* Set by CatchSignal; cleared by the
+					 * thread that runs the script. */
+static volatile sig_atomic_t signalWakeFd[NSIG];
+					/* Write end of the wake pipe of the
+					 * script's thread, or -1. Written
+					 * under signalLock. */
+static int adoptError = 0;		/* Why adopting the queues handed over
+					 * by 'spawn' failed, or 0; set once by
+					 * SetupProcess. */
+static int forkBreaksNotifier = 0;	/* 1 where Tcl's event loop does not
+					 * survive fork() (Tcl 9 on Linux);
+					 * set once by SetupProcess. */
+
 #define ASSOC_KEY	"socketserver"
+#define SPAWN_ENV	"SOCKETSERVER_SPAWN"
+				/* "PID NONCE": a hand-over from process PID
+				 * waits on standard input. */
 #define PAUSE_MS	100	/* Pause after a resource shortage. */
 #define RETRY_MS	10	/* Retry after the kernel refused a send for
 				 * want of resources. */
@@ -243,6 +302,9 @@ static int		CancelCmd(InterpData *dataPtr, Tcl_Interp *interp,
 			    int objc, Tcl_Obj *const objv[]);
 static int		ClientCmd(InterpData *dataPtr, Tcl_Interp *interp,
 			    int objc, Tcl_Obj *const objv[]);
+static Queue *		AddQueue(int port, const int askFds[2],
+			    const int readyFds[2]);
+static void		AdoptQueues(void);
 static int		ClaimRefused(Tcl_Interp *interp, Queue *queuePtr);
 static int		CloseCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
@@ -297,8 +359,20 @@ static void		RefuseRequest(Tcl_Interp *interp, Request *requestPtr,
 			    Tcl_Obj *messageObj, const char *code);
 static void		SetPortErrorCode(Tcl_Interp *interp,
 			    const char *code, int port);
+static int		IsQueueSocket(int fd);
+static uint64_t		MakeNonce(int salt);
 static int		ServerCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
+static int		SpawnCmd(Tcl_Interp *interp, int objc,
+			    Tcl_Obj *const objv[]);
+static void		CatchSignal(int signo);
+static void		ForgetSignals(int nullFd);
+static void		RemoveSignalScript(int signo);
+static void		RunCaughtSignals(ClientData clientData, int mask);
+static int		SignalObjCmd(ClientData clientData,
+			    Tcl_Interp *interp, int objc,
+			    Tcl_Obj *const objv[]);
+static WakePipe *	ThreadWakePipe(Tcl_Interp *interp);
 static void		SetupProcess(void);
 static int		SocketserverObjCmd(ClientData clientData,
 			    Tcl_Interp *interp, int objc,
@@ -345,7 +419,8 @@ CloseFd(
  * SetupProcess --
  *
  *	Runs once per process: installs the fork handlers and the exit
- *	handler.
+ *	handler, notes whether Tcl's event loop survives fork(), and adopts
+ *	the queues a spawning process handed over.
  *
  * Results:
  *	None.
@@ -359,8 +434,20 @@ CloseFd(
 static void
 SetupProcess(void)
 {
+#ifdef __linux__
+    int major;
+
+    /*
+     * Tcl 9 waits with one epoll instance per thread and nothing makes a
+     * new one in a forked child: parent and child would share it.
+     */
+
+    Tcl_GetVersion(&major, NULL, NULL, NULL);
+    forkBreaksNotifier = (major >= 9);
+#endif
     pthread_atfork(AtForkPrepare, AtForkParent, AtForkChild);
     Tcl_CreateExitHandler(FinalizeServers, NULL);
+    AdoptQueues();
 }
 
 /*
@@ -369,8 +456,8 @@ SetupProcess(void)
  * AtForkPrepare, AtForkParent, AtForkChild --
  *
  *	Keep fork() from copying half-made state. The prepare handler takes
- *	queueLock, under which every descriptor of the accept thread is
- *	created and recorded. The child, which has no accept thread, closes
+ *	signalLock and queueLock, under which every descriptor of the accept
+ *	thread is created and recorded. The child, which has no accept thread, closes
  *	what belongs to the serving process alone: listeners, the reading
  *	ends of the queues, the writing ends of the ready queues, the stop
  *	pipes, the asks read so far and every connection accepted but not
@@ -381,8 +468,9 @@ SetupProcess(void)
  *	None.
  *
  * Side effects:
- *	In the child: counters start at 0 and every request copied from the
- *	parent becomes stale. The child's copy of a stale request's private
+ *	In the child: counters start at 0, every request copied from the
+ *	parent becomes stale, and so does every signal script
+ *	(ForgetSignals). The child's copy of a stale request's private
  *	end is replaced by /dev/null at the same number (so Tcl's notifier,
  *	which may still watch that number, sees a harmless descriptor until
  *	the request is dropped), so that a connection sent to the parent's
@@ -395,6 +483,7 @@ SetupProcess(void)
 static void
 AtForkPrepare(void)
 {
+    pthread_mutex_lock(&signalLock);
     pthread_mutex_lock(&queueLock);
 }
 
@@ -402,6 +491,7 @@ static void
 AtForkParent(void)
 {
     pthread_mutex_unlock(&queueLock);
+    pthread_mutex_unlock(&signalLock);
 }
 
 static void
@@ -441,9 +531,11 @@ AtForkChild(void)
 	}
 	CloseFd(&requestPtr->takenFd);
     }
+    ForgetSignals(nullFd);
     CloseFd(&nullFd);
     forkGeneration++;
     pthread_mutex_unlock(&queueLock);
+    pthread_mutex_unlock(&signalLock);
 }
 
 /*
@@ -1541,6 +1633,53 @@ MakeQueueSockets(
 /*
  *----------------------------------------------------------------------
  *
+ * AddQueue --
+ *
+ *	queueLock held: makes the queue of port from its socketpairs' ends
+ *	(-1 for an end this process does not have) and adds it to the
+ *	process's list.
+ *
+ * Results:
+ *	The new queue, not listening.
+ *
+ * Side effects:
+ *	The first queue of the process becomes the default for 'client'.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static Queue *
+AddQueue(
+    int port,
+    const int askFds[2],
+    const int readyFds[2])
+{
+    Queue *queuePtr = (Queue *) ckalloc(sizeof(Queue));
+    Queue **linkPtr = &firstQueuePtr;
+
+    memset(queuePtr, 0, sizeof(Queue));
+    queuePtr->port = port;
+    queuePtr->askFds[0] = askFds[0];
+    queuePtr->askFds[1] = askFds[1];
+    queuePtr->readyFds[0] = readyFds[0];
+    queuePtr->readyFds[1] = readyFds[1];
+    queuePtr->listenFd = -1;
+    queuePtr->wakeFds[0] = queuePtr->wakeFds[1] = -1;
+    queuePtr->pruneMark = PRUNE_MIN;
+    queuePtr->state = NOT_LISTENING;
+    while (*linkPtr != NULL) {
+	linkPtr = &(*linkPtr)->nextPtr;
+    }
+    *linkPtr = queuePtr;
+    if (defaultPort < 0) {
+	defaultPort = port;
+    }
+    return queuePtr;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * ClaimRefused --
  *
  *	queueLock held: tells whether 'server' must refuse a port whose
@@ -1711,34 +1850,10 @@ ServerCmd(
 		    "socketpairs): %s", boundPort, Tcl_PosixError(interp)));
 	    return TCL_ERROR;
 	}
-	queuePtr = (Queue *) ckalloc(sizeof(Queue));
-	memset(queuePtr, 0, sizeof(Queue));
-	queuePtr->port = boundPort;
-	queuePtr->askFds[0] = queueFds[0];
-	queuePtr->askFds[1] = queueFds[1];
-	queuePtr->readyFds[0] = readyFds[0];
-	queuePtr->readyFds[1] = readyFds[1];
-	queuePtr->listenFd = -1;
-	queuePtr->wakeFds[0] = queuePtr->wakeFds[1] = -1;
+	pthread_mutex_lock(&queueLock);
+	queuePtr = AddQueue(boundPort, queueFds, readyFds);
 	queuePtr->pending = pending;
 	queuePtr->pendingSpace = PENDING_MIN;
-	queuePtr->pruneMark = PRUNE_MIN;
-	queuePtr->state = NOT_LISTENING;
-
-	pthread_mutex_lock(&queueLock);
-	if (firstQueuePtr == NULL) {
-	    firstQueuePtr = queuePtr;
-	} else {
-	    Queue *lastPtr = firstQueuePtr;
-
-	    while (lastPtr->nextPtr != NULL) {
-		lastPtr = lastPtr->nextPtr;
-	    }
-	    lastPtr->nextPtr = queuePtr;
-	}
-	if (defaultPort < 0) {
-	    defaultPort = boundPort;
-	}
     }
     queuePtr->state = LISTENING;
     memcpy(queuePtr->myaddr, boundAddr, sizeof(queuePtr->myaddr));
@@ -1749,6 +1864,313 @@ ServerCmd(
     }
     Tcl_SetObjResult(interp, Tcl_NewIntObj(boundPort));
     return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * SpawnCmd --
+ *
+ *	$cmd spawn command ?arg ...?
+ *	Starts command as a new program (no shell; PATH searched as 'exec'
+ *	does) that adopts the queues of every port this process knows when
+ *	it loads the package. The hand-over travels on a fresh SOCK_SEQPACKET
+ *	socketpair: every message is queued on it before the program
+ *	exists, the sending end is closed, and the program gets the
+ *	receiving end as its standard input (the pipeline's "<@"
+ *	redirection dup2()s it there); SPAWN_ENV tells it that a hand-over
+ *	waits and with which token. Every descriptor stays close-on-exec
+ *	throughout, so a program another thread starts meanwhile inherits
+ *	none; descriptors in flight are in no process's table.
+ *
+ * Results:
+ *	TCL_OK with a readable channel carrying the program's standard
+ *	output and error, as from 'open |command 2>@1' ('pid' gives its
+ *	process id, 'close' its exit status); or TCL_ERROR, with no process
+ *	left behind.
+ *
+ * Side effects:
+ *	SPAWN_ENV is set in the environment while the program starts.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+SpawnCmd(
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    Tcl_Channel handOverChan, chan;
+    Queue *queuePtr;
+    Message message;
+    const char **argv;
+    char token[2 * TCL_INTEGER_SPACE + 2];
+    uint64_t nonce;
+    int pair[2], argc, i, error = 0;
+
+    if (objc < 3) {
+	Tcl_WrongNumArgs(interp, 2, objv, "command ?arg ...?");
+	return TCL_ERROR;
+    }
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't spawn \"%s\": %s", Tcl_GetString(objv[2]),
+		Tcl_PosixError(interp)));
+	return TCL_ERROR;
+    }
+    nonce = MakeNonce(pair[0]);
+
+    pthread_mutex_lock(&queueLock);
+    for (queuePtr = firstQueuePtr; queuePtr != NULL && error == 0;
+	    queuePtr = queuePtr->nextPtr) {
+	memset(&message, 0, sizeof(message));
+	message.magic = MESSAGE_MAGIC;
+	message.kind = KIND_ADOPT_ASK;
+	message.port = queuePtr->port;
+	message.sequence = nonce;
+	/* Numeric, so it always fits; memset() left its terminator. */
+	memcpy(&message.addr, queuePtr->myaddr,
+		strnlen(queuePtr->myaddr, sizeof(message.addr) - 1));
+	if (ancil_send_fd(pair[0], queuePtr->askFds[1], &message,
+		sizeof(message), MSG_DONTWAIT) < 0) {
+	    error = errno;
+	    break;
+	}
+	message.kind = KIND_ADOPT_READY;
+	if (ancil_send_fd(pair[0], queuePtr->readyFds[0], &message,
+		sizeof(message), MSG_DONTWAIT) < 0) {
+	    error = errno;
+	}
+    }
+    pthread_mutex_unlock(&queueLock);
+    close(pair[0]);
+    if (error != 0) {
+	close(pair[1]);
+	errno = error;
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't hand the queues to \"%s\": %s",
+		Tcl_GetString(objv[2]), Tcl_PosixError(interp)));
+	return TCL_ERROR;
+    }
+
+    handOverChan = Tcl_MakeFileChannel((ClientData) (intptr_t) pair[1],
+	    TCL_READABLE);
+    Tcl_RegisterChannel(interp, handOverChan);
+    argc = objc - 2 + 3;
+    argv = (const char **) ckalloc((argc + 1) * sizeof(char *));
+    for (i = 2; i < objc; i++) {
+	argv[i - 2] = Tcl_GetString(objv[i]);
+    }
+    argv[objc - 2] = "<@";
+    argv[objc - 1] = Tcl_GetChannelName(handOverChan);
+    argv[objc] = "2>@1";
+    argv[argc] = NULL;
+
+    snprintf(token, sizeof(token), "%ld %llu", (long) getpid(),
+	    (unsigned long long) nonce);
+    Tcl_SetVar2(interp, "env", SPAWN_ENV, token, TCL_GLOBAL_ONLY);
+    chan = Tcl_OpenCommandChannel(interp, argc, argv, TCL_STDOUT);
+    Tcl_UnsetVar2(interp, "env", SPAWN_ENV, TCL_GLOBAL_ONLY);
+    ckfree((char *) argv);
+
+    /*
+     * The program has its copy; ours goes, and with it the queued hand-
+     * over if the program could not be started.
+     */
+
+    Tcl_DetachChannel(interp, handOverChan);
+    Tcl_Close(NULL, handOverChan);
+    if (chan == NULL) {
+	return TCL_ERROR;
+    }
+    Tcl_RegisterChannel(interp, chan);
+    Tcl_SetObjResult(interp, Tcl_NewStringObj(Tcl_GetChannelName(chan), -1));
+    return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * MakeNonce --
+ *
+ *	A number a stale or foreign SPAWN_ENV will not carry: from the
+ *	kernel's random source if it answers, else from the clock, the
+ *	process id and the hand-over socket's number.
+ *
+ * Results:
+ *	The nonce.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static uint64_t
+MakeNonce(
+    int salt)
+{
+    struct timespec now;
+    uint64_t nonce = 0;
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+
+    if (fd >= 0) {
+	if (read(fd, &nonce, sizeof(nonce)) != (ssize_t) sizeof(nonce)) {
+	    nonce = 0;
+	}
+	close(fd);
+    }
+    clock_gettime(CLOCK_REALTIME, &now);
+    return nonce ^ ((uint64_t) now.tv_sec << 32) ^ (uint64_t) now.tv_nsec
+	    ^ ((uint64_t) getpid() << 16) ^ (uint64_t) salt;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * IsQueueSocket --
+ *
+ *	Checks that fd is the kind of socket a queue is made of: a Unix
+ *	domain SOCK_SEQPACKET socket.
+ *
+ * Results:
+ *	1 if it is, else 0.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+IsQueueSocket(
+    int fd)
+{
+    int value;
+    socklen_t length = sizeof(value);
+
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &value, &length) < 0
+	    || value != SOCK_SEQPACKET) {
+	return 0;
+    }
+    length = sizeof(value);
+    return (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &value, &length) == 0
+	    && value == AF_UNIX);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * AdoptQueues --
+ *
+ *	Once per process, at the first load of the package: if this program
+ *	was started by 'spawn', adopts the queues handed over on its
+ *	standard input. Nothing is trusted: SPAWN_ENV must name the process
+ *	that made the socket on standard input (SO_PEERCRED), that socket
+ *	must be a Unix SOCK_SEQPACKET one, and every message must carry the
+ *	token and a queue socket. Otherwise the variable is stale (inherited
+ *	from a spawned worker by a program it ran, say) and is ignored, and
+ *	standard input is not touched.
+ *
+ * Results:
+ *	None. A failure after the hand-over was recognised is left in
+ *	adoptError for Socketserver_Init to report.
+ *
+ * Side effects:
+ *	Adopted queues are added as in a forked child (not listening,
+ *	counters at 0); standard input is reopened on /dev/null; SPAWN_ENV
+ *	is removed from the environment either way.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+AdoptQueues(void)
+{
+    const char *value = getenv(SPAWN_ENV);
+    struct ucred peer;
+    socklen_t length = sizeof(peer);
+    unsigned long long nonce;
+    long spawner;
+    Message message;
+    ssize_t got;
+    int fd, askFd = -1, nullFd;
+
+    if (value == NULL) {
+	return;
+    }
+    if (sscanf(value, "%ld %llu", &spawner, &nonce) != 2
+	    || !IsQueueSocket(0)
+	    || getsockopt(0, SOL_SOCKET, SO_PEERCRED, &peer, &length) < 0
+	    || (long) peer.pid != spawner) {
+	unsetenv(SPAWN_ENV);
+	return;
+    }
+    unsetenv(SPAWN_ENV);
+
+    for (;;) {
+	got = ancil_recv_fd(0, &fd, &message, sizeof(message), MSG_DONTWAIT);
+	if (got == 0 || (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))) {
+	    /* All of it read: the spawner closed its end before exec. */
+	    break;
+	}
+	if (got < 0) {
+	    adoptError = errno;
+	    break;
+	}
+	if ((size_t) got != sizeof(message) || message.magic != MESSAGE_MAGIC
+		|| message.sequence != nonce || !IsQueueSocket(fd)
+		|| message.port > 65535
+		|| (message.kind == KIND_ADOPT_READY) != (askFd >= 0)
+		|| (message.kind != KIND_ADOPT_ASK
+			&& message.kind != KIND_ADOPT_READY)) {
+	    close(fd);
+	    adoptError = EBADMSG;
+	    break;
+	}
+	if (message.kind == KIND_ADOPT_ASK) {
+	    askFd = fd;
+	} else {
+	    int askFds[2], readyFds[2];
+	    Queue *queuePtr;
+
+	    askFds[0] = -1;
+	    askFds[1] = askFd;
+	    readyFds[0] = fd;
+	    readyFds[1] = -1;
+	    askFd = -1;
+	    pthread_mutex_lock(&queueLock);
+	    if (FindQueue(message.port) != NULL) {
+		pthread_mutex_unlock(&queueLock);
+		close(askFds[1]);
+		close(fd);
+		adoptError = EBADMSG;
+		break;
+	    }
+	    queuePtr = AddQueue(message.port, askFds, readyFds);
+	    ((char *) &message.addr)[sizeof(message.addr) - 1] = '\0';
+	    snprintf(queuePtr->myaddr, sizeof(queuePtr->myaddr), "%s",
+		    (char *) &message.addr);
+	    pthread_mutex_unlock(&queueLock);
+	}
+    }
+    if (askFd >= 0) {
+	close(askFd);
+    }
+
+    /*
+     * Standard input was the hand-over's socket: nothing more comes on
+     * it. The program's own reads of stdin see end of file.
+     */
+
+    nullFd = open("/dev/null", O_RDONLY);
+    if (nullFd >= 0 && nullFd != 0) {
+	dup2(nullFd, 0);
+	close(nullFd);
+    } else if (nullFd < 0 && adoptError == 0) {
+	adoptError = errno;
+    }
 }
 
 /*
@@ -2220,6 +2642,19 @@ ClientCmd(
 	Tcl_SetObjResult(interp, Tcl_NewStringObj(
 		"handler must be a non-empty command prefix", -1));
 	Tcl_SetErrorCode(interp, "TCL", "VALUE", "HANDLER", NULL);
+	return TCL_ERROR;
+    }
+    if (forkGeneration != 0 && forkBreaksNotifier) {
+	int major, minor;
+
+	Tcl_GetVersion(&major, &minor, NULL, NULL);
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't ask for a connection from port %d: this process "
+		"was forked, and Tcl %d.%d's event loop does not survive "
+		"fork() (parent and child would share one epoll instance); "
+		"start workers with \"::socketserver::socket spawn\" instead",
+		queuePtr->port, major, minor));
+	SetPortErrorCode(interp, "FORK", queuePtr->port);
 	return TCL_ERROR;
     }
     if (FindRequest(dataPtr, queuePtr) != NULL) {
@@ -2731,6 +3166,407 @@ InfoCmd(
 }
 
 /*
+ * The signals a script may be set for, as 'kill -l' names them. Signals
+ * that report a fault (SEGV, BUS, FPE, ILL, ...) must be handled in the
+ * thread that caused them, and KILL and STOP cannot be caught at all.
+ */
+
+static const struct {
+    const char *name;
+    int number;
+} signalNames[] = {
+    {"HUP", SIGHUP}, {"INT", SIGINT}, {"QUIT", SIGQUIT},
+    {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"PIPE", SIGPIPE},
+    {"ALRM", SIGALRM}, {"TERM", SIGTERM}, {"CHLD", SIGCHLD},
+    {"CONT", SIGCONT}, {"TSTP", SIGTSTP}, {"TTIN", SIGTTIN},
+    {"TTOU", SIGTTOU}, {"URG", SIGURG}, {"XCPU", SIGXCPU},
+    {"XFSZ", SIGXFSZ}, {"VTALRM", SIGVTALRM}, {"PROF", SIGPROF},
+    {"WINCH", SIGWINCH}, {"IO", SIGIO},
+#ifdef SIGPWR
+    {"PWR", SIGPWR},
+#endif
+    {NULL, 0}
+};
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * CatchSignal --
+ *
+ *	The C signal handler: async-signal-safe, so it only notes the
+ *	signal and wakes the thread whose script handles it. A burst that
+ *	comes faster than the script runs is coalesced; the script always
+ *	runs after the last signal of it.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	A byte in the wake pipe (none if the pipe is full: it is readable
+ *	then anyway).
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+CatchSignal(
+    int signo)
+{
+    int savedErrno = errno, fd = signalWakeFd[signo];
+
+    signalCaught[signo] = 1;
+    if (fd >= 0) {
+	ssize_t written = write(fd, "", 1);
+
+	(void) written;
+    }
+    errno = savedErrno;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ThreadWakePipe --
+ *
+ *	signalLock held: the wake pipe of the calling thread, made and
+ *	watched the first time.
+ *
+ * Results:
+ *	The pipe, or NULL with a POSIX error in interp.
+ *
+ * Side effects:
+ *	See above.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static WakePipe *
+ThreadWakePipe(
+    Tcl_Interp *interp)
+{
+    Tcl_ThreadId self = Tcl_GetCurrentThread();
+    WakePipe *pipePtr;
+    int fds[2];
+
+    for (pipePtr = firstWakePipe; pipePtr != NULL;
+	    pipePtr = pipePtr->nextPtr) {
+	if (pipePtr->thread == self && pipePtr->generation == forkGeneration) {
+	    return pipePtr;
+	}
+    }
+    if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't create the signal pipe: %s", Tcl_PosixError(interp)));
+	return NULL;
+    }
+    pipePtr = (WakePipe *) ckalloc(sizeof(WakePipe));
+    pipePtr->thread = self;
+    pipePtr->fds[0] = fds[0];
+    pipePtr->fds[1] = fds[1];
+    pipePtr->generation = forkGeneration;
+    pipePtr->nextPtr = firstWakePipe;
+    firstWakePipe = pipePtr;
+    Tcl_CreateFileHandler(fds[0], TCL_READABLE, RunCaughtSignals, pipePtr);
+    return pipePtr;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * RunCaughtSignals --
+ *
+ *	File handler of a thread's wake pipe: runs, at global level in its
+ *	interpreter, the script of each signal caught since it last ran
+ *	that this thread handles.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	Whatever the scripts do; their errors go to the background error
+ *	handler.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+RunCaughtSignals(
+    ClientData clientData,
+    int mask)
+{
+    WakePipe *pipePtr = clientData;
+    char drain[64];
+    int signo;
+
+    (void) mask;
+    pthread_mutex_lock(&signalLock);
+    if (pipePtr->generation != forkGeneration) {
+	/* Made by the parent of a fork; here fds[0] is /dev/null. */
+	WakePipe **linkPtr = &firstWakePipe;
+
+	while (*linkPtr != pipePtr) {
+	    linkPtr = &(*linkPtr)->nextPtr;
+	}
+	*linkPtr = pipePtr->nextPtr;
+	pthread_mutex_unlock(&signalLock);
+	Tcl_DeleteFileHandler(pipePtr->fds[0]);
+	close(pipePtr->fds[0]);
+	ckfree((char *) pipePtr);
+	return;
+    }
+    pthread_mutex_unlock(&signalLock);
+
+    while (read(pipePtr->fds[0], drain, sizeof(drain)) > 0) {
+	/* Empty it: the flags say which signals came. */
+    }
+    for (signo = 1; signo < NSIG; signo++) {
+	SignalHandler *handlerPtr;
+	Tcl_Interp *interp;
+	Tcl_Obj *scriptObj;
+	int code;
+
+	if (!signalCaught[signo]) {
+	    continue;
+	}
+	pthread_mutex_lock(&signalLock);
+	handlerPtr = signalHandlers[signo];
+	if (handlerPtr == NULL || handlerPtr->thread != pipePtr->thread
+		|| handlerPtr->generation != forkGeneration) {
+	    pthread_mutex_unlock(&signalLock);
+	    continue;
+	}
+	signalCaught[signo] = 0;
+	interp = handlerPtr->interp;
+	scriptObj = handlerPtr->scriptObj;
+	Tcl_IncrRefCount(scriptObj);
+	pthread_mutex_unlock(&signalLock);
+
+	Tcl_Preserve(interp);
+	code = Tcl_EvalObjEx(interp, scriptObj, TCL_EVAL_GLOBAL);
+	if (code != TCL_OK) {
+	    Tcl_AppendObjToErrorInfo(interp, Tcl_ObjPrintf(
+		    "\n    (socketserver signal script for SIG%s)",
+		    Tcl_SignalId(signo) + 3));
+	    Tcl_BackgroundException(interp, code);
+	}
+	Tcl_Release(interp);
+	Tcl_DecrRefCount(scriptObj);
+    }
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * RemoveSignalScript --
+ *
+ *	signalLock held: removes the script of signo, if any, and puts back
+ *	the action that was there before it.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	A signal caught but not yet run is dropped with it.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+RemoveSignalScript(
+    int signo)
+{
+    SignalHandler *handlerPtr = signalHandlers[signo];
+
+    if (handlerPtr == NULL) {
+	return;
+    }
+    if (handlerPtr->generation == forkGeneration) {
+	sigaction(signo, &handlerPtr->previous, NULL);
+    }
+    signalWakeFd[signo] = -1;
+    signalCaught[signo] = 0;
+    signalHandlers[signo] = NULL;
+    Tcl_DecrRefCount(handlerPtr->scriptObj);
+    ckfree((char *) handlerPtr);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ForgetSignals --
+ *
+ *	In the child of a fork, queueLock and signalLock held: puts back
+ *	every action a script replaced, so the child starts with the
+ *	actions it would have had, and replaces the wake pipes' reading
+ *	ends by nullFd (a file handler may still watch the number) and
+ *	closes their writing ends, so the child never shares its parent's.
+ *	Only async-signal-safe calls.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	The scripts and pipes become stale; they are freed when next met.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+ForgetSignals(
+    int nullFd)
+{
+    WakePipe *pipePtr;
+    int signo;
+
+    for (signo = 1; signo < NSIG; signo++) {
+	SignalHandler *handlerPtr = signalHandlers[signo];
+
+	if (handlerPtr != NULL && handlerPtr->generation == forkGeneration) {
+	    sigaction(signo, &handlerPtr->previous, NULL);
+	}
+	signalWakeFd[signo] = -1;
+	signalCaught[signo] = 0;
+    }
+    for (pipePtr = firstWakePipe; pipePtr != NULL;
+	    pipePtr = pipePtr->nextPtr) {
+	if (pipePtr->generation == forkGeneration) {
+	    if (nullFd < 0
+		    || dup3(nullFd, pipePtr->fds[0], O_CLOEXEC) < 0) {
+		close(pipePtr->fds[0]);
+	    }
+	    CloseFd(&pipePtr->fds[1]);
+	}
+    }
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * SignalObjCmd --
+ *
+ *	::socketserver::signal signal ?script?
+ *	Sets, removes (empty script) or returns (no script) the script this
+ *	process runs for signal, named as 'kill -l' names it, with or
+ *	without "SIG". The script runs at global level in the interpreter
+ *	that set it, from its thread's event loop.
+ *
+ * Results:
+ *	TCL_OK with the current script (no script given) or empty; or
+ *	TCL_ERROR.
+ *
+ * Side effects:
+ *	Installs or removes the C handler.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+SignalObjCmd(
+    ClientData clientData,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    const char *name;
+    SignalHandler *handlerPtr;
+    WakePipe *pipePtr;
+    Tcl_Size length;
+    int i, signo = 0;
+
+    (void) clientData;
+    if (objc != 2 && objc != 3) {
+	Tcl_WrongNumArgs(interp, 1, objv, "signal ?script?");
+	return TCL_ERROR;
+    }
+    name = Tcl_GetString(objv[1]);
+    if (strncmp(name, "SIG", 3) == 0) {
+	name += 3;
+    }
+    for (i = 0; signalNames[i].name != NULL; i++) {
+	if (strcmp(name, signalNames[i].name) == 0) {
+	    signo = signalNames[i].number;
+	    break;
+	}
+    }
+    if (signo == 0) {
+	Tcl_Obj *listObj = Tcl_NewObj();
+
+	for (i = 0; signalNames[i].name != NULL; i++) {
+	    Tcl_AppendPrintfToObj(listObj, "%s%s", (i > 0 ? ", " : ""),
+		    signalNames[i].name);
+	}
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"bad signal \"%s\": must be one of %s (with or without SIG)",
+		Tcl_GetString(objv[1]), Tcl_GetString(listObj)));
+	Tcl_DecrRefCount(listObj);
+	Tcl_SetErrorCode(interp, "TCL", "LOOKUP", "SIGNAL",
+		Tcl_GetString(objv[1]), NULL);
+	return TCL_ERROR;
+    }
+
+    pthread_mutex_lock(&signalLock);
+    handlerPtr = signalHandlers[signo];
+    if (handlerPtr != NULL && handlerPtr->generation != forkGeneration) {
+	/* Set in the parent of a fork: here the action is back already. */
+	RemoveSignalScript(signo);
+	handlerPtr = NULL;
+    }
+    if (objc == 2) {
+	if (handlerPtr != NULL) {
+	    Tcl_SetObjResult(interp, handlerPtr->scriptObj);
+	}
+	pthread_mutex_unlock(&signalLock);
+	return TCL_OK;
+    }
+    Tcl_GetStringFromObj(objv[2], &length);
+    if (length == 0) {
+	RemoveSignalScript(signo);
+	pthread_mutex_unlock(&signalLock);
+	Tcl_ResetResult(interp);
+	return TCL_OK;
+    }
+
+    pipePtr = ThreadWakePipe(interp);
+    if (pipePtr == NULL) {
+	pthread_mutex_unlock(&signalLock);
+	return TCL_ERROR;
+    }
+    if (handlerPtr == NULL) {
+	struct sigaction action;
+
+	handlerPtr = (SignalHandler *) ckalloc(sizeof(SignalHandler));
+	memset(&action, 0, sizeof(action));
+	action.sa_handler = CatchSignal;
+	action.sa_flags = SA_RESTART;
+	sigemptyset(&action.sa_mask);
+	signalWakeFd[signo] = pipePtr->fds[1];
+	if (sigaction(signo, &action, &handlerPtr->previous) < 0) {
+	    signalWakeFd[signo] = -1;
+	    pthread_mutex_unlock(&signalLock);
+	    ckfree((char *) handlerPtr);
+	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		    "couldn't handle SIG%s: %s", name,
+		    Tcl_PosixError(interp)));
+	    return TCL_ERROR;
+	}
+	handlerPtr->generation = forkGeneration;
+	handlerPtr->scriptObj = NULL;
+	signalHandlers[signo] = handlerPtr;
+    }
+    handlerPtr->interp = interp;
+    handlerPtr->thread = pipePtr->thread;
+    signalWakeFd[signo] = pipePtr->fds[1];
+    Tcl_IncrRefCount(objv[2]);
+    if (handlerPtr->scriptObj != NULL) {
+	Tcl_DecrRefCount(handlerPtr->scriptObj);
+    }
+    handlerPtr->scriptObj = objv[2];
+    pthread_mutex_unlock(&signalLock);
+    Tcl_ResetResult(interp);
+    return TCL_OK;
+}
+
+/*
  *----------------------------------------------------------------------
  *
  * SocketserverObjCmd --
@@ -2754,10 +3590,10 @@ SocketserverObjCmd(
     Tcl_Obj *const objv[])
 {
     static const char *const subcommands[] = {
-	"cancel", "client", "close", "info", "server", NULL
+	"cancel", "client", "close", "info", "server", "spawn", NULL
     };
     enum subcommands {
-	SUB_CANCEL, SUB_CLIENT, SUB_CLOSE, SUB_INFO, SUB_SERVER
+	SUB_CANCEL, SUB_CLIENT, SUB_CLOSE, SUB_INFO, SUB_SERVER, SUB_SPAWN
     };
     InterpData *dataPtr = clientData;
     int index;
@@ -2787,6 +3623,9 @@ SocketserverObjCmd(
     case SUB_SERVER:
 	/* $cmd server ?-myaddr addr? ?-backlog n? port */
 	return ServerCmd(interp, objc, objv);
+    case SUB_SPAWN:
+	/* $cmd spawn command ?arg ...? */
+	return SpawnCmd(interp, objc, objv);
     }
     return TCL_ERROR;
 }
@@ -2796,7 +3635,8 @@ SocketserverObjCmd(
  *
  * DeleteInterpData --
  *
- *	Interpreter deletion: withdraws its pending requests.
+ *	Interpreter deletion: withdraws its pending requests and removes
+ *	the signal scripts it set.
  *
  * Results:
  *	None.
@@ -2815,10 +3655,19 @@ DeleteInterpData(
 {
     InterpData *dataPtr = clientData;
 
-    (void) interp;
+    int signo;
+
     while (dataPtr->firstRequestPtr != NULL) {
 	WithdrawRequest(dataPtr->firstRequestPtr, 0);
     }
+    pthread_mutex_lock(&signalLock);
+    for (signo = 1; signo < NSIG; signo++) {
+	if (signalHandlers[signo] != NULL
+		&& signalHandlers[signo]->interp == interp) {
+	    RemoveSignalScript(signo);
+	}
+    }
+    pthread_mutex_unlock(&signalLock);
     ckfree((char *) dataPtr);
 }
 
@@ -2848,6 +3697,20 @@ Socketserver_Init(
 	return TCL_ERROR;
     }
     pthread_once(&setupOnce, SetupProcess);
+    if (adoptError != 0) {
+	errno = adoptError;
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't adopt the queues handed over by the spawning "
+		"process: %s", Tcl_PosixError(interp)));
+	return TCL_ERROR;
+    }
+
+    /*
+     * The hand-over's variable is gone from the process's environment;
+     * keep this interpreter's env array in step.
+     */
+
+    Tcl_UnsetVar2(interp, "env", SPAWN_ENV, TCL_GLOBAL_ONLY);
 
     dataPtr = (InterpData *) ckalloc(sizeof(InterpData));
     dataPtr->interp = interp;
@@ -2855,6 +3718,8 @@ Socketserver_Init(
     Tcl_SetAssocData(interp, ASSOC_KEY, DeleteInterpData, dataPtr);
     Tcl_CreateObjCommand(interp, "::socketserver::socket",
 	    SocketserverObjCmd, dataPtr, NULL);
+    Tcl_CreateObjCommand(interp, "::socketserver::signal",
+	    SignalObjCmd, NULL, NULL);
     return Tcl_PkgProvide(interp, PACKAGE_NAME, PACKAGE_VERSION);
 }
 
