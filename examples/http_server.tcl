@@ -87,5 +87,6 @@ for {set i 0} {$i < $workers} {incr i} {
 }
 puts "http server [pid] listening on port $port with $workers workers"
 flush stdout
-signal trap {TERM INT} shutdown
+::socketserver::signal TERM shutdown
+::socketserver::signal INT shutdown
 vwait forever

@@ -65,5 +65,6 @@ startWorker $portA
 startWorker $portB
 puts "twoports [pid] listening on ports $portA and $portB"
 flush stdout
-signal trap {TERM INT} shutdown
+::socketserver::signal TERM shutdown
+::socketserver::signal INT shutdown
 vwait forever

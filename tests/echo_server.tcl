@@ -53,8 +53,9 @@ proc workerError {message options} {
     puts stderr "echo_server worker [pid]: $message"
 }
 
+# A forked worker starts with the default signal actions: the serving
+# process's ::socketserver::signal scripts are not inherited.
 proc runWorker {} {
-    signal default {TERM INT USR1 CHLD}
     foreach id [after info] {
 	after cancel $id
     }
@@ -79,11 +80,8 @@ proc forkWorker {} {
     flush stdout
 }
 
-# Looked for every 100 ms rather than on SIGCHLD: a signal trapped by
-# TclX that lands while threaded Tcl 8.6 holds its notifier lock
-# deadlocks the process.
+# On SIGCHLD: reaps every worker that has exited.
 proc reapWorkers {} {
-    after 100 reapWorkers
     while {![catch {wait -nohang} status] && $status ne ""} {
 	set pid [lindex $status 0]
 	set i [lsearch -exact $::workers $pid]
@@ -112,11 +110,13 @@ proc shutdown {} {
     exit 0
 }
 
-# Fork from the event loop, never inside a signal handler.
-signal trap USR1 {after idle forkWorker}
-signal trap {TERM INT} shutdown
+# The scripts run from the event loop, never inside a signal handler
+# (TclX's 'signal trap' can deadlock threaded Tcl: see the README).
+::socketserver::signal USR1 forkWorker
+::socketserver::signal CHLD reapWorkers
+::socketserver::signal TERM shutdown
+::socketserver::signal INT shutdown
 puts "echo server [pid] listening on port $port"
 forkWorker
 forkWorker
-reapWorkers
 vwait forever
