@@ -1,6 +1,7 @@
 # Makefile for socketserver, a pre-forked TCP server extension for Tcl.
 #
-#   make              build libsocketserver2.0.so (stubs-enabled)
+#   make              build libsocketserver2.0.so (stubs-enabled; for Tcl 9,
+#                     make TCLSH=tclsh9.0 builds libtcl9socketserver2.0.so)
 #   make test         run tests/all.tcl against the built library
 #   make stress       load, fault and bad-input scenarios (tests/stress)
 #   make memcheck     the single-process tests under valgrind memcheck
@@ -18,7 +19,6 @@
 
 PACKAGE    = socketserver
 VERSION    = 2.0
-LIB        = lib$(PACKAGE)$(VERSION).so
 
 PKG_CONFIG ?= pkg-config
 TCLSH      ?= tclsh
@@ -26,17 +26,25 @@ CC         ?= cc
 CFLAGS     ?= -O2 -g
 PREFIX     ?= /usr/local
 
+# The Tcl that TCLSH runs decides what is built. Tcl 9's convention names
+# its extensions with a "tcl9" prefix, so builds for 8.6 and 9 install side
+# by side; pkgIndex.tcl loads the one for the Tcl that asks.
+TCL_VERSION := $(shell echo 'puts [info tclversion]' | $(TCLSH) 2>/dev/null)
+LIB        = lib$(if $(filter 8.%,$(TCL_VERSION)),,tcl9)$(PACKAGE)$(VERSION).so
+
 # Tcl's flags: from tclConfig.sh when TCL_CONFIG names one, else from
-# pkg-config, else from the tclConfig.sh found next to tclsh's library or
-# on its package path. Only the stub library is linked (Debian's
-# 'pkg-config --libs tcl' also names -ltcl8.6), so the extension loads into
-# any Tcl 8.6 or later.
+# pkg-config's tclX.Y, else from a tclConfig.sh found by TCLSH. Debian's
+# tcl9.0.pc needs libtommath's, which Debian does not install, and its
+# /usr/lib/tcl9.0/tclConfig.sh runs dpkg-architecture (dpkg-dev): the real
+# file in the multiarch directory is looked for first. Only the stub library
+# is linked (pkg-config also names -ltcl8.6), so the extension loads into
+# any Tcl of the major version it was built for.
 ifeq ($(TCL_CONFIG),)
-ifeq ($(shell $(PKG_CONFIG) --exists tcl 2>/dev/null && echo yes),yes)
-TCL_CFLAGS := $(shell $(PKG_CONFIG) --cflags tcl)
-TCL_STUB   := $(filter -L% -ltclstub%,$(shell $(PKG_CONFIG) --libs tcl))
+ifeq ($(shell $(PKG_CONFIG) --exists tcl$(TCL_VERSION) 2>/dev/null && echo yes),yes)
+TCL_CFLAGS := $(shell $(PKG_CONFIG) --cflags tcl$(TCL_VERSION))
+TCL_STUB   := $(filter -L% -ltclstub%,$(shell $(PKG_CONFIG) --libs tcl$(TCL_VERSION)))
 else
-TCL_CONFIG := $(shell echo 'set v [info tclversion]; foreach d [list [info library] [file dirname [info library]] {*}$$tcl_pkgPath /usr/lib /usr/lib64 /usr/local/lib] {foreach f [list $$d/tclConfig.sh $$d/tcl$$v/tclConfig.sh] {if {[file exists $$f]} {puts $$f; exit}}}' | $(TCLSH))
+TCL_CONFIG := $(shell echo 'set v [info tclversion]; foreach d [list {*}[glob -nocomplain /usr/lib/*-*/tcl$$v /usr/lib64/tcl$$v] [info library] [file dirname [info library]] {*}$$tcl_pkgPath /usr/lib /usr/lib64 /usr/local/lib] {foreach f [list $$d/tclConfig.sh $$d/tcl$$v/tclConfig.sh] {if {[file exists $$f]} {puts $$f; exit}}}' | $(TCLSH))
 endif
 endif
 ifneq ($(TCL_CONFIG),)
@@ -110,18 +118,23 @@ install: $(LIB)
 	    while [ ! -d "$$d" ]; do new="$$new $$d"; d=$$(dirname "$$d"); done; \
 	done; \
 	install -d $(INSTALL_DIR) $(MAN_DIR) && \
-	for d in $$new; do echo "$$d"; done | sort -u | awk '{print length, $$0}' | \
-	    sort -rn | cut -d' ' -f2- > $(CREATED)
+	{ cat $(CREATED) 2>/dev/null; for d in $$new; do echo "$$d"; done; } | \
+	    sort -u | awk '{print length, $$0}' | sort -rn | cut -d' ' -f2- \
+	    > $(CREATED).new && mv $(CREATED).new $(CREATED)
 	install -m 755 $(LIB) $(INSTALL_DIR)/
 	install -m 644 pkgIndex.tcl $(INSTALL_DIR)/
 	install -m 644 doc/socketserver.n $(MAN_DIR)/
 	@echo 'puts [expr {"$(TCL_LIBDIR)" in $$auto_path}]' | $(TCLSH) | grep -q 1 || \
 	    echo "$(TCL_LIBDIR) is not on $(TCLSH)'s auto_path: use TCLLIBPATH=$(TCL_LIBDIR)"
 
+# The package index, the manual page and the directories are shared with a
+# build for the other Tcl major version: they go with the last library.
 uninstall:
-	rm -f $(INSTALL_DIR)/$(LIB) $(INSTALL_DIR)/pkgIndex.tcl \
-	    $(MAN_DIR)/socketserver.n
-	@if [ -f $(CREATED) ]; then \
+	rm -f $(INSTALL_DIR)/$(LIB)
+	@if ls $(INSTALL_DIR)/lib*$(PACKAGE)$(VERSION).so >/dev/null 2>&1; then \
+	    echo "another build stays in $(INSTALL_DIR)"; exit 0; fi; \
+	rm -f $(INSTALL_DIR)/pkgIndex.tcl $(MAN_DIR)/socketserver.n; \
+	if [ -f $(CREATED) ]; then \
 	    dirs=$$(cat $(CREATED)); rm -f $(CREATED); \
 	    for d in $$dirs; do rmdir "$$d" 2>/dev/null || true; done; \
 	else \
@@ -138,5 +151,6 @@ $(DIST_NAME).tar.gz: $(DIST_FILES)
 	rm -rf $(DIST_NAME)
 
 clean:
-	rm -f $(LIB) *.o bench/c_reference tests/stress/libinject.so
+	rm -f lib*$(PACKAGE)$(VERSION).so *.o bench/c_reference \
+	    tests/stress/libinject.so
 	rm -rf tests/asan $(DIST_NAME) $(DIST_NAME).tar.gz

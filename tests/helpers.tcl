@@ -15,6 +15,9 @@ testConstraint ipv6 [expr {![catch {close [socket -server {} -myaddr ::1 0]}]}]
 testConstraint procfs [file isdirectory /proc/self/fd]
 
 set ::testsDir [file dirname [file normalize [info script]]]
+
+# The library 'make' builds for this Tcl: Tcl 9's are named "libtcl9...".
+set ::libFile lib[expr {[package vsatisfies [info tclversion] 9-] ? "tcl9" : ""}]socketserver2.0[info sharedlibextension]
 set ::workers {}
 
 # forkWorker script --

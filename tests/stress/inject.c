@@ -1,7 +1,7 @@
 /*
  * inject.c --
  *
- *	A test helper, loaded into tclsh by the stress tests only: it reaches
+ *	A test helper, loaded into tclsh by some tests: it reaches
  *	below the public interface to make what no well-behaved process
  *	makes.
  *
@@ -14,6 +14,13 @@
  *	    inject::release		frees them
  *	    inject::reset port		connects to 127.0.0.1:port, sends a
  *					line and aborts with a reset (RST)
+ *	    inject::fork		a plain fork(), as TclX's: the child
+ *					gets 0, the parent the child's pid
+ *	    inject::wait pid		waitpid(): reaps the child, returns
+ *					its exit status (-1: killed)
+ *	    inject::_exit status	_exit(): leaves without Tcl's
+ *					finalization (which under Tcl 9 would
+ *					touch the epoll set the child shares)
  *
  * Copyright (c) 2026 The socketserver authors.
  * See the file "LICENSE" for information on usage and redistribution.
@@ -29,6 +36,7 @@
 #include <arpa/inet.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 
 #define MAX_FDS_PER_MESSAGE 200	/* Below the kernel's SCM_MAX_FD (253). */
 
@@ -278,6 +286,75 @@ ResetCmd(
     return TCL_OK;
 }
 
+static int
+ForkCmd(
+    ClientData dummy,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    pid_t pid;
+
+    (void) dummy;
+    if (objc != 1) {
+	Tcl_WrongNumArgs(interp, 1, objv, NULL);
+	return TCL_ERROR;
+    }
+    pid = fork();
+    if (pid < 0) {
+	return PosixError(interp, "fork");
+    }
+    Tcl_SetObjResult(interp, Tcl_NewIntObj((int) pid));
+    return TCL_OK;
+}
+
+static int
+WaitCmd(
+    ClientData dummy,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    int pid, status;
+
+    (void) dummy;
+    if (objc != 2) {
+	Tcl_WrongNumArgs(interp, 1, objv, "pid");
+	return TCL_ERROR;
+    }
+    if (Tcl_GetIntFromObj(interp, objv[1], &pid) != TCL_OK) {
+	return TCL_ERROR;
+    }
+    while (waitpid((pid_t) pid, &status, 0) < 0) {
+	if (errno != EINTR) {
+	    return PosixError(interp, "waitpid");
+	}
+    }
+    Tcl_SetObjResult(interp, Tcl_NewIntObj(WIFEXITED(status)
+	    ? WEXITSTATUS(status) : -1));
+    return TCL_OK;
+}
+
+static int
+ExitCmd(
+    ClientData dummy,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    int status;
+
+    (void) dummy;
+    if (objc != 2) {
+	Tcl_WrongNumArgs(interp, 1, objv, "status");
+	return TCL_ERROR;
+    }
+    if (Tcl_GetIntFromObj(interp, objv[1], &status) != TCL_OK) {
+	return TCL_ERROR;
+    }
+    _exit(status);
+}
+
 int
 Inject_Init(
     Tcl_Interp *interp)
@@ -292,5 +369,8 @@ Inject_Init(
 	    NULL);
     Tcl_CreateObjCommand(interp, "inject::release", ReleaseCmd, NULL, NULL);
     Tcl_CreateObjCommand(interp, "inject::reset", ResetCmd, NULL, NULL);
+    Tcl_CreateObjCommand(interp, "inject::fork", ForkCmd, NULL, NULL);
+    Tcl_CreateObjCommand(interp, "inject::_exit", ExitCmd, NULL, NULL);
+    Tcl_CreateObjCommand(interp, "inject::wait", WaitCmd, NULL, NULL);
     return TCL_OK;
 }
