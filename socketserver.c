@@ -56,6 +56,7 @@ typedef int Tcl_Size;
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/select.h>
 #include <time.h>
 #include <sys/socket.h>
@@ -3113,7 +3114,7 @@ InfoCmd(
 {
     Tcl_Obj *resultObj;
     Queue *queuePtr;
-    int port, requested;
+    int port, requested, readyBytes;
 
     if (objc != 2 && objc != 3) {
 	Tcl_WrongNumArgs(interp, 2, objv, "?port?");
@@ -3147,6 +3148,16 @@ InfoCmd(
     requested = (FindRequest(dataPtr, queuePtr) != NULL);
     resultObj = Tcl_NewObj();
 
+    /*
+     * The ready queue's reading end is in every process: FIONREAD there
+     * counts the bytes of every message waiting (Linux), one Message
+     * each.
+     */
+
+    if (ioctl(queuePtr->readyFds[0], FIONREAD, &readyBytes) < 0) {
+	readyBytes = 0;
+    }
+
 #define PUT(key, valueObj) \
     Tcl_DictObjPut(NULL, resultObj, Tcl_NewStringObj((key), -1), (valueObj))
     pthread_mutex_lock(&queueLock);
@@ -3157,6 +3168,8 @@ InfoCmd(
     PUT("received", Tcl_NewLongObj(queuePtr->received));
     PUT("requested", Tcl_NewBooleanObj(requested));
     PUT("waiting", Tcl_NewIntObj(queuePtr->numAskers));
+    PUT("queued", Tcl_NewIntObj(queuePtr->numPending
+	    + readyBytes / (int) sizeof(Message)));
     errno = queuePtr->lastErrno;
     PUT("lasterror", Tcl_NewStringObj(errno ? Tcl_ErrnoId() : "", -1));
     pthread_mutex_unlock(&queueLock);
