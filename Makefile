@@ -64,8 +64,8 @@ MANDIR     ?= $(PREFIX)/share/man
 
 # What 'make dist' packs: everything needed to build, test and install.
 DIST_NAME  = $(PACKAGE)-$(VERSION)
-DIST_FILES = README.md LICENSE Makefile pkgIndex.tcl socketserver.c ancillary.h \
-	     doc/socketserver.n .ci/run \
+DIST_FILES = README.md LICENSE Makefile pkgIndex.tcl prefork.tcl socketserver.c \
+	     ancillary.h doc/socketserver.n doc/design.md .ci/run \
 	     $(wildcard tests/*.tcl tests/*.test tests/*.sh tests/stress/*.tcl \
 		tests/stress/*.test tests/stress/*.c examples/*.tcl \
 		examples/*.cfg bench/*.tcl bench/*.c)
@@ -122,7 +122,7 @@ install: $(LIB)
 	    sort -u | awk '{print length, $$0}' | sort -rn | cut -d' ' -f2- \
 	    > $(CREATED).new && mv $(CREATED).new $(CREATED)
 	install -m 755 $(LIB) $(INSTALL_DIR)/
-	install -m 644 pkgIndex.tcl $(INSTALL_DIR)/
+	install -m 644 pkgIndex.tcl prefork.tcl $(INSTALL_DIR)/
 	install -m 644 doc/socketserver.n $(MAN_DIR)/
 	@echo 'puts [expr {"$(TCL_LIBDIR)" in $$auto_path}]' | $(TCLSH) | grep -q 1 || \
 	    echo "$(TCL_LIBDIR) is not on $(TCLSH)'s auto_path: use TCLLIBPATH=$(TCL_LIBDIR)"
@@ -133,7 +133,8 @@ uninstall:
 	rm -f $(INSTALL_DIR)/$(LIB)
 	@if ls $(INSTALL_DIR)/lib*$(PACKAGE)$(VERSION).so >/dev/null 2>&1; then \
 	    echo "another build stays in $(INSTALL_DIR)"; exit 0; fi; \
-	rm -f $(INSTALL_DIR)/pkgIndex.tcl $(MAN_DIR)/socketserver.n; \
+	rm -f $(INSTALL_DIR)/pkgIndex.tcl $(INSTALL_DIR)/prefork.tcl \
+	    $(MAN_DIR)/socketserver.n; \
 	if [ -f $(CREATED) ]; then \
 	    dirs=$$(cat $(CREATED)); rm -f $(CREATED); \
 	    for d in $$dirs; do rmdir "$$d" 2>/dev/null || true; done; \

@@ -6,3 +6,5 @@ package ifneeded socketserver 2.0 [list apply {{dir} {
     load [file join $dir lib${prefix}socketserver2.0[info sharedlibextension]] \
 	Socketserver
 }} $dir]
+package ifneeded socketserver::prefork 2.0 \
+    [list source [file join $dir prefork.tcl]]
