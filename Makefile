@@ -68,7 +68,7 @@ DIST_FILES = README.md LICENSE Makefile pkgIndex.tcl prefork.tcl socketserver.c 
 	     ancillary.h doc/socketserver.n doc/design.md .ci/run \
 	     $(wildcard tests/*.tcl tests/*.test tests/*.sh tests/stress/*.tcl \
 		tests/stress/*.test tests/stress/*.c examples/*.tcl \
-		examples/*.cfg bench/*.tcl bench/*.c)
+		examples/*.cfg examples/*.service bench/*.tcl bench/*.c)
 
 .PHONY: all test stress memcheck asan bench install uninstall dist clean
 
