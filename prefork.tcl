@@ -446,11 +446,14 @@ proc ::socketserver::prefork::Exited {pid} {
     if {[dict get $worker generation] != $Generation} {
 	return
     }
-    # Died young (before it was ready, or within a second): back off.
+    # Died before it served one connection to the end (before it was
+    # ready, say): it may do so again at once, so back off. A machine
+    # too busy to start a worker in a second must not hide that.
     set lived [expr {[clock milliseconds] - [dict get $worker started]}]
-    if {[dict get $worker state] eq "starting" || $lived < 1000} {
+    if {([dict get $worker state] eq "starting"
+	    || [dict get $worker served] == 0) && [dict get $worker state] ne "killed"} {
 	set Backoff [expr {min(max(2 * $Backoff, 100), 30000)}]
-	Log "worker $pid died after $lived ms: next start in $Backoff ms"
+	Log "worker $pid died after $lived ms having served no connection: next start in $Backoff ms"
 	set StartTimer [after $Backoff [namespace code {
 	    set StartTimer {}
 	    Fill
