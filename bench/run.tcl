@@ -8,15 +8,17 @@
 #	BENCH_WORKERS worker counts for the overhead scenario (default
 #	"2 8 32 64"), BENCH_SCENARIOS (default "overhead blocking cpu").
 #
-#	Server CPU per request: user + system time of every process in the
-#	server's process group (/proc/PID/stat), read just before and just
-#	after the load, divided by the requests wrk completed.
+#	Server CPU per request: the run time in nanoseconds of every thread
+#	of every process in the server's process group
+#	(/proc/PID/task/TID/schedstat), read just before and just after the
+#	load, divided by the requests wrk completed. (/proc/PID/stat counts
+#	whole clock ticks per process, which under-reports many workers that
+#	each use a little CPU and so flatters multi-process servers.)
 
 set here [file dirname [file normalize [info script]]]
 set duration [expr {[info exists env(BENCH_DURATION)] ? $env(BENCH_DURATION) : 5}]
 set overheadWorkers [expr {[info exists env(BENCH_WORKERS)] ? $env(BENCH_WORKERS) : "2 8 32 64"}]
 set scenarios [expr {[info exists env(BENCH_SCENARIOS)] ? $env(BENCH_SCENARIOS) : "overhead blocking cpu"}]
-set ticksPerSecond [exec getconf CLK_TCK]
 
 # groupProcesses pgid --
 #	The /proc/PID/stat fields (after the command name) of every process
@@ -40,11 +42,30 @@ proc groupProcesses {pgid} {
 }
 
 # cpuOfGroup pgid --
-#	User + system ticks of every process in process group pgid.
+#	Nanoseconds of CPU used by every thread of every process in process
+#	group pgid. A process that exits between two readings takes its time
+#	with it: the servers here keep theirs for the whole load.
 proc cpuOfGroup {pgid} {
     set total 0
-    foreach fields [groupProcesses $pgid] {
-	incr total [expr {[lindex $fields 11] + [lindex $fields 12]}]
+    foreach stat [glob -nocomplain /proc/\[0-9\]*/stat] {
+	set pid [file tail [file dirname $stat]]
+	if {[catch {
+	    set f [open $stat]
+	    set text [read $f]
+	    close $f
+	}]} {
+	    continue
+	}
+	if {[lindex [string range $text [string last ) $text]+2 end] 2] != $pgid} {
+	    continue
+	}
+	foreach task [glob -nocomplain /proc/$pid/task/*/schedstat] {
+	    catch {
+		set f [open $task]
+		incr total [lindex [read $f] 0]
+		close $f
+	    }
+	}
     }
     return $total
 }
@@ -105,7 +126,7 @@ proc toMs {text} {
 # measure label design workers work connections --
 #	Starts one server, loads it with wrk, stops it; returns a row dict.
 proc measure {scenario design workers work connections} {
-    global here duration ticksPerSecond
+    global here duration
     if {$design eq "c"} {
 	set command [list [file join $here c_reference] $workers 0 $work]
     } else {
@@ -134,7 +155,7 @@ proc measure {scenario design workers work connections} {
     regexp {\n\s+50%\s+(\S+)} $wrk -> p50
     regexp {\n\s+99%\s+(\S+)} $wrk -> p99
     set cpu [expr {$requests > 0
-	? ($after - $before) * 1e6 / $ticksPerSecond / $requests : 0}]
+	? ($after - $before) / 1e3 / $requests : 0}]
     puts stderr [format "  %-9s %-12s W=%-3s %8.0f req/s %6.1f us/req" \
 	$scenario $design $workers $rps $cpu]
     dict create scenario $scenario design $design workers $workers \
