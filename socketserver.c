@@ -21,11 +21,17 @@
  *	    ClientCmd (asking process)        takes a ready connection
  *	                                      (TakeReady), or sends an ask,
  *	    AcceptConnections (accept thread) accept()s it,
- *	    HandOverFirstPending            sends it to the oldest ask, or
- *	                                      into the ready queue,
+ *	    HandOverFirstPending              sends the oldest it holds to
+ *	                                      the oldest ask, or into the
+ *	                                      ready queue,
  *	    ReceiveConnection (event loop)    recvmsg()s it on the private pair
  *	    or DeliverTaken                   (or delivers the ready one),
  *	    DeliverConnection                 wraps it and calls the handler.
+ *
+ *	A worker is a process forked from the serving process, or a program
+ *	it started with 'spawn' (SpawnCmd), which adopts the queues when it
+ *	loads the package (AdoptQueues). ::socketserver::signal (SignalObjCmd)
+ *	runs scripts for signals from the event loop.
  *
  * Copyright (c) 2026 The socketserver authors.
  * See the file "LICENSE" for information on usage and redistribution.
@@ -346,7 +352,7 @@ static void		TakeConnection(Request *requestPtr, int fd,
 			    const Message *messagePtr);
 static int		TakeReady(Queue *queuePtr, int *fdPtr,
 			    Message *messagePtr);
-static int		TakeReadyConnection(Queue *queuePtr);
+static int		PendingAfterDrain(Queue *queuePtr);
 static int		AddPending(Queue *queuePtr, int fd,
 			    const Message *messagePtr);
 static void		DrainReady(Queue *queuePtr);
@@ -683,7 +689,7 @@ AcceptConnections(
     Queue *queuePtr = clientData;
 
     for (;;) {
-	if (!TakeReadyConnection(queuePtr)) {
+	if (!PendingAfterDrain(queuePtr)) {
 	    struct pollfd fds[3];
 
 	    /*
@@ -1038,7 +1044,7 @@ DrainReady(
 /*
  *----------------------------------------------------------------------
  *
- * TakeReadyConnection --
+ * PendingAfterDrain --
  *
  *	Accept thread: when an ask is waiting and the ready queue may hold
  *	connections (some were put there since it was last found empty),
@@ -1055,7 +1061,7 @@ DrainReady(
  */
 
 static int
-TakeReadyConnection(
+PendingAfterDrain(
     Queue *queuePtr)
 {
     int pending;
@@ -1346,7 +1352,7 @@ StopAccepting(
     /* A new, empty pipe always takes one byte. */
     pthread_join(queuePtr->thread, NULL);
 
-    while (TakeReadyConnection(queuePtr)
+    while (PendingAfterDrain(queuePtr)
 	    && HandOverFirstPending(queuePtr, 0)) {
 	/* Until no ask waits while a connection does. */
     }
