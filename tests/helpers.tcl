@@ -148,6 +148,52 @@ proc running {pid} {
     expr {[lindex [string range $stat [string last ) $stat]+2 end] 0] ne "Z"}
 }
 
+# listenerInodes port --
+#	The inodes of the sockets listening on TCP port, IPv4 and IPv6.
+proc listenerInodes {port} {
+    set hex [format %04X $port]
+    set inodes {}
+    foreach table {/proc/net/tcp /proc/net/tcp6} {
+	if {[catch {open $table} f]} {
+	    continue
+	}
+	foreach line [lrange [split [read $f] \n] 1 end] {
+	    if {[lindex [split [lindex $line 1] :] end] eq $hex
+		    && [lindex $line 3] eq "0A"} {
+		lappend inodes [lindex $line 9]
+	    }
+	}
+	close $f
+    }
+    return $inodes
+}
+
+# refused port ?pids? --
+#	1 if none of pids (default: this process) accepts connections on
+#	port any more: a connection is refused, or the listener that took it
+#	belongs to another process, which may have bound the freed number
+#	since (test files run side by side). 0 if one of pids still listens.
+proc refused {port {pids {}}} {
+    if {$pids eq ""} {
+	set pids [pid]
+    }
+    if {[catch {socket 127.0.0.1 $port} chan]} {
+	return 1
+    }
+    close $chan
+    set inodes [listenerInodes $port]
+    foreach pid $pids {
+	foreach link [glob -nocomplain /proc/$pid/fd/*] {
+	    if {![catch {file readlink $link} target]
+		    && [regexp {^socket:\[(\d+)\]$} $target -> inode]
+		    && $inode in $inodes} {
+		return 0
+	    }
+	}
+    }
+    return 1
+}
+
 # fdCount pid --
 proc fdCount {pid} {
     llength [glob -nocomplain /proc/$pid/fd/*]
