@@ -97,7 +97,7 @@ asan: socketserver.c ancillary.h
 	$(CC) $(ALL_CFLAGS) -O1 -fno-omit-frame-pointer \
 	    -fsanitize=address,undefined -shared -o tests/asan/$(LIB) \
 	    socketserver.c $(TCL_STUB) $(LDFLAGS)
-	cp pkgIndex.tcl tests/asan/
+	cp pkgIndex.tcl prefork.tcl tests/asan/
 	TCLSH=$(TCLSH) CC=$(CC) sh tests/checkmem.sh asan $(CURDIR)/tests/asan
 
 # Side-by-side benchmarks (needs wrk): see bench/run.tcl for the settings.
