@@ -298,6 +298,9 @@ proc ::socketserver::prefork::Supervisor {config} {
     set pid [StartWorker]
     vwait ::socketserver::prefork::FirstLoaded
     variable FirstLoaded
+    if {$FirstLoaded eq "stopped"} {
+	Finish
+    }
     if {$FirstLoaded ne "ok"} {
 	Log "the application failed to load in worker $pid:\n$FirstLoaded"
 	set ::socketserver::prefork::Exiting 1
@@ -422,6 +425,11 @@ proc ::socketserver::prefork::Exited {pid} {
 	set how "exit status 0"
     }
     Log "worker $pid exited: $how"
+    if {![info exists FirstLoaded] && $State eq "stopping"} {
+	# Stopped before the application had loaded once: not its fault.
+	set FirstLoaded stopped
+	return
+    }
     if {![info exists FirstLoaded]} {
 	set FirstLoaded [join [dict get $worker output] \n]
 	if {$FirstLoaded eq ""} {
@@ -444,6 +452,11 @@ proc ::socketserver::prefork::Exited {pid} {
 	return
     }
     if {[dict get $worker generation] != $Generation} {
+	return
+    }
+    if {[dict get $worker state] eq "leaving"} {
+	# Retired (SIGTTOU): nothing to replace.
+	Fill
 	return
     }
     # Died before it served one connection to the end (before it was
