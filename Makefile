@@ -68,7 +68,8 @@ DIST_FILES = README.md LICENSE Makefile pkgIndex.tcl prefork.tcl socketserver.c 
 	     ancillary.h doc/socketserver.n doc/design.md .ci/run \
 	     $(wildcard tests/*.tcl tests/*.test tests/*.sh tests/stress/*.tcl \
 		tests/stress/*.test tests/stress/*.c examples/*.tcl \
-		examples/*.cfg examples/*.service bench/*.tcl bench/*.c)
+		examples/*.cfg examples/*.service bench/*.tcl bench/*.c \
+		bench/*.js bench/*.lua)
 
 .PHONY: all test stress memcheck asan bench install uninstall dist clean
 
@@ -101,11 +102,14 @@ asan: socketserver.c ancillary.h
 	TCLSH=$(TCLSH) CC=$(CC) sh tests/checkmem.sh asan $(CURDIR)/tests/asan
 
 # Side-by-side benchmarks (needs wrk): see bench/run.tcl for the settings.
-bench: $(LIB) bench/c_reference
+bench: $(LIB) bench/c_reference bench/c_reuseport
 	TCLLIBPATH=$(CURDIR) $(TCLSH) bench/run.tcl
 
 bench/c_reference: bench/c_reference.c ancillary.h
 	$(CC) $(CFLAGS) $(EXTRA_CFLAGS) -Wall -Wextra -o $@ bench/c_reference.c
+
+bench/c_reuseport: bench/c_reuseport.c
+	$(CC) $(CFLAGS) $(EXTRA_CFLAGS) -Wall -Wextra -o $@ bench/c_reuseport.c
 
 # The directories 'make install' creates are listed in INSTALL_DIR/
 # .install-dirs, deepest first, for 'make uninstall' to remove when empty.
@@ -152,6 +156,6 @@ $(DIST_NAME).tar.gz: $(DIST_FILES)
 	rm -rf $(DIST_NAME)
 
 clean:
-	rm -f lib*$(PACKAGE)$(VERSION).so *.o bench/c_reference \
+	rm -f lib*$(PACKAGE)$(VERSION).so *.o bench/c_reference bench/c_reuseport \
 	    tests/stress/libinject.so
 	rm -rf tests/asan $(DIST_NAME) $(DIST_NAME).tar.gz

@@ -6,7 +6,15 @@
 #
 #	Settings (environment): BENCH_DURATION seconds per row (default 5),
 #	BENCH_WORKERS worker counts for the overhead scenario (default
-#	"2 8 32 64"), BENCH_SCENARIOS (default "overhead blocking cpu").
+#	"2 8 32 64"), BENCH_SCENARIOS (default "overhead blocking cpu
+#	uneven").
+#
+#	The uneven scenario (8 workers, 16 concurrent clients, a blocking
+#	1 ms per request but 100 ms for one in ten) compares how each design
+#	hands connections to workers: socketserver (first come, first
+#	served), the inherited-listener pre-fork, a C server with one
+#	SO_REUSEPORT listener per worker (the kernel hashes), and Node's
+#	cluster (round-robin push), with p50, p99 and p99.9 latency.
 #
 #	Server CPU per request: the run time in nanoseconds of every thread
 #	of every process in the server's process group
@@ -18,7 +26,7 @@
 set here [file dirname [file normalize [info script]]]
 set duration [expr {[info exists env(BENCH_DURATION)] ? $env(BENCH_DURATION) : 5}]
 set overheadWorkers [expr {[info exists env(BENCH_WORKERS)] ? $env(BENCH_WORKERS) : "2 8 32 64"}]
-set scenarios [expr {[info exists env(BENCH_SCENARIOS)] ? $env(BENCH_SCENARIOS) : "overhead blocking cpu"}]
+set scenarios [expr {[info exists env(BENCH_SCENARIOS)] ? $env(BENCH_SCENARIOS) : "overhead blocking cpu uneven"}]
 
 # groupProcesses pgid --
 #	The /proc/PID/stat fields (after the command name) of every process
@@ -129,6 +137,13 @@ proc measure {scenario design workers work connections} {
     global here duration
     if {$design eq "c"} {
 	set command [list [file join $here c_reference] $workers 0 $work]
+    } elseif {$design eq "reuseport"} {
+	set command [list [file join $here c_reuseport] $workers $work]
+    } elseif {$design eq "node"} {
+	set probe [socket -server {} -myaddr 127.0.0.1 0]
+	set free [lindex [fconfigure $probe -sockname] 2]
+	close $probe
+	set command [list node [file join $here node_cluster.js] $workers $free $work]
     } else {
 	set command [list [info nameofexecutable] [file join $here tcl_server.tcl] \
 	    $design $workers 0 $work]
@@ -138,7 +153,8 @@ proc measure {scenario design workers work connections} {
     after 300
     set before [cpuOfGroup $pgid]
     set wrk [exec wrk -t 2 -c $connections -d ${duration}s --latency \
-	-H "Connection: close" http://127.0.0.1:$port/]
+	-s [file join $here p999.lua] -H "Connection: close" \
+	http://127.0.0.1:$port/]
     set after [cpuOfGroup $pgid]
     stopServer $pipe $pgid
 
@@ -154,12 +170,15 @@ proc measure {scenario design workers work connections} {
     }
     regexp {\n\s+50%\s+(\S+)} $wrk -> p50
     regexp {\n\s+99%\s+(\S+)} $wrk -> p99
+    set p999 0
+    regexp {p99.9: (\d+)} $wrk -> p999
     set cpu [expr {$requests > 0
 	? ($after - $before) / 1e3 / $requests : 0}]
     puts stderr [format "  %-9s %-12s W=%-3s %8.0f req/s %6.1f us/req" \
 	$scenario $design $workers $rps $cpu]
     dict create scenario $scenario design $design workers $workers \
-	rps $rps errors $errors cpu $cpu p50 [toMs $p50] p99 [toMs $p99]
+	rps $rps errors $errors cpu $cpu p50 [toMs $p50] p99 [toMs $p99] \
+	p999 [expr {$p999 / 1000.0}]
 }
 
 set designs {socketserver single prefork c}
@@ -187,6 +206,15 @@ foreach scenario $scenarios {
 		lappend rows [measure cpu $design 2 cpu 8]
 	    }
 	}
+	uneven {
+	    set designs {socketserver prefork reuseport}
+	    if {[auto_execok node] ne ""} {
+		lappend designs node
+	    }
+	    foreach design $designs {
+		lappend rows [measure uneven $design 8 uneven 16]
+	    }
+	}
     }
 }
 
@@ -203,10 +231,13 @@ proc find {rows scenario design workers} {
     return {}
 }
 
-set names {socketserver socketserver single "Tcl socket -server" prefork "Tcl pre-fork, inherited listener" c "C ceiling"}
-puts "| scenario | server | W | req/s | errors | CPU µs/req | p50 ms | p99 ms | CPU vs C | CPU vs best Tcl |"
-puts "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-foreach row $rows {
+set names {socketserver socketserver single "Tcl socket -server" prefork "Tcl pre-fork, inherited listener" c "C ceiling" reuseport "C, SO_REUSEPORT listener per worker" node "Node cluster (round-robin)"}
+set others [lmap row $rows {expr {[dict get $row scenario] ne "uneven" ? $row : [continue]}}]
+if {[llength $others]} {
+    puts "| scenario | server | W | req/s | errors | CPU µs/req | p50 ms | p99 ms | CPU vs C | CPU vs best Tcl |"
+    puts "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+}
+foreach row $others {
     dict with row {
 	set vsC ""
 	set vsTcl ""
@@ -228,6 +259,20 @@ foreach row $rows {
 	puts [format "| %s | %s | %s | %.0f | %d | %.0f | %.2f | %.2f | %s | %s |" \
 	    $scenario [dict get $names $design] [expr {$design eq "single" ? 1 : $workers}] \
 	    $rps $errors $cpu $p50 $p99 $vsC $vsTcl]
+    }
+}
+
+# The uneven scenario: latency is what it is about.
+set uneven [lmap row $rows {expr {[dict get $row scenario] eq "uneven" ? $row : [continue]}}]
+if {[llength $uneven]} {
+    puts ""
+    puts "| uneven work, W=8, 16 clients | req/s | errors | p50 ms | p99 ms | p99.9 ms |"
+    puts "|---|---:|---:|---:|---:|---:|"
+    foreach row $uneven {
+	dict with row {
+	    puts [format "| %s | %.0f | %d | %.2f | %.2f | %.2f |" \
+		[dict get $names $design] $rps $errors $p50 $p99 $p999]
+	}
     }
 }
 

@@ -8,8 +8,9 @@
 #	    prefork       [socket -server], then WORKERS forked children that
 #	                  all keep the listening channel (the parent closes
 #	                  its copy)
-#	WORK is none, sleep (20 ms, as if waiting on a database) or cpu
-#	(2 ms of computation). Prints "ready PORT" once every process is set
+#	WORK is none, sleep (20 ms, as if waiting on a database), cpu (2 ms
+#	of computation) or uneven (a blocking 1 ms, or 100 ms for one request
+#	in ten, chosen at random). Prints "ready PORT" once every process is set
 #	up. The benchmark stops it by killing its process group.
 
 lassign $argv design workers port work
@@ -17,6 +18,15 @@ lassign $argv design workers port work
 proc work {} {}
 if {$work eq "sleep"} {
     proc work {} {after 20}
+} elseif {$work eq "uneven"} {
+    proc work {} {
+	if {![info exists ::seeded]} {
+	    # Forked children would all draw the same numbers.
+	    expr {srand([pid])}
+	    set ::seeded 1
+	}
+	after [expr {rand() < 0.1 ? 100 : 1}]
+    }
 } elseif {$work eq "cpu"} {
     proc work {} {
 	set end [expr {[clock microseconds] + 2000}]
