@@ -2,7 +2,9 @@
 # checkmem.sh memcheck|asan LIBDIR --
 #
 #	Runs the test cases that stay in one process (SOCKETSERVER_SINGLE_
-#	PROCESS=1: no forked workers; not the build tests) with the package
+#	PROCESS=1: no forked workers; not the build tests, nor the prefork
+#	supervisor's, whose timings and HAProxy a checker would only slow
+#	down: its C paths are spawn.test's and signal.test's) with the package
 #	from LIBDIR under valgrind memcheck or with the AddressSanitizer and
 #	UBSan runtimes preloaded, prints one figure line and fails unless the
 #	tests pass and there is nothing to report.
@@ -26,7 +28,7 @@ case $mode in
 memcheck)
     command -v valgrind >/dev/null || { echo "memcheck: valgrind is not installed" >&2; exit 1; }
     valgrind --quiet --trace-children=yes --leak-check=full \
-	--log-file="$logs/vg.%p" "$tclsh" tests/all.tcl -notfile build.test \
+	--log-file="$logs/vg.%p" "$tclsh" tests/all.tcl -notfile 'build.test prefork.test' \
 	>"$logs/out" 2>&1
     status=$?
     errors=$(cat "$logs"/vg.* 2>/dev/null | sed -n 's/.*ERROR SUMMARY: \([0-9]*\) errors.*/\1/p' | awk '{s+=$1} END {print s+0}')
@@ -45,7 +47,7 @@ asan)
     LD_PRELOAD="$preload" \
     ASAN_OPTIONS="detect_leaks=0:log_path=$logs/asan" \
     UBSAN_OPTIONS="print_stacktrace=1:log_path=$logs/ubsan" \
-	"$tclsh" tests/all.tcl -notfile build.test >"$logs/out" 2>&1
+	"$tclsh" tests/all.tcl -notfile 'build.test prefork.test' >"$logs/out" 2>&1
     status=$?
     reports=$(ls "$logs" | grep -c -e '^asan' -e '^ubsan')
     tail -n 1 "$logs/out"
