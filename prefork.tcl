@@ -229,7 +229,6 @@ proc ::socketserver::prefork::Serve {chan addr port} {
     variable MARK
     puts "$MARK busy $addr $port"
     try {
-	fconfigure $chan -blocking 1
 	uplevel #0 [list {*}$Handler $chan $addr $port]
     } on error {msg opts} {
 	puts stderr "handler error for $addr:$port: [dict get $opts -errorinfo]"
@@ -415,7 +414,7 @@ proc ::socketserver::prefork::Exited {pid} {
     set chan [dict get $worker chan]
     fconfigure $chan -blocking 1
     if {[catch {close $chan} msg opts]} {
-	set how [lrange [dict get $opts -errorcode] 0 end]
+	set how [dict get $opts -errorcode]
 	switch -- [lindex $how 0] {
 	    CHILDSTATUS {set how "exit status [lindex $how 2]"}
 	    CHILDKILLED {set how "killed by [lindex $how 2]"}
@@ -694,8 +693,7 @@ proc ::socketserver::prefork::Drain {deadline} {
 proc ::socketserver::prefork::KillAll {} {
     variable Workers
     foreach pid [array names Workers] {
-	Log "worker $pid still busy after -graceful: killed"
-	Kill KILL $pid
+	Overdue $pid
     }
 }
 

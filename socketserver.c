@@ -464,8 +464,8 @@ SetupProcess(void)
  *
  *	Keep fork() from copying half-made state. The prepare handler takes
  *	signalLock and queueLock, under which every descriptor of the accept
- *	thread is created and recorded. The child, which has no accept thread, closes
- *	what belongs to the serving process alone: listeners, the reading
+ *	thread is created and recorded. The child, which has no accept
+ *	thread, closes what belongs to the serving process alone: listeners, the reading
  *	ends of the queues, the writing ends of the ready queues, the stop
  *	pipes, the asks read so far and every connection accepted but not
  *	handed over; and its copies of ready connections that requests took
@@ -1843,10 +1843,10 @@ ServerCmd(
 
 	if (pending == NULL) {
 	    close(listenFd);
+	    errno = ENOMEM;
 	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		    "couldn't create the queue for port %d: out of memory",
-		    boundPort));
-	    SetPortErrorCode(interp, "NOMEMORY", boundPort);
+		    "couldn't create the queue for port %d: %s", boundPort,
+		    Tcl_PosixError(interp)));
 	    return TCL_ERROR;
 	}
 	if (MakeQueueSockets(queueFds, readyFds) != 0) {
