@@ -1,8 +1,9 @@
 /*
  * ancillary.h --
  *
- *	Pass one file descriptor, with a short payload, over a Unix domain
- *	socket (SCM_RIGHTS). Header only: three static inline functions.
+ *	Pass one file descriptor, or none, with a short payload, over a Unix
+ *	domain socket (SCM_RIGHTS). Header only: three static inline
+ *	functions.
  *
  *	    ancil_send_fd(sock, fd, data, len, flags)
  *	    ancil_recv_fd(sock, &fd, data, len, flags)   one reader
@@ -98,8 +99,9 @@ ancil_collect_fds(
  *
  * ancil_send_fd --
  *
- *	ancil_send_fd(sock, fd, data, len, flags): send descriptor fd and
- *	len bytes of data (len >= 1) as one message on sock. flags are
+ *	ancil_send_fd(sock, fd, data, len, flags): send descriptor fd (none
+ *	if fd is -1) and len bytes of data (len >= 1) as one message on
+ *	sock. flags are
  *	added to sendmsg()'s (MSG_DONTWAIT, say); MSG_NOSIGNAL is always
  *	set, so a closed peer is EPIPE, never SIGPIPE.
  *
@@ -134,13 +136,15 @@ ancil_send_fd(
     iov.iov_len = len;
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
-    msg.msg_control = control.buf;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int));
-    cmsg = CMSG_FIRSTHDR(&msg);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
+    if (fd >= 0) {
+	msg.msg_control = control.buf;
+	msg.msg_controllen = CMSG_SPACE(sizeof(int));
+	cmsg = CMSG_FIRSTHDR(&msg);
+	cmsg->cmsg_level = SOL_SOCKET;
+	cmsg->cmsg_type = SCM_RIGHTS;
+	cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
+    }
 
     do {
 	sent = sendmsg(sock, &msg, flags | MSG_NOSIGNAL);
@@ -162,8 +166,8 @@ ancil_send_fd(
  * ancil_receive --
  *
  *	The receive behind ancil_recv_fd and ancil_take_fd: one message
- *	from sock into data (at most len bytes) and the one descriptor it
- *	carries into *fd, close-on-exec. With peekFirst, the message is
+ *	from sock into data (at most len bytes) and the descriptor it
+ *	carries, if any, into *fd, close-on-exec. With peekFirst, the message is
  *	looked at (MSG_PEEK, which installs copies of its descriptors and
  *	leaves it queued) and then taken without its descriptors, so that a
  *	descriptor the process has no room for stays queued; without, it is
@@ -239,7 +243,7 @@ ancil_receive(
 	    taken = recvmsg(sock, &msg, flags | MSG_DONTWAIT);
 	} while (taken < 0 && errno == EINTR);
     }
-    if (taken != got || count != 1 || got == 0
+    if (taken != got || count > 1 || got == 0
 	    || (msgFlags & (MSG_CTRUNC | MSG_TRUNC))) {
 	if (*fd >= 0) {
 	    close(*fd);
@@ -249,7 +253,9 @@ ancil_receive(
 	return -1;
     }
 #ifndef MSG_CMSG_CLOEXEC
-    fcntl(*fd, F_SETFD, FD_CLOEXEC);
+    if (*fd >= 0) {
+	fcntl(*fd, F_SETFD, FD_CLOEXEC);
+    }
 #endif
     return got;
 }
@@ -260,19 +266,21 @@ ancil_receive(
  * ancil_recv_fd --
  *
  *	ancil_recv_fd(sock, &fd, data, len, flags): receive one message
- *	from sock into data (at most len bytes) and the one descriptor it
- *	carries into *fd, close-on-exec. flags are added to recvmsg()'s.
+ *	from sock into data (at most len bytes) and the descriptor it
+ *	carries into *fd (-1 if none), close-on-exec. flags are added to
+ *	recvmsg()'s.
  *	The message is looked at (MSG_PEEK) before it is taken, so that a
  *	descriptor the process has no room for is never lost: the message
  *	stays queued instead. One reader per socket at a time.
  *
  * Results:
- *	The payload's length (>= 1) with *fd set; 0 with *fd == -1 at end
+ *	The payload's length (>= 1) with *fd set (-1 for a message that
+ *	carries no descriptor); 0 with *fd == -1 at end
  *	of file (the sending end is closed everywhere) or after taking an
  *	empty message, which no sender here makes; -1 and errno
  *	otherwise. EMFILE means the descriptor could not be installed and
  *	the message is still queued. EBADMSG means a malformed message was
- *	consumed and discarded: no descriptor, more than one, or a payload
+ *	consumed and discarded: more than one descriptor, or a payload
  *	longer than len. The caller checks the payload's length itself.
  *
  * Side effects:

@@ -76,23 +76,29 @@ typedef int Tcl_Size;
 #define PACKAGE_VERSION	"2.0"
 
 /*
- * Every message, on the queue and on private socketpairs, is one Message
- * and one descriptor. A message of any other size, magic or kind is
- * discarded and its descriptors closed.
+ * Every message, on the queue, on reply sockets and in the ready queue,
+ * is one Message with at most one descriptor. A message of any other
+ * size, magic or kind, or with a descriptor where none belongs or none
+ * where one does, is discarded and its descriptor closed.
  */
 
 #define MESSAGE_MAGIC	0x53535632u	/* "SSV2" */
 
-#define KIND_ASK	1	/* Up the queue: fd is the private sending
-				 * end to answer on. */
-#define KIND_RETURN	2	/* Up the queue: fd is a connection that a
-				 * withdrawn request had already received. */
-#define KIND_CONNECTION	3	/* On a private pair: fd is the connection. */
+#define KIND_ASK	1	/* Up the queue: asker wants one connection
+				 * on its reply socket. The first ask of a
+				 * receiver carries that socket's sending
+				 * end as fd; later ones carry none. */
+#define KIND_RETURN	2	/* Up the queue: fd is a connection that this
+				 * process received but will not serve. */
+#define KIND_CONNECTION	3	/* On a reply socket or in the ready queue:
+				 * fd is the connection. */
 #define KIND_ADOPT_ASK	4	/* Hand-over to a spawned program: fd is the
 				 * asking end of port's queue; addr holds
 				 * the numeric address as text. */
 #define KIND_ADOPT_READY 5	/* Hand-over: fd is the reading end of port's
 				 * ready queue. */
+#define KIND_WITHDRAW	6	/* Up the queue, no fd: asker's request was
+				 * withdrawn; forget one of its asks. */
 
 typedef struct Message {
     uint32_t magic;		/* MESSAGE_MAGIC. */
@@ -103,6 +109,8 @@ typedef struct Message {
 				 * process, so one that comes back up the
 				 * queue keeps its place. Hand-over: the
 				 * token named in SPAWN_ENV. */
+    uint64_t asker;		/* Asks and withdrawals: the id of the
+				 * receiver that sends them. */
     struct sockaddr_storage addr;
 				/* The peer's address, as accept() gave it. */
 } Message;
@@ -116,6 +124,15 @@ typedef struct Pending {
     int fd;			/* The connection. */
     Message message;		/* Its KIND_CONNECTION message. */
 } Pending;
+
+/*
+ * A receiver's reply socket as the serving process knows it.
+ */
+
+typedef struct ReplySocket {
+    uint64_t asker;		/* The receiver's id. */
+    int fd;			/* The sending end. */
+} ReplySocket;
 
 /*
  * Listening states of a queue in this process.
@@ -169,11 +186,17 @@ typedef struct Queue {
     int pendingSpace;		/* How many fit without realloc(). (L) */
     uint64_t nextSequence;	/* Sequence of the next accepted
 				 * connection. (L) */
-    int *askers;		/* Private sending ends of the asks read so
-				 * far, oldest first, malloc'd. (L) */
-    int numAskers;		/* How many. (L) */
-    int pruneMark;		/* Drop withdrawn asks when numAskers
-				 * passes this. (L) */
+    ReplySocket *replySockets;	/* Every receiver that has asked, by the
+				 * first ask's order, malloc'd. (L) */
+    int numReplySockets;	/* How many. (L) */
+    int replySpace;		/* How many fit without realloc(). (L) */
+    int pruneMark;		/* Look for hung-up reply sockets when
+				 * numReplySockets passes this. (L) */
+    uint64_t *asks;		/* The asks read so far and not answered or
+				 * withdrawn: their askers' ids, oldest
+				 * first, malloc'd. (L) */
+    int numAsks;		/* How many. (L) */
+    int askSpace;		/* How many fit without realloc(). (L) */
     long accepted;		/* Connections this process accepted. (L) */
     long received;		/* Connections this process took. (L) */
     int lastErrno;		/* Last error the accept thread met, or 0.
@@ -181,31 +204,53 @@ typedef struct Queue {
 } Queue;
 
 /*
- * A pending request: one interpreter waits for one connection from one
- * queue, on the receiving end of the private socketpair it sent up with
- * its ask. Only this request's process wakes when the connection comes.
+ * The state of an interpreter's request for one connection from a queue.
  */
 
-typedef struct Request {
-    struct Request *nextPtr;	/* Next request of the same interpreter. */
-    struct Request *nextInProcess;
-				/* Next request of the process. (L) */
-    struct InterpData *dataPtr;	/* The interpreter that asked. */
-    Queue *queuePtr;		/* The queue asked from. */
-    int replyFd;		/* Private receiving end, watched with
-				 * Tcl_CreateFileHandler; -1 if the request
-				 * took a ready connection instead. */
-    int takenFd;		/* The ready connection 'client' took, until
-				 * a TakenEvent delivers it; else -1. */
-    Message takenMessage;	/* Its message. */
-    int eventQueued;		/* 1 while its TakenEvent is queued. */
-    Tcl_Obj *handlerObj;	/* Command prefix to call; one reference. */
-    Tcl_TimerToken retryTimer;	/* Set while the file handler is off
-				 * because there was no room for the
-				 * connection's descriptor. */
-    unsigned long generation;	/* forkGeneration when made: a request
+typedef enum RequestState {
+    NO_REQUEST,			/* Nothing asked. A connection that comes on
+				 * the reply socket all the same (sent for
+				 * an ask withdrawn too late) goes back up
+				 * the queue. */
+    ASKED,			/* An ask is up the queue: the connection
+				 * will come on the reply socket. */
+    TAKEN			/* 'client' found a connection ready and took
+				 * it; a TakenEvent delivers it. */
+} RequestState;
+
+/*
+ * What one interpreter needs to receive connections from one queue: its
+ * reply socket, made for its first ask and kept (so an ask is one small
+ * message, and the socket's file handler is created once), and its
+ * request. Only this interpreter's process wakes when a connection comes
+ * for it. Touched only in the interpreter's thread; the fields marked (L)
+ * are changed under queueLock too, because a fork's child handler closes
+ * or replaces them.
+ */
+
+typedef struct Receiver {
+    struct Receiver *nextPtr;	/* Next receiver of the same interpreter. */
+    struct Receiver *nextInProcess;
+				/* Next receiver of the process. (L) */
+    struct InterpData *dataPtr;	/* The interpreter. */
+    Queue *queuePtr;		/* The queue it receives from. */
+    uint64_t id;		/* Names it in its asks: process id and a
+				 * count, unique among live processes. */
+    int replyFd;		/* Receiving end of the reply socket, or -1
+				 * before the first ask. Watched with
+				 * Tcl_CreateFileHandler except while
+				 * retryTimer is set. (L) */
+    Tcl_TimerToken retryTimer;	/* Set while replyFd is not watched because
+				 * there was no room for a connection's
+				 * descriptor. */
+    RequestState state;		/* Its request's state. */
+    Tcl_Obj *handlerObj;	/* ASKED and TAKEN: the command prefix to
+				 * call, one reference; else NULL. */
+    int takenFd;		/* TAKEN: the connection; else -1. (L) */
+    Message takenMessage;	/* TAKEN: its message. */
+    unsigned long generation;	/* forkGeneration when made: a receiver
 				 * copied into a forked child is stale. */
-} Request;
+} Receiver;
 
 /*
  * Delivers a ready connection that 'client' took, from the event loop
@@ -214,23 +259,26 @@ typedef struct Request {
 
 typedef struct TakenEvent {
     Tcl_Event header;		/* Tcl's part; must be first. */
-    Request *requestPtr;	/* The request that took it. */
+    Receiver *receiverPtr;	/* The receiver whose request took it. */
 } TakenEvent;
 
 /*
- * Per interpreter: its pending requests. Touched only in the thread of
- * the interpreter.
+ * Per interpreter: its receivers. Touched only in the thread of the
+ * interpreter.
  */
 
 typedef struct InterpData {
     Tcl_Interp *interp;		/* The interpreter. */
-    Request *firstRequestPtr;	/* Its pending requests. */
+    Receiver *firstReceiverPtr;	/* Its receivers, one per queue it has
+				 * asked from. */
 } InterpData;
 
 static pthread_mutex_t queueLock = PTHREAD_MUTEX_INITIALIZER;
 static Queue *firstQueuePtr = NULL;	/* Queues of this process. (L) */
-static Request *allRequests = NULL;	/* Requests of every interpreter of
-					 * the process. (L) */
+static Receiver *allReceivers = NULL;	/* Receivers of every interpreter
+					 * of the process. (L) */
+static uint32_t receiverCount = 0;	/* Receivers made in this process:
+					 * the low half of the next id. (L) */
 static int defaultPort = -1;		/* Port of the first server. (L) */
 static unsigned long forkGeneration = 0;/* Counts forks; changed only in
 					 * the child of a fork. */
@@ -292,7 +340,8 @@ static int forkBreaksNotifier = 0;	/* 1 where Tcl's event loop does not
 #define RETRY_MS	10	/* Retry after the kernel refused a send for
 				 * want of resources. */
 #define PRUNE_MIN	64	/* Smallest pruneMark. */
-#define PENDING_MIN	8	/* Room in a new pending list. */
+#define LIST_MIN	8	/* Room in a new list (pending, asks, reply
+				 * sockets). */
 #define NEW_PORT_TRIES	8	/* Binds 'server 0' tries for a port this
 				 * process has never served. */
 
@@ -315,7 +364,6 @@ static void		AdoptQueues(void);
 static int		ClaimRefused(Tcl_Interp *interp, Queue *queuePtr);
 static int		CloseCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
-static void		AddRequest(Request *requestPtr);
 static void		CloseFd(int *fdPtr);
 static void		DeleteInterpData(ClientData clientData,
 			    Tcl_Interp *interp);
@@ -323,8 +371,12 @@ static void		DeliverConnection(Tcl_Interp *interp,
 			    Tcl_Obj *handlerObj, Queue *queuePtr, int fd,
 			    const Message *messagePtr);
 static int		DeliverTaken(Tcl_Event *evPtr, int flags);
-static void		DropRequest(Request *requestPtr);
-static Request *	FindRequest(InterpData *dataPtr, Queue *queuePtr);
+static void		CloseReplySocket(Receiver *receiverPtr);
+static int		DropIfStale(Receiver *receiverPtr);
+static void		DropReceiver(Receiver *receiverPtr);
+static Receiver *	FindReceiver(InterpData *dataPtr, Queue *queuePtr);
+static void		FinishRequest(Receiver *receiverPtr, int fd,
+			    const Message *messagePtr);
 static Queue *		FindQueue(int port);
 static void		FinalizeServers(ClientData clientData);
 static int		InfoCmd(InterpData *dataPtr, Tcl_Interp *interp,
@@ -346,10 +398,16 @@ static int		IsConnection(ssize_t got, int fd,
 			    const Message *messagePtr);
 static int		IsTakenEventOf(Tcl_Event *evPtr,
 			    ClientData clientData);
-static void		PruneAskers(Queue *queuePtr);
+static int		AddReplySocket(Queue *queuePtr, uint64_t asker,
+			    int fd);
+static int		FindReplySocket(Queue *queuePtr, uint64_t asker);
+static void		ForgetReplySocket(Queue *queuePtr, int index);
+static int		GrowList(void **listPtr, int *spacePtr, int count,
+			    size_t size);
+static Receiver *	NewReceiver(InterpData *dataPtr, Queue *queuePtr);
+static void		PruneReplySockets(Queue *queuePtr);
+static int		SendAsk(Receiver *receiverPtr);
 static int		ReadQueue(Queue *queuePtr);
-static void		TakeConnection(Request *requestPtr, int fd,
-			    const Message *messagePtr);
 static int		TakeReady(Queue *queuePtr, int *fdPtr,
 			    Message *messagePtr);
 static int		PendingAfterDrain(Queue *queuePtr);
@@ -357,12 +415,12 @@ static int		AddPending(Queue *queuePtr, int fd,
 			    const Message *messagePtr);
 static void		DrainReady(Queue *queuePtr);
 static void		RemoveFirstPending(Queue *queuePtr);
-static int		WithdrawRequest(Request *requestPtr, int deliver);
+static int		WithdrawRequest(Receiver *receiverPtr);
 static void		ReceiveConnection(ClientData clientData, int mask);
-static void		ReturnConnection(Queue *queuePtr, int fd,
-			    Message *messagePtr);
+static void		ReturnConnections(Queue *queuePtr, int fd,
+			    const Message *messagePtr);
 static void		RetryReceive(ClientData clientData);
-static void		RefuseRequest(Tcl_Interp *interp, Request *requestPtr,
+static void		RefuseRequest(Receiver *receiverPtr,
 			    Tcl_Obj *messageObj, const char *code);
 static void		SetPortErrorCode(Tcl_Interp *interp,
 			    const char *code, int port);
@@ -465,24 +523,25 @@ SetupProcess(void)
  *	Keep fork() from copying half-made state. The prepare handler takes
  *	signalLock and queueLock, under which every descriptor of the accept
  *	thread is created and recorded. The child, which has no accept
- *	thread, closes what belongs to the serving process alone: listeners, the reading
- *	ends of the queues, the writing ends of the ready queues, the stop
- *	pipes, the asks read so far and every connection accepted but not
- *	handed over; and its copies of ready connections that requests took
- *	but have not delivered.
+ *	thread, closes what belongs to the serving process alone: listeners,
+ *	the reading ends of the queues, the writing ends of the ready
+ *	queues, the stop pipes, the reply sockets' sending ends and every
+ *	connection accepted but not handed over; and its copies of ready
+ *	connections that requests took but have not delivered.
  *
  * Results:
  *	None.
  *
  * Side effects:
- *	In the child: counters start at 0, every request copied from the
+ *	In the child: counters start at 0, every receiver copied from the
  *	parent becomes stale, and so does every signal script
- *	(ForgetSignals). The child's copy of a stale request's private
- *	end is replaced by /dev/null at the same number (so Tcl's notifier,
- *	which may still watch that number, sees a harmless descriptor until
- *	the request is dropped), so that a connection sent to the parent's
- *	request never waits in a copy that nobody reads. Once the serving
- *	process exits, workers see end of file on their private ends.
+ *	(ForgetSignals). The child's copy of a stale receiver's reply
+ *	socket is replaced by /dev/null at the same number (so Tcl's
+ *	notifier, which may still watch that number, sees a harmless
+ *	descriptor until the receiver is dropped), so that a connection sent
+ *	to the parent never waits in a copy that nobody reads. Once the
+ *	serving process exits, workers see end of file on their reply
+ *	sockets.
  *
  *----------------------------------------------------------------------
  */
@@ -505,7 +564,7 @@ static void
 AtForkChild(void)
 {
     Queue *queuePtr;
-    Request *requestPtr;
+    Receiver *receiverPtr;
     int i, nullFd;
 
     for (queuePtr = firstQueuePtr; queuePtr != NULL;
@@ -519,10 +578,11 @@ AtForkChild(void)
 	    CloseFd(&queuePtr->pending[i].fd);
 	}
 	queuePtr->numPending = 0;
-	for (i = 0; i < queuePtr->numAskers; i++) {
-	    CloseFd(&queuePtr->askers[i]);
+	for (i = 0; i < queuePtr->numReplySockets; i++) {
+	    CloseFd(&queuePtr->replySockets[i].fd);
 	}
-	queuePtr->numAskers = 0;
+	queuePtr->numReplySockets = 0;
+	queuePtr->numAsks = 0;
 	queuePtr->state = NOT_LISTENING;
 	queuePtr->accepted = 0;
 	queuePtr->received = 0;
@@ -530,13 +590,13 @@ AtForkChild(void)
     }
 
     nullFd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    for (requestPtr = allRequests; requestPtr != NULL;
-	    requestPtr = requestPtr->nextInProcess) {
-	if (requestPtr->replyFd >= 0 && (nullFd < 0
-		|| dup3(nullFd, requestPtr->replyFd, O_CLOEXEC) < 0)) {
-	    close(requestPtr->replyFd);
+    for (receiverPtr = allReceivers; receiverPtr != NULL;
+	    receiverPtr = receiverPtr->nextInProcess) {
+	if (receiverPtr->replyFd >= 0 && (nullFd < 0
+		|| dup3(nullFd, receiverPtr->replyFd, O_CLOEXEC) < 0)) {
+	    close(receiverPtr->replyFd);
 	}
-	CloseFd(&requestPtr->takenFd);
+	CloseFd(&receiverPtr->takenFd);
     }
     ForgetSignals(nullFd);
     CloseFd(&nullFd);
@@ -803,10 +863,12 @@ AcceptOneConnection(
  * ReadQueue --
  *
  *	Accept thread, queueLock held: reads every message waiting on the
- *	queue, without blocking. Asks join the FIFO of askers; a returned
- *	connection goes back into the pending list at its place in accept
- *	order, and the ready queue is drained into that list so that the
- *	returned one goes out before them. Anything else is discarded.
+ *	queue, without blocking. An ask joins the FIFO of asks (and the
+ *	first of a receiver brings its reply socket); a withdrawal takes
+ *	one of its asker's asks out again; a returned connection goes back
+ *	into the pending list at its place in accept order, and the ready
+ *	queue is drained into that list so that the returned one goes out
+ *	before them. Anything else is discarded.
  *
  * Results:
  *	1 once the queue is empty; 0 if a message has to stay queued because
@@ -814,9 +876,10 @@ AcceptOneConnection(
  *	pauses before it looks again.
  *
  * Side effects:
- *	May drop asks whose requests were withdrawn (their private socket
- *	is hung up), so that repeated asks and cancels cannot pile up
- *	descriptors here. Records EBADMSG and EMFILE in lastErrno.
+ *	Records EBADMSG, EMFILE and ENOMEM in lastErrno. A receiver whose
+ *	ask can't be recorded for want of memory is forgotten: it sees end
+ *	of file, as if the serving process were gone, rather than wait for
+ *	ever.
  *
  *----------------------------------------------------------------------
  */
@@ -827,7 +890,7 @@ ReadQueue(
 {
     Message message;
     ssize_t got;
-    int fd;
+    int fd, index;
 
     for (;;) {
 	got = ancil_recv_fd(queuePtr->askFds[0], &fd, &message,
@@ -841,30 +904,52 @@ ReadQueue(
 	}
 	if (got <= 0 || (size_t) got != sizeof(message)
 		|| message.magic != MESSAGE_MAGIC
-		|| (message.kind != KIND_ASK && message.kind != KIND_RETURN)) {
+		|| (message.kind == KIND_ASK ? 0
+		    : message.kind == KIND_WITHDRAW ? (fd >= 0)
+		    : message.kind == KIND_RETURN ? (fd < 0) : 1)) {
 	    /* Nobody here sends such a message: discard it. */
 	    queuePtr->lastErrno = EBADMSG;
-	    if (fd >= 0) {
-		close(fd);
-	    }
+	    CloseFd(&fd);
 	    continue;
 	}
-	if (message.kind == KIND_ASK) {
-	    int *grown = realloc(queuePtr->askers,
-		    (queuePtr->numAskers + 1) * sizeof(int));
+	switch (message.kind) {
+	case KIND_ASK:
+	    index = (fd >= 0) ? AddReplySocket(queuePtr, message.asker, fd)
+		    : FindReplySocket(queuePtr, message.asker);
+	    if (index < 0) {
+		/*
+		 * No room to record the socket (ENOMEM), or a later ask of a
+		 * receiver already forgotten (its socket was hung up).
+		 */
 
-	    if (grown == NULL) {
-		/* The asker sees end of file; nothing else can be done. */
-		queuePtr->lastErrno = ENOMEM;
-		close(fd);
+		CloseFd(&fd);
 		continue;
 	    }
-	    queuePtr->askers = grown;
-	    queuePtr->askers[queuePtr->numAskers++] = fd;
-	    if (queuePtr->numAskers > queuePtr->pruneMark) {
-		PruneAskers(queuePtr);
+	    if (!GrowList((void **) &queuePtr->asks, &queuePtr->askSpace,
+		    queuePtr->numAsks, sizeof(uint64_t))) {
+		queuePtr->lastErrno = ENOMEM;
+		ForgetReplySocket(queuePtr, index);
+		continue;
 	    }
-	} else {
+	    queuePtr->asks[queuePtr->numAsks++] = message.asker;
+	    break;
+	case KIND_WITHDRAW:
+	    /*
+	     * Its newest ask, if one is left: the others keep their places.
+	     * None is left when the connection for it was sent already; it
+	     * comes back up the queue as a KIND_RETURN.
+	     */
+
+	    for (index = queuePtr->numAsks - 1; index >= 0; index--) {
+		if (queuePtr->asks[index] == message.asker) {
+		    queuePtr->numAsks--;
+		    memmove(queuePtr->asks + index, queuePtr->asks + index + 1,
+			    (queuePtr->numAsks - index) * sizeof(uint64_t));
+		    break;
+		}
+	    }
+	    break;
+	default:
 	    message.kind = KIND_CONNECTION;
 	    if (!AddPending(queuePtr, fd, &message)) {
 		/* Its client sees end of file; nothing else can be done. */
@@ -873,6 +958,7 @@ ReadQueue(
 		continue;
 	    }
 	    DrainReady(queuePtr);
+	    break;
 	}
     }
 }
@@ -880,41 +966,194 @@ ReadQueue(
 /*
  *----------------------------------------------------------------------
  *
- * PruneAskers --
+ * AddReplySocket --
  *
- *	queueLock held: drops the asks whose private socket was hung up by
- *	the asker (request withdrawn, process gone).
+ *	queueLock held: records the reply socket a receiver sent with its
+ *	first ask. A receiver of a dead process may still be recorded under
+ *	the same id (process ids are reused): the new socket replaces it.
+ *
+ * Results:
+ *	Its index in replySockets, or -1 if there was no memory (fd is left
+ *	open, ENOMEM in lastErrno).
+ *
+ * Side effects:
+ *	Every PRUNE_MIN or so new receivers, forgets those whose reply
+ *	socket was hung up (PruneReplySockets).
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+AddReplySocket(
+    Queue *queuePtr,
+    uint64_t asker,
+    int fd)
+{
+    int index = FindReplySocket(queuePtr, asker);
+
+    if (index >= 0) {
+	close(queuePtr->replySockets[index].fd);
+	queuePtr->replySockets[index].fd = fd;
+	return index;
+    }
+    if (queuePtr->numReplySockets >= queuePtr->pruneMark) {
+	PruneReplySockets(queuePtr);
+    }
+    if (!GrowList((void **) &queuePtr->replySockets, &queuePtr->replySpace,
+	    queuePtr->numReplySockets, sizeof(ReplySocket))) {
+	queuePtr->lastErrno = ENOMEM;
+	return -1;
+    }
+    index = queuePtr->numReplySockets++;
+    queuePtr->replySockets[index].asker = asker;
+    queuePtr->replySockets[index].fd = fd;
+    return index;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * FindReplySocket --
+ *
+ *	queueLock held: looks up a receiver's reply socket.
+ *
+ * Results:
+ *	Its index in replySockets, or -1.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+FindReplySocket(
+    Queue *queuePtr,
+    uint64_t asker)
+{
+    int index;
+
+    for (index = 0; index < queuePtr->numReplySockets; index++) {
+	if (queuePtr->replySockets[index].asker == asker) {
+	    return index;
+	}
+    }
+    return -1;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ForgetReplySocket --
+ *
+ *	queueLock held: forgets a receiver (its process is gone, or it
+ *	dropped its reply socket): closes the socket and drops its asks.
  *
  * Results:
  *	None.
  *
  * Side effects:
- *	Sets pruneMark to twice what is left, so pruning costs O(1) per ask
- *	on average.
+ *	See above.
  *
  *----------------------------------------------------------------------
  */
 
 static void
-PruneAskers(
-    Queue *queuePtr)
+ForgetReplySocket(
+    Queue *queuePtr,
+    int index)
 {
+    uint64_t asker = queuePtr->replySockets[index].asker;
     int i, kept = 0;
 
-    for (i = 0; i < queuePtr->numAskers; i++) {
+    close(queuePtr->replySockets[index].fd);
+    queuePtr->numReplySockets--;
+    memmove(queuePtr->replySockets + index,
+	    queuePtr->replySockets + index + 1,
+	    (queuePtr->numReplySockets - index) * sizeof(ReplySocket));
+    for (i = 0; i < queuePtr->numAsks; i++) {
+	if (queuePtr->asks[i] != asker) {
+	    queuePtr->asks[kept++] = queuePtr->asks[i];
+	}
+    }
+    queuePtr->numAsks = kept;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * PruneReplySockets --
+ *
+ *	queueLock held: forgets the receivers whose reply socket was hung up
+ *	(process gone, interpreter deleted), which would otherwise pile up
+ *	here as workers come and go.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	Sets pruneMark to twice what is left, so pruning costs O(1) per new
+ *	receiver on average.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+PruneReplySockets(
+    Queue *queuePtr)
+{
+    int index = 0;
+
+    while (index < queuePtr->numReplySockets) {
 	struct pollfd pfd;
 
-	pfd.fd = queuePtr->askers[i];
+	pfd.fd = queuePtr->replySockets[index].fd;
 	pfd.events = POLLOUT;
 	pfd.revents = 0;
 	if (poll(&pfd, 1, 0) >= 0 && (pfd.revents & (POLLHUP | POLLERR))) {
-	    close(pfd.fd);
+	    ForgetReplySocket(queuePtr, index);
 	} else {
-	    queuePtr->askers[kept++] = pfd.fd;
+	    index++;
 	}
     }
-    queuePtr->numAskers = kept;
-    queuePtr->pruneMark = (2 * kept > PRUNE_MIN) ? 2 * kept : PRUNE_MIN;
+    queuePtr->pruneMark = (2 * index > PRUNE_MIN) ? 2 * index : PRUNE_MIN;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * GrowList --
+ *
+ *	Makes room for one more element in a malloc'd list (pending
+ *	connections, asks, reply sockets) holding count of size bytes.
+ *
+ * Results:
+ *	1, or 0 if there was no memory (nothing changed).
+ *
+ * Side effects:
+ *	*listPtr and *spacePtr may change.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+GrowList(
+    void **listPtr,
+    int *spacePtr,
+    int count,
+    size_t size)
+{
+    if (count == *spacePtr) {
+	int space = (*spacePtr < LIST_MIN) ? LIST_MIN : 2 * *spacePtr;
+	void *grown = realloc(*listPtr, space * size);
+
+	if (grown == NULL) {
+	    return 0;
+	}
+	*listPtr = grown;
+	*spacePtr = space;
+    }
+    return 1;
 }
 
 /*
@@ -942,15 +1181,9 @@ AddPending(
 {
     int i;
 
-    if (queuePtr->numPending == queuePtr->pendingSpace) {
-	int space = 2 * queuePtr->pendingSpace;
-	Pending *grown = realloc(queuePtr->pending, space * sizeof(Pending));
-
-	if (grown == NULL) {
-	    return 0;
-	}
-	queuePtr->pending = grown;
-	queuePtr->pendingSpace = space;
+    if (!GrowList((void **) &queuePtr->pending, &queuePtr->pendingSpace,
+	    queuePtr->numPending, sizeof(Pending))) {
+	return 0;
     }
     i = queuePtr->numPending;
     while (i > 0
@@ -1067,7 +1300,7 @@ PendingAfterDrain(
     int pending;
 
     pthread_mutex_lock(&queueLock);
-    if (queuePtr->numAskers > 0) {
+    if (queuePtr->numAsks > 0) {
 	DrainReady(queuePtr);
     }
     pending = (queuePtr->numPending > 0);
@@ -1138,19 +1371,19 @@ TakeReady(
  * HandOverFirstPending --
  *
  *	Accept thread (or 'close', with wait 0): sends the first pending
- *	connection (the caller made sure there is one) over the private
- *	socket of the oldest ask, or, when no ask is
- *	waiting, into the ready queue. Asks whose requester is gone are
- *	skipped. With wait, waits for an ask or for room in the ready queue,
- *	and retries when the kernel is short of resources (ETOOMANYREFS:
- *	too many descriptors in flight). Never drops the connection.
+ *	connection (the caller made sure there is one) over the reply socket
+ *	of the oldest ask, or, when no ask is waiting, into the ready queue.
+ *	Asks of receivers that are gone are dropped. With wait, waits for an
+ *	ask or for room in the ready queue, and retries when the kernel is
+ *	short of resources (ETOOMANYREFS: too many descriptors in flight).
+ *	Never drops the connection.
  *
  * Results:
  *	1 once handed over; 0 if not (told to stop, or no ask and no room
  *	without wait).
  *
  * Side effects:
- *	Closes this process's copy of the connection and of the ask.
+ *	Closes this process's copy of the connection.
  *
  *----------------------------------------------------------------------
  */
@@ -1164,10 +1397,10 @@ HandOverFirstPending(
 	int error = 0, emptied = 1;
 
 	pthread_mutex_lock(&queueLock);
-	if (queuePtr->numAskers == 0) {
+	if (queuePtr->numAsks == 0) {
 	    emptied = ReadQueue(queuePtr);
 	}
-	if (queuePtr->numAskers > 0) {
+	if (queuePtr->numAsks > 0) {
 	    /*
 	     * An ask raced a connection into the ready queue: that one is
 	     * older than the first pending, so it goes first.
@@ -1175,35 +1408,41 @@ HandOverFirstPending(
 
 	    DrainReady(queuePtr);
 	}
-	while (queuePtr->numAskers > 0) {
-	    int sent = ancil_send_fd(queuePtr->askers[0],
+	while (queuePtr->numAsks > 0) {
+	    int index = FindReplySocket(queuePtr, queuePtr->asks[0]);
+	    int sent = ancil_send_fd(queuePtr->replySockets[index].fd,
 		    queuePtr->pending[0].fd, &queuePtr->pending[0].message,
 		    sizeof(Message), MSG_DONTWAIT);
 
 	    error = (sent == 0) ? 0 : errno;
-	    if (error == ETOOMANYREFS || error == ENOBUFS || error == ENOMEM) {
-		/* The ask stays first in line; retry shortly. */
+	    if (error == ETOOMANYREFS || error == ENOBUFS || error == ENOMEM
+		    || error == EAGAIN || error == EWOULDBLOCK) {
+		/*
+		 * The ask stays first in line; retry shortly. (EAGAIN: the
+		 * reply socket is full of connections its process has not
+		 * read yet.)
+		 */
+
 		queuePtr->lastErrno = error;
 		break;
 	    }
-
-	    /*
-	     * Sent, or EPIPE and the like (that request was withdrawn): this
-	     * ask is done with.
-	     */
-
-	    close(queuePtr->askers[0]);
-	    queuePtr->numAskers--;
-	    memmove(queuePtr->askers, queuePtr->askers + 1,
-		    queuePtr->numAskers * sizeof(int));
 	    if (sent == 0) {
+		queuePtr->numAsks--;
+		memmove(queuePtr->asks, queuePtr->asks + 1,
+			queuePtr->numAsks * sizeof(uint64_t));
 		RemoveFirstPending(queuePtr);
 		pthread_mutex_unlock(&queueLock);
 		return 1;
 	    }
+
+	    /*
+	     * EPIPE and the like: the receiver is gone, and its asks with it.
+	     */
+
+	    ForgetReplySocket(queuePtr, index);
 	    error = 0;
 	}
-	if (queuePtr->numAskers == 0 && emptied) {
+	if (queuePtr->numAsks == 0 && emptied) {
 	    /*
 	     * Nobody is asking: leave it ready for the next 'client' to
 	     * take, if the ready queue has room.
@@ -1834,7 +2073,7 @@ ServerCmd(
     }
     if (queuePtr == NULL) {
 	pthread_mutex_unlock(&queueLock);
-	Pending *pending = malloc(PENDING_MIN * sizeof(Pending));
+	Pending *pending = malloc(LIST_MIN * sizeof(Pending));
 
 	/*
 	 * The accept thread accepts only while nothing is pending, so with
@@ -1860,7 +2099,7 @@ ServerCmd(
 	pthread_mutex_lock(&queueLock);
 	queuePtr = AddQueue(boundPort, queueFds, readyFds);
 	queuePtr->pending = pending;
-	queuePtr->pendingSpace = PENDING_MIN;
+	queuePtr->pendingSpace = LIST_MIN;
     }
     queuePtr->state = LISTENING;
     memcpy(queuePtr->myaddr, boundAddr, sizeof(queuePtr->myaddr));
@@ -2245,372 +2484,13 @@ LookupQueue(
 /*
  *----------------------------------------------------------------------
  *
- * FindRequest --
- *
- *	Looks up the interpreter's pending request on a queue, dropping
- *	any request copied from the parent of a fork on the way.
- *
- * Results:
- *	The request or NULL.
- *
- * Side effects:
- *	Stale requests are freed.
- *
- *----------------------------------------------------------------------
- */
-
-static Request *
-FindRequest(
-    InterpData *dataPtr,
-    Queue *queuePtr)
-{
-    Request *requestPtr, *nextPtr, *foundPtr = NULL;
-
-    for (requestPtr = dataPtr->firstRequestPtr; requestPtr != NULL;
-	    requestPtr = nextPtr) {
-	nextPtr = requestPtr->nextPtr;
-	if (requestPtr->generation != forkGeneration) {
-	    DropRequest(requestPtr);
-	} else if (requestPtr->queuePtr == queuePtr) {
-	    foundPtr = requestPtr;
-	}
-    }
-    return foundPtr;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * DropRequest --
- *
- *	Forgets a request: stops watching its private socket, closes it (and
- *	a taken connection not delivered) and frees the request.
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	The serving process finds the ask hung up and skips it.
- *
- *----------------------------------------------------------------------
- */
-
-static void
-DropRequest(
-    Request *requestPtr)
-{
-    Request **linkPtr = &requestPtr->dataPtr->firstRequestPtr;
-
-    while (*linkPtr != requestPtr) {
-	linkPtr = &(*linkPtr)->nextPtr;
-    }
-    *linkPtr = requestPtr->nextPtr;
-
-    pthread_mutex_lock(&queueLock);
-    linkPtr = &allRequests;
-    while (*linkPtr != requestPtr) {
-	linkPtr = &(*linkPtr)->nextInProcess;
-    }
-    *linkPtr = requestPtr->nextInProcess;
-    pthread_mutex_unlock(&queueLock);
-
-    if (requestPtr->retryTimer != NULL) {
-	Tcl_DeleteTimerHandler(requestPtr->retryTimer);
-    }
-    if (requestPtr->eventQueued) {
-	Tcl_DeleteEvents(IsTakenEventOf, requestPtr);
-    }
-    if (requestPtr->replyFd >= 0) {
-	Tcl_DeleteFileHandler(requestPtr->replyFd);
-	CloseFd(&requestPtr->replyFd);
-    }
-    CloseFd(&requestPtr->takenFd);
-    Tcl_DecrRefCount(requestPtr->handlerObj);
-    ckfree((char *) requestPtr);
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * IsConnection --
- *
- *	Checks a message received on a private socket: got bytes, one
- *	descriptor fd.
- *
- * Results:
- *	1 if it is a well-formed connection, else 0 (and fd, if any, is
- *	closed).
- *
- * Side effects:
- *	See above.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-IsConnection(
-    ssize_t got,
-    int fd,
-    const Message *messagePtr)
-{
-    if (got == (ssize_t) sizeof(Message)
-	    && messagePtr->magic == MESSAGE_MAGIC
-	    && messagePtr->kind == KIND_CONNECTION
-	    && messagePtr->addrLen <= sizeof(messagePtr->addr)
-	    && (messagePtr->addr.ss_family == AF_INET
-		    || messagePtr->addr.ss_family == AF_INET6)) {
-	return 1;
-    }
-    if (fd >= 0) {
-	close(fd);
-    }
-    return 0;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * TakeConnection --
- *
- *	A request's connection has arrived: ends the request and calls its
- *	handler.
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	Counts the connection in 'received'. See DeliverConnection.
- *
- *----------------------------------------------------------------------
- */
-
-static void
-TakeConnection(
-    Request *requestPtr,
-    int fd,
-    const Message *messagePtr)
-{
-    Tcl_Interp *interp = requestPtr->dataPtr->interp;
-    Queue *queuePtr = requestPtr->queuePtr;
-    Tcl_Obj *handlerObj = requestPtr->handlerObj;
-
-    pthread_mutex_lock(&queueLock);
-    queuePtr->received++;
-    pthread_mutex_unlock(&queueLock);
-
-    Tcl_IncrRefCount(handlerObj);
-    DropRequest(requestPtr);
-    DeliverConnection(interp, handlerObj, queuePtr, fd, messagePtr);
-    Tcl_DecrRefCount(handlerObj);
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * WithdrawRequest --
- *
- *	Withdraws a pending request without losing a connection: shuts its
- *	private socket for reading first, so that from then on the serving
- *	process can no longer send to it, then looks for a connection sent
- *	before that. A ready connection the request took counts as sent.
- *
- * Results:
- *	1 if a connection had arrived and deliver was set (its handler has
- *	run), else 0.
- *
- * Side effects:
- *	A connection that had arrived is delivered (deliver set) or returned
- *	to the serving process to go to the next ask (interpreter deletion).
- *
- *----------------------------------------------------------------------
- */
-
-static int
-WithdrawRequest(
-    Request *requestPtr,
-    int deliver)
-{
-    Queue *queuePtr = requestPtr->queuePtr;
-    Message message;
-    ssize_t got;
-    int fd, arrived;
-
-    if (requestPtr->generation != forkGeneration) {
-	DropRequest(requestPtr);
-	return 0;
-    }
-    if (requestPtr->takenFd >= 0) {
-	fd = requestPtr->takenFd;
-	requestPtr->takenFd = -1;
-	message = requestPtr->takenMessage;
-	arrived = 1;
-    } else {
-	shutdown(requestPtr->replyFd, SHUT_RD);
-	got = ancil_recv_fd(requestPtr->replyFd, &fd, &message,
-		sizeof(message), MSG_DONTWAIT);
-	arrived = (got > 0 && IsConnection(got, fd, &message));
-    }
-    if (arrived) {
-	if (deliver) {
-	    TakeConnection(requestPtr, fd, &message);
-	    return 1;
-	}
-
-	/*
-	 * Connections accepted after it may wait in the ready queue, where
-	 * the next 'client' would take them first: send them up behind it,
-	 * and the serving process puts them all back in accept order.
-	 */
-
-	pthread_mutex_lock(&queueLock);
-	do {
-	    ReturnConnection(queuePtr, fd, &message);
-	} while (TakeReady(queuePtr, &fd, &message) == 1);
-	pthread_mutex_unlock(&queueLock);
-    }
-    DropRequest(requestPtr);
-    return 0;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * ReturnConnection --
- *
- *	queueLock held: sends a connection that this process will not serve
- *	up the queue, to be handed over again at its place in accept order.
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	Closes this process's copy. If the serving process is gone or its
- *	queue is full, the connection is lost and lastErrno says why.
- *
- *----------------------------------------------------------------------
- */
-
-static void
-ReturnConnection(
-    Queue *queuePtr,
-    int fd,
-    Message *messagePtr)
-{
-    messagePtr->kind = KIND_RETURN;
-    if (ancil_send_fd(queuePtr->askFds[1], fd, messagePtr, sizeof(Message),
-	    MSG_DONTWAIT) < 0) {
-	queuePtr->lastErrno = errno;
-    }
-    close(fd);
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * AddRequest --
- *
- *	queueLock held: makes a filled-in request pending in its
- *	interpreter and in the process.
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	Takes a reference to the handler.
- *
- *----------------------------------------------------------------------
- */
-
-static void
-AddRequest(
-    Request *requestPtr)
-{
-    InterpData *dataPtr = requestPtr->dataPtr;
-
-    Tcl_IncrRefCount(requestPtr->handlerObj);
-    requestPtr->nextInProcess = allRequests;
-    allRequests = requestPtr;
-    requestPtr->nextPtr = dataPtr->firstRequestPtr;
-    dataPtr->firstRequestPtr = requestPtr;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * DeliverTaken --
- *
- *	Event handler: delivers the ready connection that 'client' took.
- *	It counts as a file event, so 'update idletasks' leaves it queued.
- *
- * Results:
- *	1 once handled, 0 to stay queued.
- *
- * Side effects:
- *	See TakeConnection.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-DeliverTaken(
-    Tcl_Event *evPtr,
-    int flags)
-{
-    Request *requestPtr = ((TakenEvent *) evPtr)->requestPtr;
-    Message message;
-    int fd;
-
-    if (!(flags & TCL_FILE_EVENTS)) {
-	return 0;
-    }
-    requestPtr->eventQueued = 0;
-    if (requestPtr->generation != forkGeneration) {
-	/* Made by the parent of a fork: the child's copy is closed. */
-	DropRequest(requestPtr);
-	return 1;
-    }
-    fd = requestPtr->takenFd;
-    requestPtr->takenFd = -1;
-    message = requestPtr->takenMessage;
-    TakeConnection(requestPtr, fd, &message);
-    return 1;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * IsTakenEventOf --
- *
- *	Tcl_DeleteEvents predicate: the TakenEvent of a request.
- *
- * Results:
- *	1 if evPtr is the TakenEvent of the request clientData, else 0.
- *
- * Side effects:
- *	None.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-IsTakenEventOf(
-    Tcl_Event *evPtr,
-    ClientData clientData)
-{
-    return (evPtr->proc == DeliverTaken
-	    && ((TakenEvent *) evPtr)->requestPtr == clientData);
-}
-
-/*
- *----------------------------------------------------------------------
- *
  * ClientCmd --
  *
  *	$cmd client ?-port port? handler
  *	Asks for one connection from the queue. If one is ready, takes it
- *	and delivers it from the event loop. Otherwise sends the sending
- *	end of a new private socketpair up the queue and watches the
- *	receiving end.
+ *	and delivers it from the event loop. Otherwise sends an ask up the
+ *	queue (SendAsk); the connection comes on the interpreter's reply
+ *	socket for that queue.
  *
  * Results:
  *	TCL_OK with an empty result, or TCL_ERROR.
@@ -2631,10 +2511,9 @@ ClientCmd(
 {
     Tcl_Obj *handlerObj = objv[objc-1];
     Queue *queuePtr;
-    Request *requestPtr;
-    Message message;
+    Receiver *receiverPtr;
     Tcl_Size length;
-    int pair[2], fd, error;
+    int fd, watch, error;
 
     if ((objc != 3 && objc != 5)
 	    || (objc == 3 && strcmp(Tcl_GetString(objv[2]), "-port") == 0)) {
@@ -2664,31 +2543,25 @@ ClientCmd(
 	SetPortErrorCode(interp, "FORK", queuePtr->port);
 	return TCL_ERROR;
     }
-    if (FindRequest(dataPtr, queuePtr) != NULL) {
+    receiverPtr = FindReceiver(dataPtr, queuePtr);
+    if (receiverPtr != NULL && receiverPtr->state != NO_REQUEST) {
 	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
 		"a request for a connection from port %d is already pending "
 		"in this interpreter", queuePtr->port));
 	SetPortErrorCode(interp, "PENDING", queuePtr->port);
 	return TCL_ERROR;
     }
-
-    requestPtr = (Request *) ckalloc(sizeof(Request));
-    requestPtr->dataPtr = dataPtr;
-    requestPtr->queuePtr = queuePtr;
-    requestPtr->handlerObj = handlerObj;
-    requestPtr->retryTimer = NULL;
-    requestPtr->generation = forkGeneration;
-    requestPtr->replyFd = -1;
-    requestPtr->takenFd = -1;
-    requestPtr->eventQueued = 0;
+    if (receiverPtr == NULL) {
+	receiverPtr = NewReceiver(dataPtr, queuePtr);
+    }
 
     /*
-     * Under the lock, so that a fork never copies the sending end or a
-     * taken connection.
+     * Under the lock, so that a fork never copies a taken connection or a
+     * reply socket that the child handler does not know about.
      */
 
     pthread_mutex_lock(&queueLock);
-    if (TakeReady(queuePtr, &fd, &requestPtr->takenMessage) == 1) {
+    if (TakeReady(queuePtr, &fd, &receiverPtr->takenMessage) == 1) {
 	/*
 	 * A connection is ready: take it without asking, and deliver it
 	 * from the event loop.
@@ -2696,70 +2569,45 @@ ClientCmd(
 
 	TakenEvent *eventPtr = (TakenEvent *) ckalloc(sizeof(TakenEvent));
 
-	requestPtr->takenFd = fd;
-	AddRequest(requestPtr);
+	receiverPtr->takenFd = fd;
 	pthread_mutex_unlock(&queueLock);
+	receiverPtr->state = TAKEN;
 	eventPtr->header.proc = DeliverTaken;
-	eventPtr->requestPtr = requestPtr;
-	requestPtr->eventQueued = 1;
+	eventPtr->receiverPtr = receiverPtr;
 	Tcl_QueueEvent((Tcl_Event *) eventPtr, TCL_QUEUE_TAIL);
-	Tcl_ResetResult(interp);
-	return TCL_OK;
-    }
-    memset(&message, 0, sizeof(message));
-    message.magic = MESSAGE_MAGIC;
-    message.kind = KIND_ASK;
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
-	error = errno;
+    } else {
+	watch = (receiverPtr->replyFd < 0);
+	error = SendAsk(receiverPtr);
 	pthread_mutex_unlock(&queueLock);
-	ckfree((char *) requestPtr);
-	errno = error;
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		"couldn't ask for a connection from port %d: %s",
-		queuePtr->port, Tcl_PosixError(interp)));
-	return TCL_ERROR;
-    }
-    if (pair[0] >= FD_SETSIZE) {
-	/* Tcl's select()-based notifier can't watch it. */
-	close(pair[0]);
-	close(pair[1]);
-	pthread_mutex_unlock(&queueLock);
-	ckfree((char *) requestPtr);
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		"couldn't ask for a connection from port %d: every descriptor "
-		"below %d is in use and Tcl's notifier can't watch higher "
-		"ones", queuePtr->port, FD_SETSIZE));
-	SetPortErrorCode(interp, "FDLIMIT", queuePtr->port);
-	return TCL_ERROR;
-    }
-    if (ancil_send_fd(queuePtr->askFds[1], pair[1], &message,
-	    sizeof(message), MSG_DONTWAIT) < 0) {
-	error = errno;
-	close(pair[0]);
-	close(pair[1]);
-	pthread_mutex_unlock(&queueLock);
-	ckfree((char *) requestPtr);
 	if (error == EPIPE || error == ECONNREFUSED || error == ECONNRESET
 		|| error == ENOTCONN) {
 	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
 		    "couldn't ask for a connection from port %d: the serving "
 		    "process is gone", queuePtr->port));
 	    SetPortErrorCode(interp, "CLOSED", queuePtr->port);
-	} else {
+	    return TCL_ERROR;
+	} else if (error == -1) {
+	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		    "couldn't ask for a connection from port %d: every "
+		    "descriptor below %d is in use and Tcl's notifier can't "
+		    "watch higher ones", queuePtr->port, FD_SETSIZE));
+	    SetPortErrorCode(interp, "FDLIMIT", queuePtr->port);
+	    return TCL_ERROR;
+	} else if (error != 0) {
 	    errno = error;
 	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
 		    "couldn't ask for a connection from port %d: %s",
 		    queuePtr->port, Tcl_PosixError(interp)));
+	    return TCL_ERROR;
 	}
-	return TCL_ERROR;
+	if (watch) {
+	    Tcl_CreateFileHandler(receiverPtr->replyFd, TCL_READABLE,
+		    ReceiveConnection, receiverPtr);
+	}
+	receiverPtr->state = ASKED;
     }
-    close(pair[1]);
-    requestPtr->replyFd = pair[0];
-    AddRequest(requestPtr);
-    pthread_mutex_unlock(&queueLock);
-
-    Tcl_CreateFileHandler(requestPtr->replyFd, TCL_READABLE,
-	    ReceiveConnection, requestPtr);
+    receiverPtr->handlerObj = handlerObj;
+    Tcl_IncrRefCount(handlerObj);
     Tcl_ResetResult(interp);
     return TCL_OK;
 }
@@ -2767,17 +2615,72 @@ ClientCmd(
 /*
  *----------------------------------------------------------------------
  *
+ * SendAsk --
+ *
+ *	queueLock held: sends a receiver's ask up its queue. The first ask
+ *	makes the reply socket (a SOCK_SEQPACKET socketpair) and carries its
+ *	sending end; the serving process keeps that end for every later ask,
+ *	which is a message of a few bytes and nothing else.
+ *
+ * Results:
+ *	0 once sent; -1 if the reply socket's number is too high for Tcl's
+ *	select()-based notifier; else an errno value (EPIPE and the like:
+ *	the serving process is gone).
+ *
+ * Side effects:
+ *	Sets replyFd on the first ask.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+SendAsk(
+    Receiver *receiverPtr)
+{
+    Message message;
+    int pair[2] = {-1, -1}, error = 0;
+
+    memset(&message, 0, sizeof(message));
+    message.magic = MESSAGE_MAGIC;
+    message.kind = KIND_ASK;
+    message.asker = receiverPtr->id;
+    if (receiverPtr->replyFd < 0) {
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
+	    return errno;
+	}
+	if (pair[0] >= FD_SETSIZE) {
+	    close(pair[0]);
+	    close(pair[1]);
+	    return -1;
+	}
+    }
+    if (ancil_send_fd(receiverPtr->queuePtr->askFds[1], pair[1], &message,
+	    sizeof(message), MSG_DONTWAIT) < 0) {
+	error = errno;
+	CloseFd(&pair[0]);
+    }
+    CloseFd(&pair[1]);
+    if (pair[0] >= 0) {
+	receiverPtr->replyFd = pair[0];
+    }
+    return error;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * ReceiveConnection --
  *
- *	File handler: the private socket of a pending request is readable.
+ *	File handler: a receiver's reply socket is readable.
  *
  * Results:
  *	None.
  *
  * Side effects:
- *	On a connection: the request ends and the handler is called. At end
- *	of file (the serving process is gone), on a malformed message or on
- *	an error: the request ends with a background error.
+ *	A connection goes to the request (FinishRequest), or back up the
+ *	queue if there is none. At end of file (the serving process is gone)
+ *	or on an error the reply socket is closed, and a request ends with a
+ *	background error; so does a request on a malformed message.
  *
  *----------------------------------------------------------------------
  */
@@ -2787,50 +2690,75 @@ ReceiveConnection(
     ClientData clientData,
     int mask)
 {
-    Request *requestPtr = clientData;
-    Queue *queuePtr = requestPtr->queuePtr;
-    Tcl_Interp *interp = requestPtr->dataPtr->interp;
+    Receiver *receiverPtr = clientData;
+    Queue *queuePtr = receiverPtr->queuePtr;
+    Tcl_Interp *interp = receiverPtr->dataPtr->interp;
     Message message;
     ssize_t got;
-    int fd;
+    int fd, error;
 
     (void) mask;
-    if (requestPtr->generation != forkGeneration) {
-	/* Made by the parent of a fork: this process never asked. */
-	DropRequest(requestPtr);
+    if (DropIfStale(receiverPtr)) {
 	return;
     }
-
-    got = ancil_recv_fd(requestPtr->replyFd, &fd, &message, sizeof(message),
+    got = ancil_recv_fd(receiverPtr->replyFd, &fd, &message, sizeof(message),
 	    MSG_DONTWAIT);
-    if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+    error = (got < 0) ? errno : 0;
+    if (error == EAGAIN || error == EWOULDBLOCK) {
 	return;
     }
-    if (got < 0 && errno == EMFILE) {
+    if (error == EMFILE) {
 	/*
 	 * No room for the descriptor: it stays queued. Look again later
 	 * rather than be woken for it over and over.
 	 */
 
-	Tcl_DeleteFileHandler(requestPtr->replyFd);
-	requestPtr->retryTimer = Tcl_CreateTimerHandler(PAUSE_MS,
-		RetryReceive, requestPtr);
+	Tcl_DeleteFileHandler(receiverPtr->replyFd);
+	receiverPtr->retryTimer = Tcl_CreateTimerHandler(PAUSE_MS,
+		RetryReceive, receiverPtr);
+	return;
+    }
+    if (got > 0 || error == EBADMSG) {
+	if (got > 0 && IsConnection(got, fd, &message)) {
+	    if (receiverPtr->state == ASKED) {
+		FinishRequest(receiverPtr, fd, &message);
+	    } else {
+		/* Sent for an ask withdrawn too late: someone else's. */
+		pthread_mutex_lock(&queueLock);
+		ReturnConnections(queuePtr, fd, &message);
+		pthread_mutex_unlock(&queueLock);
+	    }
+	} else if (receiverPtr->state == ASKED) {
+	    RefuseRequest(receiverPtr, Tcl_ObjPrintf(
+		    "discarded a malformed message from the serving process "
+		    "of port %d", queuePtr->port), "BADMESSAGE");
+	} else {
+	    pthread_mutex_lock(&queueLock);
+	    queuePtr->lastErrno = EBADMSG;
+	    pthread_mutex_unlock(&queueLock);
+	}
+	return;
+    }
+
+    /*
+     * End of file or an error: this socket is done with. A later ask
+     * makes a new one (and finds out whether the serving process is
+     * gone).
+     */
+
+    CloseReplySocket(receiverPtr);
+    if (receiverPtr->state != ASKED) {
 	return;
     }
     if (got == 0) {
-	RefuseRequest(interp, requestPtr, Tcl_ObjPrintf(
+	RefuseRequest(receiverPtr, Tcl_ObjPrintf(
 		"the queue of port %d is closed: the serving process is gone",
 		queuePtr->port), "CLOSED");
-    } else if (got < 0 && errno != EBADMSG) {
-	RefuseRequest(interp, requestPtr, Tcl_ObjPrintf(
+    } else {
+	errno = error;
+	RefuseRequest(receiverPtr, Tcl_ObjPrintf(
 		"couldn't receive a connection from port %d: %s",
 		queuePtr->port, Tcl_PosixError(interp)), NULL);
-    } else if (got < 0 || !IsConnection(got, fd, &message)) {
-	RefuseRequest(interp, requestPtr, Tcl_ObjPrintf(
-		"discarded a malformed message from the serving process of "
-		"port %d", queuePtr->port), "BADMESSAGE");
-    } else {
-	TakeConnection(requestPtr, fd, &message);
     }
 }
 
@@ -2839,8 +2767,8 @@ ReceiveConnection(
  *
  * RetryReceive --
  *
- *	Timer handler: watches a request's private socket again after there
- *	was no room for its connection's descriptor.
+ *	Timer handler: watches a reply socket again after there was no room
+ *	for a connection's descriptor.
  *
  * Results:
  *	None.
@@ -2855,11 +2783,163 @@ static void
 RetryReceive(
     ClientData clientData)
 {
-    Request *requestPtr = clientData;
+    Receiver *receiverPtr = clientData;
 
-    requestPtr->retryTimer = NULL;
-    Tcl_CreateFileHandler(requestPtr->replyFd, TCL_READABLE,
-	    ReceiveConnection, requestPtr);
+    receiverPtr->retryTimer = NULL;
+    if (DropIfStale(receiverPtr)) {
+	return;
+    }
+    Tcl_CreateFileHandler(receiverPtr->replyFd, TCL_READABLE,
+	    ReceiveConnection, receiverPtr);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * DeliverTaken --
+ *
+ *	Event handler: delivers the ready connection that 'client' took.
+ *	It counts as a file event, so 'update idletasks' leaves it queued.
+ *
+ * Results:
+ *	1 once handled, 0 to stay queued.
+ *
+ * Side effects:
+ *	See FinishRequest. (While Tcl runs this event its proc is NULL, so
+ *	Tcl_DeleteEvents in FinishRequest or DropReceiver leaves it alone.)
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+DeliverTaken(
+    Tcl_Event *evPtr,
+    int flags)
+{
+    Receiver *receiverPtr = ((TakenEvent *) evPtr)->receiverPtr;
+    Message message;
+    int fd;
+
+    if (!(flags & TCL_FILE_EVENTS)) {
+	return 0;
+    }
+    if (DropIfStale(receiverPtr)) {
+	return 1;
+    }
+    pthread_mutex_lock(&queueLock);
+    fd = receiverPtr->takenFd;
+    receiverPtr->takenFd = -1;
+    pthread_mutex_unlock(&queueLock);
+    message = receiverPtr->takenMessage;
+    FinishRequest(receiverPtr, fd, &message);
+    return 1;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * IsTakenEventOf --
+ *
+ *	Tcl_DeleteEvents predicate: the TakenEvent of a receiver.
+ *
+ * Results:
+ *	1 if evPtr is the TakenEvent of the receiver clientData, else 0.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+IsTakenEventOf(
+    Tcl_Event *evPtr,
+    ClientData clientData)
+{
+    return (evPtr->proc == DeliverTaken
+	    && ((TakenEvent *) evPtr)->receiverPtr == clientData);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * IsConnection --
+ *
+ *	Checks a message received on a reply socket or from the ready
+ *	queue: got bytes, one descriptor fd.
+ *
+ * Results:
+ *	1 if it is a well-formed connection, else 0 (and fd, if any, is
+ *	closed).
+ *
+ * Side effects:
+ *	See above.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+IsConnection(
+    ssize_t got,
+    int fd,
+    const Message *messagePtr)
+{
+    if (got == (ssize_t) sizeof(Message) && fd >= 0
+	    && messagePtr->magic == MESSAGE_MAGIC
+	    && messagePtr->kind == KIND_CONNECTION
+	    && messagePtr->addrLen <= sizeof(messagePtr->addr)
+	    && (messagePtr->addr.ss_family == AF_INET
+		    || messagePtr->addr.ss_family == AF_INET6)) {
+	return 1;
+    }
+    if (fd >= 0) {
+	close(fd);
+    }
+    return 0;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * FinishRequest --
+ *
+ *	Ends a receiver's request, the one way every request ends: with its
+ *	connection (fd >= 0), which goes to the handler, or without one
+ *	(withdrawn or refused, fd -1).
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	With a connection: counts it in 'received' and calls the handler
+ *	(DeliverConnection), which may ask again, or delete the interpreter
+ *	and the receiver with it: callers do not touch the receiver after.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+FinishRequest(
+    Receiver *receiverPtr,
+    int fd,
+    const Message *messagePtr)
+{
+    Tcl_Interp *interp = receiverPtr->dataPtr->interp;
+    Queue *queuePtr = receiverPtr->queuePtr;
+    Tcl_Obj *handlerObj = receiverPtr->handlerObj;
+
+    if (receiverPtr->state == TAKEN) {
+	Tcl_DeleteEvents(IsTakenEventOf, receiverPtr);
+    }
+    receiverPtr->state = NO_REQUEST;
+    receiverPtr->handlerObj = NULL;
+    if (fd >= 0) {
+	pthread_mutex_lock(&queueLock);
+	queuePtr->received++;
+	pthread_mutex_unlock(&queueLock);
+	DeliverConnection(interp, handlerObj, queuePtr, fd, messagePtr);
+    }
+    Tcl_DecrRefCount(handlerObj);
 }
 
 /*
@@ -2875,22 +2955,21 @@ RetryReceive(
  *	None.
  *
  * Side effects:
- *	The request is dropped; the interpreter's background error handler
- *	runs.
+ *	The interpreter's background error handler runs.
  *
  *----------------------------------------------------------------------
  */
 
 static void
 RefuseRequest(
-    Tcl_Interp *interp,
-    Request *requestPtr,
+    Receiver *receiverPtr,
     Tcl_Obj *messageObj,
     const char *code)
 {
-    int port = requestPtr->queuePtr->port;
+    Tcl_Interp *interp = receiverPtr->dataPtr->interp;
+    int port = receiverPtr->queuePtr->port;
 
-    DropRequest(requestPtr);
+    FinishRequest(receiverPtr, -1, NULL);
     Tcl_Preserve(interp);
     Tcl_SetObjResult(interp, messageObj);
     if (code != NULL) {
@@ -2899,6 +2978,338 @@ RefuseRequest(
     Tcl_AddErrorInfo(interp, "\n    (socketserver request for a connection)");
     Tcl_BackgroundException(interp, TCL_ERROR);
     Tcl_Release(interp);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * WithdrawRequest --
+ *
+ *	'cancel': withdraws a receiver's request without losing a
+ *	connection. One that has come already (taken from the ready queue,
+ *	or waiting on the reply socket) is delivered instead. Otherwise a
+ *	KIND_WITHDRAW takes the ask back; if the serving process sent a
+ *	connection for it before reading that, the connection comes on the
+ *	reply socket later and goes back up the queue (ReceiveConnection).
+ *
+ * Results:
+ *	1 if the request was withdrawn, 0 if a connection had come and its
+ *	handler has run.
+ *
+ * Side effects:
+ *	See FinishRequest.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+WithdrawRequest(
+    Receiver *receiverPtr)
+{
+    Queue *queuePtr = receiverPtr->queuePtr;
+    Message message;
+    ssize_t got;
+    int fd = -1;
+
+    if (receiverPtr->state == TAKEN) {
+	pthread_mutex_lock(&queueLock);
+	fd = receiverPtr->takenFd;
+	receiverPtr->takenFd = -1;
+	pthread_mutex_unlock(&queueLock);
+	message = receiverPtr->takenMessage;
+    } else if (receiverPtr->retryTimer == NULL) {
+	got = ancil_recv_fd(receiverPtr->replyFd, &fd, &message,
+		sizeof(message), MSG_DONTWAIT);
+	if (got <= 0 || !IsConnection(got, fd, &message)) {
+	    /* End of file and errors are the file handler's to see. */
+	    fd = -1;
+	}
+    }
+    if (fd < 0) {
+	memset(&message, 0, sizeof(message));
+	message.magic = MESSAGE_MAGIC;
+	message.kind = KIND_WITHDRAW;
+	message.asker = receiverPtr->id;
+	pthread_mutex_lock(&queueLock);
+	if (ancil_send_fd(queuePtr->askFds[1], -1, &message, sizeof(message),
+		MSG_DONTWAIT) < 0 && errno != EPIPE && errno != ECONNREFUSED) {
+	    /*
+	     * The ask stays (its connection will come back up the queue);
+	     * with the serving process gone there is nothing to withdraw.
+	     */
+
+	    queuePtr->lastErrno = errno;
+	}
+	pthread_mutex_unlock(&queueLock);
+    }
+    FinishRequest(receiverPtr, fd, &message);
+    return (fd < 0);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ReturnConnections --
+ *
+ *	queueLock held: sends a connection that this process will not serve
+ *	up the queue, to be handed over again at its place in accept order;
+ *	and behind it every connection that waits in the ready queue, where
+ *	the next 'client' anywhere would take them before it: the serving
+ *	process puts them all back in accept order.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	Closes this process's copies. If the serving process is gone or its
+ *	queue is full, a connection is lost and lastErrno says why.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+ReturnConnections(
+    Queue *queuePtr,
+    int fd,
+    const Message *messagePtr)
+{
+    Message message = *messagePtr;
+
+    do {
+	message.kind = KIND_RETURN;
+	if (ancil_send_fd(queuePtr->askFds[1], fd, &message, sizeof(Message),
+		MSG_DONTWAIT) < 0) {
+	    queuePtr->lastErrno = errno;
+	}
+	close(fd);
+    } while (TakeReady(queuePtr, &fd, &message) == 1);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * NewReceiver --
+ *
+ *	Makes the interpreter's receiver for a queue, with no reply socket
+ *	and no request yet.
+ *
+ * Results:
+ *	The receiver.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static Receiver *
+NewReceiver(
+    InterpData *dataPtr,
+    Queue *queuePtr)
+{
+    Receiver *receiverPtr = (Receiver *) ckalloc(sizeof(Receiver));
+
+    memset(receiverPtr, 0, sizeof(Receiver));
+    receiverPtr->dataPtr = dataPtr;
+    receiverPtr->queuePtr = queuePtr;
+    receiverPtr->replyFd = -1;
+    receiverPtr->takenFd = -1;
+    receiverPtr->retryTimer = NULL;
+    receiverPtr->state = NO_REQUEST;
+    receiverPtr->handlerObj = NULL;
+    receiverPtr->generation = forkGeneration;
+    receiverPtr->nextPtr = dataPtr->firstReceiverPtr;
+    dataPtr->firstReceiverPtr = receiverPtr;
+    pthread_mutex_lock(&queueLock);
+    receiverPtr->id = ((uint64_t) getpid() << 32) | receiverCount++;
+    receiverPtr->nextInProcess = allReceivers;
+    allReceivers = receiverPtr;
+    pthread_mutex_unlock(&queueLock);
+    return receiverPtr;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * FindReceiver --
+ *
+ *	Looks up the interpreter's receiver for a queue, dropping any
+ *	receiver copied from the parent of a fork on the way.
+ *
+ * Results:
+ *	The receiver or NULL.
+ *
+ * Side effects:
+ *	Stale receivers are freed.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static Receiver *
+FindReceiver(
+    InterpData *dataPtr,
+    Queue *queuePtr)
+{
+    Receiver *receiverPtr, *nextPtr, *foundPtr = NULL;
+
+    for (receiverPtr = dataPtr->firstReceiverPtr; receiverPtr != NULL;
+	    receiverPtr = nextPtr) {
+	nextPtr = receiverPtr->nextPtr;
+	if (!DropIfStale(receiverPtr) && receiverPtr->queuePtr == queuePtr) {
+	    foundPtr = receiverPtr;
+	}
+    }
+    return foundPtr;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * DropIfStale --
+ *
+ *	The one guard against state that fork() copied: every way into the
+ *	receive side (the commands through FindReceiver, the file handler,
+ *	the timer and the event) passes it first. A receiver made before
+ *	this process's last fork belongs to the parent: AtForkChild has
+ *	already closed or replaced this process's copies of its descriptors.
+ *
+ * Results:
+ *	1 if the receiver was stale and is freed, else 0.
+ *
+ * Side effects:
+ *	See DropReceiver.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+DropIfStale(
+    Receiver *receiverPtr)
+{
+    if (receiverPtr->generation == forkGeneration) {
+	return 0;
+    }
+    DropReceiver(receiverPtr);
+    return 1;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * CloseReplySocket --
+ *
+ *	Stops watching a receiver's reply socket and closes it.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	The serving process forgets the receiver when it next tries to send
+ *	to it (or prunes it).
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+CloseReplySocket(
+    Receiver *receiverPtr)
+{
+    if (receiverPtr->retryTimer != NULL) {
+	Tcl_DeleteTimerHandler(receiverPtr->retryTimer);
+	receiverPtr->retryTimer = NULL;
+    } else if (receiverPtr->replyFd >= 0) {
+	Tcl_DeleteFileHandler(receiverPtr->replyFd);
+    }
+    pthread_mutex_lock(&queueLock);
+    CloseFd(&receiverPtr->replyFd);
+    pthread_mutex_unlock(&queueLock);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * DropReceiver --
+ *
+ *	Frees a receiver (interpreter deleted, or stale) without losing a
+ *	connection: the reply socket is shut for reading first, so that the
+ *	serving process can no longer send to it, and every connection that
+ *	came before, like a ready connection the request took, goes back up
+ *	the queue (ReturnConnections).
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	For a stale receiver only this process's copies go: the parent
+ *	still owns the request.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+DropReceiver(
+    Receiver *receiverPtr)
+{
+    Receiver **linkPtr = &receiverPtr->dataPtr->firstReceiverPtr;
+    Queue *queuePtr = receiverPtr->queuePtr;
+    int live = (receiverPtr->generation == forkGeneration);
+    Message message;
+    ssize_t got;
+    int fd;
+
+    while (*linkPtr != receiverPtr) {
+	linkPtr = &(*linkPtr)->nextPtr;
+    }
+    *linkPtr = receiverPtr->nextPtr;
+
+    if (receiverPtr->state == TAKEN) {
+	Tcl_DeleteEvents(IsTakenEventOf, receiverPtr);
+    }
+    pthread_mutex_lock(&queueLock);
+    if (live && receiverPtr->takenFd >= 0) {
+	ReturnConnections(queuePtr, receiverPtr->takenFd,
+		&receiverPtr->takenMessage);
+	receiverPtr->takenFd = -1;
+    }
+    pthread_mutex_unlock(&queueLock);
+    if (live && receiverPtr->replyFd >= 0) {
+	shutdown(receiverPtr->replyFd, SHUT_RD);
+	for (;;) {
+	    got = ancil_recv_fd(receiverPtr->replyFd, &fd, &message,
+		    sizeof(message), MSG_DONTWAIT);
+	    if (got > 0 && IsConnection(got, fd, &message)) {
+		pthread_mutex_lock(&queueLock);
+		ReturnConnections(queuePtr, fd, &message);
+		pthread_mutex_unlock(&queueLock);
+	    } else if (got == 0 || (got < 0 && errno != EBADMSG)) {
+		/*
+		 * All read. (EMFILE: a connection this process has no room
+		 * for is closed with the socket; lastErrno says so.)
+		 */
+
+		if (got < 0 && errno == EMFILE) {
+		    pthread_mutex_lock(&queueLock);
+		    queuePtr->lastErrno = EMFILE;
+		    pthread_mutex_unlock(&queueLock);
+		}
+		break;
+	    }
+	}
+    }
+    CloseReplySocket(receiverPtr);
+
+    pthread_mutex_lock(&queueLock);
+    linkPtr = &allReceivers;
+    while (*linkPtr != receiverPtr) {
+	linkPtr = &(*linkPtr)->nextInProcess;
+    }
+    *linkPtr = receiverPtr->nextInProcess;
+    CloseFd(&receiverPtr->takenFd);
+    pthread_mutex_unlock(&queueLock);
+    if (receiverPtr->handlerObj != NULL) {
+	Tcl_DecrRefCount(receiverPtr->handlerObj);
+    }
+    ckfree((char *) receiverPtr);
 }
 
 /*
@@ -3025,7 +3436,7 @@ CancelCmd(
     Tcl_Obj *const objv[])
 {
     Queue *queuePtr;
-    Request *requestPtr;
+    Receiver *receiverPtr;
 
     if (objc != 2 && objc != 4) {
 	Tcl_WrongNumArgs(interp, 2, objv, "?-port port?");
@@ -3034,9 +3445,10 @@ CancelCmd(
     if (LookupQueue(interp, objc, objv, 2, &queuePtr) != TCL_OK) {
 	return TCL_ERROR;
     }
-    requestPtr = FindRequest(dataPtr, queuePtr);
-    Tcl_SetObjResult(interp, Tcl_NewBooleanObj(requestPtr != NULL
-	    && !WithdrawRequest(requestPtr, 1)));
+    receiverPtr = FindReceiver(dataPtr, queuePtr);
+    Tcl_SetObjResult(interp, Tcl_NewBooleanObj(receiverPtr != NULL
+	    && receiverPtr->state != NO_REQUEST
+	    && WithdrawRequest(receiverPtr)));
     return TCL_OK;
 }
 
@@ -3120,6 +3532,7 @@ InfoCmd(
 {
     Tcl_Obj *resultObj;
     Queue *queuePtr;
+    Receiver *receiverPtr;
     int port, requested, readyBytes;
 
     if (objc != 2 && objc != 3) {
@@ -3151,7 +3564,8 @@ InfoCmd(
 	SetPortErrorCode(interp, "NOSERVER", port);
 	return TCL_ERROR;
     }
-    requested = (FindRequest(dataPtr, queuePtr) != NULL);
+    receiverPtr = FindReceiver(dataPtr, queuePtr);
+    requested = (receiverPtr != NULL && receiverPtr->state != NO_REQUEST);
     resultObj = Tcl_NewObj();
 
     /*
@@ -3173,7 +3587,7 @@ InfoCmd(
     PUT("accepted", Tcl_NewLongObj(queuePtr->accepted));
     PUT("received", Tcl_NewLongObj(queuePtr->received));
     PUT("requested", Tcl_NewBooleanObj(requested));
-    PUT("waiting", Tcl_NewIntObj(queuePtr->numAskers));
+    PUT("waiting", Tcl_NewIntObj(queuePtr->numAsks));
     PUT("queued", Tcl_NewIntObj(queuePtr->numPending
 	    + readyBytes / (int) sizeof(Message)));
     errno = queuePtr->lastErrno;
@@ -3676,8 +4090,8 @@ DeleteInterpData(
 
     int signo;
 
-    while (dataPtr->firstRequestPtr != NULL) {
-	WithdrawRequest(dataPtr->firstRequestPtr, 0);
+    while (dataPtr->firstReceiverPtr != NULL) {
+	DropReceiver(dataPtr->firstReceiverPtr);
     }
     pthread_mutex_lock(&signalLock);
     for (signo = 1; signo < NSIG; signo++) {
@@ -3733,7 +4147,7 @@ Socketserver_Init(
 
     dataPtr = (InterpData *) ckalloc(sizeof(InterpData));
     dataPtr->interp = interp;
-    dataPtr->firstRequestPtr = NULL;
+    dataPtr->firstReceiverPtr = NULL;
     Tcl_SetAssocData(interp, ASSOC_KEY, DeleteInterpData, dataPtr);
     Tcl_CreateObjCommand(interp, "::socketserver::socket",
 	    SocketserverObjCmd, dataPtr, NULL);

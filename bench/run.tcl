@@ -7,7 +7,9 @@
 #	Settings (environment): BENCH_DURATION seconds per row (default 5),
 #	BENCH_WORKERS worker counts for the overhead scenario (default
 #	"2 8 32 64"), BENCH_SCENARIOS (default "overhead blocking cpu
-#	uneven").
+#	uneven"), BENCH_BASELINE a directory holding another build of the
+#	package (pkgIndex.tcl and library), measured in rows of its own
+#	beside this one: to compare a change with what it replaces.
 #
 #	The uneven scenario (8 workers, 16 concurrent clients, a blocking
 #	1 ms per request but 100 ms for one in ten) compares how each design
@@ -27,6 +29,7 @@ set here [file dirname [file normalize [info script]]]
 set duration [expr {[info exists env(BENCH_DURATION)] ? $env(BENCH_DURATION) : 5}]
 set overheadWorkers [expr {[info exists env(BENCH_WORKERS)] ? $env(BENCH_WORKERS) : "2 8 32 64"}]
 set scenarios [expr {[info exists env(BENCH_SCENARIOS)] ? $env(BENCH_SCENARIOS) : "overhead blocking cpu uneven"}]
+set baseline [expr {[info exists env(BENCH_BASELINE)] ? [file normalize $env(BENCH_BASELINE)] : ""}]
 
 # groupProcesses pgid --
 #	The /proc/PID/stat fields (after the command name) of every process
@@ -144,6 +147,9 @@ proc measure {scenario design workers work connections} {
 	set free [lindex [fconfigure $probe -sockname] 2]
 	close $probe
 	set command [list node [file join $here node_cluster.js] $workers $free $work]
+    } elseif {$design eq "baseline"} {
+	set command [list env TCLLIBPATH=$::baseline [info nameofexecutable] \
+	    [file join $here tcl_server.tcl] socketserver $workers 0 $work]
     } else {
 	set command [list [info nameofexecutable] [file join $here tcl_server.tcl] \
 	    $design $workers 0 $work]
@@ -181,7 +187,10 @@ proc measure {scenario design workers work connections} {
 	p999 [expr {$p999 / 1000.0}]
 }
 
-set designs {socketserver single prefork c}
+set contenders {socketserver prefork c}
+if {$baseline ne ""} {
+    set contenders {socketserver baseline prefork c}
+}
 set rows {}
 puts stderr "benchmark: $duration s per row, scenarios: $scenarios"
 foreach scenario $scenarios {
@@ -189,25 +198,25 @@ foreach scenario $scenarios {
 	overhead {
 	    lappend rows [measure overhead single 1 none 8]
 	    foreach w $overheadWorkers {
-		foreach design {socketserver prefork c} {
+		foreach design $contenders {
 		    lappend rows [measure overhead $design $w none 8]
 		}
 	    }
 	}
 	blocking {
 	    lappend rows [measure blocking single 1 sleep 32]
-	    foreach design {socketserver prefork c} {
+	    foreach design $contenders {
 		lappend rows [measure blocking $design 16 sleep 32]
 	    }
 	}
 	cpu {
 	    lappend rows [measure cpu single 1 cpu 8]
-	    foreach design {socketserver prefork c} {
+	    foreach design $contenders {
 		lappend rows [measure cpu $design 2 cpu 8]
 	    }
 	}
 	uneven {
-	    set designs {socketserver prefork reuseport}
+	    set designs [expr {$baseline ne "" ? {socketserver baseline prefork reuseport} : {socketserver prefork reuseport}}]
 	    if {[auto_execok node] ne ""} {
 		lappend designs node
 	    }
@@ -231,7 +240,7 @@ proc find {rows scenario design workers} {
     return {}
 }
 
-set names {socketserver socketserver single "Tcl socket -server" prefork "Tcl pre-fork, inherited listener" c "C ceiling" reuseport "C, SO_REUSEPORT listener per worker" node "Node cluster (round-robin)"}
+set names [list socketserver socketserver baseline "socketserver ([file tail $baseline])" single "Tcl socket -server" prefork "Tcl pre-fork, inherited listener" c "C ceiling" reuseport "C, SO_REUSEPORT listener per worker" node "Node cluster (round-robin)"]
 set others [lmap row $rows {expr {[dict get $row scenario] ne "uneven" ? $row : [continue]}}]
 if {[llength $others]} {
     puts "| scenario | server | W | req/s | errors | CPU µs/req | p50 ms | p99 ms | CPU vs C | CPU vs best Tcl |"
@@ -241,7 +250,7 @@ foreach row $others {
     dict with row {
 	set vsC ""
 	set vsTcl ""
-	if {$design eq "socketserver"} {
+	if {$design in {socketserver baseline}} {
 	    set c [find $rows $scenario c $workers]
 	    if {$c ne "" && [dict get $c cpu] > 0} {
 		set vsC [format %.2f [expr {$cpu / [dict get $c cpu]}]]
