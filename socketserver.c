@@ -69,6 +69,10 @@ typedef int Tcl_Size;
 #include <sys/types.h>
 #include <netinet/in.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#endif
 
 #include "ancillary.h"
 
@@ -170,6 +174,8 @@ typedef struct Queue {
     int readyMayHold;		/* 0 once the accept thread found [0]
 				 * empty and has not written since. (L) */
     int listenFd;		/* Listening socket or -1. (L) */
+    int pollFd;			/* Linux: the accept thread's epoll instance
+				 * (WaitIdle), while it runs; else -1. (L) */
     int wakeFds[2];		/* Pipe whose read end, when readable, tells
 				 * the accept thread to stop. (L) */
     int state;			/* NOT_LISTENING, LISTENING or STOPPING. (L) */
@@ -215,7 +221,7 @@ typedef enum RequestState {
     ASKED,			/* An ask is up the queue: the connection
 				 * will come on the reply socket. */
     TAKEN			/* 'client' found a connection ready and took
-				 * it; a TakenEvent delivers it. */
+				 * it; a DeliverTaken event delivers it. */
 } RequestState;
 
 /*
@@ -236,10 +242,19 @@ typedef struct Receiver {
     Queue *queuePtr;		/* The queue it receives from. */
     uint64_t id;		/* Names it in its asks: process id and a
 				 * count, unique among live processes. */
+    Tcl_ThreadId thread;	/* The interpreter's thread. */
     int replyFd;		/* Receiving end of the reply socket, or -1
-				 * before the first ask. Watched with
-				 * Tcl_CreateFileHandler except while
+				 * before the first ask. Watched by a
+				 * watcher thread or a file handler
+				 * (WatchReplySocket), except while
 				 * retryTimer is set. (L) */
+    int pollFd;			/* With a watcher thread: its epoll instance,
+				 * which holds replyFd (one-shot: re-armed
+				 * after each read) and stopFd; else -1. (L) */
+    int stopFd;			/* With a watcher thread: eventfd that tells
+				 * it to end; else -1. (L) */
+    pthread_t watcher;		/* The watcher thread, while pollFd is
+				 * open. */
     Tcl_TimerToken retryTimer;	/* Set while replyFd is not watched because
 				 * there was no room for a connection's
 				 * descriptor. */
@@ -253,14 +268,16 @@ typedef struct Receiver {
 } Receiver;
 
 /*
- * Delivers a ready connection that 'client' took, from the event loop
- * (never from inside 'client', which a handler calls).
+ * An event for a receiver: DeliverTaken delivers a ready connection that
+ * 'client' took (from the event loop, never from inside 'client', which a
+ * handler calls); ReplyReadable, queued by a watcher thread, reads the
+ * reply socket.
  */
 
-typedef struct TakenEvent {
+typedef struct ReceiverEvent {
     Tcl_Event header;		/* Tcl's part; must be first. */
-    Receiver *receiverPtr;	/* The receiver whose request took it. */
-} TakenEvent;
+    Receiver *receiverPtr;	/* The receiver. */
+} ReceiverEvent;
 
 /*
  * Per interpreter: its receivers. Touched only in the thread of the
@@ -331,6 +348,13 @@ static int adoptError = 0;		/* Why adopting the queues handed over
 static int forkBreaksNotifier = 0;	/* 1 where Tcl's event loop does not
 					 * survive fork() (Tcl 9 on Linux);
 					 * set once by SetupProcess. */
+static int threadedTcl = 0;		/* 1 if Tcl is built with threads;
+					 * set by Socketserver_Init. (L) */
+static int watchInThread = 0;		/* 1 where reply sockets are watched
+					 * by watcher threads (Tcl 8 with
+					 * threads, on Linux), 0 where by file
+					 * handlers; set once by SetupProcess.
+					 * See WatchReplySocket. */
 
 #define ASSOC_KEY	"socketserver"
 #define SPAWN_ENV	"SOCKETSERVER_SPAWN"
@@ -372,6 +396,14 @@ static void		DeliverConnection(Tcl_Interp *interp,
 			    const Message *messagePtr);
 static int		DeliverTaken(Tcl_Event *evPtr, int flags);
 static void		CloseReplySocket(Receiver *receiverPtr);
+static int		IsReplyEventOf(Tcl_Event *evPtr,
+			    ClientData clientData);
+static void		RearmReplySocket(Receiver *receiverPtr);
+static int		ReplyReadable(Tcl_Event *evPtr, int flags);
+static int		WatchReplySocket(Receiver *receiverPtr);
+#ifdef __linux__
+static void *		WatchReplies(void *clientData);
+#endif
 static int		DropIfStale(Receiver *receiverPtr);
 static void		DropReceiver(Receiver *receiverPtr);
 static Receiver *	FindReceiver(InterpData *dataPtr, Queue *queuePtr);
@@ -406,6 +438,10 @@ static int		GrowList(void **listPtr, int *spacePtr, int count,
 			    size_t size);
 static Receiver *	NewReceiver(InterpData *dataPtr, Queue *queuePtr);
 static void		PruneReplySockets(Queue *queuePtr);
+static int		MakeAcceptPoll(Queue *queuePtr);
+static int		WaitIdle(Queue *queuePtr, int *listenReadyPtr,
+			    int *askReadyPtr);
+static void		WatchHangUp(Queue *queuePtr, int fd, int watch);
 static int		SendAsk(Receiver *receiverPtr);
 static int		ReadQueue(Queue *queuePtr);
 static int		TakeReady(Queue *queuePtr, int *fdPtr,
@@ -509,6 +545,14 @@ SetupProcess(void)
 
     Tcl_GetVersion(&major, NULL, NULL, NULL);
     forkBreaksNotifier = (major >= 9);
+
+    /*
+     * Tcl 8's notifier waits in a thread of its own. See WatchReplySocket.
+     */
+
+    pthread_mutex_lock(&queueLock);
+    watchInThread = (major < 9 && threadedTcl);
+    pthread_mutex_unlock(&queueLock);
 #endif
     pthread_atfork(AtForkPrepare, AtForkParent, AtForkChild);
     Tcl_CreateExitHandler(FinalizeServers, NULL);
@@ -570,6 +614,7 @@ AtForkChild(void)
     for (queuePtr = firstQueuePtr; queuePtr != NULL;
 	    queuePtr = queuePtr->nextPtr) {
 	CloseFd(&queuePtr->listenFd);
+	CloseFd(&queuePtr->pollFd);
 	CloseFd(&queuePtr->askFds[0]);
 	CloseFd(&queuePtr->readyFds[1]);
 	CloseFd(&queuePtr->wakeFds[0]);
@@ -596,6 +641,8 @@ AtForkChild(void)
 		|| dup3(nullFd, receiverPtr->replyFd, O_CLOEXEC) < 0)) {
 	    close(receiverPtr->replyFd);
 	}
+	CloseFd(&receiverPtr->pollFd);
+	CloseFd(&receiverPtr->stopFd);
 	CloseFd(&receiverPtr->takenFd);
     }
     ForgetSignals(nullFd);
@@ -750,26 +797,17 @@ AcceptConnections(
 
     for (;;) {
 	if (!PendingAfterDrain(queuePtr)) {
-	    struct pollfd fds[3];
+	    int listenReady, askReady;
 
 	    /*
 	     * Idle: wait for a connection, and read asks as they come so
 	     * that the next connection needs no extra wake-up.
 	     */
 
-	    fds[0].fd = queuePtr->wakeFds[0];
-	    fds[1].fd = queuePtr->listenFd;
-	    fds[2].fd = queuePtr->askFds[0];
-	    fds[0].events = fds[1].events = fds[2].events = POLLIN;
-	    fds[0].revents = fds[1].revents = fds[2].revents = 0;
-	    if (poll(fds, 3, -1) < 0 && errno != EINTR) {
-		WaitFor(queuePtr, -1, 0, -1, 0, PAUSE_MS);
-		continue;
-	    }
-	    if (fds[0].revents != 0) {
+	    if (!WaitIdle(queuePtr, &listenReady, &askReady)) {
 		break;
 	    }
-	    if (fds[2].revents != 0) {
+	    if (askReady) {
 		int emptied;
 
 		pthread_mutex_lock(&queueLock);
@@ -780,7 +818,7 @@ AcceptConnections(
 		    continue;
 		}
 	    }
-	    if (fds[1].revents == 0 || !AcceptOneConnection(queuePtr)) {
+	    if (!listenReady || !AcceptOneConnection(queuePtr)) {
 		continue;
 	    }
 	}
@@ -789,6 +827,81 @@ AcceptConnections(
 	}
     }
     return NULL;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * WaitIdle --
+ *
+ *	Accept thread, nothing pending: waits until a connection or an ask
+ *	comes or the thread is told to stop. On Linux it waits with an epoll
+ *	instance that also holds every reply socket (for hang-ups only), so
+ *	that the reply socket of a process that died is closed at once, not
+ *	when it would next be sent to.
+ *
+ * Results:
+ *	0 if the thread must stop, else 1 with *listenReadyPtr and
+ *	*askReadyPtr telling what is readable (both may be 0).
+ *
+ * Side effects:
+ *	Forgets receivers whose reply socket was hung up.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+WaitIdle(
+    Queue *queuePtr,
+    int *listenReadyPtr,
+    int *askReadyPtr)
+{
+#ifdef __linux__
+    struct epoll_event events[16];
+    int i, n, index;
+
+    *listenReadyPtr = *askReadyPtr = 0;
+    n = epoll_wait(queuePtr->pollFd, events, 16, -1);
+    if (n < 0) {
+	/* Signals are blocked: only a shortage of memory gets here. */
+	return WaitFor(queuePtr, -1, 0, -1, 0, PAUSE_MS);
+    }
+    for (i = 0; i < n; i++) {
+	int fd = events[i].data.fd;
+
+	if (fd == queuePtr->wakeFds[0]) {
+	    return 0;
+	} else if (fd == queuePtr->listenFd) {
+	    *listenReadyPtr = 1;
+	} else if (fd == queuePtr->askFds[0]) {
+	    *askReadyPtr = 1;
+	} else {
+	    pthread_mutex_lock(&queueLock);
+	    for (index = 0; index < queuePtr->numReplySockets; index++) {
+		if (queuePtr->replySockets[index].fd == fd) {
+		    ForgetReplySocket(queuePtr, index);
+		    break;
+		}
+	    }
+	    pthread_mutex_unlock(&queueLock);
+	}
+    }
+    return 1;
+#else
+    struct pollfd fds[3];
+
+    fds[0].fd = queuePtr->wakeFds[0];
+    fds[1].fd = queuePtr->listenFd;
+    fds[2].fd = queuePtr->askFds[0];
+    fds[0].events = fds[1].events = fds[2].events = POLLIN;
+    fds[0].revents = fds[1].revents = fds[2].revents = 0;
+    if (poll(fds, 3, -1) < 0 && errno != EINTR) {
+	return WaitFor(queuePtr, -1, 0, -1, 0, PAUSE_MS);
+    }
+    *listenReadyPtr = (fds[1].revents != 0);
+    *askReadyPtr = (fds[2].revents != 0);
+    return (fds[0].revents == 0);
+#endif
 }
 
 /*
@@ -992,8 +1105,10 @@ AddReplySocket(
     int index = FindReplySocket(queuePtr, asker);
 
     if (index >= 0) {
+	WatchHangUp(queuePtr, queuePtr->replySockets[index].fd, 0);
 	close(queuePtr->replySockets[index].fd);
 	queuePtr->replySockets[index].fd = fd;
+	WatchHangUp(queuePtr, fd, 1);
 	return index;
     }
     if (queuePtr->numReplySockets >= queuePtr->pruneMark) {
@@ -1007,6 +1122,7 @@ AddReplySocket(
     index = queuePtr->numReplySockets++;
     queuePtr->replySockets[index].asker = asker;
     queuePtr->replySockets[index].fd = fd;
+    WatchHangUp(queuePtr, fd, 1);
     return index;
 }
 
@@ -1066,6 +1182,7 @@ ForgetReplySocket(
     uint64_t asker = queuePtr->replySockets[index].asker;
     int i, kept = 0;
 
+    WatchHangUp(queuePtr, queuePtr->replySockets[index].fd, 0);
     close(queuePtr->replySockets[index].fd);
     queuePtr->numReplySockets--;
     memmove(queuePtr->replySockets + index,
@@ -1077,6 +1194,48 @@ ForgetReplySocket(
 	}
     }
     queuePtr->numAsks = kept;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * WatchHangUp --
+ *
+ *	queueLock held: on Linux, while the accept thread runs, adds a reply
+ *	socket to its epoll instance for hang-ups only (no events asked:
+ *	EPOLLHUP and EPOLLERR always come), or removes it.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	If the kernel refuses (ENOMEM, ENOSPC: the user's watch limit), that
+ *	socket is forgotten only when a send to it fails or a prune finds it
+ *	hung up.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+WatchHangUp(
+    Queue *queuePtr,
+    int fd,
+    int watch)
+{
+#ifdef __linux__
+    struct epoll_event event;
+
+    if (queuePtr->pollFd >= 0) {
+	memset(&event, 0, sizeof(event));
+	event.data.fd = fd;
+	epoll_ctl(queuePtr->pollFd, watch ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, fd,
+		&event);
+    }
+#else
+    (void) queuePtr;
+    (void) fd;
+    (void) watch;
+#endif
 }
 
 /*
@@ -1525,6 +1684,7 @@ StartAccepting(
     queuePtr->listenFd = listenFd;
     queuePtr->wakeFds[0] = wakeFds[0];
     queuePtr->wakeFds[1] = wakeFds[1];
+    error = MakeAcceptPoll(queuePtr);
     pthread_mutex_unlock(&queueLock);
 
     /*
@@ -1532,16 +1692,19 @@ StartAccepting(
      * reach the interpreters' threads.
      */
 
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    error = pthread_create(&queuePtr->thread, NULL, AcceptConnections,
-	    queuePtr);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (error == 0) {
-	return TCL_OK;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	error = pthread_create(&queuePtr->thread, NULL, AcceptConnections,
+		queuePtr);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (error == 0) {
+	    return TCL_OK;
+	}
     }
 
     pthread_mutex_lock(&queueLock);
+    CloseFd(&queuePtr->pollFd);
     CloseFd(&queuePtr->wakeFds[0]);
     CloseFd(&queuePtr->wakeFds[1]);
     queuePtr->listenFd = -1;
@@ -1557,6 +1720,58 @@ StartAccepting(
 	    "couldn't start accepting on port %d: %s", queuePtr->port,
 	    Tcl_PosixError(interp)));
     return TCL_ERROR;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * MakeAcceptPoll --
+ *
+ *	queueLock held: on Linux, makes the epoll instance the accept thread
+ *	waits with (WaitIdle): the stop pipe, the listener and the queue for
+ *	reading, and every reply socket known so far for hang-ups.
+ *
+ * Results:
+ *	0, or an errno value (no instance then).
+ *
+ * Side effects:
+ *	Sets pollFd.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+MakeAcceptPoll(
+    Queue *queuePtr)
+{
+#ifdef __linux__
+    struct epoll_event event;
+    int fds[3], i, error;
+
+    queuePtr->pollFd = epoll_create1(EPOLL_CLOEXEC);
+    if (queuePtr->pollFd < 0) {
+	return errno;
+    }
+    fds[0] = queuePtr->wakeFds[0];
+    fds[1] = queuePtr->listenFd;
+    fds[2] = queuePtr->askFds[0];
+    for (i = 0; i < 3; i++) {
+	memset(&event, 0, sizeof(event));
+	event.events = EPOLLIN;
+	event.data.fd = fds[i];
+	if (epoll_ctl(queuePtr->pollFd, EPOLL_CTL_ADD, fds[i], &event) < 0) {
+	    error = errno;
+	    CloseFd(&queuePtr->pollFd);
+	    return error;
+	}
+    }
+    for (i = 0; i < queuePtr->numReplySockets; i++) {
+	WatchHangUp(queuePtr, queuePtr->replySockets[i].fd, 1);
+    }
+#else
+    (void) queuePtr;
+#endif
+    return 0;
 }
 
 /*
@@ -1597,6 +1812,7 @@ StopAccepting(
     }
     pthread_mutex_lock(&queueLock);
     CloseFd(&queuePtr->listenFd);
+    CloseFd(&queuePtr->pollFd);
     CloseFd(&queuePtr->wakeFds[0]);
     CloseFd(&queuePtr->wakeFds[1]);
     queuePtr->state = NOT_LISTENING;
@@ -1910,6 +2126,7 @@ AddQueue(
     queuePtr->readyFds[0] = readyFds[0];
     queuePtr->readyFds[1] = readyFds[1];
     queuePtr->listenFd = -1;
+    queuePtr->pollFd = -1;
     queuePtr->wakeFds[0] = queuePtr->wakeFds[1] = -1;
     queuePtr->pruneMark = PRUNE_MIN;
     queuePtr->state = NOT_LISTENING;
@@ -2567,7 +2784,8 @@ ClientCmd(
 	 * from the event loop.
 	 */
 
-	TakenEvent *eventPtr = (TakenEvent *) ckalloc(sizeof(TakenEvent));
+	ReceiverEvent *eventPtr = (ReceiverEvent *)
+		ckalloc(sizeof(ReceiverEvent));
 
 	receiverPtr->takenFd = fd;
 	pthread_mutex_unlock(&queueLock);
@@ -2600,9 +2818,18 @@ ClientCmd(
 		    queuePtr->port, Tcl_PosixError(interp)));
 	    return TCL_ERROR;
 	}
-	if (watch) {
-	    Tcl_CreateFileHandler(receiverPtr->replyFd, TCL_READABLE,
-		    ReceiveConnection, receiverPtr);
+	if (watch && (error = WatchReplySocket(receiverPtr)) != 0) {
+	    /*
+	     * The ask is up: the serving process finds the socket hung up
+	     * and forgets it, with its ask.
+	     */
+
+	    CloseReplySocket(receiverPtr);
+	    errno = error;
+	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		    "couldn't ask for a connection from port %d: %s",
+		    queuePtr->port, Tcl_PosixError(interp)));
+	    return TCL_ERROR;
 	}
 	receiverPtr->state = ASKED;
     }
@@ -2648,7 +2875,9 @@ SendAsk(
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
 	    return errno;
 	}
-	if (pair[0] >= FD_SETSIZE) {
+	if (pair[0] >= FD_SETSIZE && !watchInThread
+		&& !forkBreaksNotifier) {
+	    /* Tcl 8's notifier would watch it with select(). */
 	    close(pair[0]);
 	    close(pair[1]);
 	    return -1;
@@ -2704,21 +2933,30 @@ ReceiveConnection(
     got = ancil_recv_fd(receiverPtr->replyFd, &fd, &message, sizeof(message),
 	    MSG_DONTWAIT);
     error = (got < 0) ? errno : 0;
-    if (error == EAGAIN || error == EWOULDBLOCK) {
-	return;
-    }
     if (error == EMFILE) {
 	/*
 	 * No room for the descriptor: it stays queued. Look again later
 	 * rather than be woken for it over and over.
 	 */
 
-	Tcl_DeleteFileHandler(receiverPtr->replyFd);
+	if (!watchInThread) {
+	    Tcl_DeleteFileHandler(receiverPtr->replyFd);
+	}
 	receiverPtr->retryTimer = Tcl_CreateTimerHandler(PAUSE_MS,
 		RetryReceive, receiverPtr);
 	return;
     }
-    if (got > 0 || error == EBADMSG) {
+    if (got > 0 || error == EBADMSG || error == EAGAIN
+	    || error == EWOULDBLOCK) {
+	/*
+	 * Before the handler runs, which may delete the receiver: more may
+	 * be waiting, or come.
+	 */
+
+	RearmReplySocket(receiverPtr);
+	if (got < 0 && error != EBADMSG) {
+	    return;
+	}
 	if (got > 0 && IsConnection(got, fd, &message)) {
 	    if (receiverPtr->state == ASKED) {
 		FinishRequest(receiverPtr, fd, &message);
@@ -2789,8 +3027,12 @@ RetryReceive(
     if (DropIfStale(receiverPtr)) {
 	return;
     }
-    Tcl_CreateFileHandler(receiverPtr->replyFd, TCL_READABLE,
-	    ReceiveConnection, receiverPtr);
+    if (watchInThread) {
+	RearmReplySocket(receiverPtr);
+    } else {
+	Tcl_CreateFileHandler(receiverPtr->replyFd, TCL_READABLE,
+		ReceiveConnection, receiverPtr);
+    }
 }
 
 /*
@@ -2816,7 +3058,7 @@ DeliverTaken(
     Tcl_Event *evPtr,
     int flags)
 {
-    Receiver *receiverPtr = ((TakenEvent *) evPtr)->receiverPtr;
+    Receiver *receiverPtr = ((ReceiverEvent *) evPtr)->receiverPtr;
     Message message;
     int fd;
 
@@ -2840,10 +3082,11 @@ DeliverTaken(
  *
  * IsTakenEventOf --
  *
- *	Tcl_DeleteEvents predicate: the TakenEvent of a receiver.
+ *	Tcl_DeleteEvents predicate: the DeliverTaken event of a receiver.
  *
  * Results:
- *	1 if evPtr is the TakenEvent of the receiver clientData, else 0.
+ *	1 if evPtr is the DeliverTaken event of the receiver clientData,
+ *	else 0.
  *
  * Side effects:
  *	None.
@@ -2857,7 +3100,7 @@ IsTakenEventOf(
     ClientData clientData)
 {
     return (evPtr->proc == DeliverTaken
-	    && ((TakenEvent *) evPtr)->receiverPtr == clientData);
+	    && ((ReceiverEvent *) evPtr)->receiverPtr == clientData);
 }
 
 /*
@@ -3112,7 +3355,10 @@ NewReceiver(
     memset(receiverPtr, 0, sizeof(Receiver));
     receiverPtr->dataPtr = dataPtr;
     receiverPtr->queuePtr = queuePtr;
+    receiverPtr->thread = Tcl_GetCurrentThread();
     receiverPtr->replyFd = -1;
+    receiverPtr->pollFd = -1;
+    receiverPtr->stopFd = -1;
     receiverPtr->takenFd = -1;
     receiverPtr->retryTimer = NULL;
     receiverPtr->state = NO_REQUEST;
@@ -3196,9 +3442,247 @@ DropIfStale(
 /*
  *----------------------------------------------------------------------
  *
+ * WatchReplySocket --
+ *
+ *	Starts watching a receiver's new reply socket. Where Tcl's event
+ *	loop waits in the interpreter's own thread (Tcl 9's epoll), a file
+ *	handler does it. Tcl 8's notifier waits in a thread of its own
+ *	instead, and every wait of a thread that has file handlers writes to
+ *	that thread's trigger pipe, before and after: two or three wake-ups
+ *	and select() calls of the notifier thread per connection, which cost
+ *	more than all the rest of a hand-over. There a watcher thread of the
+ *	receiver's waits (WatchReplies), and the interpreter's thread, with
+ *	no file handler of ours, waits on its condition variable alone until
+ *	Tcl_ThreadAlert wakes it.
+ *
+ * Results:
+ *	0, or an errno value (nothing is watched then).
+ *
+ * Side effects:
+ *	With a watcher: an epoll instance, an eventfd and a thread, which
+ *	blocks every signal.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+WatchReplySocket(
+    Receiver *receiverPtr)
+{
+#ifdef __linux__
+    struct epoll_event event;
+    sigset_t all, old;
+    int error;
+
+    if (watchInThread) {
+	pthread_mutex_lock(&queueLock);
+	receiverPtr->pollFd = epoll_create1(EPOLL_CLOEXEC);
+	error = (receiverPtr->pollFd < 0) ? errno : 0;
+	if (error == 0) {
+	    receiverPtr->stopFd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	    error = (receiverPtr->stopFd < 0) ? errno : 0;
+	}
+	pthread_mutex_unlock(&queueLock);
+	if (error == 0) {
+	    memset(&event, 0, sizeof(event));
+	    event.events = EPOLLIN;
+	    event.data.fd = receiverPtr->stopFd;
+	    if (epoll_ctl(receiverPtr->pollFd, EPOLL_CTL_ADD,
+		    receiverPtr->stopFd, &event) < 0) {
+		error = errno;
+	    }
+	}
+	if (error == 0) {
+	    event.events = EPOLLIN | EPOLLONESHOT;
+	    event.data.fd = receiverPtr->replyFd;
+	    if (epoll_ctl(receiverPtr->pollFd, EPOLL_CTL_ADD,
+		    receiverPtr->replyFd, &event) < 0) {
+		error = errno;
+	    }
+	}
+	if (error == 0) {
+	    sigfillset(&all);
+	    pthread_sigmask(SIG_SETMASK, &all, &old);
+	    error = pthread_create(&receiverPtr->watcher, NULL,
+		    WatchReplies, receiverPtr);
+	    pthread_sigmask(SIG_SETMASK, &old, NULL);
+	}
+	if (error != 0) {
+	    pthread_mutex_lock(&queueLock);
+	    CloseFd(&receiverPtr->pollFd);
+	    CloseFd(&receiverPtr->stopFd);
+	    pthread_mutex_unlock(&queueLock);
+	}
+	return error;
+    }
+#endif
+    Tcl_CreateFileHandler(receiverPtr->replyFd, TCL_READABLE,
+	    ReceiveConnection, receiverPtr);
+    return 0;
+}
+
+#ifdef __linux__
+/*
+ *----------------------------------------------------------------------
+ *
+ * WatchReplies --
+ *
+ *	A receiver's watcher thread: each time the reply socket becomes
+ *	readable, queues a ReplyReadable event to the interpreter's thread
+ *	and wakes it. The socket is one-shot in the epoll instance, so the
+ *	thread then sleeps until the interpreter has read and re-armed it
+ *	(RearmReplySocket). It never reads the socket (no descriptor ever
+ *	arrives in this thread, which fork() could copy unrecorded) and
+ *	never touches the interpreter.
+ *
+ * Results:
+ *	NULL, once stopFd is readable.
+ *
+ * Side effects:
+ *	Events are queued under queueLock, so that a fork (whose prepare
+ *	handler takes it) never copies Tcl's event queue half changed.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void *
+WatchReplies(
+    void *clientData)
+{
+    Receiver *receiverPtr = clientData;
+    struct epoll_event event;
+    ReceiverEvent *eventPtr;
+
+    for (;;) {
+	if (epoll_wait(receiverPtr->pollFd, &event, 1, -1) < 1) {
+	    /* Signals are blocked: only a shortage of memory gets here. */
+	    struct timespec pause = {0, PAUSE_MS * 1000000L};
+
+	    nanosleep(&pause, NULL);
+	    continue;
+	}
+	if (event.data.fd == receiverPtr->stopFd) {
+	    return NULL;
+	}
+	eventPtr = (ReceiverEvent *) ckalloc(sizeof(ReceiverEvent));
+	eventPtr->header.proc = ReplyReadable;
+	eventPtr->receiverPtr = receiverPtr;
+	pthread_mutex_lock(&queueLock);
+	Tcl_ThreadQueueEvent(receiverPtr->thread, (Tcl_Event *) eventPtr,
+		TCL_QUEUE_TAIL);
+	Tcl_ThreadAlert(receiverPtr->thread);
+	pthread_mutex_unlock(&queueLock);
+    }
+}
+#endif
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ReplyReadable --
+ *
+ *	Event handler, queued by a watcher thread: the reply socket is
+ *	readable. A file event, like a file handler's.
+ *
+ * Results:
+ *	1 once handled, 0 to stay queued.
+ *
+ * Side effects:
+ *	See ReceiveConnection.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+ReplyReadable(
+    Tcl_Event *evPtr,
+    int flags)
+{
+    if (!(flags & TCL_FILE_EVENTS)) {
+	return 0;
+    }
+    ReceiveConnection(((ReceiverEvent *) evPtr)->receiverPtr, TCL_READABLE);
+    return 1;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * IsReplyEventOf --
+ *
+ *	Tcl_DeleteEvents predicate: a ReplyReadable event of a receiver.
+ *
+ * Results:
+ *	1 if evPtr is one for the receiver clientData, else 0.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+IsReplyEventOf(
+    Tcl_Event *evPtr,
+    ClientData clientData)
+{
+    return (evPtr->proc == ReplyReadable
+	    && ((ReceiverEvent *) evPtr)->receiverPtr == clientData);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * RearmReplySocket --
+ *
+ *	With a watcher thread: after a read, has it watch the reply socket
+ *	again. (A file handler needs nothing.)
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	If a message is waiting already, the watcher wakes at once.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+RearmReplySocket(
+    Receiver *receiverPtr)
+{
+#ifdef __linux__
+    struct epoll_event event;
+
+    if (receiverPtr->pollFd >= 0) {
+	memset(&event, 0, sizeof(event));
+	event.events = EPOLLIN | EPOLLONESHOT;
+	event.data.fd = receiverPtr->replyFd;
+	if (epoll_ctl(receiverPtr->pollFd, EPOLL_CTL_MOD, receiverPtr->replyFd,
+		&event) < 0) {
+	    /*
+	     * Only ENOMEM is possible: look again shortly, as after a
+	     * shortage of descriptors.
+	     */
+
+	    if (receiverPtr->retryTimer == NULL) {
+		receiverPtr->retryTimer = Tcl_CreateTimerHandler(PAUSE_MS,
+			RetryReceive, receiverPtr);
+	    }
+	}
+    }
+#else
+    (void) receiverPtr;
+#endif
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * CloseReplySocket --
  *
- *	Stops watching a receiver's reply socket and closes it.
+ *	Stops watching a receiver's reply socket (joining its watcher
+ *	thread) and closes it.
  *
  * Results:
  *	None.
@@ -3217,11 +3701,27 @@ CloseReplySocket(
     if (receiverPtr->retryTimer != NULL) {
 	Tcl_DeleteTimerHandler(receiverPtr->retryTimer);
 	receiverPtr->retryTimer = NULL;
-    } else if (receiverPtr->replyFd >= 0) {
+    } else if (receiverPtr->replyFd >= 0 && !watchInThread) {
 	Tcl_DeleteFileHandler(receiverPtr->replyFd);
     }
+    if (receiverPtr->stopFd >= 0) {
+	uint64_t one = 1;
+
+	/*
+	 * A new eventfd always takes one write; a stale receiver has no
+	 * descriptors left and no thread (AtForkChild).
+	 */
+
+	while (write(receiverPtr->stopFd, &one, sizeof(one)) < 0
+		&& errno == EINTR) {
+	}
+	pthread_join(receiverPtr->watcher, NULL);
+    }
+    Tcl_DeleteEvents(IsReplyEventOf, receiverPtr);
     pthread_mutex_lock(&queueLock);
     CloseFd(&receiverPtr->replyFd);
+    CloseFd(&receiverPtr->pollFd);
+    CloseFd(&receiverPtr->stopFd);
     pthread_mutex_unlock(&queueLock);
 }
 
@@ -4128,6 +4628,12 @@ Socketserver_Init(
 
     if (Tcl_InitStubs(interp, "8.6-", 0) == NULL) {
 	return TCL_ERROR;
+    }
+    if (Tcl_GetVar2(interp, "tcl_platform", "threaded", TCL_GLOBAL_ONLY)
+	    != NULL) {
+	pthread_mutex_lock(&queueLock);
+	threadedTcl = 1;
+	pthread_mutex_unlock(&queueLock);
     }
     pthread_once(&setupOnce, SetupProcess);
     if (adoptError != 0) {

@@ -7,9 +7,10 @@
 #	Settings (environment): BENCH_DURATION seconds per row (default 5),
 #	BENCH_WORKERS worker counts for the overhead scenario (default
 #	"2 8 32 64"), BENCH_SCENARIOS (default "overhead blocking cpu
-#	uneven"), BENCH_BASELINE a directory holding another build of the
-#	package (pkgIndex.tcl and library), measured in rows of its own
-#	beside this one: to compare a change with what it replaces.
+#	uneven"), BENCH_BASELINE directories (a list) each holding another
+#	build of the package (pkgIndex.tcl and library), measured in rows of
+#	their own beside this one: to compare a change with what it
+#	replaces.
 #
 #	The uneven scenario (8 workers, 16 concurrent clients, a blocking
 #	1 ms per request but 100 ms for one in ten) compares how each design
@@ -29,7 +30,7 @@ set here [file dirname [file normalize [info script]]]
 set duration [expr {[info exists env(BENCH_DURATION)] ? $env(BENCH_DURATION) : 5}]
 set overheadWorkers [expr {[info exists env(BENCH_WORKERS)] ? $env(BENCH_WORKERS) : "2 8 32 64"}]
 set scenarios [expr {[info exists env(BENCH_SCENARIOS)] ? $env(BENCH_SCENARIOS) : "overhead blocking cpu uneven"}]
-set baseline [expr {[info exists env(BENCH_BASELINE)] ? [file normalize $env(BENCH_BASELINE)] : ""}]
+set baselines [expr {[info exists env(BENCH_BASELINE)] ? [lmap dir $env(BENCH_BASELINE) {file normalize $dir}] : {}}]
 
 # groupProcesses pgid --
 #	The /proc/PID/stat fields (after the command name) of every process
@@ -147,8 +148,8 @@ proc measure {scenario design workers work connections} {
 	set free [lindex [fconfigure $probe -sockname] 2]
 	close $probe
 	set command [list node [file join $here node_cluster.js] $workers $free $work]
-    } elseif {$design eq "baseline"} {
-	set command [list env TCLLIBPATH=$::baseline [info nameofexecutable] \
+    } elseif {[regexp {^base(\d+)$} $design -> i]} {
+	set command [list env TCLLIBPATH=[lindex $::baselines $i] [info nameofexecutable] \
 	    [file join $here tcl_server.tcl] socketserver $workers 0 $work]
     } else {
 	set command [list [info nameofexecutable] [file join $here tcl_server.tcl] \
@@ -187,10 +188,11 @@ proc measure {scenario design workers work connections} {
 	p999 [expr {$p999 / 1000.0}]
 }
 
-set contenders {socketserver prefork c}
-if {$baseline ne ""} {
-    set contenders {socketserver baseline prefork c}
+set bases {}
+foreach dir $baselines {
+    lappend bases base[llength $bases]
 }
+set contenders [list socketserver {*}$bases prefork c]
 set rows {}
 puts stderr "benchmark: $duration s per row, scenarios: $scenarios"
 foreach scenario $scenarios {
@@ -216,7 +218,7 @@ foreach scenario $scenarios {
 	    }
 	}
 	uneven {
-	    set designs [expr {$baseline ne "" ? {socketserver baseline prefork reuseport} : {socketserver prefork reuseport}}]
+	    set designs [list socketserver {*}$bases prefork reuseport]
 	    if {[auto_execok node] ne ""} {
 		lappend designs node
 	    }
@@ -240,7 +242,10 @@ proc find {rows scenario design workers} {
     return {}
 }
 
-set names [list socketserver socketserver baseline "socketserver ([file tail $baseline])" single "Tcl socket -server" prefork "Tcl pre-fork, inherited listener" c "C ceiling" reuseport "C, SO_REUSEPORT listener per worker" node "Node cluster (round-robin)"]
+set names [list socketserver socketserver single "Tcl socket -server" prefork "Tcl pre-fork, inherited listener" c "C ceiling" reuseport "C, SO_REUSEPORT listener per worker" node "Node cluster (round-robin)"]
+foreach base $bases dir $baselines {
+    lappend names $base "socketserver ([file tail $dir])"
+}
 set others [lmap row $rows {expr {[dict get $row scenario] ne "uneven" ? $row : [continue]}}]
 if {[llength $others]} {
     puts "| scenario | server | W | req/s | errors | CPU µs/req | p50 ms | p99 ms | CPU vs C | CPU vs best Tcl |"
@@ -250,7 +255,7 @@ foreach row $others {
     dict with row {
 	set vsC ""
 	set vsTcl ""
-	if {$design in {socketserver baseline}} {
+	if {$design eq "socketserver" || $design in $bases} {
 	    set c [find $rows $scenario c $workers]
 	    if {$c ne "" && [dict get $c cpu] > 0} {
 		set vsC [format %.2f [expr {$cpu / [dict get $c cpu]}]]
