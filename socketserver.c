@@ -363,6 +363,8 @@ static int watchInThread = 0;		/* 1 where reply sockets are watched
 #define PAUSE_MS	100	/* Pause after a resource shortage. */
 #define RETRY_MS	10	/* Retry after the kernel refused a send for
 				 * want of resources. */
+#define QUEUE_WAIT_MS	1000	/* How long 'client' waits for room in a full
+				 * queue. */
 #define PRUNE_MIN	64	/* Smallest pruneMark. */
 #define LIST_MIN	8	/* Room in a new list (pending, asks, reply
 				 * sockets). */
@@ -443,6 +445,7 @@ static int		WaitIdle(Queue *queuePtr, int *listenReadyPtr,
 			    int *askReadyPtr);
 static void		WatchHangUp(Queue *queuePtr, int fd, int watch);
 static int		SendAsk(Receiver *receiverPtr);
+static void		WaitForRoom(Queue *queuePtr);
 static int		ReadQueue(Queue *queuePtr);
 static int		TakeReady(Queue *queuePtr, int *fdPtr,
 			    Message *messagePtr);
@@ -2797,6 +2800,13 @@ ClientCmd(
 	watch = (receiverPtr->replyFd < 0);
 	error = SendAsk(receiverPtr);
 	pthread_mutex_unlock(&queueLock);
+	if (error == EAGAIN || error == EWOULDBLOCK) {
+	    WaitForRoom(queuePtr);
+	    pthread_mutex_lock(&queueLock);
+	    watch = (receiverPtr->replyFd < 0);
+	    error = SendAsk(receiverPtr);
+	    pthread_mutex_unlock(&queueLock);
+	}
 	if (error == EPIPE || error == ECONNREFUSED || error == ECONNRESET
 		|| error == ENOTCONN) {
 	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
@@ -2837,6 +2847,36 @@ ClientCmd(
     Tcl_IncrRefCount(handlerObj);
     Tcl_ResetResult(interp);
     return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * WaitForRoom --
+ *
+ *	queueLock not held: waits, at most QUEUE_WAIT_MS, until the queue
+ *	has room for a message. It is full only when asks come faster than
+ *	the serving process reads them, or it does not read them at all.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+WaitForRoom(
+    Queue *queuePtr)
+{
+    struct pollfd pfd;
+
+    pfd.fd = queuePtr->askFds[1];
+    pfd.events = POLLOUT;
+    pfd.revents = 0;
+    poll(&pfd, 1, QUEUE_WAIT_MS);
 }
 
 /*
@@ -3252,7 +3292,7 @@ WithdrawRequest(
     Queue *queuePtr = receiverPtr->queuePtr;
     Message message;
     ssize_t got;
-    int fd = -1;
+    int fd = -1, error, tries;
 
     if (receiverPtr->state == TAKEN) {
 	pthread_mutex_lock(&queueLock);
@@ -3273,17 +3313,26 @@ WithdrawRequest(
 	message.magic = MESSAGE_MAGIC;
 	message.kind = KIND_WITHDRAW;
 	message.asker = receiverPtr->id;
-	pthread_mutex_lock(&queueLock);
-	if (ancil_send_fd(queuePtr->askFds[1], -1, &message, sizeof(message),
-		MSG_DONTWAIT) < 0 && errno != EPIPE && errno != ECONNREFUSED) {
+	for (tries = 0; tries < 2; tries++) {
+	    /* No descriptor: no need for the lock. */
+	    error = (ancil_send_fd(queuePtr->askFds[1], -1, &message,
+		    sizeof(message), MSG_DONTWAIT) == 0) ? 0 : errno;
+	    if (tries == 0 && (error == EAGAIN || error == EWOULDBLOCK)) {
+		WaitForRoom(queuePtr);
+	    } else {
+		break;
+	    }
+	}
+	if (error != 0 && error != EPIPE && error != ECONNREFUSED) {
 	    /*
 	     * The ask stays (its connection will come back up the queue);
 	     * with the serving process gone there is nothing to withdraw.
 	     */
 
-	    queuePtr->lastErrno = errno;
+	    pthread_mutex_lock(&queueLock);
+	    queuePtr->lastErrno = error;
+	    pthread_mutex_unlock(&queueLock);
 	}
-	pthread_mutex_unlock(&queueLock);
     }
     FinishRequest(receiverPtr, fd, &message);
     return (fd < 0);
