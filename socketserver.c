@@ -8,25 +8,32 @@
  *
  *	The queue of a port is a SOCK_SEQPACKET socketpair that the serving
  *	process shares with every process forked from it. Asking processes
- *	write to it; only the serving process's accept thread reads it. An
- *	ask carries the sending end of a private socketpair made for that one
- *	request; the accept thread keeps the asks in a FIFO and passes each
- *	accepted connection (SCM_RIGHTS) over the private socketpair of the
- *	oldest ask. So exactly one process wakes per connection, however many
- *	are waiting: the one whose ask is served. A connection accepted while
- *	no ask waits goes into the port's small ready queue instead, from
- *	which the next 'client' takes it at once, with no ask and no wake-up.
+ *	write to it; only the serving process's accept thread reads it. Each
+ *	interpreter that asks has a reply socket per port (a Receiver), made
+ *	for its first ask, whose sending end that ask carries up; later asks
+ *	are a few bytes. The accept thread keeps the asks in a FIFO and
+ *	passes each accepted connection (SCM_RIGHTS) over the reply socket of
+ *	the oldest ask. So exactly one process wakes per connection, however
+ *	many are waiting: the one whose ask is served. A connection accepted
+ *	while no ask waits goes into the port's small ready queue instead,
+ *	from which the next 'client' takes it at once, with no ask and no
+ *	wake-up.
  *
- *	One connection, start to end:
- *	    ClientCmd (asking process)        takes a ready connection
- *	                                      (TakeReady), or sends an ask,
+ *	One connection, start to end, in the order of this file:
  *	    AcceptConnections (accept thread) accept()s it,
  *	    HandOverFirstPending              sends the oldest it holds to
  *	                                      the oldest ask, or into the
- *	                                      ready queue,
- *	    ReceiveConnection (event loop)    recvmsg()s it on the private pair
- *	    or DeliverTaken                   (or delivers the ready one),
- *	    DeliverConnection                 wraps it and calls the handler.
+ *	                                      ready queue;
+ *	    ClientCmd (asking process)        had sent that ask (SendAsk), or
+ *	                                      takes a ready connection;
+ *	    ReceiveConnection                 recvmsg()s it from the reply
+ *	                                      socket, woken by a watcher
+ *	                                      thread (Tcl 8) or a file
+ *	                                      handler (Tcl 9), or
+ *	    DeliverTaken                      delivers the ready one;
+ *	    FinishRequest, DeliverConnection  wrap it and call the handler.
+ *	Then: the other ways a request ends (cancel, refusal), a receiver's
+ *	life, the commands that make and describe servers, and spawn.
  *
  *	A worker is a process forked from the serving process, or a program
  *	it started with 'spawn' (SpawnCmd), which adopts the queues when it
@@ -726,51 +733,135 @@ FindQueue(
 /*
  *----------------------------------------------------------------------
  *
- * WaitFor --
+ * StartAccepting --
  *
- *	Accept thread: waits until fd has one of events or otherFd one of
- *	otherEvents (either may be -1), timeoutMs passes (-1: no limit), or
- *	the thread is told to stop.
+ *	Hands listenFd to a new accept thread for queuePtr. The caller
+ *	has set queuePtr->state to LISTENING.
  *
  * Results:
- *	0 if the thread must stop, 1 otherwise.
+ *	TCL_OK, or TCL_ERROR with a message in interp.
  *
  * Side effects:
- *	None.
+ *	On error listenFd is closed and the state is back to
+ *	NOT_LISTENING.
  *
  *----------------------------------------------------------------------
  */
 
 static int
-WaitFor(
+StartAccepting(
+    Tcl_Interp *interp,
     Queue *queuePtr,
-    int fd,
-    short events,
-    int otherFd,
-    short otherEvents,
-    int timeoutMs)
+    int listenFd)
 {
-    struct pollfd fds[3];
+    int wakeFds[2], error;
+    sigset_t all, old;
 
-    fds[0].fd = queuePtr->wakeFds[0];
-    fds[0].events = POLLIN;
-    fds[0].revents = 0;
-    fds[1].fd = fd;
-    fds[1].events = events;
-    fds[1].revents = 0;
-    fds[2].fd = otherFd;
-    fds[2].events = otherEvents;
-    fds[2].revents = 0;
-    if (poll(fds, 3, timeoutMs) < 0 && errno != EINTR) {
-	/*
-	 * Only ENOMEM is possible here: pause rather than spin.
-	 */
-
-	struct timespec pause = {0, PAUSE_MS * 1000000L};
-
-	nanosleep(&pause, NULL);
+    if (pipe(wakeFds) < 0) {
+	error = errno;
+	goto failed;
     }
-    return (fds[0].revents == 0);
+    if (fcntl(wakeFds[0], F_SETFD, FD_CLOEXEC) < 0
+	    || fcntl(wakeFds[1], F_SETFD, FD_CLOEXEC) < 0
+	    || fcntl(listenFd, F_SETFL, O_NONBLOCK) < 0) {
+	error = errno;
+	CloseFd(&wakeFds[0]);
+	CloseFd(&wakeFds[1]);
+	goto failed;
+    }
+
+    pthread_mutex_lock(&queueLock);
+    queuePtr->listenFd = listenFd;
+    queuePtr->wakeFds[0] = wakeFds[0];
+    queuePtr->wakeFds[1] = wakeFds[1];
+    error = MakeAcceptPoll(queuePtr);
+    pthread_mutex_unlock(&queueLock);
+
+    /*
+     * The thread blocks every signal, so that signals (TclX 'signal trap')
+     * reach the interpreters' threads.
+     */
+
+    if (error == 0) {
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	error = pthread_create(&queuePtr->thread, NULL, AcceptConnections,
+		queuePtr);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (error == 0) {
+	    return TCL_OK;
+	}
+    }
+
+    pthread_mutex_lock(&queueLock);
+    CloseFd(&queuePtr->pollFd);
+    CloseFd(&queuePtr->wakeFds[0]);
+    CloseFd(&queuePtr->wakeFds[1]);
+    queuePtr->listenFd = -1;
+    pthread_mutex_unlock(&queueLock);
+
+  failed:
+    close(listenFd);
+    pthread_mutex_lock(&queueLock);
+    queuePtr->state = NOT_LISTENING;
+    pthread_mutex_unlock(&queueLock);
+    errno = error;
+    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+	    "couldn't start accepting on port %d: %s", queuePtr->port,
+	    Tcl_PosixError(interp)));
+    return TCL_ERROR;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * MakeAcceptPoll --
+ *
+ *	queueLock held: on Linux, makes the epoll instance the accept thread
+ *	waits with (WaitIdle): the stop pipe, the listener and the queue for
+ *	reading, and every reply socket known so far for hang-ups.
+ *
+ * Results:
+ *	0, or an errno value (no instance then).
+ *
+ * Side effects:
+ *	Sets pollFd.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+MakeAcceptPoll(
+    Queue *queuePtr)
+{
+#ifdef __linux__
+    struct epoll_event event;
+    int fds[3], i, error;
+
+    queuePtr->pollFd = epoll_create1(EPOLL_CLOEXEC);
+    if (queuePtr->pollFd < 0) {
+	return errno;
+    }
+    fds[0] = queuePtr->wakeFds[0];
+    fds[1] = queuePtr->listenFd;
+    fds[2] = queuePtr->askFds[0];
+    for (i = 0; i < 3; i++) {
+	memset(&event, 0, sizeof(event));
+	event.events = EPOLLIN;
+	event.data.fd = fds[i];
+	if (epoll_ctl(queuePtr->pollFd, EPOLL_CTL_ADD, fds[i], &event) < 0) {
+	    error = errno;
+	    CloseFd(&queuePtr->pollFd);
+	    return error;
+	}
+    }
+    for (i = 0; i < queuePtr->numReplySockets; i++) {
+	WatchHangUp(queuePtr, queuePtr->replySockets[i].fd, 1);
+    }
+#else
+    (void) queuePtr;
+#endif
+    return 0;
 }
 
 /*
@@ -905,6 +996,56 @@ WaitIdle(
     *askReadyPtr = (fds[2].revents != 0);
     return (fds[0].revents == 0);
 #endif
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * WaitFor --
+ *
+ *	Accept thread: waits until fd has one of events or otherFd one of
+ *	otherEvents (either may be -1), timeoutMs passes (-1: no limit), or
+ *	the thread is told to stop.
+ *
+ * Results:
+ *	0 if the thread must stop, 1 otherwise.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+WaitFor(
+    Queue *queuePtr,
+    int fd,
+    short events,
+    int otherFd,
+    short otherEvents,
+    int timeoutMs)
+{
+    struct pollfd fds[3];
+
+    fds[0].fd = queuePtr->wakeFds[0];
+    fds[0].events = POLLIN;
+    fds[0].revents = 0;
+    fds[1].fd = fd;
+    fds[1].events = events;
+    fds[1].revents = 0;
+    fds[2].fd = otherFd;
+    fds[2].events = otherEvents;
+    fds[2].revents = 0;
+    if (poll(fds, 3, timeoutMs) < 0 && errno != EINTR) {
+	/*
+	 * Only ENOMEM is possible here: pause rather than spin.
+	 */
+
+	struct timespec pause = {0, PAUSE_MS * 1000000L};
+
+	nanosleep(&pause, NULL);
+    }
+    return (fds[0].revents == 0);
 }
 
 /*
@@ -1646,140 +1787,6 @@ HandOverFirstPending(
 /*
  *----------------------------------------------------------------------
  *
- * StartAccepting --
- *
- *	Hands listenFd to a new accept thread for queuePtr. The caller
- *	has set queuePtr->state to LISTENING.
- *
- * Results:
- *	TCL_OK, or TCL_ERROR with a message in interp.
- *
- * Side effects:
- *	On error listenFd is closed and the state is back to
- *	NOT_LISTENING.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-StartAccepting(
-    Tcl_Interp *interp,
-    Queue *queuePtr,
-    int listenFd)
-{
-    int wakeFds[2], error;
-    sigset_t all, old;
-
-    if (pipe(wakeFds) < 0) {
-	error = errno;
-	goto failed;
-    }
-    if (fcntl(wakeFds[0], F_SETFD, FD_CLOEXEC) < 0
-	    || fcntl(wakeFds[1], F_SETFD, FD_CLOEXEC) < 0
-	    || fcntl(listenFd, F_SETFL, O_NONBLOCK) < 0) {
-	error = errno;
-	CloseFd(&wakeFds[0]);
-	CloseFd(&wakeFds[1]);
-	goto failed;
-    }
-
-    pthread_mutex_lock(&queueLock);
-    queuePtr->listenFd = listenFd;
-    queuePtr->wakeFds[0] = wakeFds[0];
-    queuePtr->wakeFds[1] = wakeFds[1];
-    error = MakeAcceptPoll(queuePtr);
-    pthread_mutex_unlock(&queueLock);
-
-    /*
-     * The thread blocks every signal, so that signals (TclX 'signal trap')
-     * reach the interpreters' threads.
-     */
-
-    if (error == 0) {
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	error = pthread_create(&queuePtr->thread, NULL, AcceptConnections,
-		queuePtr);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (error == 0) {
-	    return TCL_OK;
-	}
-    }
-
-    pthread_mutex_lock(&queueLock);
-    CloseFd(&queuePtr->pollFd);
-    CloseFd(&queuePtr->wakeFds[0]);
-    CloseFd(&queuePtr->wakeFds[1]);
-    queuePtr->listenFd = -1;
-    pthread_mutex_unlock(&queueLock);
-
-  failed:
-    close(listenFd);
-    pthread_mutex_lock(&queueLock);
-    queuePtr->state = NOT_LISTENING;
-    pthread_mutex_unlock(&queueLock);
-    errno = error;
-    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-	    "couldn't start accepting on port %d: %s", queuePtr->port,
-	    Tcl_PosixError(interp)));
-    return TCL_ERROR;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * MakeAcceptPoll --
- *
- *	queueLock held: on Linux, makes the epoll instance the accept thread
- *	waits with (WaitIdle): the stop pipe, the listener and the queue for
- *	reading, and every reply socket known so far for hang-ups.
- *
- * Results:
- *	0, or an errno value (no instance then).
- *
- * Side effects:
- *	Sets pollFd.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-MakeAcceptPoll(
-    Queue *queuePtr)
-{
-#ifdef __linux__
-    struct epoll_event event;
-    int fds[3], i, error;
-
-    queuePtr->pollFd = epoll_create1(EPOLL_CLOEXEC);
-    if (queuePtr->pollFd < 0) {
-	return errno;
-    }
-    fds[0] = queuePtr->wakeFds[0];
-    fds[1] = queuePtr->listenFd;
-    fds[2] = queuePtr->askFds[0];
-    for (i = 0; i < 3; i++) {
-	memset(&event, 0, sizeof(event));
-	event.events = EPOLLIN;
-	event.data.fd = fds[i];
-	if (epoll_ctl(queuePtr->pollFd, EPOLL_CTL_ADD, fds[i], &event) < 0) {
-	    error = errno;
-	    CloseFd(&queuePtr->pollFd);
-	    return error;
-	}
-    }
-    for (i = 0; i < queuePtr->numReplySockets; i++) {
-	WatchHangUp(queuePtr, queuePtr->replySockets[i].fd, 1);
-    }
-#else
-    (void) queuePtr;
-#endif
-    return 0;
-}
-
-/*
- *----------------------------------------------------------------------
- *
  * StopAccepting --
  *
  *	Stops and joins the accept thread of queuePtr, then closes its
@@ -1820,6 +1827,1515 @@ StopAccepting(
     CloseFd(&queuePtr->wakeFds[1]);
     queuePtr->state = NOT_LISTENING;
     pthread_mutex_unlock(&queueLock);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ClientCmd --
+ *
+ *	$cmd client ?-port port? handler
+ *	Asks for one connection from the queue. If one is ready, takes it
+ *	and delivers it from the event loop. Otherwise sends an ask up the
+ *	queue (SendAsk); the connection comes on the interpreter's reply
+ *	socket for that queue.
+ *
+ * Results:
+ *	TCL_OK with an empty result, or TCL_ERROR.
+ *
+ * Side effects:
+ *	This process wakes when, and only when, its connection comes
+ *	(ReceiveConnection) or the serving process is gone.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+ClientCmd(
+    InterpData *dataPtr,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    Tcl_Obj *handlerObj = objv[objc-1];
+    Queue *queuePtr;
+    Receiver *receiverPtr;
+    Tcl_Size length;
+    int fd, watch, error;
+
+    if ((objc != 3 && objc != 5)
+	    || (objc == 3 && strcmp(Tcl_GetString(objv[2]), "-port") == 0)) {
+	Tcl_WrongNumArgs(interp, 2, objv, "?-port port? handler");
+	return TCL_ERROR;
+    }
+    if (LookupQueue(interp, objc - 1, objv, 2, &queuePtr) != TCL_OK
+	    || Tcl_ListObjLength(interp, handlerObj, &length) != TCL_OK) {
+	return TCL_ERROR;
+    }
+    if (length == 0) {
+	Tcl_SetObjResult(interp, Tcl_NewStringObj(
+		"handler must be a non-empty command prefix", -1));
+	Tcl_SetErrorCode(interp, "TCL", "VALUE", "HANDLER", NULL);
+	return TCL_ERROR;
+    }
+    if (forkGeneration != 0 && forkBreaksNotifier) {
+	int major, minor;
+
+	Tcl_GetVersion(&major, &minor, NULL, NULL);
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't ask for a connection from port %d: this process "
+		"was forked, and Tcl %d.%d's event loop does not survive "
+		"fork() (parent and child would share one epoll instance); "
+		"start workers with \"::socketserver::socket spawn\" instead",
+		queuePtr->port, major, minor));
+	SetPortErrorCode(interp, "FORK", queuePtr->port);
+	return TCL_ERROR;
+    }
+    receiverPtr = FindReceiver(dataPtr, queuePtr);
+    if (receiverPtr != NULL && receiverPtr->state != NO_REQUEST) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"a request for a connection from port %d is already pending "
+		"in this interpreter", queuePtr->port));
+	SetPortErrorCode(interp, "PENDING", queuePtr->port);
+	return TCL_ERROR;
+    }
+    if (receiverPtr == NULL) {
+	receiverPtr = NewReceiver(dataPtr, queuePtr);
+    }
+
+    /*
+     * Under the lock, so that a fork never copies a taken connection or a
+     * reply socket that the child handler does not know about.
+     */
+
+    pthread_mutex_lock(&queueLock);
+    if (TakeReady(queuePtr, &fd, &receiverPtr->takenMessage) == 1) {
+	/*
+	 * A connection is ready: take it without asking, and deliver it
+	 * from the event loop.
+	 */
+
+	ReceiverEvent *eventPtr = (ReceiverEvent *)
+		ckalloc(sizeof(ReceiverEvent));
+
+	receiverPtr->takenFd = fd;
+	pthread_mutex_unlock(&queueLock);
+	receiverPtr->state = TAKEN;
+	eventPtr->header.proc = DeliverTaken;
+	eventPtr->receiverPtr = receiverPtr;
+	Tcl_QueueEvent((Tcl_Event *) eventPtr, TCL_QUEUE_TAIL);
+    } else {
+	watch = (receiverPtr->replyFd < 0);
+	error = SendAsk(receiverPtr);
+	pthread_mutex_unlock(&queueLock);
+	if (error == EAGAIN || error == EWOULDBLOCK) {
+	    WaitForRoom(queuePtr);
+	    pthread_mutex_lock(&queueLock);
+	    watch = (receiverPtr->replyFd < 0);
+	    error = SendAsk(receiverPtr);
+	    pthread_mutex_unlock(&queueLock);
+	}
+	if (error == EPIPE || error == ECONNREFUSED || error == ECONNRESET
+		|| error == ENOTCONN) {
+	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		    "couldn't ask for a connection from port %d: the serving "
+		    "process is gone", queuePtr->port));
+	    SetPortErrorCode(interp, "CLOSED", queuePtr->port);
+	    return TCL_ERROR;
+	} else if (error == -1) {
+	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		    "couldn't ask for a connection from port %d: every "
+		    "descriptor below %d is in use and Tcl's notifier can't "
+		    "watch higher ones", queuePtr->port, FD_SETSIZE));
+	    SetPortErrorCode(interp, "FDLIMIT", queuePtr->port);
+	    return TCL_ERROR;
+	} else if (error != 0) {
+	    errno = error;
+	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		    "couldn't ask for a connection from port %d: %s",
+		    queuePtr->port, Tcl_PosixError(interp)));
+	    return TCL_ERROR;
+	}
+	if (watch && (error = WatchReplySocket(receiverPtr)) != 0) {
+	    /*
+	     * The ask is up: the serving process finds the socket hung up
+	     * and forgets it, with its ask.
+	     */
+
+	    CloseReplySocket(receiverPtr);
+	    errno = error;
+	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		    "couldn't ask for a connection from port %d: %s",
+		    queuePtr->port, Tcl_PosixError(interp)));
+	    return TCL_ERROR;
+	}
+	receiverPtr->state = ASKED;
+    }
+    receiverPtr->handlerObj = handlerObj;
+    Tcl_IncrRefCount(handlerObj);
+    Tcl_ResetResult(interp);
+    return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * LookupQueue --
+ *
+ *	Finds the queue named by "?-port port?" in objv[first..objc-1], or
+ *	the default queue when there is no -port.
+ *
+ * Results:
+ *	TCL_OK with *queuePtrPtr set, or TCL_ERROR with a message and
+ *	-errorcode in interp ({SOCKETSERVER NOSERVER port}).
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+LookupQueue(
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[],
+    int first,
+    Queue **queuePtrPtr)
+{
+    static const char *const options[] = {"-port", NULL};
+    int port = -1, index;
+    Queue *queuePtr;
+
+    if (first < objc) {
+	if (Tcl_GetIndexFromObj(interp, objv[first], options, "option", 0,
+		&index) != TCL_OK
+		|| ParsePort(interp, objv[first+1], &port) != TCL_OK) {
+	    return TCL_ERROR;
+	}
+    }
+
+    pthread_mutex_lock(&queueLock);
+    if (first >= objc) {
+	port = defaultPort;
+    }
+    queuePtr = FindQueue(port);
+    pthread_mutex_unlock(&queueLock);
+
+    if (queuePtr == NULL) {
+	if (first < objc) {
+	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		    "no server on port %d in this process", port));
+	    SetPortErrorCode(interp, "NOSERVER", port);
+	} else {
+	    Tcl_SetObjResult(interp, Tcl_NewStringObj(
+		    "no server in this process: call \"server\" first, "
+		    "or fork from a process that did", -1));
+	    Tcl_SetErrorCode(interp, "SOCKETSERVER", "NOSERVER", "", NULL);
+	}
+	return TCL_ERROR;
+    }
+    *queuePtrPtr = queuePtr;
+    return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * WaitForRoom --
+ *
+ *	queueLock not held: waits, at most QUEUE_WAIT_MS, until the queue
+ *	has room for a message. It is full only when asks come faster than
+ *	the serving process reads them, or it does not read them at all.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+WaitForRoom(
+    Queue *queuePtr)
+{
+    struct pollfd pfd;
+
+    pfd.fd = queuePtr->askFds[1];
+    pfd.events = POLLOUT;
+    pfd.revents = 0;
+    poll(&pfd, 1, QUEUE_WAIT_MS);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * SendAsk --
+ *
+ *	queueLock held: sends a receiver's ask up its queue. The first ask
+ *	makes the reply socket (a SOCK_SEQPACKET socketpair) and carries its
+ *	sending end; the serving process keeps that end for every later ask,
+ *	which is a message of a few bytes and nothing else.
+ *
+ * Results:
+ *	0 once sent; -1 if the reply socket's number is too high for Tcl's
+ *	select()-based notifier; else an errno value (EPIPE and the like:
+ *	the serving process is gone).
+ *
+ * Side effects:
+ *	Sets replyFd on the first ask.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+SendAsk(
+    Receiver *receiverPtr)
+{
+    Message message;
+    int pair[2] = {-1, -1}, error = 0;
+
+    memset(&message, 0, sizeof(message));
+    message.magic = MESSAGE_MAGIC;
+    message.kind = KIND_ASK;
+    message.asker = receiverPtr->id;
+    if (receiverPtr->replyFd < 0) {
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
+	    return errno;
+	}
+	if (pair[0] >= FD_SETSIZE && !watchInThread
+		&& !forkBreaksNotifier) {
+	    /* Tcl 8's notifier would watch it with select(). */
+	    close(pair[0]);
+	    close(pair[1]);
+	    return -1;
+	}
+    }
+    if (ancil_send_fd(receiverPtr->queuePtr->askFds[1], pair[1], &message,
+	    sizeof(message), MSG_DONTWAIT) < 0) {
+	error = errno;
+	CloseFd(&pair[0]);
+    }
+    CloseFd(&pair[1]);
+    if (pair[0] >= 0) {
+	receiverPtr->replyFd = pair[0];
+    }
+    return error;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * WatchReplySocket --
+ *
+ *	Starts watching a receiver's new reply socket. Where Tcl's event
+ *	loop waits in the interpreter's own thread (Tcl 9's epoll), a file
+ *	handler does it. Tcl 8's notifier waits in a thread of its own
+ *	instead, and every wait of a thread that has file handlers writes to
+ *	that thread's trigger pipe, before and after: two or three wake-ups
+ *	and select() calls of the notifier thread per connection, which cost
+ *	more than all the rest of a hand-over. There a watcher thread of the
+ *	receiver's waits (WatchReplies), and the interpreter's thread, with
+ *	no file handler of ours, waits on its condition variable alone until
+ *	Tcl_ThreadAlert wakes it.
+ *
+ * Results:
+ *	0, or an errno value (nothing is watched then).
+ *
+ * Side effects:
+ *	With a watcher: an epoll instance, an eventfd and a thread, which
+ *	blocks every signal.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+WatchReplySocket(
+    Receiver *receiverPtr)
+{
+#ifdef __linux__
+    struct epoll_event event;
+    sigset_t all, old;
+    int error;
+
+    if (watchInThread) {
+	pthread_mutex_lock(&queueLock);
+	receiverPtr->pollFd = epoll_create1(EPOLL_CLOEXEC);
+	error = (receiverPtr->pollFd < 0) ? errno : 0;
+	if (error == 0) {
+	    receiverPtr->stopFd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	    error = (receiverPtr->stopFd < 0) ? errno : 0;
+	}
+	pthread_mutex_unlock(&queueLock);
+	if (error == 0) {
+	    memset(&event, 0, sizeof(event));
+	    event.events = EPOLLIN;
+	    event.data.fd = receiverPtr->stopFd;
+	    if (epoll_ctl(receiverPtr->pollFd, EPOLL_CTL_ADD,
+		    receiverPtr->stopFd, &event) < 0) {
+		error = errno;
+	    }
+	}
+	if (error == 0) {
+	    event.events = EPOLLIN | EPOLLONESHOT;
+	    event.data.fd = receiverPtr->replyFd;
+	    if (epoll_ctl(receiverPtr->pollFd, EPOLL_CTL_ADD,
+		    receiverPtr->replyFd, &event) < 0) {
+		error = errno;
+	    }
+	}
+	if (error == 0) {
+	    sigfillset(&all);
+	    pthread_sigmask(SIG_SETMASK, &all, &old);
+	    error = pthread_create(&receiverPtr->watcher, NULL,
+		    WatchReplies, receiverPtr);
+	    pthread_sigmask(SIG_SETMASK, &old, NULL);
+	}
+	if (error != 0) {
+	    pthread_mutex_lock(&queueLock);
+	    CloseFd(&receiverPtr->pollFd);
+	    CloseFd(&receiverPtr->stopFd);
+	    pthread_mutex_unlock(&queueLock);
+	}
+	return error;
+    }
+#endif
+    Tcl_CreateFileHandler(receiverPtr->replyFd, TCL_READABLE,
+	    ReceiveConnection, receiverPtr);
+    return 0;
+}
+
+#ifdef __linux__
+/*
+ *----------------------------------------------------------------------
+ *
+ * WatchReplies --
+ *
+ *	A receiver's watcher thread: each time the reply socket becomes
+ *	readable, queues a ReplyReadable event to the interpreter's thread
+ *	and wakes it. The socket is one-shot in the epoll instance, so the
+ *	thread then sleeps until the interpreter has read and re-armed it
+ *	(RearmReplySocket). It never reads the socket (no descriptor ever
+ *	arrives in this thread, which fork() could copy unrecorded) and
+ *	never touches the interpreter.
+ *
+ * Results:
+ *	NULL, once stopFd is readable.
+ *
+ * Side effects:
+ *	Events are queued under queueLock, so that a fork (whose prepare
+ *	handler takes it) never copies Tcl's event queue half changed.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void *
+WatchReplies(
+    void *clientData)
+{
+    Receiver *receiverPtr = clientData;
+    struct epoll_event event;
+    ReceiverEvent *eventPtr;
+
+    for (;;) {
+	if (epoll_wait(receiverPtr->pollFd, &event, 1, -1) < 1) {
+	    /* Signals are blocked: only a shortage of memory gets here. */
+	    struct timespec pause = {0, PAUSE_MS * 1000000L};
+
+	    nanosleep(&pause, NULL);
+	    continue;
+	}
+	if (event.data.fd == receiverPtr->stopFd) {
+	    return NULL;
+	}
+	eventPtr = (ReceiverEvent *) ckalloc(sizeof(ReceiverEvent));
+	eventPtr->header.proc = ReplyReadable;
+	eventPtr->receiverPtr = receiverPtr;
+	pthread_mutex_lock(&queueLock);
+	Tcl_ThreadQueueEvent(receiverPtr->thread, (Tcl_Event *) eventPtr,
+		TCL_QUEUE_TAIL);
+	Tcl_ThreadAlert(receiverPtr->thread);
+	pthread_mutex_unlock(&queueLock);
+    }
+}
+#endif
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ReplyReadable --
+ *
+ *	Event handler, queued by a watcher thread: the reply socket is
+ *	readable. A file event, like a file handler's.
+ *
+ * Results:
+ *	1 once handled, 0 to stay queued.
+ *
+ * Side effects:
+ *	See ReceiveConnection.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+ReplyReadable(
+    Tcl_Event *evPtr,
+    int flags)
+{
+    if (!(flags & TCL_FILE_EVENTS)) {
+	return 0;
+    }
+    ReceiveConnection(((ReceiverEvent *) evPtr)->receiverPtr, TCL_READABLE);
+    return 1;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * IsReplyEventOf --
+ *
+ *	Tcl_DeleteEvents predicate: a ReplyReadable event of a receiver.
+ *
+ * Results:
+ *	1 if evPtr is one for the receiver clientData, else 0.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+IsReplyEventOf(
+    Tcl_Event *evPtr,
+    ClientData clientData)
+{
+    return (evPtr->proc == ReplyReadable
+	    && ((ReceiverEvent *) evPtr)->receiverPtr == clientData);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * RearmReplySocket --
+ *
+ *	With a watcher thread: after a read, has it watch the reply socket
+ *	again. (A file handler needs nothing.)
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	If a message is waiting already, the watcher wakes at once.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+RearmReplySocket(
+    Receiver *receiverPtr)
+{
+#ifdef __linux__
+    struct epoll_event event;
+
+    if (receiverPtr->pollFd >= 0) {
+	memset(&event, 0, sizeof(event));
+	event.events = EPOLLIN | EPOLLONESHOT;
+	event.data.fd = receiverPtr->replyFd;
+	if (epoll_ctl(receiverPtr->pollFd, EPOLL_CTL_MOD, receiverPtr->replyFd,
+		&event) < 0) {
+	    /*
+	     * Only ENOMEM is possible: look again shortly, as after a
+	     * shortage of descriptors.
+	     */
+
+	    if (receiverPtr->retryTimer == NULL) {
+		receiverPtr->retryTimer = Tcl_CreateTimerHandler(PAUSE_MS,
+			RetryReceive, receiverPtr);
+	    }
+	}
+    }
+#else
+    (void) receiverPtr;
+#endif
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ReceiveConnection --
+ *
+ *	File handler: a receiver's reply socket is readable.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	A connection goes to the request (FinishRequest), or back up the
+ *	queue if there is none. At end of file (the serving process is gone)
+ *	or on an error the reply socket is closed, and a request ends with a
+ *	background error; so does a request on a malformed message.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+ReceiveConnection(
+    ClientData clientData,
+    int mask)
+{
+    Receiver *receiverPtr = clientData;
+    Queue *queuePtr = receiverPtr->queuePtr;
+    Tcl_Interp *interp = receiverPtr->dataPtr->interp;
+    Message message;
+    ssize_t got;
+    int fd, error;
+
+    (void) mask;
+    if (DropIfStale(receiverPtr)) {
+	return;
+    }
+    got = ancil_recv_fd(receiverPtr->replyFd, &fd, &message, sizeof(message),
+	    MSG_DONTWAIT);
+    error = (got < 0) ? errno : 0;
+    if (error == EMFILE) {
+	/*
+	 * No room for the descriptor: it stays queued. Look again later
+	 * rather than be woken for it over and over.
+	 */
+
+	if (!watchInThread) {
+	    Tcl_DeleteFileHandler(receiverPtr->replyFd);
+	}
+	receiverPtr->retryTimer = Tcl_CreateTimerHandler(PAUSE_MS,
+		RetryReceive, receiverPtr);
+	return;
+    }
+    if (got > 0 || error == EBADMSG || error == EAGAIN
+	    || error == EWOULDBLOCK) {
+	/*
+	 * Before the handler runs, which may delete the receiver: more may
+	 * be waiting, or come.
+	 */
+
+	RearmReplySocket(receiverPtr);
+	if (got < 0 && error != EBADMSG) {
+	    return;
+	}
+	if (got > 0 && IsConnection(got, fd, &message)) {
+	    if (receiverPtr->state == ASKED) {
+		FinishRequest(receiverPtr, fd, &message);
+	    } else {
+		/* Sent for an ask withdrawn too late: someone else's. */
+		pthread_mutex_lock(&queueLock);
+		ReturnConnections(queuePtr, fd, &message);
+		pthread_mutex_unlock(&queueLock);
+	    }
+	} else if (receiverPtr->state == ASKED) {
+	    RefuseRequest(receiverPtr, Tcl_ObjPrintf(
+		    "discarded a malformed message from the serving process "
+		    "of port %d", queuePtr->port), "BADMESSAGE");
+	} else {
+	    pthread_mutex_lock(&queueLock);
+	    queuePtr->lastErrno = EBADMSG;
+	    pthread_mutex_unlock(&queueLock);
+	}
+	return;
+    }
+
+    /*
+     * End of file or an error: this socket is done with. A later ask
+     * makes a new one (and finds out whether the serving process is
+     * gone).
+     */
+
+    CloseReplySocket(receiverPtr);
+    if (receiverPtr->state != ASKED) {
+	return;
+    }
+    if (got == 0) {
+	RefuseRequest(receiverPtr, Tcl_ObjPrintf(
+		"the queue of port %d is closed: the serving process is gone",
+		queuePtr->port), "CLOSED");
+    } else {
+	errno = error;
+	RefuseRequest(receiverPtr, Tcl_ObjPrintf(
+		"couldn't receive a connection from port %d: %s",
+		queuePtr->port, Tcl_PosixError(interp)), NULL);
+    }
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * RetryReceive --
+ *
+ *	Timer handler: watches a reply socket again after there was no room
+ *	for a connection's descriptor.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	See ReceiveConnection.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+RetryReceive(
+    ClientData clientData)
+{
+    Receiver *receiverPtr = clientData;
+
+    receiverPtr->retryTimer = NULL;
+    if (DropIfStale(receiverPtr)) {
+	return;
+    }
+    if (watchInThread) {
+	RearmReplySocket(receiverPtr);
+    } else {
+	Tcl_CreateFileHandler(receiverPtr->replyFd, TCL_READABLE,
+		ReceiveConnection, receiverPtr);
+    }
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * DeliverTaken --
+ *
+ *	Event handler: delivers the ready connection that 'client' took.
+ *	It counts as a file event, so 'update idletasks' leaves it queued.
+ *
+ * Results:
+ *	1 once handled, 0 to stay queued.
+ *
+ * Side effects:
+ *	See FinishRequest. (While Tcl runs this event its proc is NULL, so
+ *	Tcl_DeleteEvents in FinishRequest or DropReceiver leaves it alone.)
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+DeliverTaken(
+    Tcl_Event *evPtr,
+    int flags)
+{
+    Receiver *receiverPtr = ((ReceiverEvent *) evPtr)->receiverPtr;
+    Message message;
+    int fd;
+
+    if (!(flags & TCL_FILE_EVENTS)) {
+	return 0;
+    }
+    if (DropIfStale(receiverPtr)) {
+	return 1;
+    }
+    pthread_mutex_lock(&queueLock);
+    fd = receiverPtr->takenFd;
+    receiverPtr->takenFd = -1;
+    pthread_mutex_unlock(&queueLock);
+    message = receiverPtr->takenMessage;
+    FinishRequest(receiverPtr, fd, &message);
+    return 1;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * IsTakenEventOf --
+ *
+ *	Tcl_DeleteEvents predicate: the DeliverTaken event of a receiver.
+ *
+ * Results:
+ *	1 if evPtr is the DeliverTaken event of the receiver clientData,
+ *	else 0.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+IsTakenEventOf(
+    Tcl_Event *evPtr,
+    ClientData clientData)
+{
+    return (evPtr->proc == DeliverTaken
+	    && ((ReceiverEvent *) evPtr)->receiverPtr == clientData);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * IsConnection --
+ *
+ *	Checks a message received on a reply socket or from the ready
+ *	queue: got bytes, one descriptor fd.
+ *
+ * Results:
+ *	1 if it is a well-formed connection, else 0 (and fd, if any, is
+ *	closed).
+ *
+ * Side effects:
+ *	See above.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+IsConnection(
+    ssize_t got,
+    int fd,
+    const Message *messagePtr)
+{
+    if (got == (ssize_t) sizeof(Message) && fd >= 0
+	    && messagePtr->magic == MESSAGE_MAGIC
+	    && messagePtr->kind == KIND_CONNECTION
+	    && messagePtr->addrLen <= sizeof(messagePtr->addr)
+	    && (messagePtr->addr.ss_family == AF_INET
+		    || messagePtr->addr.ss_family == AF_INET6)) {
+	return 1;
+    }
+    if (fd >= 0) {
+	close(fd);
+    }
+    return 0;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * FinishRequest --
+ *
+ *	Ends a receiver's request, the one way every request ends: with its
+ *	connection (fd >= 0), which goes to the handler, or without one
+ *	(withdrawn or refused, fd -1).
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	With a connection: counts it in 'received' and calls the handler
+ *	(DeliverConnection), which may ask again, or delete the interpreter
+ *	and the receiver with it: callers do not touch the receiver after.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+FinishRequest(
+    Receiver *receiverPtr,
+    int fd,
+    const Message *messagePtr)
+{
+    Tcl_Interp *interp = receiverPtr->dataPtr->interp;
+    Queue *queuePtr = receiverPtr->queuePtr;
+    Tcl_Obj *handlerObj = receiverPtr->handlerObj;
+
+    if (receiverPtr->state == TAKEN) {
+	Tcl_DeleteEvents(IsTakenEventOf, receiverPtr);
+    }
+    receiverPtr->state = NO_REQUEST;
+    receiverPtr->handlerObj = NULL;
+    if (fd >= 0) {
+	pthread_mutex_lock(&queueLock);
+	queuePtr->received++;
+	pthread_mutex_unlock(&queueLock);
+	DeliverConnection(interp, handlerObj, queuePtr, fd, messagePtr);
+    }
+    Tcl_DecrRefCount(handlerObj);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * DeliverConnection --
+ *
+ *	Wraps a received connection in a Tcl TCP channel registered in
+ *	interp and calls {*}handler channel addr port at global level.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	The handler owns the channel. Its errors go to the background
+ *	error handler, and then the channel is closed, as Tcl's own
+ *	'socket -server' does with a failing accept callback.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+DeliverConnection(
+    Tcl_Interp *interp,
+    Tcl_Obj *handlerObj,
+    Queue *queuePtr,
+    int fd,
+    const Message *messagePtr)
+{
+    static const int stdTypes[3] = {TCL_STDIN, TCL_STDOUT, TCL_STDERR};
+    char host[NI_MAXHOST], service[NI_MAXSERV];
+    int i, code;
+    Tcl_Channel chan;
+    Tcl_Obj *cmdObj;
+
+    if (getnameinfo((const struct sockaddr *) &messagePtr->addr,
+	    messagePtr->addrLen, host, sizeof(host), service,
+	    sizeof(service), NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+	strcpy(host, "");
+	strcpy(service, "0");
+    }
+
+    Tcl_Preserve(interp);
+
+    /*
+     * Tcl_CreateChannel silently turns a new channel into any standard
+     * channel the script closed, renamed "stdout" and all, so a later
+     * [puts] would write to the client. Mark closed standard channels as
+     * staying closed first (Tcl_SetStdChannel(NULL, ...) does that).
+     */
+
+    for (i = 0; i < 3; i++) {
+	if (Tcl_GetStdChannel(stdTypes[i]) == NULL) {
+	    Tcl_SetStdChannel(NULL, stdTypes[i]);
+	}
+    }
+    chan = Tcl_MakeTcpClientChannel((ClientData) (intptr_t) fd);
+    Tcl_RegisterChannel(interp, chan);
+
+    /*
+     * As Tcl's own 'socket -server' does: an extra reference keeps the
+     * channel alive while the handler runs, even if it closes it.
+     */
+
+    Tcl_RegisterChannel(NULL, chan);
+
+    /*
+     * The descriptor is blocking already, but say so through Tcl so the
+     * channel and the descriptor agree whatever the system did.
+     */
+
+    Tcl_SetChannelOption(NULL, chan, "-blocking", "1");
+
+    cmdObj = Tcl_DuplicateObj(handlerObj);
+    Tcl_IncrRefCount(cmdObj);
+    Tcl_ListObjAppendElement(NULL, cmdObj,
+	    Tcl_NewStringObj(Tcl_GetChannelName(chan), -1));
+    Tcl_ListObjAppendElement(NULL, cmdObj, Tcl_NewStringObj(host, -1));
+    Tcl_ListObjAppendElement(NULL, cmdObj, Tcl_NewIntObj(atoi(service)));
+    code = Tcl_EvalObjEx(interp, cmdObj, TCL_EVAL_GLOBAL);
+    if (code != TCL_OK) {
+	Tcl_AppendObjToErrorInfo(interp, Tcl_ObjPrintf(
+		"\n    (socketserver handler for a connection from port %d)",
+		queuePtr->port));
+	Tcl_BackgroundException(interp, code);
+
+	/*
+	 * A failed handler must not leave its client waiting: close the
+	 * channel, unless the handler already did (then it is no longer
+	 * registered in interp and this does nothing).
+	 */
+
+	Tcl_UnregisterChannel(interp, chan);
+    }
+    Tcl_UnregisterChannel(NULL, chan);
+    Tcl_DecrRefCount(cmdObj);
+    Tcl_Release(interp);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * RefuseRequest --
+ *
+ *	Ends a request with a background error: messageObj as the message,
+ *	and -errorcode {SOCKETSERVER code port} if code is not NULL (else
+ *	the POSIX error code already set in interp).
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	The interpreter's background error handler runs.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+RefuseRequest(
+    Receiver *receiverPtr,
+    Tcl_Obj *messageObj,
+    const char *code)
+{
+    Tcl_Interp *interp = receiverPtr->dataPtr->interp;
+    int port = receiverPtr->queuePtr->port;
+
+    FinishRequest(receiverPtr, -1, NULL);
+    Tcl_Preserve(interp);
+    Tcl_SetObjResult(interp, messageObj);
+    if (code != NULL) {
+	SetPortErrorCode(interp, code, port);
+    }
+    Tcl_AddErrorInfo(interp, "\n    (socketserver request for a connection)");
+    Tcl_BackgroundException(interp, TCL_ERROR);
+    Tcl_Release(interp);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * WithdrawRequest --
+ *
+ *	'cancel': withdraws a receiver's request without losing a
+ *	connection. One that has come already (taken from the ready queue,
+ *	or waiting on the reply socket) is delivered instead. Otherwise a
+ *	KIND_WITHDRAW takes the ask back; if the serving process sent a
+ *	connection for it before reading that, the connection comes on the
+ *	reply socket later and goes back up the queue (ReceiveConnection).
+ *
+ * Results:
+ *	1 if the request was withdrawn, 0 if a connection had come and its
+ *	handler has run.
+ *
+ * Side effects:
+ *	See FinishRequest.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+WithdrawRequest(
+    Receiver *receiverPtr)
+{
+    Queue *queuePtr = receiverPtr->queuePtr;
+    Message message;
+    ssize_t got;
+    int fd = -1, error, tries;
+
+    if (receiverPtr->state == TAKEN) {
+	pthread_mutex_lock(&queueLock);
+	fd = receiverPtr->takenFd;
+	receiverPtr->takenFd = -1;
+	pthread_mutex_unlock(&queueLock);
+	message = receiverPtr->takenMessage;
+    } else if (receiverPtr->retryTimer == NULL) {
+	got = ancil_recv_fd(receiverPtr->replyFd, &fd, &message,
+		sizeof(message), MSG_DONTWAIT);
+	if (got <= 0 || !IsConnection(got, fd, &message)) {
+	    /* End of file and errors are the file handler's to see. */
+	    fd = -1;
+	}
+    }
+    if (fd < 0) {
+	memset(&message, 0, sizeof(message));
+	message.magic = MESSAGE_MAGIC;
+	message.kind = KIND_WITHDRAW;
+	message.asker = receiverPtr->id;
+	for (tries = 0; tries < 2; tries++) {
+	    /* No descriptor: no need for the lock. */
+	    error = (ancil_send_fd(queuePtr->askFds[1], -1, &message,
+		    sizeof(message), MSG_DONTWAIT) == 0) ? 0 : errno;
+	    if (tries == 0 && (error == EAGAIN || error == EWOULDBLOCK)) {
+		WaitForRoom(queuePtr);
+	    } else {
+		break;
+	    }
+	}
+	if (error != 0 && error != EPIPE && error != ECONNREFUSED) {
+	    /*
+	     * The ask stays (its connection will come back up the queue);
+	     * with the serving process gone there is nothing to withdraw.
+	     */
+
+	    pthread_mutex_lock(&queueLock);
+	    queuePtr->lastErrno = error;
+	    pthread_mutex_unlock(&queueLock);
+	}
+    }
+    FinishRequest(receiverPtr, fd, &message);
+    return (fd < 0);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ReturnConnections --
+ *
+ *	queueLock held: sends a connection that this process will not serve
+ *	up the queue, to be handed over again at its place in accept order;
+ *	and behind it every connection that waits in the ready queue, where
+ *	the next 'client' anywhere would take them before it: the serving
+ *	process puts them all back in accept order.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	Closes this process's copies. If the serving process is gone or its
+ *	queue is full, a connection is lost and lastErrno says why.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+ReturnConnections(
+    Queue *queuePtr,
+    int fd,
+    const Message *messagePtr)
+{
+    Message message = *messagePtr;
+
+    do {
+	message.kind = KIND_RETURN;
+	if (ancil_send_fd(queuePtr->askFds[1], fd, &message, sizeof(Message),
+		MSG_DONTWAIT) < 0) {
+	    queuePtr->lastErrno = errno;
+	}
+	close(fd);
+    } while (TakeReady(queuePtr, &fd, &message) == 1);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * CancelCmd --
+ *
+ *	$cmd cancel ?-port port?
+ *	Withdraws this interpreter's pending request.
+ *
+ * Results:
+ *	TCL_OK with 1 if a request was withdrawn, 0 if none was pending;
+ *	or TCL_ERROR.
+ *
+ * Side effects:
+ *	Nothing is taken from the queue: connections stay there for the
+ *	next requester.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+CancelCmd(
+    InterpData *dataPtr,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    Queue *queuePtr;
+    Receiver *receiverPtr;
+
+    if (objc != 2 && objc != 4) {
+	Tcl_WrongNumArgs(interp, 2, objv, "?-port port?");
+	return TCL_ERROR;
+    }
+    if (LookupQueue(interp, objc, objv, 2, &queuePtr) != TCL_OK) {
+	return TCL_ERROR;
+    }
+    receiverPtr = FindReceiver(dataPtr, queuePtr);
+    Tcl_SetObjResult(interp, Tcl_NewBooleanObj(receiverPtr != NULL
+	    && receiverPtr->state != NO_REQUEST
+	    && WithdrawRequest(receiverPtr)));
+    return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * NewReceiver --
+ *
+ *	Makes the interpreter's receiver for a queue, with no reply socket
+ *	and no request yet.
+ *
+ * Results:
+ *	The receiver.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static Receiver *
+NewReceiver(
+    InterpData *dataPtr,
+    Queue *queuePtr)
+{
+    Receiver *receiverPtr = (Receiver *) ckalloc(sizeof(Receiver));
+
+    memset(receiverPtr, 0, sizeof(Receiver));
+    receiverPtr->dataPtr = dataPtr;
+    receiverPtr->queuePtr = queuePtr;
+    receiverPtr->thread = Tcl_GetCurrentThread();
+    receiverPtr->replyFd = -1;
+    receiverPtr->pollFd = -1;
+    receiverPtr->stopFd = -1;
+    receiverPtr->takenFd = -1;
+    receiverPtr->retryTimer = NULL;
+    receiverPtr->state = NO_REQUEST;
+    receiverPtr->handlerObj = NULL;
+    receiverPtr->generation = forkGeneration;
+    receiverPtr->nextPtr = dataPtr->firstReceiverPtr;
+    dataPtr->firstReceiverPtr = receiverPtr;
+    pthread_mutex_lock(&queueLock);
+    receiverPtr->id = ((uint64_t) getpid() << 32) | receiverCount++;
+    receiverPtr->nextInProcess = allReceivers;
+    allReceivers = receiverPtr;
+    pthread_mutex_unlock(&queueLock);
+    return receiverPtr;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * FindReceiver --
+ *
+ *	Looks up the interpreter's receiver for a queue, dropping any
+ *	receiver copied from the parent of a fork on the way.
+ *
+ * Results:
+ *	The receiver or NULL.
+ *
+ * Side effects:
+ *	Stale receivers are freed.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static Receiver *
+FindReceiver(
+    InterpData *dataPtr,
+    Queue *queuePtr)
+{
+    Receiver *receiverPtr, *nextPtr, *foundPtr = NULL;
+
+    for (receiverPtr = dataPtr->firstReceiverPtr; receiverPtr != NULL;
+	    receiverPtr = nextPtr) {
+	nextPtr = receiverPtr->nextPtr;
+	if (!DropIfStale(receiverPtr) && receiverPtr->queuePtr == queuePtr) {
+	    foundPtr = receiverPtr;
+	}
+    }
+    return foundPtr;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * DropIfStale --
+ *
+ *	The one guard against state that fork() copied: every way into the
+ *	receive side (the commands through FindReceiver, the file handler,
+ *	the timer and the event) passes it first. A receiver made before
+ *	this process's last fork belongs to the parent: AtForkChild has
+ *	already closed or replaced this process's copies of its descriptors.
+ *
+ * Results:
+ *	1 if the receiver was stale and is freed, else 0.
+ *
+ * Side effects:
+ *	See DropReceiver.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+DropIfStale(
+    Receiver *receiverPtr)
+{
+    if (receiverPtr->generation == forkGeneration) {
+	return 0;
+    }
+    DropReceiver(receiverPtr);
+    return 1;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * CloseReplySocket --
+ *
+ *	Stops watching a receiver's reply socket (joining its watcher
+ *	thread) and closes it.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	The serving process forgets the receiver when it next tries to send
+ *	to it (or prunes it).
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+CloseReplySocket(
+    Receiver *receiverPtr)
+{
+    if (receiverPtr->retryTimer != NULL) {
+	Tcl_DeleteTimerHandler(receiverPtr->retryTimer);
+	receiverPtr->retryTimer = NULL;
+    } else if (receiverPtr->replyFd >= 0 && !watchInThread) {
+	Tcl_DeleteFileHandler(receiverPtr->replyFd);
+    }
+    if (receiverPtr->stopFd >= 0) {
+	uint64_t one = 1;
+
+	/*
+	 * A new eventfd always takes one write; a stale receiver has no
+	 * descriptors left and no thread (AtForkChild).
+	 */
+
+	while (write(receiverPtr->stopFd, &one, sizeof(one)) < 0
+		&& errno == EINTR) {
+	}
+	pthread_join(receiverPtr->watcher, NULL);
+    }
+    Tcl_DeleteEvents(IsReplyEventOf, receiverPtr);
+    pthread_mutex_lock(&queueLock);
+    CloseFd(&receiverPtr->replyFd);
+    CloseFd(&receiverPtr->pollFd);
+    CloseFd(&receiverPtr->stopFd);
+    pthread_mutex_unlock(&queueLock);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * DropReceiver --
+ *
+ *	Frees a receiver (interpreter deleted, or stale) without losing a
+ *	connection: the reply socket is shut for reading first, so that the
+ *	serving process can no longer send to it, and every connection that
+ *	came before, like a ready connection the request took, goes back up
+ *	the queue (ReturnConnections).
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	For a stale receiver only this process's copies go: the parent
+ *	still owns the request.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+DropReceiver(
+    Receiver *receiverPtr)
+{
+    Receiver **linkPtr = &receiverPtr->dataPtr->firstReceiverPtr;
+    Queue *queuePtr = receiverPtr->queuePtr;
+    int live = (receiverPtr->generation == forkGeneration);
+    Message message;
+    ssize_t got;
+    int fd;
+
+    while (*linkPtr != receiverPtr) {
+	linkPtr = &(*linkPtr)->nextPtr;
+    }
+    *linkPtr = receiverPtr->nextPtr;
+
+    if (receiverPtr->state == TAKEN) {
+	Tcl_DeleteEvents(IsTakenEventOf, receiverPtr);
+    }
+    pthread_mutex_lock(&queueLock);
+    if (live && receiverPtr->takenFd >= 0) {
+	ReturnConnections(queuePtr, receiverPtr->takenFd,
+		&receiverPtr->takenMessage);
+	receiverPtr->takenFd = -1;
+    }
+    pthread_mutex_unlock(&queueLock);
+    if (live && receiverPtr->replyFd >= 0) {
+	shutdown(receiverPtr->replyFd, SHUT_RD);
+	for (;;) {
+	    got = ancil_recv_fd(receiverPtr->replyFd, &fd, &message,
+		    sizeof(message), MSG_DONTWAIT);
+	    if (got > 0 && IsConnection(got, fd, &message)) {
+		pthread_mutex_lock(&queueLock);
+		ReturnConnections(queuePtr, fd, &message);
+		pthread_mutex_unlock(&queueLock);
+	    } else if (got == 0 || (got < 0 && errno != EBADMSG)) {
+		/*
+		 * All read. (EMFILE: a connection this process has no room
+		 * for is closed with the socket; lastErrno says so.)
+		 */
+
+		if (got < 0 && errno == EMFILE) {
+		    pthread_mutex_lock(&queueLock);
+		    queuePtr->lastErrno = EMFILE;
+		    pthread_mutex_unlock(&queueLock);
+		}
+		break;
+	    }
+	}
+    }
+    CloseReplySocket(receiverPtr);
+
+    pthread_mutex_lock(&queueLock);
+    linkPtr = &allReceivers;
+    while (*linkPtr != receiverPtr) {
+	linkPtr = &(*linkPtr)->nextInProcess;
+    }
+    *linkPtr = receiverPtr->nextInProcess;
+    CloseFd(&receiverPtr->takenFd);
+    pthread_mutex_unlock(&queueLock);
+    if (receiverPtr->handlerObj != NULL) {
+	Tcl_DecrRefCount(receiverPtr->handlerObj);
+    }
+    ckfree((char *) receiverPtr);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ServerCmd --
+ *
+ *	$cmd server ?-myaddr addr? ?-backlog n? port
+ *	Listens on port and starts the accept thread, creating the port's
+ *	queue or resuming into the one this process already has.
+ *
+ * Results:
+ *	TCL_OK with the bound port as result, or TCL_ERROR.
+ *
+ * Side effects:
+ *	The first server of the process becomes the default for 'client'.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+ServerCmd(
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    static const char *const options[] = {"-backlog", "-myaddr", NULL};
+    enum options { OPT_BACKLOG, OPT_MYADDR };
+    const char *myaddr = "0.0.0.0";
+    char boundAddr[NI_MAXHOST];
+    int backlog = SOMAXCONN, port, boundPort, listenFd, i, index;
+    int queueFds[2], readyFds[2];
+    Queue *queuePtr;
+
+    /*
+     * Options as Tcl's own 'socket' reads them: up to the first word that
+     * does not start with "-", each option's value the word after it.
+     */
+
+    for (i = 2; i < objc; i++) {
+	const char *word = Tcl_GetString(objv[i]);
+
+	if (word[0] != '-') {
+	    break;
+	}
+	if (Tcl_GetIndexFromObj(interp, objv[i], options, "option", 0,
+		&index) != TCL_OK) {
+	    return TCL_ERROR;
+	}
+	if (++i == objc) {
+	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		    "no argument given for %s option", options[index]));
+	    Tcl_SetErrorCode(interp, "TCL", "ARGUMENT", "MISSING", NULL);
+	    return TCL_ERROR;
+	}
+	switch ((enum options) index) {
+	case OPT_BACKLOG:
+	    if (Tcl_GetIntFromObj(NULL, objv[i], &backlog) != TCL_OK
+		    || backlog < 1) {
+		Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+			"expected positive integer backlog but got \"%s\"",
+			Tcl_GetString(objv[i])));
+		Tcl_SetErrorCode(interp, "TCL", "VALUE", "BACKLOG", NULL);
+		return TCL_ERROR;
+	    }
+	    break;
+	case OPT_MYADDR:
+	    myaddr = Tcl_GetString(objv[i]);
+	    break;
+	}
+    }
+    if (i != objc - 1) {
+	Tcl_WrongNumArgs(interp, 2, objv, "?-myaddr addr? ?-backlog n? port");
+	return TCL_ERROR;
+    }
+    if (ParsePort(interp, objv[i], &port) != TCL_OK) {
+	return TCL_ERROR;
+    }
+
+    /*
+     * A port this process knows: refuse before binding, so that the
+     * reason is ours and not the parent's listener (EADDRINUSE).
+     */
+
+    pthread_mutex_lock(&queueLock);
+    queuePtr = (port != 0) ? FindQueue(port) : NULL;
+    if (queuePtr != NULL && ClaimRefused(interp, queuePtr)) {
+	pthread_mutex_unlock(&queueLock);
+	return TCL_ERROR;
+    }
+    pthread_mutex_unlock(&queueLock);
+
+    if (OpenNewListener(interp, myaddr, port, backlog, &listenFd,
+	    &boundPort, boundAddr) != TCL_OK) {
+	return TCL_ERROR;
+    }
+
+    /*
+     * Find or make the queue of the bound port, and claim it.
+     */
+
+    pthread_mutex_lock(&queueLock);
+    queuePtr = FindQueue(boundPort);
+    if (queuePtr != NULL && ClaimRefused(interp, queuePtr)) {
+	pthread_mutex_unlock(&queueLock);
+	close(listenFd);
+	return TCL_ERROR;
+    }
+    if (queuePtr == NULL) {
+	pthread_mutex_unlock(&queueLock);
+	Pending *pending = malloc(LIST_MIN * sizeof(Pending));
+
+	/*
+	 * The accept thread accepts only while nothing is pending, so with
+	 * this room an accepted connection always fits in the list.
+	 */
+
+	if (pending == NULL) {
+	    close(listenFd);
+	    errno = ENOMEM;
+	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		    "couldn't create the queue for port %d: %s", boundPort,
+		    Tcl_PosixError(interp)));
+	    return TCL_ERROR;
+	}
+	if (MakeQueueSockets(queueFds, readyFds) != 0) {
+	    free(pending);
+	    close(listenFd);
+	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		    "couldn't create the queue for port %d (SOCK_SEQPACKET "
+		    "socketpairs): %s", boundPort, Tcl_PosixError(interp)));
+	    return TCL_ERROR;
+	}
+	pthread_mutex_lock(&queueLock);
+	queuePtr = AddQueue(boundPort, queueFds, readyFds);
+	queuePtr->pending = pending;
+	queuePtr->pendingSpace = LIST_MIN;
+    }
+    queuePtr->state = LISTENING;
+    memcpy(queuePtr->myaddr, boundAddr, sizeof(queuePtr->myaddr));
+    pthread_mutex_unlock(&queueLock);
+
+    if (StartAccepting(interp, queuePtr, listenFd) != TCL_OK) {
+	return TCL_ERROR;
+    }
+    Tcl_SetObjResult(interp, Tcl_NewIntObj(boundPort));
+    return TCL_OK;
 }
 
 /*
@@ -2188,147 +3704,146 @@ ClaimRefused(
 /*
  *----------------------------------------------------------------------
  *
- * ServerCmd --
+ * CloseCmd --
  *
- *	$cmd server ?-myaddr addr? ?-backlog n? port
- *	Listens on port and starts the accept thread, creating the port's
- *	queue or resuming into the one this process already has.
+ *	$cmd close port
+ *	Stops listening on port in this process.
  *
  * Results:
- *	TCL_OK with the bound port as result, or TCL_ERROR.
+ *	TCL_OK with an empty result, or TCL_ERROR ({SOCKETSERVER
+ *	NOTLISTENING port} if this process does not listen on port).
  *
  * Side effects:
- *	The first server of the process becomes the default for 'client'.
+ *	See StopAccepting. The queue stays: a later 'server port' resumes
+ *	into it.
  *
  *----------------------------------------------------------------------
  */
 
 static int
-ServerCmd(
+CloseCmd(
     Tcl_Interp *interp,
     int objc,
     Tcl_Obj *const objv[])
 {
-    static const char *const options[] = {"-backlog", "-myaddr", NULL};
-    enum options { OPT_BACKLOG, OPT_MYADDR };
-    const char *myaddr = "0.0.0.0";
-    char boundAddr[NI_MAXHOST];
-    int backlog = SOMAXCONN, port, boundPort, listenFd, i, index;
-    int queueFds[2], readyFds[2];
     Queue *queuePtr;
+    int port;
 
-    /*
-     * Options as Tcl's own 'socket' reads them: up to the first word that
-     * does not start with "-", each option's value the word after it.
-     */
-
-    for (i = 2; i < objc; i++) {
-	const char *word = Tcl_GetString(objv[i]);
-
-	if (word[0] != '-') {
-	    break;
-	}
-	if (Tcl_GetIndexFromObj(interp, objv[i], options, "option", 0,
-		&index) != TCL_OK) {
-	    return TCL_ERROR;
-	}
-	if (++i == objc) {
-	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		    "no argument given for %s option", options[index]));
-	    Tcl_SetErrorCode(interp, "TCL", "ARGUMENT", "MISSING", NULL);
-	    return TCL_ERROR;
-	}
-	switch ((enum options) index) {
-	case OPT_BACKLOG:
-	    if (Tcl_GetIntFromObj(NULL, objv[i], &backlog) != TCL_OK
-		    || backlog < 1) {
-		Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-			"expected positive integer backlog but got \"%s\"",
-			Tcl_GetString(objv[i])));
-		Tcl_SetErrorCode(interp, "TCL", "VALUE", "BACKLOG", NULL);
-		return TCL_ERROR;
-	    }
-	    break;
-	case OPT_MYADDR:
-	    myaddr = Tcl_GetString(objv[i]);
-	    break;
-	}
-    }
-    if (i != objc - 1) {
-	Tcl_WrongNumArgs(interp, 2, objv, "?-myaddr addr? ?-backlog n? port");
+    if (objc != 3) {
+	Tcl_WrongNumArgs(interp, 2, objv, "port");
 	return TCL_ERROR;
     }
-    if (ParsePort(interp, objv[i], &port) != TCL_OK) {
+    if (ParsePort(interp, objv[2], &port) != TCL_OK) {
 	return TCL_ERROR;
     }
-
-    /*
-     * A port this process knows: refuse before binding, so that the
-     * reason is ours and not the parent's listener (EADDRINUSE).
-     */
-
     pthread_mutex_lock(&queueLock);
-    queuePtr = (port != 0) ? FindQueue(port) : NULL;
-    if (queuePtr != NULL && ClaimRefused(interp, queuePtr)) {
+    queuePtr = FindQueue(port);
+    if (queuePtr == NULL || queuePtr->state != LISTENING) {
 	pthread_mutex_unlock(&queueLock);
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"this process is not listening on port %d", port));
+	SetPortErrorCode(interp, "NOTLISTENING", port);
 	return TCL_ERROR;
     }
+    queuePtr->state = STOPPING;
     pthread_mutex_unlock(&queueLock);
 
-    if (OpenNewListener(interp, myaddr, port, backlog, &listenFd,
-	    &boundPort, boundAddr) != TCL_OK) {
+    StopAccepting(queuePtr);
+    Tcl_ResetResult(interp);
+    return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * InfoCmd --
+ *
+ *	$cmd info ?port?
+ *	Without port: the ports this process knows. With port: a dict
+ *	describing it.
+ *
+ * Results:
+ *	TCL_OK with the list or dict, or TCL_ERROR ({SOCKETSERVER NOSERVER
+ *	port} for an unknown port).
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+InfoCmd(
+    InterpData *dataPtr,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    Tcl_Obj *resultObj;
+    Queue *queuePtr;
+    Receiver *receiverPtr;
+    int port, requested, readyBytes;
+
+    if (objc != 2 && objc != 3) {
+	Tcl_WrongNumArgs(interp, 2, objv, "?port?");
 	return TCL_ERROR;
     }
-
-    /*
-     * Find or make the queue of the bound port, and claim it.
-     */
-
-    pthread_mutex_lock(&queueLock);
-    queuePtr = FindQueue(boundPort);
-    if (queuePtr != NULL && ClaimRefused(interp, queuePtr)) {
-	pthread_mutex_unlock(&queueLock);
-	close(listenFd);
-	return TCL_ERROR;
-    }
-    if (queuePtr == NULL) {
-	pthread_mutex_unlock(&queueLock);
-	Pending *pending = malloc(LIST_MIN * sizeof(Pending));
-
-	/*
-	 * The accept thread accepts only while nothing is pending, so with
-	 * this room an accepted connection always fits in the list.
-	 */
-
-	if (pending == NULL) {
-	    close(listenFd);
-	    errno = ENOMEM;
-	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		    "couldn't create the queue for port %d: %s", boundPort,
-		    Tcl_PosixError(interp)));
-	    return TCL_ERROR;
-	}
-	if (MakeQueueSockets(queueFds, readyFds) != 0) {
-	    free(pending);
-	    close(listenFd);
-	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		    "couldn't create the queue for port %d (SOCK_SEQPACKET "
-		    "socketpairs): %s", boundPort, Tcl_PosixError(interp)));
-	    return TCL_ERROR;
-	}
+    if (objc == 2) {
+	resultObj = Tcl_NewObj();
 	pthread_mutex_lock(&queueLock);
-	queuePtr = AddQueue(boundPort, queueFds, readyFds);
-	queuePtr->pending = pending;
-	queuePtr->pendingSpace = LIST_MIN;
+	for (queuePtr = firstQueuePtr; queuePtr != NULL;
+		queuePtr = queuePtr->nextPtr) {
+	    Tcl_ListObjAppendElement(NULL, resultObj,
+		    Tcl_NewIntObj(queuePtr->port));
+	}
+	pthread_mutex_unlock(&queueLock);
+	Tcl_SetObjResult(interp, resultObj);
+	return TCL_OK;
     }
-    queuePtr->state = LISTENING;
-    memcpy(queuePtr->myaddr, boundAddr, sizeof(queuePtr->myaddr));
-    pthread_mutex_unlock(&queueLock);
 
-    if (StartAccepting(interp, queuePtr, listenFd) != TCL_OK) {
+    if (ParsePort(interp, objv[2], &port) != TCL_OK) {
 	return TCL_ERROR;
     }
-    Tcl_SetObjResult(interp, Tcl_NewIntObj(boundPort));
+    pthread_mutex_lock(&queueLock);
+    queuePtr = FindQueue(port);
+    pthread_mutex_unlock(&queueLock);
+    if (queuePtr == NULL) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"no server on port %d in this process", port));
+	SetPortErrorCode(interp, "NOSERVER", port);
+	return TCL_ERROR;
+    }
+    receiverPtr = FindReceiver(dataPtr, queuePtr);
+    requested = (receiverPtr != NULL && receiverPtr->state != NO_REQUEST);
+    resultObj = Tcl_NewObj();
+
+    /*
+     * The ready queue's reading end is in every process: FIONREAD there
+     * counts the bytes of every message waiting (Linux), one Message
+     * each.
+     */
+
+    if (ioctl(queuePtr->readyFds[0], FIONREAD, &readyBytes) < 0) {
+	readyBytes = 0;
+    }
+
+#define PUT(key, valueObj) \
+    Tcl_DictObjPut(NULL, resultObj, Tcl_NewStringObj((key), -1), (valueObj))
+    pthread_mutex_lock(&queueLock);
+    PUT("port", Tcl_NewIntObj(queuePtr->port));
+    PUT("myaddr", Tcl_NewStringObj(queuePtr->myaddr, -1));
+    PUT("listening", Tcl_NewBooleanObj(queuePtr->state == LISTENING));
+    PUT("accepted", Tcl_NewLongObj(queuePtr->accepted));
+    PUT("received", Tcl_NewLongObj(queuePtr->received));
+    PUT("requested", Tcl_NewBooleanObj(requested));
+    PUT("waiting", Tcl_NewIntObj(queuePtr->numAsks));
+    PUT("queued", Tcl_NewIntObj(queuePtr->numPending
+	    + readyBytes / (int) sizeof(Message)));
+    errno = queuePtr->lastErrno;
+    PUT("lasterror", Tcl_NewStringObj(errno ? Tcl_ErrnoId() : "", -1));
+    pthread_mutex_unlock(&queueLock);
+#undef PUT
+    Tcl_SetObjResult(interp, resultObj);
     return TCL_OK;
 }
 
@@ -2637,1514 +4152,6 @@ AdoptQueues(void)
     } else if (nullFd < 0 && adoptError == 0) {
 	adoptError = errno;
     }
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * LookupQueue --
- *
- *	Finds the queue named by "?-port port?" in objv[first..objc-1], or
- *	the default queue when there is no -port.
- *
- * Results:
- *	TCL_OK with *queuePtrPtr set, or TCL_ERROR with a message and
- *	-errorcode in interp ({SOCKETSERVER NOSERVER port}).
- *
- * Side effects:
- *	None.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-LookupQueue(
-    Tcl_Interp *interp,
-    int objc,
-    Tcl_Obj *const objv[],
-    int first,
-    Queue **queuePtrPtr)
-{
-    static const char *const options[] = {"-port", NULL};
-    int port = -1, index;
-    Queue *queuePtr;
-
-    if (first < objc) {
-	if (Tcl_GetIndexFromObj(interp, objv[first], options, "option", 0,
-		&index) != TCL_OK
-		|| ParsePort(interp, objv[first+1], &port) != TCL_OK) {
-	    return TCL_ERROR;
-	}
-    }
-
-    pthread_mutex_lock(&queueLock);
-    if (first >= objc) {
-	port = defaultPort;
-    }
-    queuePtr = FindQueue(port);
-    pthread_mutex_unlock(&queueLock);
-
-    if (queuePtr == NULL) {
-	if (first < objc) {
-	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		    "no server on port %d in this process", port));
-	    SetPortErrorCode(interp, "NOSERVER", port);
-	} else {
-	    Tcl_SetObjResult(interp, Tcl_NewStringObj(
-		    "no server in this process: call \"server\" first, "
-		    "or fork from a process that did", -1));
-	    Tcl_SetErrorCode(interp, "SOCKETSERVER", "NOSERVER", "", NULL);
-	}
-	return TCL_ERROR;
-    }
-    *queuePtrPtr = queuePtr;
-    return TCL_OK;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * ClientCmd --
- *
- *	$cmd client ?-port port? handler
- *	Asks for one connection from the queue. If one is ready, takes it
- *	and delivers it from the event loop. Otherwise sends an ask up the
- *	queue (SendAsk); the connection comes on the interpreter's reply
- *	socket for that queue.
- *
- * Results:
- *	TCL_OK with an empty result, or TCL_ERROR.
- *
- * Side effects:
- *	This process wakes when, and only when, its connection comes
- *	(ReceiveConnection) or the serving process is gone.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-ClientCmd(
-    InterpData *dataPtr,
-    Tcl_Interp *interp,
-    int objc,
-    Tcl_Obj *const objv[])
-{
-    Tcl_Obj *handlerObj = objv[objc-1];
-    Queue *queuePtr;
-    Receiver *receiverPtr;
-    Tcl_Size length;
-    int fd, watch, error;
-
-    if ((objc != 3 && objc != 5)
-	    || (objc == 3 && strcmp(Tcl_GetString(objv[2]), "-port") == 0)) {
-	Tcl_WrongNumArgs(interp, 2, objv, "?-port port? handler");
-	return TCL_ERROR;
-    }
-    if (LookupQueue(interp, objc - 1, objv, 2, &queuePtr) != TCL_OK
-	    || Tcl_ListObjLength(interp, handlerObj, &length) != TCL_OK) {
-	return TCL_ERROR;
-    }
-    if (length == 0) {
-	Tcl_SetObjResult(interp, Tcl_NewStringObj(
-		"handler must be a non-empty command prefix", -1));
-	Tcl_SetErrorCode(interp, "TCL", "VALUE", "HANDLER", NULL);
-	return TCL_ERROR;
-    }
-    if (forkGeneration != 0 && forkBreaksNotifier) {
-	int major, minor;
-
-	Tcl_GetVersion(&major, &minor, NULL, NULL);
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		"couldn't ask for a connection from port %d: this process "
-		"was forked, and Tcl %d.%d's event loop does not survive "
-		"fork() (parent and child would share one epoll instance); "
-		"start workers with \"::socketserver::socket spawn\" instead",
-		queuePtr->port, major, minor));
-	SetPortErrorCode(interp, "FORK", queuePtr->port);
-	return TCL_ERROR;
-    }
-    receiverPtr = FindReceiver(dataPtr, queuePtr);
-    if (receiverPtr != NULL && receiverPtr->state != NO_REQUEST) {
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		"a request for a connection from port %d is already pending "
-		"in this interpreter", queuePtr->port));
-	SetPortErrorCode(interp, "PENDING", queuePtr->port);
-	return TCL_ERROR;
-    }
-    if (receiverPtr == NULL) {
-	receiverPtr = NewReceiver(dataPtr, queuePtr);
-    }
-
-    /*
-     * Under the lock, so that a fork never copies a taken connection or a
-     * reply socket that the child handler does not know about.
-     */
-
-    pthread_mutex_lock(&queueLock);
-    if (TakeReady(queuePtr, &fd, &receiverPtr->takenMessage) == 1) {
-	/*
-	 * A connection is ready: take it without asking, and deliver it
-	 * from the event loop.
-	 */
-
-	ReceiverEvent *eventPtr = (ReceiverEvent *)
-		ckalloc(sizeof(ReceiverEvent));
-
-	receiverPtr->takenFd = fd;
-	pthread_mutex_unlock(&queueLock);
-	receiverPtr->state = TAKEN;
-	eventPtr->header.proc = DeliverTaken;
-	eventPtr->receiverPtr = receiverPtr;
-	Tcl_QueueEvent((Tcl_Event *) eventPtr, TCL_QUEUE_TAIL);
-    } else {
-	watch = (receiverPtr->replyFd < 0);
-	error = SendAsk(receiverPtr);
-	pthread_mutex_unlock(&queueLock);
-	if (error == EAGAIN || error == EWOULDBLOCK) {
-	    WaitForRoom(queuePtr);
-	    pthread_mutex_lock(&queueLock);
-	    watch = (receiverPtr->replyFd < 0);
-	    error = SendAsk(receiverPtr);
-	    pthread_mutex_unlock(&queueLock);
-	}
-	if (error == EPIPE || error == ECONNREFUSED || error == ECONNRESET
-		|| error == ENOTCONN) {
-	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		    "couldn't ask for a connection from port %d: the serving "
-		    "process is gone", queuePtr->port));
-	    SetPortErrorCode(interp, "CLOSED", queuePtr->port);
-	    return TCL_ERROR;
-	} else if (error == -1) {
-	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		    "couldn't ask for a connection from port %d: every "
-		    "descriptor below %d is in use and Tcl's notifier can't "
-		    "watch higher ones", queuePtr->port, FD_SETSIZE));
-	    SetPortErrorCode(interp, "FDLIMIT", queuePtr->port);
-	    return TCL_ERROR;
-	} else if (error != 0) {
-	    errno = error;
-	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		    "couldn't ask for a connection from port %d: %s",
-		    queuePtr->port, Tcl_PosixError(interp)));
-	    return TCL_ERROR;
-	}
-	if (watch && (error = WatchReplySocket(receiverPtr)) != 0) {
-	    /*
-	     * The ask is up: the serving process finds the socket hung up
-	     * and forgets it, with its ask.
-	     */
-
-	    CloseReplySocket(receiverPtr);
-	    errno = error;
-	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		    "couldn't ask for a connection from port %d: %s",
-		    queuePtr->port, Tcl_PosixError(interp)));
-	    return TCL_ERROR;
-	}
-	receiverPtr->state = ASKED;
-    }
-    receiverPtr->handlerObj = handlerObj;
-    Tcl_IncrRefCount(handlerObj);
-    Tcl_ResetResult(interp);
-    return TCL_OK;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * WaitForRoom --
- *
- *	queueLock not held: waits, at most QUEUE_WAIT_MS, until the queue
- *	has room for a message. It is full only when asks come faster than
- *	the serving process reads them, or it does not read them at all.
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	None.
- *
- *----------------------------------------------------------------------
- */
-
-static void
-WaitForRoom(
-    Queue *queuePtr)
-{
-    struct pollfd pfd;
-
-    pfd.fd = queuePtr->askFds[1];
-    pfd.events = POLLOUT;
-    pfd.revents = 0;
-    poll(&pfd, 1, QUEUE_WAIT_MS);
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * SendAsk --
- *
- *	queueLock held: sends a receiver's ask up its queue. The first ask
- *	makes the reply socket (a SOCK_SEQPACKET socketpair) and carries its
- *	sending end; the serving process keeps that end for every later ask,
- *	which is a message of a few bytes and nothing else.
- *
- * Results:
- *	0 once sent; -1 if the reply socket's number is too high for Tcl's
- *	select()-based notifier; else an errno value (EPIPE and the like:
- *	the serving process is gone).
- *
- * Side effects:
- *	Sets replyFd on the first ask.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-SendAsk(
-    Receiver *receiverPtr)
-{
-    Message message;
-    int pair[2] = {-1, -1}, error = 0;
-
-    memset(&message, 0, sizeof(message));
-    message.magic = MESSAGE_MAGIC;
-    message.kind = KIND_ASK;
-    message.asker = receiverPtr->id;
-    if (receiverPtr->replyFd < 0) {
-	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
-	    return errno;
-	}
-	if (pair[0] >= FD_SETSIZE && !watchInThread
-		&& !forkBreaksNotifier) {
-	    /* Tcl 8's notifier would watch it with select(). */
-	    close(pair[0]);
-	    close(pair[1]);
-	    return -1;
-	}
-    }
-    if (ancil_send_fd(receiverPtr->queuePtr->askFds[1], pair[1], &message,
-	    sizeof(message), MSG_DONTWAIT) < 0) {
-	error = errno;
-	CloseFd(&pair[0]);
-    }
-    CloseFd(&pair[1]);
-    if (pair[0] >= 0) {
-	receiverPtr->replyFd = pair[0];
-    }
-    return error;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * ReceiveConnection --
- *
- *	File handler: a receiver's reply socket is readable.
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	A connection goes to the request (FinishRequest), or back up the
- *	queue if there is none. At end of file (the serving process is gone)
- *	or on an error the reply socket is closed, and a request ends with a
- *	background error; so does a request on a malformed message.
- *
- *----------------------------------------------------------------------
- */
-
-static void
-ReceiveConnection(
-    ClientData clientData,
-    int mask)
-{
-    Receiver *receiverPtr = clientData;
-    Queue *queuePtr = receiverPtr->queuePtr;
-    Tcl_Interp *interp = receiverPtr->dataPtr->interp;
-    Message message;
-    ssize_t got;
-    int fd, error;
-
-    (void) mask;
-    if (DropIfStale(receiverPtr)) {
-	return;
-    }
-    got = ancil_recv_fd(receiverPtr->replyFd, &fd, &message, sizeof(message),
-	    MSG_DONTWAIT);
-    error = (got < 0) ? errno : 0;
-    if (error == EMFILE) {
-	/*
-	 * No room for the descriptor: it stays queued. Look again later
-	 * rather than be woken for it over and over.
-	 */
-
-	if (!watchInThread) {
-	    Tcl_DeleteFileHandler(receiverPtr->replyFd);
-	}
-	receiverPtr->retryTimer = Tcl_CreateTimerHandler(PAUSE_MS,
-		RetryReceive, receiverPtr);
-	return;
-    }
-    if (got > 0 || error == EBADMSG || error == EAGAIN
-	    || error == EWOULDBLOCK) {
-	/*
-	 * Before the handler runs, which may delete the receiver: more may
-	 * be waiting, or come.
-	 */
-
-	RearmReplySocket(receiverPtr);
-	if (got < 0 && error != EBADMSG) {
-	    return;
-	}
-	if (got > 0 && IsConnection(got, fd, &message)) {
-	    if (receiverPtr->state == ASKED) {
-		FinishRequest(receiverPtr, fd, &message);
-	    } else {
-		/* Sent for an ask withdrawn too late: someone else's. */
-		pthread_mutex_lock(&queueLock);
-		ReturnConnections(queuePtr, fd, &message);
-		pthread_mutex_unlock(&queueLock);
-	    }
-	} else if (receiverPtr->state == ASKED) {
-	    RefuseRequest(receiverPtr, Tcl_ObjPrintf(
-		    "discarded a malformed message from the serving process "
-		    "of port %d", queuePtr->port), "BADMESSAGE");
-	} else {
-	    pthread_mutex_lock(&queueLock);
-	    queuePtr->lastErrno = EBADMSG;
-	    pthread_mutex_unlock(&queueLock);
-	}
-	return;
-    }
-
-    /*
-     * End of file or an error: this socket is done with. A later ask
-     * makes a new one (and finds out whether the serving process is
-     * gone).
-     */
-
-    CloseReplySocket(receiverPtr);
-    if (receiverPtr->state != ASKED) {
-	return;
-    }
-    if (got == 0) {
-	RefuseRequest(receiverPtr, Tcl_ObjPrintf(
-		"the queue of port %d is closed: the serving process is gone",
-		queuePtr->port), "CLOSED");
-    } else {
-	errno = error;
-	RefuseRequest(receiverPtr, Tcl_ObjPrintf(
-		"couldn't receive a connection from port %d: %s",
-		queuePtr->port, Tcl_PosixError(interp)), NULL);
-    }
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * RetryReceive --
- *
- *	Timer handler: watches a reply socket again after there was no room
- *	for a connection's descriptor.
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	See ReceiveConnection.
- *
- *----------------------------------------------------------------------
- */
-
-static void
-RetryReceive(
-    ClientData clientData)
-{
-    Receiver *receiverPtr = clientData;
-
-    receiverPtr->retryTimer = NULL;
-    if (DropIfStale(receiverPtr)) {
-	return;
-    }
-    if (watchInThread) {
-	RearmReplySocket(receiverPtr);
-    } else {
-	Tcl_CreateFileHandler(receiverPtr->replyFd, TCL_READABLE,
-		ReceiveConnection, receiverPtr);
-    }
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * DeliverTaken --
- *
- *	Event handler: delivers the ready connection that 'client' took.
- *	It counts as a file event, so 'update idletasks' leaves it queued.
- *
- * Results:
- *	1 once handled, 0 to stay queued.
- *
- * Side effects:
- *	See FinishRequest. (While Tcl runs this event its proc is NULL, so
- *	Tcl_DeleteEvents in FinishRequest or DropReceiver leaves it alone.)
- *
- *----------------------------------------------------------------------
- */
-
-static int
-DeliverTaken(
-    Tcl_Event *evPtr,
-    int flags)
-{
-    Receiver *receiverPtr = ((ReceiverEvent *) evPtr)->receiverPtr;
-    Message message;
-    int fd;
-
-    if (!(flags & TCL_FILE_EVENTS)) {
-	return 0;
-    }
-    if (DropIfStale(receiverPtr)) {
-	return 1;
-    }
-    pthread_mutex_lock(&queueLock);
-    fd = receiverPtr->takenFd;
-    receiverPtr->takenFd = -1;
-    pthread_mutex_unlock(&queueLock);
-    message = receiverPtr->takenMessage;
-    FinishRequest(receiverPtr, fd, &message);
-    return 1;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * IsTakenEventOf --
- *
- *	Tcl_DeleteEvents predicate: the DeliverTaken event of a receiver.
- *
- * Results:
- *	1 if evPtr is the DeliverTaken event of the receiver clientData,
- *	else 0.
- *
- * Side effects:
- *	None.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-IsTakenEventOf(
-    Tcl_Event *evPtr,
-    ClientData clientData)
-{
-    return (evPtr->proc == DeliverTaken
-	    && ((ReceiverEvent *) evPtr)->receiverPtr == clientData);
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * IsConnection --
- *
- *	Checks a message received on a reply socket or from the ready
- *	queue: got bytes, one descriptor fd.
- *
- * Results:
- *	1 if it is a well-formed connection, else 0 (and fd, if any, is
- *	closed).
- *
- * Side effects:
- *	See above.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-IsConnection(
-    ssize_t got,
-    int fd,
-    const Message *messagePtr)
-{
-    if (got == (ssize_t) sizeof(Message) && fd >= 0
-	    && messagePtr->magic == MESSAGE_MAGIC
-	    && messagePtr->kind == KIND_CONNECTION
-	    && messagePtr->addrLen <= sizeof(messagePtr->addr)
-	    && (messagePtr->addr.ss_family == AF_INET
-		    || messagePtr->addr.ss_family == AF_INET6)) {
-	return 1;
-    }
-    if (fd >= 0) {
-	close(fd);
-    }
-    return 0;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * FinishRequest --
- *
- *	Ends a receiver's request, the one way every request ends: with its
- *	connection (fd >= 0), which goes to the handler, or without one
- *	(withdrawn or refused, fd -1).
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	With a connection: counts it in 'received' and calls the handler
- *	(DeliverConnection), which may ask again, or delete the interpreter
- *	and the receiver with it: callers do not touch the receiver after.
- *
- *----------------------------------------------------------------------
- */
-
-static void
-FinishRequest(
-    Receiver *receiverPtr,
-    int fd,
-    const Message *messagePtr)
-{
-    Tcl_Interp *interp = receiverPtr->dataPtr->interp;
-    Queue *queuePtr = receiverPtr->queuePtr;
-    Tcl_Obj *handlerObj = receiverPtr->handlerObj;
-
-    if (receiverPtr->state == TAKEN) {
-	Tcl_DeleteEvents(IsTakenEventOf, receiverPtr);
-    }
-    receiverPtr->state = NO_REQUEST;
-    receiverPtr->handlerObj = NULL;
-    if (fd >= 0) {
-	pthread_mutex_lock(&queueLock);
-	queuePtr->received++;
-	pthread_mutex_unlock(&queueLock);
-	DeliverConnection(interp, handlerObj, queuePtr, fd, messagePtr);
-    }
-    Tcl_DecrRefCount(handlerObj);
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * RefuseRequest --
- *
- *	Ends a request with a background error: messageObj as the message,
- *	and -errorcode {SOCKETSERVER code port} if code is not NULL (else
- *	the POSIX error code already set in interp).
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	The interpreter's background error handler runs.
- *
- *----------------------------------------------------------------------
- */
-
-static void
-RefuseRequest(
-    Receiver *receiverPtr,
-    Tcl_Obj *messageObj,
-    const char *code)
-{
-    Tcl_Interp *interp = receiverPtr->dataPtr->interp;
-    int port = receiverPtr->queuePtr->port;
-
-    FinishRequest(receiverPtr, -1, NULL);
-    Tcl_Preserve(interp);
-    Tcl_SetObjResult(interp, messageObj);
-    if (code != NULL) {
-	SetPortErrorCode(interp, code, port);
-    }
-    Tcl_AddErrorInfo(interp, "\n    (socketserver request for a connection)");
-    Tcl_BackgroundException(interp, TCL_ERROR);
-    Tcl_Release(interp);
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * WithdrawRequest --
- *
- *	'cancel': withdraws a receiver's request without losing a
- *	connection. One that has come already (taken from the ready queue,
- *	or waiting on the reply socket) is delivered instead. Otherwise a
- *	KIND_WITHDRAW takes the ask back; if the serving process sent a
- *	connection for it before reading that, the connection comes on the
- *	reply socket later and goes back up the queue (ReceiveConnection).
- *
- * Results:
- *	1 if the request was withdrawn, 0 if a connection had come and its
- *	handler has run.
- *
- * Side effects:
- *	See FinishRequest.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-WithdrawRequest(
-    Receiver *receiverPtr)
-{
-    Queue *queuePtr = receiverPtr->queuePtr;
-    Message message;
-    ssize_t got;
-    int fd = -1, error, tries;
-
-    if (receiverPtr->state == TAKEN) {
-	pthread_mutex_lock(&queueLock);
-	fd = receiverPtr->takenFd;
-	receiverPtr->takenFd = -1;
-	pthread_mutex_unlock(&queueLock);
-	message = receiverPtr->takenMessage;
-    } else if (receiverPtr->retryTimer == NULL) {
-	got = ancil_recv_fd(receiverPtr->replyFd, &fd, &message,
-		sizeof(message), MSG_DONTWAIT);
-	if (got <= 0 || !IsConnection(got, fd, &message)) {
-	    /* End of file and errors are the file handler's to see. */
-	    fd = -1;
-	}
-    }
-    if (fd < 0) {
-	memset(&message, 0, sizeof(message));
-	message.magic = MESSAGE_MAGIC;
-	message.kind = KIND_WITHDRAW;
-	message.asker = receiverPtr->id;
-	for (tries = 0; tries < 2; tries++) {
-	    /* No descriptor: no need for the lock. */
-	    error = (ancil_send_fd(queuePtr->askFds[1], -1, &message,
-		    sizeof(message), MSG_DONTWAIT) == 0) ? 0 : errno;
-	    if (tries == 0 && (error == EAGAIN || error == EWOULDBLOCK)) {
-		WaitForRoom(queuePtr);
-	    } else {
-		break;
-	    }
-	}
-	if (error != 0 && error != EPIPE && error != ECONNREFUSED) {
-	    /*
-	     * The ask stays (its connection will come back up the queue);
-	     * with the serving process gone there is nothing to withdraw.
-	     */
-
-	    pthread_mutex_lock(&queueLock);
-	    queuePtr->lastErrno = error;
-	    pthread_mutex_unlock(&queueLock);
-	}
-    }
-    FinishRequest(receiverPtr, fd, &message);
-    return (fd < 0);
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * ReturnConnections --
- *
- *	queueLock held: sends a connection that this process will not serve
- *	up the queue, to be handed over again at its place in accept order;
- *	and behind it every connection that waits in the ready queue, where
- *	the next 'client' anywhere would take them before it: the serving
- *	process puts them all back in accept order.
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	Closes this process's copies. If the serving process is gone or its
- *	queue is full, a connection is lost and lastErrno says why.
- *
- *----------------------------------------------------------------------
- */
-
-static void
-ReturnConnections(
-    Queue *queuePtr,
-    int fd,
-    const Message *messagePtr)
-{
-    Message message = *messagePtr;
-
-    do {
-	message.kind = KIND_RETURN;
-	if (ancil_send_fd(queuePtr->askFds[1], fd, &message, sizeof(Message),
-		MSG_DONTWAIT) < 0) {
-	    queuePtr->lastErrno = errno;
-	}
-	close(fd);
-    } while (TakeReady(queuePtr, &fd, &message) == 1);
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * NewReceiver --
- *
- *	Makes the interpreter's receiver for a queue, with no reply socket
- *	and no request yet.
- *
- * Results:
- *	The receiver.
- *
- * Side effects:
- *	None.
- *
- *----------------------------------------------------------------------
- */
-
-static Receiver *
-NewReceiver(
-    InterpData *dataPtr,
-    Queue *queuePtr)
-{
-    Receiver *receiverPtr = (Receiver *) ckalloc(sizeof(Receiver));
-
-    memset(receiverPtr, 0, sizeof(Receiver));
-    receiverPtr->dataPtr = dataPtr;
-    receiverPtr->queuePtr = queuePtr;
-    receiverPtr->thread = Tcl_GetCurrentThread();
-    receiverPtr->replyFd = -1;
-    receiverPtr->pollFd = -1;
-    receiverPtr->stopFd = -1;
-    receiverPtr->takenFd = -1;
-    receiverPtr->retryTimer = NULL;
-    receiverPtr->state = NO_REQUEST;
-    receiverPtr->handlerObj = NULL;
-    receiverPtr->generation = forkGeneration;
-    receiverPtr->nextPtr = dataPtr->firstReceiverPtr;
-    dataPtr->firstReceiverPtr = receiverPtr;
-    pthread_mutex_lock(&queueLock);
-    receiverPtr->id = ((uint64_t) getpid() << 32) | receiverCount++;
-    receiverPtr->nextInProcess = allReceivers;
-    allReceivers = receiverPtr;
-    pthread_mutex_unlock(&queueLock);
-    return receiverPtr;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * FindReceiver --
- *
- *	Looks up the interpreter's receiver for a queue, dropping any
- *	receiver copied from the parent of a fork on the way.
- *
- * Results:
- *	The receiver or NULL.
- *
- * Side effects:
- *	Stale receivers are freed.
- *
- *----------------------------------------------------------------------
- */
-
-static Receiver *
-FindReceiver(
-    InterpData *dataPtr,
-    Queue *queuePtr)
-{
-    Receiver *receiverPtr, *nextPtr, *foundPtr = NULL;
-
-    for (receiverPtr = dataPtr->firstReceiverPtr; receiverPtr != NULL;
-	    receiverPtr = nextPtr) {
-	nextPtr = receiverPtr->nextPtr;
-	if (!DropIfStale(receiverPtr) && receiverPtr->queuePtr == queuePtr) {
-	    foundPtr = receiverPtr;
-	}
-    }
-    return foundPtr;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * DropIfStale --
- *
- *	The one guard against state that fork() copied: every way into the
- *	receive side (the commands through FindReceiver, the file handler,
- *	the timer and the event) passes it first. A receiver made before
- *	this process's last fork belongs to the parent: AtForkChild has
- *	already closed or replaced this process's copies of its descriptors.
- *
- * Results:
- *	1 if the receiver was stale and is freed, else 0.
- *
- * Side effects:
- *	See DropReceiver.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-DropIfStale(
-    Receiver *receiverPtr)
-{
-    if (receiverPtr->generation == forkGeneration) {
-	return 0;
-    }
-    DropReceiver(receiverPtr);
-    return 1;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * WatchReplySocket --
- *
- *	Starts watching a receiver's new reply socket. Where Tcl's event
- *	loop waits in the interpreter's own thread (Tcl 9's epoll), a file
- *	handler does it. Tcl 8's notifier waits in a thread of its own
- *	instead, and every wait of a thread that has file handlers writes to
- *	that thread's trigger pipe, before and after: two or three wake-ups
- *	and select() calls of the notifier thread per connection, which cost
- *	more than all the rest of a hand-over. There a watcher thread of the
- *	receiver's waits (WatchReplies), and the interpreter's thread, with
- *	no file handler of ours, waits on its condition variable alone until
- *	Tcl_ThreadAlert wakes it.
- *
- * Results:
- *	0, or an errno value (nothing is watched then).
- *
- * Side effects:
- *	With a watcher: an epoll instance, an eventfd and a thread, which
- *	blocks every signal.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-WatchReplySocket(
-    Receiver *receiverPtr)
-{
-#ifdef __linux__
-    struct epoll_event event;
-    sigset_t all, old;
-    int error;
-
-    if (watchInThread) {
-	pthread_mutex_lock(&queueLock);
-	receiverPtr->pollFd = epoll_create1(EPOLL_CLOEXEC);
-	error = (receiverPtr->pollFd < 0) ? errno : 0;
-	if (error == 0) {
-	    receiverPtr->stopFd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	    error = (receiverPtr->stopFd < 0) ? errno : 0;
-	}
-	pthread_mutex_unlock(&queueLock);
-	if (error == 0) {
-	    memset(&event, 0, sizeof(event));
-	    event.events = EPOLLIN;
-	    event.data.fd = receiverPtr->stopFd;
-	    if (epoll_ctl(receiverPtr->pollFd, EPOLL_CTL_ADD,
-		    receiverPtr->stopFd, &event) < 0) {
-		error = errno;
-	    }
-	}
-	if (error == 0) {
-	    event.events = EPOLLIN | EPOLLONESHOT;
-	    event.data.fd = receiverPtr->replyFd;
-	    if (epoll_ctl(receiverPtr->pollFd, EPOLL_CTL_ADD,
-		    receiverPtr->replyFd, &event) < 0) {
-		error = errno;
-	    }
-	}
-	if (error == 0) {
-	    sigfillset(&all);
-	    pthread_sigmask(SIG_SETMASK, &all, &old);
-	    error = pthread_create(&receiverPtr->watcher, NULL,
-		    WatchReplies, receiverPtr);
-	    pthread_sigmask(SIG_SETMASK, &old, NULL);
-	}
-	if (error != 0) {
-	    pthread_mutex_lock(&queueLock);
-	    CloseFd(&receiverPtr->pollFd);
-	    CloseFd(&receiverPtr->stopFd);
-	    pthread_mutex_unlock(&queueLock);
-	}
-	return error;
-    }
-#endif
-    Tcl_CreateFileHandler(receiverPtr->replyFd, TCL_READABLE,
-	    ReceiveConnection, receiverPtr);
-    return 0;
-}
-
-#ifdef __linux__
-/*
- *----------------------------------------------------------------------
- *
- * WatchReplies --
- *
- *	A receiver's watcher thread: each time the reply socket becomes
- *	readable, queues a ReplyReadable event to the interpreter's thread
- *	and wakes it. The socket is one-shot in the epoll instance, so the
- *	thread then sleeps until the interpreter has read and re-armed it
- *	(RearmReplySocket). It never reads the socket (no descriptor ever
- *	arrives in this thread, which fork() could copy unrecorded) and
- *	never touches the interpreter.
- *
- * Results:
- *	NULL, once stopFd is readable.
- *
- * Side effects:
- *	Events are queued under queueLock, so that a fork (whose prepare
- *	handler takes it) never copies Tcl's event queue half changed.
- *
- *----------------------------------------------------------------------
- */
-
-static void *
-WatchReplies(
-    void *clientData)
-{
-    Receiver *receiverPtr = clientData;
-    struct epoll_event event;
-    ReceiverEvent *eventPtr;
-
-    for (;;) {
-	if (epoll_wait(receiverPtr->pollFd, &event, 1, -1) < 1) {
-	    /* Signals are blocked: only a shortage of memory gets here. */
-	    struct timespec pause = {0, PAUSE_MS * 1000000L};
-
-	    nanosleep(&pause, NULL);
-	    continue;
-	}
-	if (event.data.fd == receiverPtr->stopFd) {
-	    return NULL;
-	}
-	eventPtr = (ReceiverEvent *) ckalloc(sizeof(ReceiverEvent));
-	eventPtr->header.proc = ReplyReadable;
-	eventPtr->receiverPtr = receiverPtr;
-	pthread_mutex_lock(&queueLock);
-	Tcl_ThreadQueueEvent(receiverPtr->thread, (Tcl_Event *) eventPtr,
-		TCL_QUEUE_TAIL);
-	Tcl_ThreadAlert(receiverPtr->thread);
-	pthread_mutex_unlock(&queueLock);
-    }
-}
-#endif
-
-/*
- *----------------------------------------------------------------------
- *
- * ReplyReadable --
- *
- *	Event handler, queued by a watcher thread: the reply socket is
- *	readable. A file event, like a file handler's.
- *
- * Results:
- *	1 once handled, 0 to stay queued.
- *
- * Side effects:
- *	See ReceiveConnection.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-ReplyReadable(
-    Tcl_Event *evPtr,
-    int flags)
-{
-    if (!(flags & TCL_FILE_EVENTS)) {
-	return 0;
-    }
-    ReceiveConnection(((ReceiverEvent *) evPtr)->receiverPtr, TCL_READABLE);
-    return 1;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * IsReplyEventOf --
- *
- *	Tcl_DeleteEvents predicate: a ReplyReadable event of a receiver.
- *
- * Results:
- *	1 if evPtr is one for the receiver clientData, else 0.
- *
- * Side effects:
- *	None.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-IsReplyEventOf(
-    Tcl_Event *evPtr,
-    ClientData clientData)
-{
-    return (evPtr->proc == ReplyReadable
-	    && ((ReceiverEvent *) evPtr)->receiverPtr == clientData);
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * RearmReplySocket --
- *
- *	With a watcher thread: after a read, has it watch the reply socket
- *	again. (A file handler needs nothing.)
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	If a message is waiting already, the watcher wakes at once.
- *
- *----------------------------------------------------------------------
- */
-
-static void
-RearmReplySocket(
-    Receiver *receiverPtr)
-{
-#ifdef __linux__
-    struct epoll_event event;
-
-    if (receiverPtr->pollFd >= 0) {
-	memset(&event, 0, sizeof(event));
-	event.events = EPOLLIN | EPOLLONESHOT;
-	event.data.fd = receiverPtr->replyFd;
-	if (epoll_ctl(receiverPtr->pollFd, EPOLL_CTL_MOD, receiverPtr->replyFd,
-		&event) < 0) {
-	    /*
-	     * Only ENOMEM is possible: look again shortly, as after a
-	     * shortage of descriptors.
-	     */
-
-	    if (receiverPtr->retryTimer == NULL) {
-		receiverPtr->retryTimer = Tcl_CreateTimerHandler(PAUSE_MS,
-			RetryReceive, receiverPtr);
-	    }
-	}
-    }
-#else
-    (void) receiverPtr;
-#endif
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * CloseReplySocket --
- *
- *	Stops watching a receiver's reply socket (joining its watcher
- *	thread) and closes it.
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	The serving process forgets the receiver when it next tries to send
- *	to it (or prunes it).
- *
- *----------------------------------------------------------------------
- */
-
-static void
-CloseReplySocket(
-    Receiver *receiverPtr)
-{
-    if (receiverPtr->retryTimer != NULL) {
-	Tcl_DeleteTimerHandler(receiverPtr->retryTimer);
-	receiverPtr->retryTimer = NULL;
-    } else if (receiverPtr->replyFd >= 0 && !watchInThread) {
-	Tcl_DeleteFileHandler(receiverPtr->replyFd);
-    }
-    if (receiverPtr->stopFd >= 0) {
-	uint64_t one = 1;
-
-	/*
-	 * A new eventfd always takes one write; a stale receiver has no
-	 * descriptors left and no thread (AtForkChild).
-	 */
-
-	while (write(receiverPtr->stopFd, &one, sizeof(one)) < 0
-		&& errno == EINTR) {
-	}
-	pthread_join(receiverPtr->watcher, NULL);
-    }
-    Tcl_DeleteEvents(IsReplyEventOf, receiverPtr);
-    pthread_mutex_lock(&queueLock);
-    CloseFd(&receiverPtr->replyFd);
-    CloseFd(&receiverPtr->pollFd);
-    CloseFd(&receiverPtr->stopFd);
-    pthread_mutex_unlock(&queueLock);
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * DropReceiver --
- *
- *	Frees a receiver (interpreter deleted, or stale) without losing a
- *	connection: the reply socket is shut for reading first, so that the
- *	serving process can no longer send to it, and every connection that
- *	came before, like a ready connection the request took, goes back up
- *	the queue (ReturnConnections).
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	For a stale receiver only this process's copies go: the parent
- *	still owns the request.
- *
- *----------------------------------------------------------------------
- */
-
-static void
-DropReceiver(
-    Receiver *receiverPtr)
-{
-    Receiver **linkPtr = &receiverPtr->dataPtr->firstReceiverPtr;
-    Queue *queuePtr = receiverPtr->queuePtr;
-    int live = (receiverPtr->generation == forkGeneration);
-    Message message;
-    ssize_t got;
-    int fd;
-
-    while (*linkPtr != receiverPtr) {
-	linkPtr = &(*linkPtr)->nextPtr;
-    }
-    *linkPtr = receiverPtr->nextPtr;
-
-    if (receiverPtr->state == TAKEN) {
-	Tcl_DeleteEvents(IsTakenEventOf, receiverPtr);
-    }
-    pthread_mutex_lock(&queueLock);
-    if (live && receiverPtr->takenFd >= 0) {
-	ReturnConnections(queuePtr, receiverPtr->takenFd,
-		&receiverPtr->takenMessage);
-	receiverPtr->takenFd = -1;
-    }
-    pthread_mutex_unlock(&queueLock);
-    if (live && receiverPtr->replyFd >= 0) {
-	shutdown(receiverPtr->replyFd, SHUT_RD);
-	for (;;) {
-	    got = ancil_recv_fd(receiverPtr->replyFd, &fd, &message,
-		    sizeof(message), MSG_DONTWAIT);
-	    if (got > 0 && IsConnection(got, fd, &message)) {
-		pthread_mutex_lock(&queueLock);
-		ReturnConnections(queuePtr, fd, &message);
-		pthread_mutex_unlock(&queueLock);
-	    } else if (got == 0 || (got < 0 && errno != EBADMSG)) {
-		/*
-		 * All read. (EMFILE: a connection this process has no room
-		 * for is closed with the socket; lastErrno says so.)
-		 */
-
-		if (got < 0 && errno == EMFILE) {
-		    pthread_mutex_lock(&queueLock);
-		    queuePtr->lastErrno = EMFILE;
-		    pthread_mutex_unlock(&queueLock);
-		}
-		break;
-	    }
-	}
-    }
-    CloseReplySocket(receiverPtr);
-
-    pthread_mutex_lock(&queueLock);
-    linkPtr = &allReceivers;
-    while (*linkPtr != receiverPtr) {
-	linkPtr = &(*linkPtr)->nextInProcess;
-    }
-    *linkPtr = receiverPtr->nextInProcess;
-    CloseFd(&receiverPtr->takenFd);
-    pthread_mutex_unlock(&queueLock);
-    if (receiverPtr->handlerObj != NULL) {
-	Tcl_DecrRefCount(receiverPtr->handlerObj);
-    }
-    ckfree((char *) receiverPtr);
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * DeliverConnection --
- *
- *	Wraps a received connection in a Tcl TCP channel registered in
- *	interp and calls {*}handler channel addr port at global level.
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	The handler owns the channel. Its errors go to the background
- *	error handler, and then the channel is closed, as Tcl's own
- *	'socket -server' does with a failing accept callback.
- *
- *----------------------------------------------------------------------
- */
-
-static void
-DeliverConnection(
-    Tcl_Interp *interp,
-    Tcl_Obj *handlerObj,
-    Queue *queuePtr,
-    int fd,
-    const Message *messagePtr)
-{
-    static const int stdTypes[3] = {TCL_STDIN, TCL_STDOUT, TCL_STDERR};
-    char host[NI_MAXHOST], service[NI_MAXSERV];
-    int i, code;
-    Tcl_Channel chan;
-    Tcl_Obj *cmdObj;
-
-    if (getnameinfo((const struct sockaddr *) &messagePtr->addr,
-	    messagePtr->addrLen, host, sizeof(host), service,
-	    sizeof(service), NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
-	strcpy(host, "");
-	strcpy(service, "0");
-    }
-
-    Tcl_Preserve(interp);
-
-    /*
-     * Tcl_CreateChannel silently turns a new channel into any standard
-     * channel the script closed, renamed "stdout" and all, so a later
-     * [puts] would write to the client. Mark closed standard channels as
-     * staying closed first (Tcl_SetStdChannel(NULL, ...) does that).
-     */
-
-    for (i = 0; i < 3; i++) {
-	if (Tcl_GetStdChannel(stdTypes[i]) == NULL) {
-	    Tcl_SetStdChannel(NULL, stdTypes[i]);
-	}
-    }
-    chan = Tcl_MakeTcpClientChannel((ClientData) (intptr_t) fd);
-    Tcl_RegisterChannel(interp, chan);
-
-    /*
-     * As Tcl's own 'socket -server' does: an extra reference keeps the
-     * channel alive while the handler runs, even if it closes it.
-     */
-
-    Tcl_RegisterChannel(NULL, chan);
-
-    /*
-     * The descriptor is blocking already, but say so through Tcl so the
-     * channel and the descriptor agree whatever the system did.
-     */
-
-    Tcl_SetChannelOption(NULL, chan, "-blocking", "1");
-
-    cmdObj = Tcl_DuplicateObj(handlerObj);
-    Tcl_IncrRefCount(cmdObj);
-    Tcl_ListObjAppendElement(NULL, cmdObj,
-	    Tcl_NewStringObj(Tcl_GetChannelName(chan), -1));
-    Tcl_ListObjAppendElement(NULL, cmdObj, Tcl_NewStringObj(host, -1));
-    Tcl_ListObjAppendElement(NULL, cmdObj, Tcl_NewIntObj(atoi(service)));
-    code = Tcl_EvalObjEx(interp, cmdObj, TCL_EVAL_GLOBAL);
-    if (code != TCL_OK) {
-	Tcl_AppendObjToErrorInfo(interp, Tcl_ObjPrintf(
-		"\n    (socketserver handler for a connection from port %d)",
-		queuePtr->port));
-	Tcl_BackgroundException(interp, code);
-
-	/*
-	 * A failed handler must not leave its client waiting: close the
-	 * channel, unless the handler already did (then it is no longer
-	 * registered in interp and this does nothing).
-	 */
-
-	Tcl_UnregisterChannel(interp, chan);
-    }
-    Tcl_UnregisterChannel(NULL, chan);
-    Tcl_DecrRefCount(cmdObj);
-    Tcl_Release(interp);
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * CancelCmd --
- *
- *	$cmd cancel ?-port port?
- *	Withdraws this interpreter's pending request.
- *
- * Results:
- *	TCL_OK with 1 if a request was withdrawn, 0 if none was pending;
- *	or TCL_ERROR.
- *
- * Side effects:
- *	Nothing is taken from the queue: connections stay there for the
- *	next requester.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-CancelCmd(
-    InterpData *dataPtr,
-    Tcl_Interp *interp,
-    int objc,
-    Tcl_Obj *const objv[])
-{
-    Queue *queuePtr;
-    Receiver *receiverPtr;
-
-    if (objc != 2 && objc != 4) {
-	Tcl_WrongNumArgs(interp, 2, objv, "?-port port?");
-	return TCL_ERROR;
-    }
-    if (LookupQueue(interp, objc, objv, 2, &queuePtr) != TCL_OK) {
-	return TCL_ERROR;
-    }
-    receiverPtr = FindReceiver(dataPtr, queuePtr);
-    Tcl_SetObjResult(interp, Tcl_NewBooleanObj(receiverPtr != NULL
-	    && receiverPtr->state != NO_REQUEST
-	    && WithdrawRequest(receiverPtr)));
-    return TCL_OK;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * CloseCmd --
- *
- *	$cmd close port
- *	Stops listening on port in this process.
- *
- * Results:
- *	TCL_OK with an empty result, or TCL_ERROR ({SOCKETSERVER
- *	NOTLISTENING port} if this process does not listen on port).
- *
- * Side effects:
- *	See StopAccepting. The queue stays: a later 'server port' resumes
- *	into it.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-CloseCmd(
-    Tcl_Interp *interp,
-    int objc,
-    Tcl_Obj *const objv[])
-{
-    Queue *queuePtr;
-    int port;
-
-    if (objc != 3) {
-	Tcl_WrongNumArgs(interp, 2, objv, "port");
-	return TCL_ERROR;
-    }
-    if (ParsePort(interp, objv[2], &port) != TCL_OK) {
-	return TCL_ERROR;
-    }
-    pthread_mutex_lock(&queueLock);
-    queuePtr = FindQueue(port);
-    if (queuePtr == NULL || queuePtr->state != LISTENING) {
-	pthread_mutex_unlock(&queueLock);
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		"this process is not listening on port %d", port));
-	SetPortErrorCode(interp, "NOTLISTENING", port);
-	return TCL_ERROR;
-    }
-    queuePtr->state = STOPPING;
-    pthread_mutex_unlock(&queueLock);
-
-    StopAccepting(queuePtr);
-    Tcl_ResetResult(interp);
-    return TCL_OK;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * InfoCmd --
- *
- *	$cmd info ?port?
- *	Without port: the ports this process knows. With port: a dict
- *	describing it.
- *
- * Results:
- *	TCL_OK with the list or dict, or TCL_ERROR ({SOCKETSERVER NOSERVER
- *	port} for an unknown port).
- *
- * Side effects:
- *	None.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-InfoCmd(
-    InterpData *dataPtr,
-    Tcl_Interp *interp,
-    int objc,
-    Tcl_Obj *const objv[])
-{
-    Tcl_Obj *resultObj;
-    Queue *queuePtr;
-    Receiver *receiverPtr;
-    int port, requested, readyBytes;
-
-    if (objc != 2 && objc != 3) {
-	Tcl_WrongNumArgs(interp, 2, objv, "?port?");
-	return TCL_ERROR;
-    }
-    if (objc == 2) {
-	resultObj = Tcl_NewObj();
-	pthread_mutex_lock(&queueLock);
-	for (queuePtr = firstQueuePtr; queuePtr != NULL;
-		queuePtr = queuePtr->nextPtr) {
-	    Tcl_ListObjAppendElement(NULL, resultObj,
-		    Tcl_NewIntObj(queuePtr->port));
-	}
-	pthread_mutex_unlock(&queueLock);
-	Tcl_SetObjResult(interp, resultObj);
-	return TCL_OK;
-    }
-
-    if (ParsePort(interp, objv[2], &port) != TCL_OK) {
-	return TCL_ERROR;
-    }
-    pthread_mutex_lock(&queueLock);
-    queuePtr = FindQueue(port);
-    pthread_mutex_unlock(&queueLock);
-    if (queuePtr == NULL) {
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		"no server on port %d in this process", port));
-	SetPortErrorCode(interp, "NOSERVER", port);
-	return TCL_ERROR;
-    }
-    receiverPtr = FindReceiver(dataPtr, queuePtr);
-    requested = (receiverPtr != NULL && receiverPtr->state != NO_REQUEST);
-    resultObj = Tcl_NewObj();
-
-    /*
-     * The ready queue's reading end is in every process: FIONREAD there
-     * counts the bytes of every message waiting (Linux), one Message
-     * each.
-     */
-
-    if (ioctl(queuePtr->readyFds[0], FIONREAD, &readyBytes) < 0) {
-	readyBytes = 0;
-    }
-
-#define PUT(key, valueObj) \
-    Tcl_DictObjPut(NULL, resultObj, Tcl_NewStringObj((key), -1), (valueObj))
-    pthread_mutex_lock(&queueLock);
-    PUT("port", Tcl_NewIntObj(queuePtr->port));
-    PUT("myaddr", Tcl_NewStringObj(queuePtr->myaddr, -1));
-    PUT("listening", Tcl_NewBooleanObj(queuePtr->state == LISTENING));
-    PUT("accepted", Tcl_NewLongObj(queuePtr->accepted));
-    PUT("received", Tcl_NewLongObj(queuePtr->received));
-    PUT("requested", Tcl_NewBooleanObj(requested));
-    PUT("waiting", Tcl_NewIntObj(queuePtr->numAsks));
-    PUT("queued", Tcl_NewIntObj(queuePtr->numPending
-	    + readyBytes / (int) sizeof(Message)));
-    errno = queuePtr->lastErrno;
-    PUT("lasterror", Tcl_NewStringObj(errno ? Tcl_ErrnoId() : "", -1));
-    pthread_mutex_unlock(&queueLock);
-#undef PUT
-    Tcl_SetObjResult(interp, resultObj);
-    return TCL_OK;
 }
 
 /*
