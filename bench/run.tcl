@@ -4,7 +4,9 @@
 #	side by side in one run, with wrk opening a new connection per
 #	request (-H 'Connection: close'). Prints one markdown table.
 #
-#	Settings (environment): BENCH_DURATION seconds per row (default 5),
+#	Settings (environment): BENCH_DURATION seconds per row (default 3),
+#	BENCH_ROUNDS rounds, interleaved, whose medians are reported
+#	(default 3),
 #	BENCH_WORKERS worker counts for the overhead scenario (default
 #	"2 8 32 64"), BENCH_SCENARIOS (default "overhead blocking cpu
 #	uneven"), BENCH_BASELINE directories (a list) each holding another
@@ -27,7 +29,8 @@
 #	each use a little CPU and so flatters multi-process servers.)
 
 set here [file dirname [file normalize [info script]]]
-set duration [expr {[info exists env(BENCH_DURATION)] ? $env(BENCH_DURATION) : 5}]
+set duration [expr {[info exists env(BENCH_DURATION)] ? $env(BENCH_DURATION) : 3}]
+set rounds [expr {[info exists env(BENCH_ROUNDS)] ? $env(BENCH_ROUNDS) : 3}]
 set overheadWorkers [expr {[info exists env(BENCH_WORKERS)] ? $env(BENCH_WORKERS) : "2 8 32 64"}]
 set scenarios [expr {[info exists env(BENCH_SCENARIOS)] ? $env(BENCH_SCENARIOS) : "overhead blocking cpu uneven"}]
 set baselines [expr {[info exists env(BENCH_BASELINE)] ? [lmap dir $env(BENCH_BASELINE) {file normalize $dir}] : {}}]
@@ -148,6 +151,12 @@ proc measure {scenario design workers work connections} {
 	set free [lindex [fconfigure $probe -sockname] 2]
 	close $probe
 	set command [list node [file join $here node_cluster.js] $workers $free $work]
+    } elseif {$design eq "rivet"} {
+	set rivetDir [file join [expr {[info exists ::env(TMPDIR)] ? $::env(TMPDIR) : "/tmp"}] \
+	    socketserver-bench-rivet-[pid]]
+	file delete -force $rivetDir
+	set command [list [info nameofexecutable] [file join $here rivet.tcl] \
+	    $workers $work $rivetDir]
     } elseif {[regexp {^base(\d+)$} $design -> i]} {
 	set command [list env TCLLIBPATH=[lindex $::baselines $i] [info nameofexecutable] \
 	    [file join $here tcl_server.tcl] socketserver $workers 0 $work]
@@ -164,6 +173,9 @@ proc measure {scenario design workers work connections} {
 	http://127.0.0.1:$port/]
     set after [cpuOfGroup $pgid]
     stopServer $pipe $pgid
+    if {[info exists rivetDir]} {
+	file delete -force $rivetDir
+    }
 
     regexp {(\d+) requests in} $wrk -> requests
     regexp {Requests/sec:\s+([\d.]+)} $wrk -> rps
@@ -193,40 +205,74 @@ foreach dir $baselines {
     lappend bases base[llength $bases]
 }
 set contenders [list socketserver {*}$bases prefork c]
-set rows {}
-puts stderr "benchmark: $duration s per row, scenarios: $scenarios"
+# Apache with mod_rivet (Debian's apache2 and libapache2-mod-rivet), if
+# installed.
+set rivet [expr {[file executable /usr/sbin/apache2]
+	&& [file exists /usr/lib/apache2/modules/mod_rivet.so]}]
+if {$rivet} {
+    lappend contenders rivet
+}
+# The rows to measure: {scenario design workers work connections}.
+set plan {}
 foreach scenario $scenarios {
     switch -- $scenario {
 	overhead {
-	    lappend rows [measure overhead single 1 none 8]
+	    lappend plan {overhead single 1 none 8}
 	    foreach w $overheadWorkers {
 		foreach design $contenders {
-		    lappend rows [measure overhead $design $w none 8]
+		    lappend plan [list overhead $design $w none 8]
 		}
 	    }
 	}
 	blocking {
-	    lappend rows [measure blocking single 1 sleep 32]
+	    lappend plan {blocking single 1 sleep 32}
 	    foreach design $contenders {
-		lappend rows [measure blocking $design 16 sleep 32]
+		lappend plan [list blocking $design 16 sleep 32]
 	    }
 	}
 	cpu {
-	    lappend rows [measure cpu single 1 cpu 8]
+	    lappend plan {cpu single 1 cpu 8}
 	    foreach design $contenders {
-		lappend rows [measure cpu $design 2 cpu 8]
+		lappend plan [list cpu $design 2 cpu 8]
 	    }
 	}
 	uneven {
 	    set designs [list socketserver {*}$bases prefork reuseport]
+	    if {$rivet} {
+		lappend designs rivet
+	    }
 	    if {[auto_execok node] ne ""} {
 		lappend designs node
 	    }
 	    foreach design $designs {
-		lappend rows [measure uneven $design 8 uneven 16]
+		lappend plan [list uneven $design 8 uneven 16]
 	    }
 	}
     }
+}
+
+# Rounds interleave the rows, so that a slow spell of a shared machine
+# falls on every row alike; each figure of a row is the median of its
+# rounds.
+proc median {values} {
+    set values [lsort -real $values]
+    lindex $values [expr {[llength $values] / 2}]
+}
+puts stderr "benchmark: $rounds rounds of $duration s per row, scenarios: $scenarios"
+set results {}
+for {set round 1} {$round <= $rounds} {incr round} {
+    puts stderr "round $round"
+    foreach item $plan {
+	dict lappend results $item [measure {*}$item]
+    }
+}
+set rows {}
+dict for {item measured} $results {
+    set row [lindex $measured 0]
+    foreach key {rps errors cpu p50 p99 p999} {
+	dict set row $key [median [lmap m $measured {dict get $m $key}]]
+    }
+    lappend rows $row
 }
 
 # Ratios for socketserver rows: against the C ceiling with the same
@@ -242,7 +288,7 @@ proc find {rows scenario design workers} {
     return {}
 }
 
-set names [list socketserver socketserver single "Tcl socket -server" prefork "Tcl pre-fork, inherited listener" c "C ceiling" reuseport "C, SO_REUSEPORT listener per worker" node "Node cluster (round-robin)"]
+set names [list socketserver socketserver single "Tcl socket -server" prefork "Tcl pre-fork, inherited listener" c "C ceiling" rivet "Apache prefork + mod_rivet" reuseport "C, SO_REUSEPORT listener per worker" node "Node cluster (round-robin)"]
 foreach base $bases dir $baselines {
     lappend names $base "socketserver ([file tail $dir])"
 }
@@ -290,26 +336,41 @@ if {[llength $uneven]} {
     }
 }
 
-# The figures the issues track.
-proc cpuOf {rows scenario design workers} {
+# The targets the issues set, each with its figure from this run.
+proc valueOf {rows scenario design workers key} {
     set row [find $rows $scenario $design $workers]
-    expr {$row eq "" ? "" : [dict get $row cpu]}
+    expr {$row eq "" ? "" : [dict get $row $key]}
 }
-set single [cpuOf $rows overhead single *]
 set lines {}
-foreach {label a b} [list \
-	"overhead W=2: socketserver / Tcl socket -server" [cpuOf $rows overhead socketserver 2] $single \
-	"overhead W=2: socketserver / C ceiling" [cpuOf $rows overhead socketserver 2] [cpuOf $rows overhead c 2] \
-	"overhead W=64 / W=8 (socketserver)" [cpuOf $rows overhead socketserver 64] [cpuOf $rows overhead socketserver 8] \
-	"overhead W=32: socketserver / Tcl socket -server" [cpuOf $rows overhead socketserver 32] $single] {
+foreach {label a b op limit} [list \
+	"overhead W=2: CPU, socketserver / Tcl socket -server" \
+	    [valueOf $rows overhead socketserver 2 cpu] [valueOf $rows overhead single * cpu] <= 1.0 \
+	"overhead W=8: CPU, socketserver / pre-fork" \
+	    [valueOf $rows overhead socketserver 8 cpu] [valueOf $rows overhead prefork 8 cpu] <= 1.1 \
+	"overhead W=8: conn/s, socketserver / pre-fork" \
+	    [valueOf $rows overhead socketserver 8 rps] [valueOf $rows overhead prefork 8 rps] >= 0.9 \
+	"overhead W=32: CPU, socketserver / Tcl socket -server" \
+	    [valueOf $rows overhead socketserver 32 cpu] [valueOf $rows overhead single * cpu] <= 1.6 \
+	"overhead W=32: CPU, socketserver / pre-fork" \
+	    [valueOf $rows overhead socketserver 32 cpu] [valueOf $rows overhead prefork 32 cpu] <= 0.9 \
+	"overhead W=64: CPU, socketserver / pre-fork" \
+	    [valueOf $rows overhead socketserver 64 cpu] [valueOf $rows overhead prefork 64 cpu] <= 0.9 \
+	"overhead W=32: conn/s, socketserver / Tcl socket -server" \
+	    [valueOf $rows overhead socketserver 32 rps] [valueOf $rows overhead single * rps] >= 0.8 \
+	"overhead W=32: conn/s, socketserver / pre-fork" \
+	    [valueOf $rows overhead socketserver 32 rps] [valueOf $rows overhead prefork 32 rps] >= 1.0 \
+	"overhead: CPU, socketserver W=64 / W=8" \
+	    [valueOf $rows overhead socketserver 64 cpu] [valueOf $rows overhead socketserver 8 cpu] <= 1.15 \
+	"blocking W=16: conn/s / the ideal 800" \
+	    [valueOf $rows blocking socketserver 16 rps] 800.0 >= 0.98 \
+	"blocking W=16: CPU, socketserver / C ceiling" \
+	    [valueOf $rows blocking socketserver 16 cpu] [valueOf $rows blocking c 16 cpu] <= 1.4] {
     if {$a ne "" && $b ne "" && $b > 0} {
-	lappend lines [format "- %s, CPU per request: %.2f" $label [expr {$a / $b}]]
+	set ratio [expr {double($a) / $b}]
+	set met [expr [list $ratio $op $limit]]
+	lappend lines [format "- %s: %.2f (target %s %s: %s)" $label $ratio $op $limit \
+	    [expr {$met ? "met" : "missed"}]]
     }
-}
-set blocking [find $rows blocking socketserver 16]
-if {$blocking ne ""} {
-    lappend lines [format "- blocking W=16: %.0f req/s, %.1f%% of the ideal 800" \
-	[dict get $blocking rps] [expr {[dict get $blocking rps] / 8.0}]]
 }
 if {[llength $lines]} {
     puts ""
