@@ -1161,9 +1161,9 @@ ReadQueue(
 	}
 	if (got <= 0 || (size_t) got != sizeof(message)
 		|| message.magic != MESSAGE_MAGIC
-		|| (message.kind == KIND_ASK ? 0
-		    : message.kind == KIND_WITHDRAW ? (fd >= 0)
-		    : message.kind == KIND_RETURN ? (fd < 0) : 1)) {
+		|| !((message.kind == KIND_ASK)
+		    || (message.kind == KIND_WITHDRAW && fd < 0)
+		    || (message.kind == KIND_RETURN && fd >= 0))) {
 	    /* Nobody here sends such a message: discard it. */
 	    queuePtr->lastErrno = EBADMSG;
 	    CloseFd(&fd);

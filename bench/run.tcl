@@ -8,11 +8,17 @@
 #	BENCH_ROUNDS rounds, interleaved, whose medians are reported
 #	(default 3),
 #	BENCH_WORKERS worker counts for the overhead scenario (default
-#	"2 8 32 64"), BENCH_SCENARIOS (default "overhead blocking cpu
-#	uneven"), BENCH_BASELINE directories (a list) each holding another
+#	"2 8 32 64"), BENCH_SCENARIOS (default "handoff overhead blocking
+#	cpu uneven"), BENCH_BASELINE directories (a list) each holding another
 #	build of the package (pkgIndex.tcl and library), measured in rows of
 #	their own beside this one: to compare a change with what it
 #	replaces.
+#
+#	The handoff scenario measures the hand-off alone: one client, one
+#	connection at a time, 8 idle workers, and per thread role the CPU
+#	and voluntary context switches per connection
+#	(/proc/PID/task/TID/schedstat and status), for this build and each
+#	BENCH_BASELINE build.
 #
 #	The uneven scenario (8 workers, 16 concurrent clients, a blocking
 #	1 ms per request but 100 ms for one in ten) compares how each design
@@ -32,7 +38,7 @@ set here [file dirname [file normalize [info script]]]
 set duration [expr {[info exists env(BENCH_DURATION)] ? $env(BENCH_DURATION) : 3}]
 set rounds [expr {[info exists env(BENCH_ROUNDS)] ? $env(BENCH_ROUNDS) : 3}]
 set overheadWorkers [expr {[info exists env(BENCH_WORKERS)] ? $env(BENCH_WORKERS) : "2 8 32 64"}]
-set scenarios [expr {[info exists env(BENCH_SCENARIOS)] ? $env(BENCH_SCENARIOS) : "overhead blocking cpu uneven"}]
+set scenarios [expr {[info exists env(BENCH_SCENARIOS)] ? $env(BENCH_SCENARIOS) : "handoff overhead blocking cpu uneven"}]
 set baselines [expr {[info exists env(BENCH_BASELINE)] ? [lmap dir $env(BENCH_BASELINE) {file normalize $dir}] : {}}]
 
 # groupProcesses pgid --
@@ -83,6 +89,51 @@ proc cpuOfGroup {pgid} {
 	}
     }
     return $total
+}
+
+# threadsOfGroup pgid --
+#	A dict from "ROLE" to {nanoseconds voluntary-context-switches} summed
+#	over the threads of process group pgid, by role: the serving
+#	process's main thread ("serving"), its other threads ("accept"), the
+#	workers' main threads ("worker") and their other threads ("worker
+#	helpers": Tcl 8's notifier thread, socketserver's watcher threads).
+proc threadsOfGroup {pgid} {
+    set result {}
+    foreach stat [glob -nocomplain /proc/\[0-9\]*/stat] {
+	set pid [file tail [file dirname $stat]]
+	if {[catch {
+	    set f [open $stat]
+	    set text [read $f]
+	    close $f
+	}]} {
+	    continue
+	}
+	if {[lindex [string range $text [string last ) $text]+2 end] 2] != $pgid} {
+	    continue
+	}
+	foreach task [glob -nocomplain /proc/$pid/task/*] {
+	    set tid [file tail $task]
+	    if {[catch {
+		set f [open $task/schedstat]
+		set ns [lindex [read $f] 0]
+		close $f
+		set f [open $task/status]
+		regexp {voluntary_ctxt_switches:\s+(\d+)} [read $f] -> switches
+		close $f
+	    }]} {
+		continue
+	    }
+	    set role [expr {$pid == $pgid
+		? ($tid == $pid ? "serving" : "accept")
+		: ($tid == $pid ? "worker" : "worker helpers")}]
+	    if {![dict exists $result $role]} {
+		dict set result $role {0 0}
+	    }
+	    lassign [dict get $result $role] n c
+	    dict set result $role [list [expr {$n + $ns}] [expr {$c + $switches}]]
+	}
+    }
+    return $result
 }
 
 # groupAlive pgid --
@@ -168,10 +219,12 @@ proc measure {scenario design workers work connections} {
     # Let forked workers reach their first request before the clock runs.
     after 300
     set before [cpuOfGroup $pgid]
-    set wrk [exec wrk -t 2 -c $connections -d ${duration}s --latency \
+    set threadsBefore [threadsOfGroup $pgid]
+    set wrk [exec wrk -t [expr {min(2, $connections)}] -c $connections -d ${duration}s --latency \
 	-s [file join $here p999.lua] -H "Connection: close" \
 	http://127.0.0.1:$port/]
     set after [cpuOfGroup $pgid]
+    set threadsAfter [threadsOfGroup $pgid]
     stopServer $pipe $pgid
     if {[info exists rivetDir]} {
 	file delete -force $rivetDir
@@ -195,16 +248,36 @@ proc measure {scenario design workers work connections} {
 	? ($after - $before) / 1e3 / $requests : 0}]
     puts stderr [format "  %-9s %-12s W=%-3s %8.0f req/s %6.1f us/req" \
 	$scenario $design $workers $rps $cpu]
-    dict create scenario $scenario design $design workers $workers \
+    set row [dict create scenario $scenario design $design workers $workers \
 	rps $rps errors $errors cpu $cpu p50 [toMs $p50] p99 [toMs $p99] \
-	p999 [expr {$p999 / 1000.0}]
+	p999 [expr {$p999 / 1000.0}]]
+    # Per thread role: microseconds and voluntary context switches per
+    # request.
+    foreach role {serving accept worker "worker helpers"} {
+	set ns 0
+	set switches 0
+	if {[dict exists $threadsAfter $role]} {
+	    lassign [dict get $threadsAfter $role] ns switches
+	    if {[dict exists $threadsBefore $role]} {
+		lassign [dict get $threadsBefore $role] ns0 switches0
+		set ns [expr {$ns - $ns0}]
+		set switches [expr {$switches - $switches0}]
+	    }
+	}
+	dict set row "$role us" [expr {$requests > 0 ? $ns / 1e3 / $requests : 0}]
+	dict set row "$role cs" [expr {$requests > 0 ? double($switches) / $requests : 0}]
+    }
+    return $row
 }
 
 set bases {}
 foreach dir $baselines {
     lappend bases base[llength $bases]
 }
-set contenders [list socketserver {*}$bases prefork c]
+# The pre-fork contender forks with TclX, which Tcl 9 does not have; there,
+# socketserver starts its workers with spawn (tcl_server.tcl).
+set forks [expr {![catch {package require Tclx}]}]
+set contenders [list socketserver {*}$bases {*}[expr {$forks ? "prefork" : ""}] c]
 # Apache with mod_rivet (Debian's apache2 and libapache2-mod-rivet), if
 # installed.
 set rivet [expr {[file executable /usr/sbin/apache2]
@@ -236,8 +309,13 @@ foreach scenario $scenarios {
 		lappend plan [list cpu $design 2 cpu 8]
 	    }
 	}
+	handoff {
+	    foreach design [list socketserver {*}$bases] {
+		lappend plan [list handoff $design 8 none 1]
+	    }
+	}
 	uneven {
-	    set designs [list socketserver {*}$bases prefork reuseport]
+	    set designs [list socketserver {*}$bases {*}[expr {$forks ? "prefork" : ""}] reuseport]
 	    if {$rivet} {
 		lappend designs rivet
 	    }
@@ -269,7 +347,10 @@ for {set round 1} {$round <= $rounds} {incr round} {
 set rows {}
 dict for {item measured} $results {
     set row [lindex $measured 0]
-    foreach key {rps errors cpu p50 p99 p999} {
+    foreach key [dict keys $row] {
+	if {$key in {scenario design workers}} {
+	    continue
+	}
 	dict set row $key [median [lmap m $measured {dict get $m $key}]]
     }
     lappend rows $row
@@ -292,7 +373,7 @@ set names [list socketserver socketserver single "Tcl socket -server" prefork "T
 foreach base $bases dir $baselines {
     lappend names $base "socketserver ([file tail $dir])"
 }
-set others [lmap row $rows {expr {[dict get $row scenario] ne "uneven" ? $row : [continue]}}]
+set others [lmap row $rows {expr {[dict get $row scenario] ni {uneven handoff} ? $row : [continue]}}]
 if {[llength $others]} {
     puts "| scenario | server | W | req/s | errors | CPU µs/req | p50 ms | p99 ms | CPU vs C | CPU vs best Tcl |"
     puts "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -333,6 +414,22 @@ if {[llength $uneven]} {
 	    puts [format "| %s | %.0f | %d | %.2f | %.2f | %.2f |" \
 		[dict get $names $design] $rps $errors $p50 $p99 $p999]
 	}
+    }
+}
+
+# The hand-off alone: one connection at a time to 8 idle workers, by
+# thread.
+set handoff [lmap row $rows {expr {[dict get $row scenario] eq "handoff" ? $row : [continue]}}]
+if {[llength $handoff]} {
+    puts ""
+    puts "| one hand-off to an idle worker (W=8, 1 client) | conn/s | CPU µs/conn | accept thread µs / switches | worker's main thread µs / switches | worker's other threads µs / switches |"
+    puts "|---|---:|---:|---:|---:|---:|"
+    foreach row $handoff {
+	puts [format "| %s | %.0f | %.1f | %.1f / %.2f | %.1f / %.2f | %.1f / %.2f |" \
+	    [dict get $names [dict get $row design]] [dict get $row rps] [dict get $row cpu] \
+	    [dict get $row "accept us"] [dict get $row "accept cs"] \
+	    [dict get $row "worker us"] [dict get $row "worker cs"] \
+	    [dict get $row "worker helpers us"] [dict get $row "worker helpers cs"]]
     }
 }
 

@@ -2,7 +2,8 @@
 #
 #	The Tcl contenders of the benchmarks, all with the same HTTP/1.0
 #	"hello" handler:
-#	    socketserver  the extension, WORKERS forked workers, one-shot
+#	    socketserver  the extension, WORKERS forked workers (without TclX,
+#	                  as under Tcl 9: started with spawn), one-shot
 #	                  requests
 #	    single        Tcl's own [socket -server], one process
 #	    prefork       [socket -server], then WORKERS forked children that
@@ -64,15 +65,32 @@ proc forkChildren {n script} {
 }
 
 switch -- $design {
-    socketserver {
+    socketserver - worker {
 	package require socketserver
 	proc serve {chan addr peerport} {
 	    handle $chan
 	    ::socketserver::socket client serve
 	}
-	set port [::socketserver::socket server -myaddr 127.0.0.1 $port]
 	interp bgerror {} {apply {args {exit 0}}}
-	forkChildren $workers {::socketserver::socket client serve}
+	if {$design eq "worker"} {
+	    # Spawned: the queue is adopted.
+	    ::socketserver::socket client serve
+	    vwait forever
+	}
+	set port [::socketserver::socket server -myaddr 127.0.0.1 $port]
+	if {![catch {package require Tclx}]} {
+	    forkChildren $workers {::socketserver::socket client serve}
+	} else {
+	    for {set i 0} {$i < $workers} {incr i} {
+		lappend spawned [::socketserver::socket spawn \
+		    [info nameofexecutable] [info script] worker 0 0 $work]
+	    }
+	    set deadline [expr {[clock seconds] + 20}]
+	    while {[dict get [::socketserver::socket info $port] waiting] < $workers
+		    && [clock seconds] < $deadline} {
+		after 20
+	    }
+	}
     }
     single {
 	set listener [socket -server handle -myaddr 127.0.0.1 $port]
