@@ -405,8 +405,6 @@ static void		DeliverConnection(Tcl_Interp *interp,
 			    const Message *messagePtr);
 static int		DeliverTaken(Tcl_Event *evPtr, int flags);
 static void		CloseReplySocket(Receiver *receiverPtr);
-static int		IsReplyEventOf(Tcl_Event *evPtr,
-			    ClientData clientData);
 static void		RearmReplySocket(Receiver *receiverPtr);
 static int		ReplyReadable(Tcl_Event *evPtr, int flags);
 static int		WatchReplySocket(Receiver *receiverPtr);
@@ -437,8 +435,9 @@ static int		ParsePort(Tcl_Interp *interp, Tcl_Obj *objPtr,
 static int		HandOverFirstPending(Queue *queuePtr, int wait);
 static int		IsConnection(ssize_t got, int fd,
 			    const Message *messagePtr);
-static int		IsTakenEventOf(Tcl_Event *evPtr,
-			    ClientData clientData);
+static int		IsEventOf(Tcl_Event *evPtr, ClientData clientData);
+static void		DeleteEventsOf(Receiver *receiverPtr,
+			    Tcl_EventProc *proc);
 static int		AddReplySocket(Queue *queuePtr, uint64_t asker,
 			    int fd);
 static int		FindReplySocket(Queue *queuePtr, uint64_t asker);
@@ -2294,31 +2293,6 @@ ReplyReadable(
 /*
  *----------------------------------------------------------------------
  *
- * IsReplyEventOf --
- *
- *	Tcl_DeleteEvents predicate: a ReplyReadable event of a receiver.
- *
- * Results:
- *	1 if evPtr is one for the receiver clientData, else 0.
- *
- * Side effects:
- *	None.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-IsReplyEventOf(
-    Tcl_Event *evPtr,
-    ClientData clientData)
-{
-    return (evPtr->proc == ReplyReadable
-	    && ((ReceiverEvent *) evPtr)->receiverPtr == clientData);
-}
-
-/*
- *----------------------------------------------------------------------
- *
  * RearmReplySocket --
  *
  *	With a watcher thread: after a read, has it watch the reply socket
@@ -2514,8 +2488,7 @@ RetryReceive(
  *	1 once handled, 0 to stay queued.
  *
  * Side effects:
- *	See FinishRequest. (While Tcl runs this event its proc is NULL, so
- *	Tcl_DeleteEvents in FinishRequest or DropReceiver leaves it alone.)
+ *	See FinishRequest.
  *
  *----------------------------------------------------------------------
  */
@@ -2547,13 +2520,13 @@ DeliverTaken(
 /*
  *----------------------------------------------------------------------
  *
- * IsTakenEventOf --
+ * IsEventOf --
  *
- *	Tcl_DeleteEvents predicate: the DeliverTaken event of a receiver.
+ *	Tcl_DeleteEvents predicate: clientData points to a ReceiverEvent
+ *	whose proc and receiver an event must have.
  *
  * Results:
- *	1 if evPtr is the DeliverTaken event of the receiver clientData,
- *	else 0.
+ *	1 if evPtr is such an event, else 0.
  *
  * Side effects:
  *	None.
@@ -2562,12 +2535,45 @@ DeliverTaken(
  */
 
 static int
-IsTakenEventOf(
+IsEventOf(
     Tcl_Event *evPtr,
     ClientData clientData)
 {
-    return (evPtr->proc == DeliverTaken
-	    && ((ReceiverEvent *) evPtr)->receiverPtr == clientData);
+    ReceiverEvent *wantedPtr = clientData;
+
+    return (evPtr->proc == wantedPtr->header.proc
+	    && ((ReceiverEvent *) evPtr)->receiverPtr
+		== wantedPtr->receiverPtr);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * DeleteEventsOf --
+ *
+ *	Deletes the queued events of one kind (DeliverTaken, ReplyReadable)
+ *	for a receiver.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	See above. (While Tcl runs an event its proc is NULL, so the one
+ *	running is left alone.)
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+DeleteEventsOf(
+    Receiver *receiverPtr,
+    Tcl_EventProc *proc)
+{
+    ReceiverEvent wanted;
+
+    wanted.header.proc = proc;
+    wanted.receiverPtr = receiverPtr;
+    Tcl_DeleteEvents(IsEventOf, &wanted);
 }
 
 /*
@@ -2639,7 +2645,7 @@ FinishRequest(
     Tcl_Obj *handlerObj = receiverPtr->handlerObj;
 
     if (receiverPtr->state == TAKEN) {
-	Tcl_DeleteEvents(IsTakenEventOf, receiverPtr);
+	DeleteEventsOf(receiverPtr, DeliverTaken);
     }
     receiverPtr->state = NO_REQUEST;
     receiverPtr->handlerObj = NULL;
@@ -3096,7 +3102,7 @@ CloseReplySocket(
 	}
 	pthread_join(receiverPtr->watcher, NULL);
     }
-    Tcl_DeleteEvents(IsReplyEventOf, receiverPtr);
+    DeleteEventsOf(receiverPtr, ReplyReadable);
     pthread_mutex_lock(&queueLock);
     CloseFd(&receiverPtr->replyFd);
     CloseFd(&receiverPtr->pollFd);
@@ -3142,7 +3148,7 @@ DropReceiver(
     *linkPtr = receiverPtr->nextPtr;
 
     if (receiverPtr->state == TAKEN) {
-	Tcl_DeleteEvents(IsTakenEventOf, receiverPtr);
+	DeleteEventsOf(receiverPtr, DeliverTaken);
     }
     pthread_mutex_lock(&queueLock);
     if (live && receiverPtr->takenFd >= 0) {

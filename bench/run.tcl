@@ -42,8 +42,8 @@ set scenarios [expr {[info exists env(BENCH_SCENARIOS)] ? $env(BENCH_SCENARIOS) 
 set baselines [expr {[info exists env(BENCH_BASELINE)] ? [lmap dir $env(BENCH_BASELINE) {file normalize $dir}] : {}}]
 
 # groupProcesses pgid --
-#	The /proc/PID/stat fields (after the command name) of every process
-#	in process group pgid.
+#	A dict from the pid of every process in process group pgid to its
+#	/proc/PID/stat fields (after the command name).
 proc groupProcesses {pgid} {
     set result {}
     foreach stat [glob -nocomplain /proc/\[0-9\]*/stat] {
@@ -56,39 +56,10 @@ proc groupProcesses {pgid} {
 	}
 	set fields [string range $text [string last ) $text]+2 end]
 	if {[lindex $fields 2] == $pgid} {
-	    lappend result $fields
+	    dict set result [file tail [file dirname $stat]] $fields
 	}
     }
     return $result
-}
-
-# cpuOfGroup pgid --
-#	Nanoseconds of CPU used by every thread of every process in process
-#	group pgid. A process that exits between two readings takes its time
-#	with it: the servers here keep theirs for the whole load.
-proc cpuOfGroup {pgid} {
-    set total 0
-    foreach stat [glob -nocomplain /proc/\[0-9\]*/stat] {
-	set pid [file tail [file dirname $stat]]
-	if {[catch {
-	    set f [open $stat]
-	    set text [read $f]
-	    close $f
-	}]} {
-	    continue
-	}
-	if {[lindex [string range $text [string last ) $text]+2 end] 2] != $pgid} {
-	    continue
-	}
-	foreach task [glob -nocomplain /proc/$pid/task/*/schedstat] {
-	    catch {
-		set f [open $task]
-		incr total [lindex [read $f] 0]
-		close $f
-	    }
-	}
-    }
-    return $total
 }
 
 # threadsOfGroup pgid --
@@ -96,21 +67,12 @@ proc cpuOfGroup {pgid} {
 #	over the threads of process group pgid, by role: the serving
 #	process's main thread ("serving"), its other threads ("accept"), the
 #	workers' main threads ("worker") and their other threads ("worker
-#	helpers": Tcl 8's notifier thread, socketserver's watcher threads).
+#	helpers": Tcl 8's notifier thread, socketserver's watcher threads). A
+#	process that exits between two readings takes its time with it: the
+#	servers here keep theirs for the whole load.
 proc threadsOfGroup {pgid} {
     set result {}
-    foreach stat [glob -nocomplain /proc/\[0-9\]*/stat] {
-	set pid [file tail [file dirname $stat]]
-	if {[catch {
-	    set f [open $stat]
-	    set text [read $f]
-	    close $f
-	}]} {
-	    continue
-	}
-	if {[lindex [string range $text [string last ) $text]+2 end] 2] != $pgid} {
-	    continue
-	}
+    foreach pid [dict keys [groupProcesses $pgid]] {
 	foreach task [glob -nocomplain /proc/$pid/task/*] {
 	    set tid [file tail $task]
 	    if {[catch {
@@ -136,10 +98,20 @@ proc threadsOfGroup {pgid} {
     return $result
 }
 
+# totalNs threads --
+#	The nanoseconds of a threadsOfGroup result, every role together.
+proc totalNs {threads} {
+    set total 0
+    dict for {role figures} $threads {
+	incr total [lindex $figures 0]
+    }
+    return $total
+}
+
 # groupAlive pgid --
 #	Whether any process of the group is still running (not a zombie).
 proc groupAlive {pgid} {
-    foreach fields [groupProcesses $pgid] {
+    foreach fields [dict values [groupProcesses $pgid]] {
 	if {[lindex $fields 0] ne "Z"} {
 	    return 1
 	}
@@ -218,12 +190,10 @@ proc measure {scenario design workers work connections} {
     lassign [startServer $command] pipe pgid port
     # Let forked workers reach their first request before the clock runs.
     after 300
-    set before [cpuOfGroup $pgid]
     set threadsBefore [threadsOfGroup $pgid]
     set wrk [exec wrk -t [expr {min(2, $connections)}] -c $connections -d ${duration}s --latency \
 	-s [file join $here p999.lua] -H "Connection: close" \
 	http://127.0.0.1:$port/]
-    set after [cpuOfGroup $pgid]
     set threadsAfter [threadsOfGroup $pgid]
     stopServer $pipe $pgid
     if {[info exists rivetDir]} {
@@ -245,7 +215,7 @@ proc measure {scenario design workers work connections} {
     set p999 0
     regexp {p99.9: (\d+)} $wrk -> p999
     set cpu [expr {$requests > 0
-	? ($after - $before) / 1e3 / $requests : 0}]
+	? ([totalNs $threadsAfter] - [totalNs $threadsBefore]) / 1e3 / $requests : 0}]
     puts stderr [format "  %-9s %-12s W=%-3s %8.0f req/s %6.1f us/req" \
 	$scenario $design $workers $rps $cpu]
     set row [dict create scenario $scenario design $design workers $workers \
@@ -373,7 +343,12 @@ set names [list socketserver socketserver single "Tcl socket -server" prefork "T
 foreach base $bases dir $baselines {
     lappend names $base "socketserver ([file tail $dir])"
 }
-set others [lmap row $rows {expr {[dict get $row scenario] ni {uneven handoff} ? $row : [continue]}}]
+# rowsOf rows scenarios --
+#	The rows of those scenarios.
+proc rowsOf {rows scenarios} {
+    lmap row $rows {expr {[dict get $row scenario] in $scenarios ? $row : [continue]}}
+}
+set others [rowsOf $rows {overhead blocking cpu}]
 if {[llength $others]} {
     puts "| scenario | server | W | req/s | errors | CPU µs/req | p50 ms | p99 ms | CPU vs C | CPU vs best Tcl |"
     puts "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -404,12 +379,11 @@ foreach row $others {
 }
 
 # The uneven scenario: latency is what it is about.
-set uneven [lmap row $rows {expr {[dict get $row scenario] eq "uneven" ? $row : [continue]}}]
-if {[llength $uneven]} {
+if {[llength [rowsOf $rows uneven]]} {
     puts ""
     puts "| uneven work, W=8, 16 clients | req/s | errors | p50 ms | p99 ms | p99.9 ms |"
     puts "|---|---:|---:|---:|---:|---:|"
-    foreach row $uneven {
+    foreach row [rowsOf $rows uneven] {
 	dict with row {
 	    puts [format "| %s | %.0f | %d | %.2f | %.2f | %.2f |" \
 		[dict get $names $design] $rps $errors $p50 $p99 $p999]
@@ -419,12 +393,11 @@ if {[llength $uneven]} {
 
 # The hand-off alone: one connection at a time to 8 idle workers, by
 # thread.
-set handoff [lmap row $rows {expr {[dict get $row scenario] eq "handoff" ? $row : [continue]}}]
-if {[llength $handoff]} {
+if {[llength [rowsOf $rows handoff]]} {
     puts ""
     puts "| one hand-off to an idle worker (W=8, 1 client) | conn/s | CPU µs/conn | accept thread µs / switches | worker's main thread µs / switches | worker's other threads µs / switches |"
     puts "|---|---:|---:|---:|---:|---:|"
-    foreach row $handoff {
+    foreach row [rowsOf $rows handoff] {
 	puts [format "| %s | %.0f | %.1f | %.1f / %.2f | %.1f / %.2f | %.1f / %.2f |" \
 	    [dict get $names [dict get $row design]] [dict get $row rps] [dict get $row cpu] \
 	    [dict get $row "accept us"] [dict get $row "accept cs"] \
