@@ -262,6 +262,10 @@ typedef struct Receiver {
 				 * it to end; else -1. (L) */
     pthread_t watcher;		/* The watcher thread, while pollFd is
 				 * open. */
+    int watching;		/* 1 from the watcher's start until it is
+				 * told to stop (StopWatcher), which the
+				 * interpreter's thread or the exit handler
+				 * may do, whichever comes first. (L) */
     Tcl_TimerToken retryTimer;	/* Set while replyFd is not watched because
 				 * there was no room for a connection's
 				 * descriptor. */
@@ -370,6 +374,8 @@ static int watchInThread = 0;		/* 1 where reply sockets are watched
 #define PAUSE_MS	100	/* Pause after a resource shortage. */
 #define RETRY_MS	10	/* Retry after the kernel refused a send for
 				 * want of resources. */
+#define WATCH_REPLY	0	/* Watcher's epoll tags: the reply socket, */
+#define WATCH_STOP	1	/* and the eventfd that stops it. */
 #define QUEUE_WAIT_MS	1000	/* How long 'client' waits for room in a full
 				 * queue. */
 #define PRUNE_MIN	64	/* Smallest pruneMark. */
@@ -405,6 +411,7 @@ static void		DeliverConnection(Tcl_Interp *interp,
 			    const Message *messagePtr);
 static int		DeliverTaken(Tcl_Event *evPtr, int flags);
 static void		CloseReplySocket(Receiver *receiverPtr);
+static void		StopWatcher(Receiver *receiverPtr);
 static void		RearmReplySocket(Receiver *receiverPtr);
 static int		ReplyReadable(Tcl_Event *evPtr, int flags);
 static int		WatchReplySocket(Receiver *receiverPtr);
@@ -652,6 +659,7 @@ AtForkChild(void)
 	}
 	CloseFd(&receiverPtr->pollFd);
 	CloseFd(&receiverPtr->stopFd);
+	receiverPtr->watching = 0;
 	CloseFd(&receiverPtr->takenFd);
     }
     ForgetSignals(nullFd);
@@ -674,6 +682,7 @@ AtForkChild(void)
  *
  * Side effects:
  *	Listeners are closed; queued connections stay with the workers.
+ *	Watcher threads end.
  *
  *----------------------------------------------------------------------
  */
@@ -683,6 +692,7 @@ FinalizeServers(
     ClientData clientData)
 {
     Queue *queuePtr;
+    Receiver *receiverPtr;
 
     (void) clientData;
     pthread_mutex_lock(&queueLock);
@@ -695,7 +705,25 @@ FinalizeServers(
 	    pthread_mutex_lock(&queueLock);
 	}
     }
-    pthread_mutex_unlock(&queueLock);
+
+    /*
+     * Watcher threads queue Tcl events: stop them before Tcl finalizes its
+     * notifier and allocator. (Receivers are freed only with their
+     * interpreters, after this handler.)
+     */
+
+    for (;;) {
+	for (receiverPtr = allReceivers; receiverPtr != NULL
+		&& !receiverPtr->watching;
+		receiverPtr = receiverPtr->nextInProcess) {
+	}
+	pthread_mutex_unlock(&queueLock);
+	if (receiverPtr == NULL) {
+	    break;
+	}
+	StopWatcher(receiverPtr);
+	pthread_mutex_lock(&queueLock);
+    }
 }
 
 /*
@@ -2171,7 +2199,7 @@ WatchReplySocket(
 	if (error == 0) {
 	    memset(&event, 0, sizeof(event));
 	    event.events = EPOLLIN;
-	    event.data.fd = receiverPtr->stopFd;
+	    event.data.u32 = WATCH_STOP;
 	    if (epoll_ctl(receiverPtr->pollFd, EPOLL_CTL_ADD,
 		    receiverPtr->stopFd, &event) < 0) {
 		error = errno;
@@ -2179,7 +2207,7 @@ WatchReplySocket(
 	}
 	if (error == 0) {
 	    event.events = EPOLLIN | EPOLLONESHOT;
-	    event.data.fd = receiverPtr->replyFd;
+	    event.data.u32 = WATCH_REPLY;
 	    if (epoll_ctl(receiverPtr->pollFd, EPOLL_CTL_ADD,
 		    receiverPtr->replyFd, &event) < 0) {
 		error = errno;
@@ -2188,8 +2216,11 @@ WatchReplySocket(
 	if (error == 0) {
 	    sigfillset(&all);
 	    pthread_sigmask(SIG_SETMASK, &all, &old);
+	    pthread_mutex_lock(&queueLock);
 	    error = pthread_create(&receiverPtr->watcher, NULL,
 		    WatchReplies, receiverPtr);
+	    receiverPtr->watching = (error == 0);
+	    pthread_mutex_unlock(&queueLock);
 	    pthread_sigmask(SIG_SETMASK, &old, NULL);
 	}
 	if (error != 0) {
@@ -2237,16 +2268,25 @@ WatchReplies(
     Receiver *receiverPtr = clientData;
     struct epoll_event event;
     ReceiverEvent *eventPtr;
+    int pollFd;
 
+    /*
+     * Whoever stops this thread may close the receiver's descriptors
+     * before it has seen the stop: keep its own copy of the number.
+     */
+
+    pthread_mutex_lock(&queueLock);
+    pollFd = receiverPtr->pollFd;
+    pthread_mutex_unlock(&queueLock);
     for (;;) {
-	if (epoll_wait(receiverPtr->pollFd, &event, 1, -1) < 1) {
+	if (epoll_wait(pollFd, &event, 1, -1) < 1) {
 	    /* Signals are blocked: only a shortage of memory gets here. */
 	    struct timespec pause = {0, PAUSE_MS * 1000000L};
 
 	    nanosleep(&pause, NULL);
 	    continue;
 	}
-	if (event.data.fd == receiverPtr->stopFd) {
+	if (event.data.u32 == WATCH_STOP) {
 	    return NULL;
 	}
 	eventPtr = (ReceiverEvent *) ckalloc(sizeof(ReceiverEvent));
@@ -3064,6 +3104,45 @@ DropIfStale(
 /*
  *----------------------------------------------------------------------
  *
+ * StopWatcher --
+ *
+ *	Tells a receiver's watcher thread to end, if nobody has yet, and
+ *	joins it.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	None once the thread has been stopped, or was never started, or the
+ *	receiver was copied by a fork (AtForkChild clears watching).
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+StopWatcher(
+    Receiver *receiverPtr)
+{
+    uint64_t one = 1;
+
+    pthread_mutex_lock(&queueLock);
+    if (!receiverPtr->watching) {
+	pthread_mutex_unlock(&queueLock);
+	return;
+    }
+    receiverPtr->watching = 0;
+
+    /* A new eventfd always takes one write. */
+    while (write(receiverPtr->stopFd, &one, sizeof(one)) < 0
+	    && errno == EINTR) {
+    }
+    pthread_mutex_unlock(&queueLock);
+    pthread_join(receiverPtr->watcher, NULL);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * CloseReplySocket --
  *
  *	Stops watching a receiver's reply socket (joining its watcher
@@ -3089,19 +3168,7 @@ CloseReplySocket(
     } else if (receiverPtr->replyFd >= 0 && !watchInThread) {
 	Tcl_DeleteFileHandler(receiverPtr->replyFd);
     }
-    if (receiverPtr->stopFd >= 0) {
-	uint64_t one = 1;
-
-	/*
-	 * A new eventfd always takes one write; a stale receiver has no
-	 * descriptors left and no thread (AtForkChild).
-	 */
-
-	while (write(receiverPtr->stopFd, &one, sizeof(one)) < 0
-		&& errno == EINTR) {
-	}
-	pthread_join(receiverPtr->watcher, NULL);
-    }
+    StopWatcher(receiverPtr);
     DeleteEventsOf(receiverPtr, ReplyReadable);
     pthread_mutex_lock(&queueLock);
     CloseFd(&receiverPtr->replyFd);
