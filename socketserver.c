@@ -412,6 +412,7 @@ static void		DeliverConnection(Tcl_Interp *interp,
 static int		DeliverTaken(Tcl_Event *evPtr, int flags);
 static void		CloseReplySocket(Receiver *receiverPtr);
 static void		StopWatcher(Receiver *receiverPtr);
+static void		ReturnReceived(Receiver *receiverPtr);
 static void		RearmReplySocket(Receiver *receiverPtr);
 static int		ReplyReadable(Tcl_Event *evPtr, int flags);
 static int		WatchReplySocket(Receiver *receiverPtr);
@@ -674,15 +675,16 @@ AtForkChild(void)
  *
  * FinalizeServers --
  *
- *	Exit handler: stops every accept thread of this process so that
- *	exit never races a running thread.
+ *	Exit handler: stops every accept thread and watcher thread of this
+ *	process so that exit never races a running thread.
  *
  * Results:
  *	None.
  *
  * Side effects:
  *	Listeners are closed; queued connections stay with the workers.
- *	Watcher threads end.
+ *	Watcher threads end, and connections that came to this process's
+ *	requests go back up their queues.
  *
  *----------------------------------------------------------------------
  */
@@ -724,6 +726,20 @@ FinalizeServers(
 	StopWatcher(receiverPtr);
 	pthread_mutex_lock(&queueLock);
     }
+
+    /*
+     * Tcl_Exit does not delete interpreters: a process that exits with a
+     * request pending must not take a connection with it.
+     */
+
+    pthread_mutex_lock(&queueLock);
+    for (receiverPtr = allReceivers; receiverPtr != NULL;
+	    receiverPtr = receiverPtr->nextInProcess) {
+	if (receiverPtr->generation == forkGeneration) {
+	    ReturnReceived(receiverPtr);
+	}
+    }
+    pthread_mutex_unlock(&queueLock);
 }
 
 /*
@@ -3180,13 +3196,63 @@ CloseReplySocket(
 /*
  *----------------------------------------------------------------------
  *
+ * ReturnReceived --
+ *
+ *	queueLock held, live receiver: shuts its reply socket for reading,
+ *	so that the serving process can no longer send to it, and sends
+ *	every connection that came before, like a ready connection its
+ *	request took, back up the queue (ReturnConnections).
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	The receiver holds no connection any more. (EMFILE: a connection
+ *	this process has no room for is closed with the socket; lastErrno
+ *	says so.)
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+ReturnReceived(
+    Receiver *receiverPtr)
+{
+    Queue *queuePtr = receiverPtr->queuePtr;
+    Message message;
+    ssize_t got;
+    int fd;
+
+    if (receiverPtr->takenFd >= 0) {
+	ReturnConnections(queuePtr, receiverPtr->takenFd,
+		&receiverPtr->takenMessage);
+	receiverPtr->takenFd = -1;
+    }
+    if (receiverPtr->replyFd < 0) {
+	return;
+    }
+    shutdown(receiverPtr->replyFd, SHUT_RD);
+    for (;;) {
+	got = ancil_recv_fd(receiverPtr->replyFd, &fd, &message,
+		sizeof(message), MSG_DONTWAIT);
+	if (got > 0 && IsConnection(got, fd, &message)) {
+	    ReturnConnections(queuePtr, fd, &message);
+	} else if (got == 0 || (got < 0 && errno != EBADMSG)) {
+	    if (got < 0 && errno == EMFILE) {
+		queuePtr->lastErrno = EMFILE;
+	    }
+	    return;
+	}
+    }
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * DropReceiver --
  *
  *	Frees a receiver (interpreter deleted, or stale) without losing a
- *	connection: the reply socket is shut for reading first, so that the
- *	serving process can no longer send to it, and every connection that
- *	came before, like a ready connection the request took, goes back up
- *	the queue (ReturnConnections).
+ *	connection (ReturnReceived).
  *
  * Results:
  *	None.
@@ -3203,11 +3269,6 @@ DropReceiver(
     Receiver *receiverPtr)
 {
     Receiver **linkPtr = &receiverPtr->dataPtr->firstReceiverPtr;
-    Queue *queuePtr = receiverPtr->queuePtr;
-    int live = (receiverPtr->generation == forkGeneration);
-    Message message;
-    ssize_t got;
-    int fd;
 
     while (*linkPtr != receiverPtr) {
 	linkPtr = &(*linkPtr)->nextPtr;
@@ -3217,36 +3278,10 @@ DropReceiver(
     if (receiverPtr->state == TAKEN) {
 	DeleteEventsOf(receiverPtr, DeliverTaken);
     }
-    pthread_mutex_lock(&queueLock);
-    if (live && receiverPtr->takenFd >= 0) {
-	ReturnConnections(queuePtr, receiverPtr->takenFd,
-		&receiverPtr->takenMessage);
-	receiverPtr->takenFd = -1;
-    }
-    pthread_mutex_unlock(&queueLock);
-    if (live && receiverPtr->replyFd >= 0) {
-	shutdown(receiverPtr->replyFd, SHUT_RD);
-	for (;;) {
-	    got = ancil_recv_fd(receiverPtr->replyFd, &fd, &message,
-		    sizeof(message), MSG_DONTWAIT);
-	    if (got > 0 && IsConnection(got, fd, &message)) {
-		pthread_mutex_lock(&queueLock);
-		ReturnConnections(queuePtr, fd, &message);
-		pthread_mutex_unlock(&queueLock);
-	    } else if (got == 0 || (got < 0 && errno != EBADMSG)) {
-		/*
-		 * All read. (EMFILE: a connection this process has no room
-		 * for is closed with the socket; lastErrno says so.)
-		 */
-
-		if (got < 0 && errno == EMFILE) {
-		    pthread_mutex_lock(&queueLock);
-		    queuePtr->lastErrno = EMFILE;
-		    pthread_mutex_unlock(&queueLock);
-		}
-		break;
-	    }
-	}
+    if (receiverPtr->generation == forkGeneration) {
+	pthread_mutex_lock(&queueLock);
+	ReturnReceived(receiverPtr);
+	pthread_mutex_unlock(&queueLock);
     }
     CloseReplySocket(receiverPtr);
 
