@@ -376,6 +376,11 @@ static int watchInThread = 0;		/* 1 where reply sockets are watched
 				 * want of resources. */
 #define WATCH_REPLY	0	/* Watcher's epoll tags: the reply socket, */
 #define WATCH_STOP	1	/* and the eventfd that stops it. */
+#define ACCEPT_STOP	0	/* The accept thread's epoll tags: its stop */
+#define ACCEPT_LISTEN	1	/* pipe, the listener and the queue. A reply */
+#define ACCEPT_QUEUE	2	/* socket is tagged with its asker's id,
+				 * which is never below 2^32 (a process id
+				 * in its high half). */
 #define QUEUE_WAIT_MS	1000	/* How long 'client' waits for room in a full
 				 * queue. */
 #define PRUNE_MIN	64	/* Smallest pruneMark. */
@@ -457,7 +462,8 @@ static void		PruneReplySockets(Queue *queuePtr);
 static int		MakeAcceptPoll(Queue *queuePtr);
 static int		WaitIdle(Queue *queuePtr, int *listenReadyPtr,
 			    int *askReadyPtr);
-static void		WatchHangUp(Queue *queuePtr, int fd, int watch);
+static void		WatchHangUp(Queue *queuePtr,
+			    const ReplySocket *socketPtr, int watch);
 static int		SendAsk(Receiver *receiverPtr);
 static void		WaitForRoom(Queue *queuePtr);
 static int		ReadQueue(Queue *queuePtr);
@@ -885,13 +891,13 @@ MakeAcceptPoll(
     if (queuePtr->pollFd < 0) {
 	return errno;
     }
-    fds[0] = queuePtr->wakeFds[0];
-    fds[1] = queuePtr->listenFd;
-    fds[2] = queuePtr->askFds[0];
+    fds[ACCEPT_STOP] = queuePtr->wakeFds[0];
+    fds[ACCEPT_LISTEN] = queuePtr->listenFd;
+    fds[ACCEPT_QUEUE] = queuePtr->askFds[0];
     for (i = 0; i < 3; i++) {
 	memset(&event, 0, sizeof(event));
 	event.events = EPOLLIN;
-	event.data.fd = fds[i];
+	event.data.u64 = i;
 	if (epoll_ctl(queuePtr->pollFd, EPOLL_CTL_ADD, fds[i], &event) < 0) {
 	    error = errno;
 	    CloseFd(&queuePtr->pollFd);
@@ -899,7 +905,7 @@ MakeAcceptPoll(
 	}
     }
     for (i = 0; i < queuePtr->numReplySockets; i++) {
-	WatchHangUp(queuePtr, queuePtr->replySockets[i].fd, 1);
+	WatchHangUp(queuePtr, &queuePtr->replySockets[i], 1);
     }
 #else
     (void) queuePtr;
@@ -1004,23 +1010,24 @@ WaitIdle(
 	return WaitFor(queuePtr, -1, 0, -1, 0, PAUSE_MS);
     }
     for (i = 0; i < n; i++) {
-	int fd = events[i].data.fd;
-
-	if (fd == queuePtr->wakeFds[0]) {
+	switch (events[i].data.u64) {
+	case ACCEPT_STOP:
 	    return 0;
-	} else if (fd == queuePtr->listenFd) {
+	case ACCEPT_LISTEN:
 	    *listenReadyPtr = 1;
-	} else if (fd == queuePtr->askFds[0]) {
+	    break;
+	case ACCEPT_QUEUE:
 	    *askReadyPtr = 1;
-	} else {
+	    break;
+	default:
+	    /* A reply socket hung up. */
 	    pthread_mutex_lock(&queueLock);
-	    for (index = 0; index < queuePtr->numReplySockets; index++) {
-		if (queuePtr->replySockets[index].fd == fd) {
-		    ForgetReplySocket(queuePtr, index);
-		    break;
-		}
+	    index = FindReplySocket(queuePtr, events[i].data.u64);
+	    if (index >= 0) {
+		ForgetReplySocket(queuePtr, index);
 	    }
 	    pthread_mutex_unlock(&queueLock);
+	    break;
 	}
     }
     return 1;
@@ -1204,7 +1211,7 @@ ReadQueue(
 	}
 	if (got <= 0 || (size_t) got != sizeof(message)
 		|| message.magic != MESSAGE_MAGIC
-		|| !((message.kind == KIND_ASK)
+		|| !((message.kind == KIND_ASK && message.asker > UINT32_MAX)
 		    || (message.kind == KIND_WITHDRAW && fd < 0)
 		    || (message.kind == KIND_RETURN && fd >= 0))) {
 	    /* Nobody here sends such a message: discard it. */
@@ -1292,10 +1299,10 @@ AddReplySocket(
     int index = FindReplySocket(queuePtr, asker);
 
     if (index >= 0) {
-	WatchHangUp(queuePtr, queuePtr->replySockets[index].fd, 0);
+	WatchHangUp(queuePtr, &queuePtr->replySockets[index], 0);
 	close(queuePtr->replySockets[index].fd);
 	queuePtr->replySockets[index].fd = fd;
-	WatchHangUp(queuePtr, fd, 1);
+	WatchHangUp(queuePtr, &queuePtr->replySockets[index], 1);
 	return index;
     }
     if (queuePtr->numReplySockets >= queuePtr->pruneMark) {
@@ -1309,7 +1316,7 @@ AddReplySocket(
     index = queuePtr->numReplySockets++;
     queuePtr->replySockets[index].asker = asker;
     queuePtr->replySockets[index].fd = fd;
-    WatchHangUp(queuePtr, fd, 1);
+    WatchHangUp(queuePtr, &queuePtr->replySockets[index], 1);
     return index;
 }
 
@@ -1369,7 +1376,7 @@ ForgetReplySocket(
     uint64_t asker = queuePtr->replySockets[index].asker;
     int i, kept = 0;
 
-    WatchHangUp(queuePtr, queuePtr->replySockets[index].fd, 0);
+    WatchHangUp(queuePtr, &queuePtr->replySockets[index], 0);
     close(queuePtr->replySockets[index].fd);
     queuePtr->numReplySockets--;
     memmove(queuePtr->replySockets + index,
@@ -1406,7 +1413,7 @@ ForgetReplySocket(
 static void
 WatchHangUp(
     Queue *queuePtr,
-    int fd,
+    const ReplySocket *socketPtr,
     int watch)
 {
 #ifdef __linux__
@@ -1414,13 +1421,13 @@ WatchHangUp(
 
     if (queuePtr->pollFd >= 0) {
 	memset(&event, 0, sizeof(event));
-	event.data.fd = fd;
-	epoll_ctl(queuePtr->pollFd, watch ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, fd,
-		&event);
+	event.data.u64 = socketPtr->asker;
+	epoll_ctl(queuePtr->pollFd, watch ? EPOLL_CTL_ADD : EPOLL_CTL_DEL,
+		socketPtr->fd, &event);
     }
 #else
     (void) queuePtr;
-    (void) fd;
+    (void) socketPtr;
     (void) watch;
 #endif
 }
