@@ -308,6 +308,12 @@ static Receiver *allReceivers = NULL;	/* Receivers of every interpreter
 static uint32_t receiverCount = 0;	/* Receivers made in this process:
 					 * the low half of the next id. (L) */
 static int defaultPort = -1;		/* Port of the first server. (L) */
+static int reserveFd = -1;		/* /dev/null, opened with the first
+					 * receiver: the descriptor closed to
+					 * make room when a process out of
+					 * descriptors must send connections
+					 * back up the queue (ReturnReceived).
+					 * (L) */
 static unsigned long forkGeneration = 0;/* Counts forks; changed only in
 					 * the child of a fork. */
 static pthread_once_t setupOnce = PTHREAD_ONCE_INIT;
@@ -3052,6 +3058,10 @@ NewReceiver(
     receiverPtr->nextPtr = dataPtr->firstReceiverPtr;
     dataPtr->firstReceiverPtr = receiverPtr;
     pthread_mutex_lock(&queueLock);
+    if (reserveFd < 0) {
+	/* If this fails, so may a return at EMFILE: lastErrno would say. */
+	reserveFd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    }
     receiverPtr->id = ((uint64_t) getpid() << 32) | receiverCount++;
     receiverPtr->nextInProcess = allReceivers;
     allReceivers = receiverPtr;
@@ -3214,7 +3224,9 @@ CloseReplySocket(
  *	None.
  *
  * Side effects:
- *	The receiver holds no connection any more. (EMFILE: a connection
+ *	The receiver holds no connection any more. A process that has no
+ *	descriptor to spare closes its reserve one to take them, one at a
+ *	time, and opens it again. (Without a reserve, EMFILE: a connection
  *	this process has no room for is closed with the socket; lastErrno
  *	says so.)
  *
@@ -3243,13 +3255,19 @@ ReturnReceived(
 	got = ancil_recv_fd(receiverPtr->replyFd, &fd, &message,
 		sizeof(message), MSG_DONTWAIT);
 	if (got > 0 && IsConnection(got, fd, &message)) {
+	    /* Closes fd: the slot is free for the next one. */
 	    ReturnConnections(queuePtr, fd, &message);
+	} else if (got < 0 && errno == EMFILE && reserveFd >= 0) {
+	    CloseFd(&reserveFd);
 	} else if (got == 0 || (got < 0 && errno != EBADMSG)) {
 	    if (got < 0 && errno == EMFILE) {
 		queuePtr->lastErrno = EMFILE;
 	    }
-	    return;
+	    break;
 	}
+    }
+    if (reserveFd < 0) {
+	reserveFd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     }
 }
 

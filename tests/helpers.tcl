@@ -13,6 +13,7 @@ testConstraint tclx [expr {![info exists ::env(SOCKETSERVER_SINGLE_PROCESS)]
 	&& ![catch {package require Tclx}]}]
 testConstraint ipv6 [expr {![catch {close [socket -server {} -myaddr ::1 0]}]}]
 testConstraint procfs [file isdirectory /proc/self/fd]
+testConstraint prlimit [expr {[auto_execok prlimit] ne ""}]
 
 set ::testsDir [file dirname [file normalize [info script]]]
 
