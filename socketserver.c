@@ -812,13 +812,11 @@ StartAccepting(
     int wakeFds[2], error;
     sigset_t all, old;
 
-    if (pipe(wakeFds) < 0) {
+    if (pipe2(wakeFds, O_CLOEXEC) < 0) {
 	error = errno;
 	goto failed;
     }
-    if (fcntl(wakeFds[0], F_SETFD, FD_CLOEXEC) < 0
-	    || fcntl(wakeFds[1], F_SETFD, FD_CLOEXEC) < 0
-	    || fcntl(listenFd, F_SETFL, O_NONBLOCK) < 0) {
+    if (fcntl(listenFd, F_SETFL, O_NONBLOCK) < 0) {
 	error = errno;
 	CloseFd(&wakeFds[0]);
 	CloseFd(&wakeFds[1]);
@@ -3605,14 +3603,14 @@ OpenListener(
     }
 
     for (ai = addrs; ai != NULL; ai = ai->ai_next) {
-	fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+	/* Close-on-exec from the start: another thread may exec. */
+	fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
+		ai->ai_protocol);
 	if (fd < 0) {
 	    error = errno;
 	    continue;
 	}
-	if (fcntl(fd, F_SETFD, FD_CLOEXEC) == 0
-		&& setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on,
-			sizeof(on)) == 0
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) == 0
 		&& bind(fd, ai->ai_addr, ai->ai_addrlen) == 0
 		&& listen(fd, backlog) == 0
 		&& getsockname(fd, (struct sockaddr *) &bound,
