@@ -169,6 +169,37 @@ proc listenerInodes {port} {
     return $inodes
 }
 
+# quietPorts n --
+#	n loopback ports below the kernel's ephemeral range, free a moment
+#	ago and never served by this process. Neither a bind to port 0 nor
+#	an outgoing connection, of this process or of a test file running
+#	beside it, takes such a number: a test may close one and bind it
+#	again, or give it to a program that binds it later.
+proc quietPorts {n} {
+    set high 32768
+    catch {
+	set f [open /proc/sys/net/ipv4/ip_local_port_range]
+	set high [lindex [read $f] 0]
+	close $f
+    }
+    set low [expr {max(1025, $high - 16384)}]
+    set ports {}
+    for {set tries 0} {[llength $ports] < $n && $tries < 1000} {incr tries} {
+	set port [expr {$low + int(rand() * ($high - $low))}]
+	if {$port in $ports || $port in [::socketserver::socket info]} {
+	    continue
+	}
+	if {![catch {socket -server {} -myaddr 127.0.0.1 $port} probe]} {
+	    close $probe
+	    lappend ports $port
+	}
+    }
+    if {[llength $ports] < $n} {
+	error "no free port from $low to [expr {$high - 1}]"
+    }
+    return $ports
+}
+
 # refused port ?pids? --
 #	1 if none of pids (default: this process) accepts connections on
 #	port any more: a connection is refused, or the listener that took it
