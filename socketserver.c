@@ -365,6 +365,10 @@ static int adoptError = 0;		/* Why adopting the queues handed over
 static int forkBreaksNotifier = 0;	/* 1 where Tcl's event loop does not
 					 * survive fork() (Tcl 9 on Linux);
 					 * set once by SetupProcess. */
+static int selectNotifier = 0;		/* 1 where Tcl's notifier watches file
+					 * handlers with select() (Tcl 8), so
+					 * not a descriptor from FD_SETSIZE
+					 * up; set once by SetupProcess. */
 static int threadedTcl = 0;		/* 1 if Tcl is built with threads;
 					 * set by Socketserver_Init. (L) */
 static int watchInThread = 0;		/* 1 where reply sockets are watched
@@ -549,8 +553,8 @@ CloseFd(
  * SetupProcess --
  *
  *	Runs once per process: installs the fork handlers and the exit
- *	handler, notes whether Tcl's event loop survives fork(), and adopts
- *	the queues a spawning process handed over.
+ *	handler, notes how Tcl's notifier waits and whether it survives
+ *	fork(), and adopts the queues a spawning process handed over.
  *
  * Results:
  *	None.
@@ -564,15 +568,16 @@ CloseFd(
 static void
 SetupProcess(void)
 {
-#ifdef __linux__
     int major;
 
+    Tcl_GetVersion(&major, NULL, NULL, NULL);
+    selectNotifier = (major < 9);
+#ifdef __linux__
     /*
      * Tcl 9 waits with one epoll instance per thread and nothing makes a
      * new one in a forked child: parent and child would share it.
      */
 
-    Tcl_GetVersion(&major, NULL, NULL, NULL);
     forkBreaksNotifier = (major >= 9);
 
     /*
@@ -2159,9 +2164,7 @@ SendAsk(
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
 	    return errno;
 	}
-	if (pair[0] >= FD_SETSIZE && !watchInThread
-		&& !forkBreaksNotifier) {
-	    /* Tcl 8's notifier would watch it with select(). */
+	if (pair[0] >= FD_SETSIZE && selectNotifier && !watchInThread) {
 	    close(pair[0]);
 	    close(pair[1]);
 	    return -1;
