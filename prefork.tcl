@@ -52,6 +52,7 @@ namespace eval ::socketserver::prefork {
     variable Backoff 0		;# ms before the next start after a crash.
     variable StartTimer {}	;# Pending start of a replacement worker.
     variable Exiting 0		;# Set when the supervisor leaves.
+    variable LastError {}	;# The queue's lasterror when last looked.
 }
 
 # socketserver::prefork ?option value ...? handler --
@@ -310,6 +311,7 @@ proc ::socketserver::prefork::Supervisor {config} {
     if {[dict get $config -timeout] > 0} {
 	after 200 [namespace code WatchTimeouts]
     }
+    WatchQueue
     vwait forever
 }
 
@@ -627,7 +629,11 @@ proc ::socketserver::prefork::Status {} {
 	Log $line
     }
     set info [::socketserver::socket info $Port]
-    Log "queue: [dict get $info waiting] workers waiting, [dict get $info queued] connections queued"
+    set line "queue: [dict get $info waiting] workers waiting, [dict get $info queued] connections queued"
+    if {[dict get $info lasterror] ne ""} {
+	append line ", last error [dict get $info lasterror]"
+    }
+    Log $line
 }
 
 # WatchTimeouts --
@@ -646,6 +652,32 @@ proc ::socketserver::prefork::WatchTimeouts {} {
 	}
     }
     after 200 [namespace code WatchTimeouts]
+}
+
+# WatchQueue --
+#	Every second: logs each new error the accept thread meets (the
+#	queue's lasterror). Out of descriptors, the serving process stalls
+#	without it: it accepts nothing and can't take a new worker's first
+#	ask until one is free.
+proc ::socketserver::prefork::WatchQueue {} {
+    variable Port
+    variable LastError
+    set error [dict get [::socketserver::socket info $Port] lasterror]
+    if {$error ne $LastError} {
+	set LastError $error
+	switch -- $error {
+	    "" {}
+	    EMFILE - ENFILE {
+		Log "out of descriptors ($error): accepting stalls until one\
+			is free; raise the limit (ulimit -n, systemd's\
+			LimitNOFILE) or run fewer workers"
+	    }
+	    default {
+		Log "accepting or handing over met $error"
+	    }
+	}
+    }
+    after 1000 [namespace code WatchQueue]
 }
 
 # Stop --
