@@ -655,10 +655,11 @@ proc ::socketserver::prefork::WatchTimeouts {} {
 }
 
 # WatchQueue --
-#	Every second: logs each new error the accept thread meets (the
-#	queue's lasterror). Out of descriptors, the serving process stalls
-#	without it: it accepts nothing and can't take a new worker's first
-#	ask until one is free.
+#	Every second: logs the queue's lasterror when it changes, so each
+#	error the accept thread meets is logged once. Out of descriptors the
+#	serving process stalls (it accepts nothing and can't take a new
+#	worker's first ask until one is free) and would otherwise say
+#	nothing.
 proc ::socketserver::prefork::WatchQueue {} {
     variable Port
     variable LastError
