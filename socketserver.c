@@ -359,6 +359,12 @@ static volatile sig_atomic_t signalWakeFd[NSIG];
 					/* Write end of the wake pipe of the
 					 * script's thread, or -1. Written
 					 * under signalLock. */
+static volatile sig_atomic_t signalPid = 0;
+					/* The process that last set a script's
+					 * action: a forked child is another
+					 * until its fork handler has put the
+					 * actions back. Written under
+					 * signalLock. */
 static int adoptError = 0;		/* Why adopting the queues handed over
 					 * by 'spawn' failed, or 0; set once by
 					 * SetupProcess. */
@@ -4337,6 +4343,24 @@ CatchSignal(
 {
     int savedErrno = errno, fd = signalWakeFd[signo];
 
+    if ((pid_t) signalPid != getpid()) {
+	/*
+	 * A child of fork() that its fork handler has not reached yet
+	 * (ForgetSignals): a signal sent to it is its own, not one for the
+	 * parent's script, which would swallow it. Put back the action the
+	 * child is to have, and let it take the signal when this handler
+	 * returns.
+	 */
+
+	SignalHandler *handlerPtr = signalHandlers[signo];
+
+	if (handlerPtr != NULL) {
+	    sigaction(signo, &handlerPtr->previous, NULL);
+	    raise(signo);
+	}
+	errno = savedErrno;
+	return;
+    }
     signalCaught[signo] = 1;
     if (fd >= 0) {
 	ssize_t written = write(fd, "", 1);
@@ -4663,6 +4687,7 @@ SignalObjCmd(
 	action.sa_flags = SA_RESTART;
 	sigemptyset(&action.sa_mask);
 	signalWakeFd[signo] = pipePtr->fds[1];
+	signalPid = getpid();
 	if (sigaction(signo, &action, &handlerPtr->previous) < 0) {
 	    signalWakeFd[signo] = -1;
 	    pthread_mutex_unlock(&signalLock);
