@@ -434,6 +434,7 @@ static int		DeliverTaken(Tcl_Event *evPtr, int flags);
 static void		CloseReplySocket(Receiver *receiverPtr);
 static void		StopWatcher(Receiver *receiverPtr);
 static void		ReturnReceived(Receiver *receiverPtr);
+static void		KeepReserve(void);
 static void		RearmReplySocket(Receiver *receiverPtr);
 static int		ReplyReadable(Tcl_Event *evPtr, int flags);
 static int		WatchReplySocket(Receiver *receiverPtr);
@@ -3065,10 +3066,7 @@ NewReceiver(
     receiverPtr->nextPtr = dataPtr->firstReceiverPtr;
     dataPtr->firstReceiverPtr = receiverPtr;
     pthread_mutex_lock(&queueLock);
-    if (reserveFd < 0) {
-	/* If this fails, so may a return at EMFILE: lastErrno would say. */
-	reserveFd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    }
+    KeepReserve();
     receiverPtr->id = ((uint64_t) getpid() << 32) | receiverCount++;
     receiverPtr->nextInProcess = allReceivers;
     allReceivers = receiverPtr;
@@ -3273,6 +3271,30 @@ ReturnReceived(
 	    break;
 	}
     }
+    KeepReserve();
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * KeepReserve --
+ *
+ *	queueLock held: opens the reserve descriptor if the process has
+ *	none (the first receiver, or ReturnReceived used it).
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	If this fails, a later call tries again; until then a return at
+ *	EMFILE closes the connection, and lastErrno says so.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+KeepReserve(void)
+{
     if (reserveFd < 0) {
 	reserveFd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     }

@@ -169,6 +169,33 @@ proc listenerInodes {port} {
     return $inodes
 }
 
+# sendToAsker port --
+#	With one ask waiting in this serving process: connects to port, sends
+#	the line "kept" and waits until the serving process has sent the
+#	connection to the asker. Returns the client's channel.
+proc sendToAsker {port} {
+    waitUntil {[dict get [::socketserver::socket info $port] waiting] == 1}
+    set chan [connect $port]
+    puts $chan kept
+    waitUntil {[accepted $port] == 1
+	&& [dict get [::socketserver::socket info $port] waiting] == 0}
+    return $chan
+}
+
+# askHere port --
+#	Asks for a connection from port in this process; returns the first
+#	line that comes on it.
+proc askHere {port} {
+    set ::askedLine {}
+    ::socketserver::socket client -port $port {apply {{chan args} {
+	fconfigure $chan -translation lf
+	set ::askedLine [list line [gets $chan]]
+	close $chan
+    }}}
+    waitUntil {$::askedLine ne ""}
+    lindex $::askedLine 1
+}
+
 # quietPorts n --
 #	n loopback ports below the kernel's ephemeral range, free a moment
 #	ago and never served by this process. Neither a bind to port 0 nor
