@@ -359,12 +359,10 @@ static volatile sig_atomic_t signalWakeFd[NSIG];
 					/* Write end of the wake pipe of the
 					 * script's thread, or -1. Written
 					 * under signalLock. */
-static volatile sig_atomic_t signalPid = 0;
-					/* The process that last set a script's
-					 * action: a forked child is another
-					 * until its fork handler has put the
-					 * actions back. Written under
-					 * signalLock. */
+static sigset_t forkMask;		/* The forking thread's signal mask,
+					 * which fork's prepare handler saves
+					 * and the parent and child handlers
+					 * put back. (S) */
 static int adoptError = 0;		/* Why adopting the queues handed over
 					 * by 'spawn' failed, or 0; set once by
 					 * SetupProcess. */
@@ -607,7 +605,11 @@ SetupProcess(void)
  *
  *	Keep fork() from copying half-made state. The prepare handler takes
  *	signalLock and queueLock, under which every descriptor of the accept
- *	thread is created and recorded. The child, which has no accept
+ *	thread is created and recorded, and blocks every signal until the
+ *	parent and child handlers are done: a signal sent to the child the
+ *	moment fork() returns waits until the child has put back its own
+ *	actions (ForgetSignals), instead of going to the parent's script,
+ *	whose C handler would swallow it. The child, which has no accept
  *	thread, closes what belongs to the serving process alone: listeners,
  *	the reading ends of the queues, the writing ends of the ready
  *	queues, the stop pipes, the reply sockets' sending ends and every
@@ -634,13 +636,18 @@ SetupProcess(void)
 static void
 AtForkPrepare(void)
 {
+    sigset_t all;
+
     pthread_mutex_lock(&signalLock);
     pthread_mutex_lock(&queueLock);
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &forkMask);
 }
 
 static void
 AtForkParent(void)
 {
+    pthread_sigmask(SIG_SETMASK, &forkMask, NULL);
     pthread_mutex_unlock(&queueLock);
     pthread_mutex_unlock(&signalLock);
 }
@@ -690,6 +697,7 @@ AtForkChild(void)
     ForgetSignals(nullFd);
     CloseFd(&nullFd);
     forkGeneration++;
+    pthread_sigmask(SIG_SETMASK, &forkMask, NULL);
     pthread_mutex_unlock(&queueLock);
     pthread_mutex_unlock(&signalLock);
 }
@@ -4365,24 +4373,6 @@ CatchSignal(
 {
     int savedErrno = errno, fd = signalWakeFd[signo];
 
-    if ((pid_t) signalPid != getpid()) {
-	/*
-	 * A child of fork() that its fork handler has not reached yet
-	 * (ForgetSignals): a signal sent to it is its own, not one for the
-	 * parent's script, which would swallow it. Put back the action the
-	 * child is to have, and let it take the signal when this handler
-	 * returns.
-	 */
-
-	SignalHandler *handlerPtr = signalHandlers[signo];
-
-	if (handlerPtr != NULL) {
-	    sigaction(signo, &handlerPtr->previous, NULL);
-	    raise(signo);
-	}
-	errno = savedErrno;
-	return;
-    }
     signalCaught[signo] = 1;
     if (fd >= 0) {
 	ssize_t written = write(fd, "", 1);
@@ -4709,7 +4699,6 @@ SignalObjCmd(
 	action.sa_flags = SA_RESTART;
 	sigemptyset(&action.sa_mask);
 	signalWakeFd[signo] = pipePtr->fds[1];
-	signalPid = getpid();
 	if (sigaction(signo, &action, &handlerPtr->previous) < 0) {
 	    signalWakeFd[signo] = -1;
 	    pthread_mutex_unlock(&signalLock);
