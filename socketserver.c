@@ -59,8 +59,11 @@
 typedef int Tcl_Size;
 #endif
 
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
@@ -70,11 +73,16 @@ typedef int Tcl_Size;
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <sys/select.h>
 #include <time.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <netinet/in.h>
+#include <arpa/inet.h>
 #include <unistd.h>
 #ifdef __linux__
 #include <sys/epoll.h>
@@ -110,6 +118,8 @@ typedef int Tcl_Size;
 				 * ready queue. */
 #define KIND_WITHDRAW	6	/* Up the queue, no fd: asker's request was
 				 * withdrawn; forget one of its asks. */
+#define KIND_ADOPT_BOARD 7	/* Hand-over, before port's KIND_ADOPT_ASK:
+				 * fd is the queue's scoreboard. */
 
 typedef struct Message {
     uint32_t magic;		/* MESSAGE_MAGIC. */
@@ -144,6 +154,47 @@ typedef struct ReplySocket {
     uint64_t asker;		/* The receiver's id. */
     int fd;			/* The sending end. */
 } ReplySocket;
+
+/*
+ * The scoreboard: what each receiver of a queue is doing, in memory that
+ * the serving process shares with every worker (a memfd mapped by each,
+ * handed to spawned programs with the queue), as Apache's prefork keeps
+ * its scoreboard. A receiver claims a free slot (asker 0) with a
+ * compare-and-swap at its first 'client' and alone writes it after,
+ * without a lock or a message: two clock reads and a few stores per
+ * connection. Anyone reads it ('info'), exactly as it is at that moment,
+ * however long the reader was stopped. A reader copies a slot between two
+ * equal even values of seq (a seqlock); the writer makes seq odd while it
+ * writes. A slot is freed by its receiver (DropReceiver, the exit
+ * handler), by the serving process when the receiver's reply socket hangs
+ * up (ForgetReplySocket), or by a reader that finds its process gone.
+ */
+
+typedef enum SlotState {
+    SLOT_WAITING = 1,		/* A request is pending: waits for a
+				 * connection. */
+    SLOT_SERVING,		/* A connection was delivered and no request
+				 * has been made since. */
+    SLOT_IDLE			/* The last request ended without a
+				 * connection (cancel, refusal). */
+} SlotState;
+
+typedef struct Slot {
+    uint64_t asker;		/* The receiver's id, 0 if the slot is
+				 * free. */
+    uint32_t seq;		/* Odd while the receiver writes. */
+    uint32_t state;		/* SlotState. */
+    uint64_t since;		/* CLOCK_MONOTONIC, ns: when state began. */
+    uint64_t served;		/* Connections delivered. */
+    uint16_t family;		/* SERVING: the peer's address family, */
+    uint16_t peerPort;		/* port (host order) */
+    unsigned char peerAddr[16];	/* and address. */
+    uint32_t spare;		/* Pads the slot to 64 bytes. */
+} Slot;
+
+#define BOARD_SLOTS	4096	/* Receivers a queue's scoreboard holds: four
+				 * times the most workers prefork runs. */
+#define BOARD_BYTES	(BOARD_SLOTS * sizeof(Slot))
 
 /*
  * Listening states of a queue in this process.
@@ -214,6 +265,10 @@ typedef struct Queue {
     long received;		/* Connections this process took. (L) */
     int lastErrno;		/* Last error the accept thread met, or 0.
 				 * (L) */
+    int boardFd;		/* The scoreboard's memfd, kept to hand to
+				 * spawned programs; fixed. */
+    Slot *board;		/* The scoreboard, BOARD_SLOTS slots, mapped
+				 * shared; fixed. Lock-free: see Slot. */
 } Queue;
 
 /*
@@ -276,6 +331,9 @@ typedef struct Receiver {
     Message takenMessage;	/* TAKEN: its message. */
     unsigned long generation;	/* forkGeneration when made: a receiver
 				 * copied into a forked child is stale. */
+    Slot *slotPtr;		/* Its scoreboard slot, or NULL if the board
+				 * was full. Written only by this
+				 * receiver. */
 } Receiver;
 
 /*
@@ -417,7 +475,7 @@ static int		CancelCmd(InterpData *dataPtr, Tcl_Interp *interp,
 static int		ClientCmd(InterpData *dataPtr, Tcl_Interp *interp,
 			    int objc, Tcl_Obj *const objv[]);
 static Queue *		AddQueue(int port, const int askFds[2],
-			    const int readyFds[2]);
+			    const int readyFds[2], int boardFd, Slot *board);
 static void		AdoptQueues(void);
 static int		ClaimRefused(Tcl_Interp *interp, Queue *queuePtr);
 static int		CloseCmd(Tcl_Interp *interp, int objc,
@@ -473,6 +531,13 @@ static void		ForgetReplySocket(Queue *queuePtr, int index);
 static int		GrowList(void **listPtr, int *spacePtr, int count,
 			    size_t size);
 static Receiver *	NewReceiver(InterpData *dataPtr, Queue *queuePtr);
+static Tcl_Obj *	BoardObj(Queue *queuePtr);
+static Slot *		MakeBoard(int *fdPtr);
+static Slot *		MapBoard(int fd);
+static void		ClaimSlot(Receiver *receiverPtr);
+static void		MarkSlot(Receiver *receiverPtr, SlotState state,
+			    const Message *messagePtr);
+static void		FreeSlot(Slot *board, uint64_t asker);
 static void		PruneReplySockets(Queue *queuePtr);
 static int		MakeAcceptPoll(Queue *queuePtr);
 static int		WaitIdle(Queue *queuePtr, int *listenReadyPtr,
@@ -508,6 +573,17 @@ static void		CatchSignal(int signo);
 static void		ForgetSignals(int nullFd);
 static void		RemoveSignalScript(int signo);
 static void		RunCaughtSignals(ClientData clientData, int mask);
+static int		ParseSignal(Tcl_Interp *interp, Tcl_Obj *objPtr,
+			    int catchable, int *signoPtr);
+static int		KillObjCmd(ClientData clientData,
+			    Tcl_Interp *interp, int objc,
+			    Tcl_Obj *const objv[]);
+static int		ExitedObjCmd(ClientData clientData,
+			    Tcl_Interp *interp, int objc,
+			    Tcl_Obj *const objv[]);
+static int		DescriptorsObjCmd(ClientData clientData,
+			    Tcl_Interp *interp, int objc,
+			    Tcl_Obj *const objv[]);
 static int		SignalObjCmd(ClientData clientData,
 			    Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
@@ -693,6 +769,7 @@ AtForkChild(void)
 	CloseFd(&receiverPtr->stopFd);
 	receiverPtr->watching = 0;
 	CloseFd(&receiverPtr->takenFd);
+	receiverPtr->slotPtr = NULL;	/* The parent's. */
     }
     ForgetSignals(nullFd);
     CloseFd(&nullFd);
@@ -769,6 +846,7 @@ FinalizeServers(
 	    receiverPtr = receiverPtr->nextInProcess) {
 	if (receiverPtr->generation == forkGeneration) {
 	    ReturnReceived(receiverPtr);
+	    FreeSlot(receiverPtr->queuePtr->board, receiverPtr->id);
 	}
     }
     pthread_mutex_unlock(&queueLock);
@@ -1402,6 +1480,7 @@ ForgetReplySocket(
 
     WatchHangUp(queuePtr, &queuePtr->replySockets[index], 0);
     close(queuePtr->replySockets[index].fd);
+    FreeSlot(queuePtr->board, asker);
     queuePtr->numReplySockets--;
     memmove(queuePtr->replySockets + index,
 	    queuePtr->replySockets + index + 1,
@@ -2045,6 +2124,7 @@ ClientCmd(
 	}
 	receiverPtr->state = ASKED;
     }
+    MarkSlot(receiverPtr, SLOT_WAITING, NULL);
     receiverPtr->handlerObj = handlerObj;
     Tcl_IncrRefCount(handlerObj);
     Tcl_ResetResult(interp);
@@ -2734,6 +2814,7 @@ FinishRequest(
     }
     receiverPtr->state = NO_REQUEST;
     receiverPtr->handlerObj = NULL;
+    MarkSlot(receiverPtr, (fd >= 0 ? SLOT_SERVING : SLOT_IDLE), messagePtr);
     if (fd >= 0) {
 	pthread_mutex_lock(&queueLock);
 	queuePtr->received++;
@@ -3038,6 +3119,230 @@ CancelCmd(
 /*
  *----------------------------------------------------------------------
  *
+ * MakeBoard --
+ *
+ *	Makes a queue's scoreboard: a memfd (a file unlinked at once where
+ *	there is none) of BOARD_BYTES zeroes, mapped shared.
+ *
+ * Results:
+ *	The mapping, with its descriptor (close-on-exec) in *fdPtr; or NULL
+ *	with errno set and nothing left open.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static Slot *
+MakeBoard(
+    int *fdPtr)
+{
+    Slot *board;
+    int fd, error;
+
+#ifdef MFD_CLOEXEC
+    fd = memfd_create("socketserver-board", MFD_CLOEXEC);
+#else
+    char path[] = "/tmp/socketserver-boardXXXXXX";
+
+    fd = mkstemp(path);
+    if (fd >= 0) {
+	unlink(path);
+	fcntl(fd, F_SETFD, FD_CLOEXEC);
+    }
+#endif
+    if (fd < 0) {
+	return NULL;
+    }
+    if (ftruncate(fd, (off_t) BOARD_BYTES) < 0
+	    || (board = MapBoard(fd)) == NULL) {
+	error = errno;
+	close(fd);
+	errno = error;
+	return NULL;
+    }
+    *fdPtr = fd;
+    return board;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * MapBoard --
+ *
+ *	Maps the scoreboard in descriptor fd, shared.
+ *
+ * Results:
+ *	The mapping, or NULL with errno set.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static Slot *
+MapBoard(
+    int fd)
+{
+    void *board = mmap(NULL, BOARD_BYTES, PROT_READ | PROT_WRITE,
+	    MAP_SHARED, fd, 0);
+
+    return (board == MAP_FAILED) ? NULL : (Slot *) board;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ClaimSlot --
+ *
+ *	Gives a receiver a free slot of its queue's scoreboard.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	receiverPtr->slotPtr is the slot, marked SLOT_IDLE with nothing
+ *	served; or NULL if every slot is taken (the receiver then works
+ *	without one, and 'info' does not list it).
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+ClaimSlot(
+    Receiver *receiverPtr)
+{
+    Slot *board = receiverPtr->queuePtr->board;
+    int i;
+
+    receiverPtr->slotPtr = NULL;
+    for (i = 0; i < BOARD_SLOTS; i++) {
+	uint64_t free = 0;
+
+	if (__atomic_load_n(&board[i].asker, __ATOMIC_RELAXED) == 0
+		&& __atomic_compare_exchange_n(&board[i].asker, &free,
+			receiverPtr->id, 0, __ATOMIC_ACQ_REL,
+			__ATOMIC_RELAXED)) {
+	    receiverPtr->slotPtr = &board[i];
+	    __atomic_store_n(&board[i].served, 0, __ATOMIC_RELAXED);
+	    MarkSlot(receiverPtr, SLOT_IDLE, NULL);
+	    return;
+	}
+    }
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * MarkSlot --
+ *
+ *	Writes what the receiver now does into its slot: the state, when it
+ *	began, and for SLOT_SERVING the peer of the connection in
+ *	*messagePtr, counted as served. A slot freed under the receiver
+ *	(its reply socket seen hung up) is claimed again first.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	See above. Two stores of seq around the fields (see Slot).
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+MarkSlot(
+    Receiver *receiverPtr,
+    SlotState state,
+    const Message *messagePtr)
+{
+    Slot *slotPtr = receiverPtr->slotPtr;
+    struct timespec now;
+    uint32_t seq;
+
+    if (slotPtr != NULL && __atomic_load_n(&slotPtr->asker,
+	    __ATOMIC_RELAXED) != receiverPtr->id) {
+	ClaimSlot(receiverPtr);
+	slotPtr = receiverPtr->slotPtr;
+    }
+    if (slotPtr == NULL) {
+	return;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    seq = __atomic_load_n(&slotPtr->seq, __ATOMIC_RELAXED);
+    __atomic_store_n(&slotPtr->seq, seq + 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    __atomic_store_n(&slotPtr->state, (uint32_t) state, __ATOMIC_RELAXED);
+    __atomic_store_n(&slotPtr->since,
+	    (uint64_t) now.tv_sec * 1000000000u + (uint64_t) now.tv_nsec,
+	    __ATOMIC_RELAXED);
+    if (state == SLOT_SERVING && messagePtr != NULL) {
+	const struct sockaddr_storage *addrPtr = &messagePtr->addr;
+	uint16_t family = (uint16_t) addrPtr->ss_family, port = 0;
+	unsigned char addr[16];
+
+	memset(addr, 0, sizeof(addr));
+	if (family == AF_INET) {
+	    const struct sockaddr_in *inPtr =
+		    (const struct sockaddr_in *) addrPtr;
+
+	    port = ntohs(inPtr->sin_port);
+	    memcpy(addr, &inPtr->sin_addr, 4);
+	} else if (family == AF_INET6) {
+	    const struct sockaddr_in6 *in6Ptr =
+		    (const struct sockaddr_in6 *) addrPtr;
+
+	    port = ntohs(in6Ptr->sin6_port);
+	    memcpy(addr, &in6Ptr->sin6_addr, 16);
+	}
+	__atomic_store_n(&slotPtr->family, family, __ATOMIC_RELAXED);
+	__atomic_store_n(&slotPtr->peerPort, port, __ATOMIC_RELAXED);
+	memcpy(slotPtr->peerAddr, addr, sizeof(addr));
+	__atomic_store_n(&slotPtr->served, slotPtr->served + 1,
+		__ATOMIC_RELAXED);
+    }
+    __atomic_store_n(&slotPtr->seq, seq + 2, __ATOMIC_RELEASE);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * FreeSlot --
+ *
+ *	Frees the scoreboard slot of receiver asker, if it has one.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	The slot's asker becomes 0, unless it changed meanwhile.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+FreeSlot(
+    Slot *board,
+    uint64_t asker)
+{
+    int i;
+
+    for (i = 0; i < BOARD_SLOTS; i++) {
+	uint64_t expected = asker;
+
+	if (__atomic_load_n(&board[i].asker, __ATOMIC_RELAXED) == asker) {
+	    __atomic_compare_exchange_n(&board[i].asker, &expected, 0, 0,
+		    __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+	    return;
+	}
+    }
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * NewReceiver --
  *
  *	Makes the interpreter's receiver for a queue, with no reply socket
@@ -3079,6 +3384,7 @@ NewReceiver(
     receiverPtr->nextInProcess = allReceivers;
     allReceivers = receiverPtr;
     pthread_mutex_unlock(&queueLock);
+    ClaimSlot(receiverPtr);
     return receiverPtr;
 }
 
@@ -3344,6 +3650,7 @@ DropReceiver(
 	pthread_mutex_lock(&queueLock);
 	ReturnReceived(receiverPtr);
 	pthread_mutex_unlock(&queueLock);
+	FreeSlot(receiverPtr->queuePtr->board, receiverPtr->id);
     }
     CloseReplySocket(receiverPtr);
 
@@ -3390,7 +3697,8 @@ ServerCmd(
     const char *myaddr = "0.0.0.0";
     char boundAddr[NI_MAXHOST];
     int backlog = SOMAXCONN, port, boundPort, listenFd, i, index;
-    int queueFds[2], readyFds[2];
+    int queueFds[2], readyFds[2], boardFd;
+    Slot *board;
     Queue *queuePtr;
 
     /*
@@ -3492,8 +3800,23 @@ ServerCmd(
 		    "socketpairs): %s", boundPort, Tcl_PosixError(interp)));
 	    return TCL_ERROR;
 	}
+	if ((board = MakeBoard(&boardFd)) == NULL) {
+	    int error = errno;
+
+	    free(pending);
+	    close(listenFd);
+	    for (i = 0; i < 2; i++) {
+		close(queueFds[i]);
+		close(readyFds[i]);
+	    }
+	    errno = error;
+	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		    "couldn't create the scoreboard for port %d: %s",
+		    boundPort, Tcl_PosixError(interp)));
+	    return TCL_ERROR;
+	}
 	pthread_mutex_lock(&queueLock);
-	queuePtr = AddQueue(boundPort, queueFds, readyFds);
+	queuePtr = AddQueue(boundPort, queueFds, readyFds, boardFd, board);
 	queuePtr->pending = pending;
 	queuePtr->pendingSpace = LIST_MIN;
     }
@@ -3541,10 +3864,12 @@ ParsePort(
 	    *portPtr = port;
 	    return TCL_OK;
 	}
-    } else if (text[0] != '\0' && text[0] != '-') {
+    } else if (isalpha((unsigned char) text[0])) {
 	/*
 	 * A TCP service name, as Tcl's 'socket' takes (getservbyname()
-	 * there; getaddrinfo() here, which is thread-safe).
+	 * there; getaddrinfo() here, which is thread-safe). Names start with
+	 * a letter: a number too large for an int must not reach
+	 * getaddrinfo(), which takes it modulo 65536.
 	 */
 
 	memset(&hints, 0, sizeof(hints));
@@ -3803,7 +4128,9 @@ static Queue *
 AddQueue(
     int port,
     const int askFds[2],
-    const int readyFds[2])
+    const int readyFds[2],
+    int boardFd,
+    Slot *board)
 {
     Queue *queuePtr = (Queue *) ckalloc(sizeof(Queue));
     Queue **linkPtr = &firstQueuePtr;
@@ -3814,6 +4141,8 @@ AddQueue(
     queuePtr->askFds[1] = askFds[1];
     queuePtr->readyFds[0] = readyFds[0];
     queuePtr->readyFds[1] = readyFds[1];
+    queuePtr->boardFd = boardFd;
+    queuePtr->board = board;
     queuePtr->listenFd = -1;
     queuePtr->pollFd = -1;
     queuePtr->wakeFds[0] = queuePtr->wakeFds[1] = -1;
@@ -4012,9 +4341,98 @@ InfoCmd(
     errno = queuePtr->lastErrno;
     PUT("lasterror", Tcl_NewStringObj(errno ? Tcl_ErrnoId() : "", -1));
     pthread_mutex_unlock(&queueLock);
+    PUT("workers", BoardObj(queuePtr));
 #undef PUT
     Tcl_SetObjResult(interp, resultObj);
     return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * BoardObj --
+ *
+ *	What every receiver of a queue is doing, read from its scoreboard.
+ *	Slots of processes that are gone (killed before they could free
+ *	them, while no accept thread watched their reply sockets) are freed
+ *	on the way.
+ *
+ * Results:
+ *	A new list of dicts, one per receiver: pid, state (waiting, serving
+ *	or idle), for (seconds in that state), served (connections
+ *	delivered) and, while serving, peer (address and port).
+ *
+ * Side effects:
+ *	See above.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static Tcl_Obj *
+BoardObj(
+    Queue *queuePtr)
+{
+    static const char *const stateNames[] = {
+	"", "waiting", "serving", "idle"
+    };
+    Tcl_Obj *listObj = Tcl_NewObj();
+    struct timespec now;
+    uint64_t nowNs;
+    int i;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    nowNs = (uint64_t) now.tv_sec * 1000000000u + (uint64_t) now.tv_nsec;
+    for (i = 0; i < BOARD_SLOTS; i++) {
+	Slot *slotPtr = &queuePtr->board[i], copy;
+	Tcl_Obj *workerObj;
+	uint32_t seq;
+	int tries = 0;
+	pid_t pid;
+
+	do {
+	    seq = __atomic_load_n(&slotPtr->seq, __ATOMIC_ACQUIRE);
+	    copy.asker = __atomic_load_n(&slotPtr->asker, __ATOMIC_RELAXED);
+	    copy.state = __atomic_load_n(&slotPtr->state, __ATOMIC_RELAXED);
+	    copy.since = __atomic_load_n(&slotPtr->since, __ATOMIC_RELAXED);
+	    copy.served = __atomic_load_n(&slotPtr->served, __ATOMIC_RELAXED);
+	    copy.family = __atomic_load_n(&slotPtr->family, __ATOMIC_RELAXED);
+	    copy.peerPort = __atomic_load_n(&slotPtr->peerPort,
+		    __ATOMIC_RELAXED);
+	    memcpy(copy.peerAddr, slotPtr->peerAddr, sizeof(copy.peerAddr));
+	    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+	} while ((seq % 2 == 1
+		|| seq != __atomic_load_n(&slotPtr->seq, __ATOMIC_RELAXED))
+		&& ++tries < 1000);
+	if (copy.asker == 0 || tries == 1000
+		|| copy.state < SLOT_WAITING || copy.state > SLOT_IDLE) {
+	    continue;
+	}
+	pid = (pid_t) (copy.asker >> 32);
+	if (kill(pid, 0) < 0 && errno == ESRCH) {
+	    FreeSlot(queuePtr->board, copy.asker);
+	    continue;
+	}
+	workerObj = Tcl_NewObj();
+#define PUT(key, valueObj) \
+    Tcl_DictObjPut(NULL, workerObj, Tcl_NewStringObj((key), -1), (valueObj))
+	PUT("pid", Tcl_NewIntObj((int) pid));
+	PUT("state", Tcl_NewStringObj(stateNames[copy.state], -1));
+	PUT("for", Tcl_NewDoubleObj(nowNs > copy.since
+		? (double) (nowNs - copy.since) / 1e9 : 0.0));
+	PUT("served", Tcl_NewWideIntObj((Tcl_WideInt) copy.served));
+	if (copy.state == SLOT_SERVING) {
+	    char text[INET6_ADDRSTRLEN];
+
+	    if (inet_ntop(copy.family, copy.peerAddr, text, sizeof(text))
+		    == NULL) {
+		text[0] = '\0';
+	    }
+	    PUT("peer", Tcl_ObjPrintf("%s %u", text, copy.peerPort));
+	}
+#undef PUT
+	Tcl_ListObjAppendElement(NULL, listObj, workerObj);
+    }
+    return listObj;
 }
 
 /*
@@ -4077,12 +4495,18 @@ SpawnCmd(
 	    queuePtr = queuePtr->nextPtr) {
 	memset(&message, 0, sizeof(message));
 	message.magic = MESSAGE_MAGIC;
-	message.kind = KIND_ADOPT_ASK;
+	message.kind = KIND_ADOPT_BOARD;
 	message.port = queuePtr->port;
 	message.sequence = nonce;
 	/* Numeric, so it always fits; memset() left its terminator. */
 	memcpy(&message.addr, queuePtr->myaddr,
 		strnlen(queuePtr->myaddr, sizeof(message.addr) - 1));
+	if (ancil_send_fd(pair[0], queuePtr->boardFd, &message,
+		sizeof(message), MSG_DONTWAIT) < 0) {
+	    error = errno;
+	    break;
+	}
+	message.kind = KIND_ADOPT_ASK;
 	if (ancil_send_fd(pair[0], queuePtr->askFds[1], &message,
 		sizeof(message), MSG_DONTWAIT) < 0) {
 	    error = errno;
@@ -4244,9 +4668,10 @@ AdoptQueues(void)
     socklen_t length = sizeof(peer);
     unsigned long long nonce;
     long spawner;
+    struct stat info;
     Message message;
     ssize_t got;
-    int fd, askFd = -1, nullFd;
+    int fd, askFd = -1, boardFd = -1, nullFd;
 
     if (value == NULL) {
 	return;
@@ -4270,21 +4695,34 @@ AdoptQueues(void)
 	    adoptError = errno;
 	    break;
 	}
+	/*
+	 * Each port comes as its scoreboard, then its queue's asking end,
+	 * then its ready queue's reading end.
+	 */
+
 	if ((size_t) got != sizeof(message) || message.magic != MESSAGE_MAGIC
-		|| message.sequence != nonce || !IsQueueSocket(fd)
-		|| message.port > 65535
-		|| (message.kind == KIND_ADOPT_READY) != (askFd >= 0)
-		|| (message.kind != KIND_ADOPT_ASK
-			&& message.kind != KIND_ADOPT_READY)) {
+		|| message.sequence != nonce || message.port > 65535
+		|| (message.kind == KIND_ADOPT_BOARD
+		    ? (boardFd >= 0 || fstat(fd, &info) < 0
+			|| !S_ISREG(info.st_mode)
+			|| info.st_size != (off_t) BOARD_BYTES)
+		    : (!IsQueueSocket(fd) || boardFd < 0
+			|| (message.kind == KIND_ADOPT_READY) != (askFd >= 0)
+			|| (message.kind != KIND_ADOPT_ASK
+			    && message.kind != KIND_ADOPT_READY)))) {
 	    close(fd);
 	    adoptError = EBADMSG;
 	    break;
 	}
-	if (message.kind == KIND_ADOPT_ASK) {
+	if (message.kind == KIND_ADOPT_BOARD) {
+	    boardFd = fd;
+	} else if (message.kind == KIND_ADOPT_ASK) {
 	    askFd = fd;
 	} else {
 	    int askFds[2], readyFds[2];
 	    Queue *queuePtr;
+	    Slot *board = MapBoard(boardFd);
+	    int error = (board == NULL) ? errno : EBADMSG;
 
 	    askFds[0] = -1;
 	    askFds[1] = askFd;
@@ -4292,14 +4730,19 @@ AdoptQueues(void)
 	    readyFds[1] = -1;
 	    askFd = -1;
 	    pthread_mutex_lock(&queueLock);
-	    if (FindQueue(message.port) != NULL) {
+	    if (board == NULL || FindQueue(message.port) != NULL) {
+		adoptError = error;
 		pthread_mutex_unlock(&queueLock);
+		if (board != NULL) {
+		    munmap(board, BOARD_BYTES);
+		}
 		close(askFds[1]);
 		close(fd);
-		adoptError = EBADMSG;
 		break;
 	    }
-	    queuePtr = AddQueue(message.port, askFds, readyFds);
+	    queuePtr = AddQueue(message.port, askFds, readyFds, boardFd,
+		    board);
+	    boardFd = -1;
 	    ((char *) &message.addr)[sizeof(message.addr) - 1] = '\0';
 	    snprintf(queuePtr->myaddr, sizeof(queuePtr->myaddr), "%s",
 		    (char *) &message.addr);
@@ -4308,6 +4751,9 @@ AdoptQueues(void)
     }
     if (askFd >= 0) {
 	close(askFd);
+    }
+    if (boardFd >= 0) {
+	close(boardFd);
     }
 
     /*
@@ -4325,26 +4771,29 @@ AdoptQueues(void)
 }
 
 /*
- * The signals a script may be set for, as 'kill -l' names them. Signals
- * that report a fault (SEGV, BUS, FPE, ILL, ...) must be handled in the
- * thread that caused them, and KILL and STOP cannot be caught at all.
+ * The signals, as 'kill -l' names them. A script may be set for those
+ * marked catchable; ::socketserver::kill sends any of them. Signals that
+ * report a fault (SEGV, BUS, FPE, ILL, ...) must be handled in the thread
+ * that caused them, and KILL and STOP cannot be caught at all.
  */
 
 static const struct {
     const char *name;
     int number;
+    int catchable;		/* 1 if ::socketserver::signal takes it. */
 } signalNames[] = {
-    {"HUP", SIGHUP}, {"INT", SIGINT}, {"QUIT", SIGQUIT},
-    {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"PIPE", SIGPIPE},
-    {"ALRM", SIGALRM}, {"TERM", SIGTERM}, {"CHLD", SIGCHLD},
-    {"CONT", SIGCONT}, {"TSTP", SIGTSTP}, {"TTIN", SIGTTIN},
-    {"TTOU", SIGTTOU}, {"URG", SIGURG}, {"XCPU", SIGXCPU},
-    {"XFSZ", SIGXFSZ}, {"VTALRM", SIGVTALRM}, {"PROF", SIGPROF},
-    {"WINCH", SIGWINCH}, {"IO", SIGIO},
+    {"HUP", SIGHUP, 1}, {"INT", SIGINT, 1}, {"QUIT", SIGQUIT, 1},
+    {"USR1", SIGUSR1, 1}, {"USR2", SIGUSR2, 1}, {"PIPE", SIGPIPE, 1},
+    {"ALRM", SIGALRM, 1}, {"TERM", SIGTERM, 1}, {"CHLD", SIGCHLD, 1},
+    {"CONT", SIGCONT, 1}, {"TSTP", SIGTSTP, 1}, {"TTIN", SIGTTIN, 1},
+    {"TTOU", SIGTTOU, 1}, {"URG", SIGURG, 1}, {"XCPU", SIGXCPU, 1},
+    {"XFSZ", SIGXFSZ, 1}, {"VTALRM", SIGVTALRM, 1}, {"PROF", SIGPROF, 1},
+    {"WINCH", SIGWINCH, 1}, {"IO", SIGIO, 1},
 #ifdef SIGPWR
-    {"PWR", SIGPWR},
+    {"PWR", SIGPWR, 1},
 #endif
-    {NULL, 0}
+    {"KILL", SIGKILL, 0}, {"STOP", SIGSTOP, 0},
+    {NULL, 0, 0}
 };
 
 /*
@@ -4601,6 +5050,69 @@ ForgetSignals(
 /*
  *----------------------------------------------------------------------
  *
+ * ParseSignal --
+ *
+ *	Reads a signal's name, as 'kill -l' names it, with or without
+ *	"SIG". Only catchable signals when catchable is 1; else any signal
+ *	of the table, or a number from 0 (no signal: the target's existence
+ *	is checked) below NSIG.
+ *
+ * Results:
+ *	TCL_OK with *signoPtr set; or TCL_ERROR with a message listing the
+ *	names and -errorcode {TCL LOOKUP SIGNAL name}.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+ParseSignal(
+    Tcl_Interp *interp,
+    Tcl_Obj *objPtr,
+    int catchable,
+    int *signoPtr)
+{
+    const char *name = Tcl_GetString(objPtr);
+    Tcl_Obj *listObj;
+    int i, number;
+
+    if (!catchable && Tcl_GetIntFromObj(NULL, objPtr, &number) == TCL_OK
+	    && number >= 0 && number < NSIG) {
+	*signoPtr = number;
+	return TCL_OK;
+    }
+    if (strncmp(name, "SIG", 3) == 0) {
+	name += 3;
+    }
+    for (i = 0; signalNames[i].name != NULL; i++) {
+	if (strcmp(name, signalNames[i].name) == 0
+		&& (signalNames[i].catchable || !catchable)) {
+	    *signoPtr = signalNames[i].number;
+	    return TCL_OK;
+	}
+    }
+    listObj = Tcl_NewObj();
+    for (i = 0; signalNames[i].name != NULL; i++) {
+	if (signalNames[i].catchable || !catchable) {
+	    Tcl_AppendPrintfToObj(listObj, "%s%s", (i > 0 ? ", " : ""),
+		    signalNames[i].name);
+	}
+    }
+    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+	    "bad signal \"%s\": must be one of %s (with or without SIG)%s",
+	    Tcl_GetString(objPtr), Tcl_GetString(listObj),
+	    (catchable ? "" : ", or a number")));
+    Tcl_DecrRefCount(listObj);
+    Tcl_SetErrorCode(interp, "TCL", "LOOKUP", "SIGNAL", Tcl_GetString(objPtr),
+	    NULL);
+    return TCL_ERROR;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * SignalObjCmd --
  *
  *	::socketserver::signal signal ?script?
@@ -4630,37 +5142,19 @@ SignalObjCmd(
     SignalHandler *handlerPtr;
     WakePipe *pipePtr;
     Tcl_Size length;
-    int i, signo = 0;
+    int signo;
 
     (void) clientData;
     if (objc != 2 && objc != 3) {
 	Tcl_WrongNumArgs(interp, 1, objv, "signal ?script?");
 	return TCL_ERROR;
     }
+    if (ParseSignal(interp, objv[1], 1, &signo) != TCL_OK) {
+	return TCL_ERROR;
+    }
     name = Tcl_GetString(objv[1]);
     if (strncmp(name, "SIG", 3) == 0) {
 	name += 3;
-    }
-    for (i = 0; signalNames[i].name != NULL; i++) {
-	if (strcmp(name, signalNames[i].name) == 0) {
-	    signo = signalNames[i].number;
-	    break;
-	}
-    }
-    if (signo == 0) {
-	Tcl_Obj *listObj = Tcl_NewObj();
-
-	for (i = 0; signalNames[i].name != NULL; i++) {
-	    Tcl_AppendPrintfToObj(listObj, "%s%s", (i > 0 ? ", " : ""),
-		    signalNames[i].name);
-	}
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		"bad signal \"%s\": must be one of %s (with or without SIG)",
-		Tcl_GetString(objv[1]), Tcl_GetString(listObj)));
-	Tcl_DecrRefCount(listObj);
-	Tcl_SetErrorCode(interp, "TCL", "LOOKUP", "SIGNAL",
-		Tcl_GetString(objv[1]), NULL);
-	return TCL_ERROR;
     }
 
     pthread_mutex_lock(&signalLock);
@@ -4722,6 +5216,201 @@ SignalObjCmd(
     handlerPtr->scriptObj = objv[2];
     pthread_mutex_unlock(&signalLock);
     Tcl_ResetResult(interp);
+    return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * KillObjCmd --
+ *
+ *	::socketserver::kill signal pid
+ *	Sends signal (a name as ::socketserver::signal takes, KILL, STOP or
+ *	a number) to process pid, or to process group -pid, with kill(2):
+ *	no outside program, so it works in a slim image and in a process
+ *	with no descriptor to spare for a fork.
+ *
+ * Results:
+ *	TCL_OK with an empty result; or TCL_ERROR, with -errorcode {POSIX
+ *	ESRCH ...} when there is no such process (or it has been reaped),
+ *	{POSIX EPERM ...} when it is not ours to signal.
+ *
+ * Side effects:
+ *	The signal.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+KillObjCmd(
+    ClientData clientData,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    int signo, pid;
+
+    (void) clientData;
+    if (objc != 3) {
+	Tcl_WrongNumArgs(interp, 1, objv, "signal pid");
+	return TCL_ERROR;
+    }
+    if (ParseSignal(interp, objv[1], 0, &signo) != TCL_OK) {
+	return TCL_ERROR;
+    }
+
+    /*
+     * 0 and -1 would signal our own group or every process we may
+     * signal: never what a supervisor means.
+     */
+
+    if (Tcl_GetIntFromObj(NULL, objv[2], &pid) != TCL_OK
+	    || pid == 0 || pid == -1) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"expected a process id, or minus a process group id, but got "
+		"\"%s\"", Tcl_GetString(objv[2])));
+	Tcl_SetErrorCode(interp, "TCL", "VALUE", "PID", NULL);
+	return TCL_ERROR;
+    }
+    if (kill((pid_t) pid, signo) < 0) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't send signal %s to %s %d: %s", Tcl_GetString(objv[1]),
+		(pid < 0 ? "process group" : "process"), (pid < 0 ? -pid : pid),
+		Tcl_PosixError(interp)));
+	return TCL_ERROR;
+    }
+    return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ExitedObjCmd --
+ *
+ *	::socketserver::exited pid
+ *	Tells whether child process pid has ended, without collecting its
+ *	status (waitid() with WNOWAIT): 'close' of the channel that 'spawn'
+ *	returned still reports how it ended. A supervisor calls it for its
+ *	workers when SIGCHLD comes, which tells it of an exit even while a
+ *	program that a worker started holds the worker's output open.
+ *
+ * Results:
+ *	TCL_OK with 1 or 0; or TCL_ERROR, -errorcode {POSIX ECHILD ...}
+ *	if pid is not a child of this process waiting to be collected.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+ExitedObjCmd(
+    ClientData clientData,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    siginfo_t info;
+    int pid, result;
+
+    (void) clientData;
+    if (objc != 2) {
+	Tcl_WrongNumArgs(interp, 1, objv, "pid");
+	return TCL_ERROR;
+    }
+    if (Tcl_GetIntFromObj(interp, objv[1], &pid) != TCL_OK) {
+	return TCL_ERROR;
+    }
+    memset(&info, 0, sizeof(info));
+    do {
+	result = waitid(P_PID, (id_t) pid, &info, WEXITED | WNOHANG | WNOWAIT);
+    } while (result < 0 && errno == EINTR);
+    if (result < 0) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't wait for process %d: %s", pid,
+		Tcl_PosixError(interp)));
+	return TCL_ERROR;
+    }
+    Tcl_SetObjResult(interp, Tcl_NewBooleanObj(info.si_pid != 0));
+    return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * DescriptorsObjCmd --
+ *
+ *	::socketserver::descriptors
+ *	How many descriptors this process has open and may open: what a
+ *	supervisor checks before it starts workers, each of which costs it
+ *	descriptors.
+ *
+ * Results:
+ *	TCL_OK with a dict: open (descriptors open now), limit and hardlimit
+ *	(RLIMIT_NOFILE's soft and hard limits); or TCL_ERROR.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+DescriptorsObjCmd(
+    ClientData clientData,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    struct rlimit limit;
+    Tcl_Obj *resultObj;
+    DIR *dir;
+    rlim_t fd;
+    long open = 0;
+
+    (void) clientData;
+    if (objc != 1) {
+	Tcl_WrongNumArgs(interp, 1, objv, NULL);
+	return TCL_ERROR;
+    }
+    if (getrlimit(RLIMIT_NOFILE, &limit) < 0) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't read the descriptor limit: %s",
+		Tcl_PosixError(interp)));
+	return TCL_ERROR;
+    }
+
+    /*
+     * Linux lists them in /proc/self/fd (less the directory's own).
+     * Elsewhere, or without /proc, they are counted below the soft limit,
+     * where every one a process can open lies.
+     */
+
+    dir = opendir("/proc/self/fd");
+    if (dir != NULL) {
+	while (readdir(dir) != NULL) {
+	    open++;
+	}
+	closedir(dir);
+	open -= 3;		/* ".", ".." and the directory's own. */
+    } else {
+	for (fd = 0; fd < limit.rlim_cur && fd < INT_MAX; fd++) {
+	    if (fcntl((int) fd, F_GETFD) >= 0) {
+		open++;
+	    }
+	}
+    }
+    resultObj = Tcl_NewObj();
+    Tcl_DictObjPut(NULL, resultObj, Tcl_NewStringObj("open", -1),
+	    Tcl_NewLongObj(open));
+    Tcl_DictObjPut(NULL, resultObj, Tcl_NewStringObj("limit", -1),
+	    Tcl_NewWideIntObj((Tcl_WideInt) (limit.rlim_cur < INT_MAX
+	    ? limit.rlim_cur : INT_MAX)));
+    Tcl_DictObjPut(NULL, resultObj, Tcl_NewStringObj("hardlimit", -1),
+	    Tcl_NewWideIntObj((Tcl_WideInt) (limit.rlim_max < INT_MAX
+	    ? limit.rlim_max : INT_MAX)));
+    Tcl_SetObjResult(interp, resultObj);
     return TCL_OK;
 }
 
@@ -4885,6 +5574,12 @@ Socketserver_Init(
 	    SocketserverObjCmd, dataPtr, NULL);
     Tcl_CreateObjCommand(interp, "::socketserver::signal",
 	    SignalObjCmd, NULL, NULL);
+    Tcl_CreateObjCommand(interp, "::socketserver::kill",
+	    KillObjCmd, NULL, NULL);
+    Tcl_CreateObjCommand(interp, "::socketserver::exited",
+	    ExitedObjCmd, NULL, NULL);
+    Tcl_CreateObjCommand(interp, "::socketserver::descriptors",
+	    DescriptorsObjCmd, NULL, NULL);
     return Tcl_PkgProvide(interp, PACKAGE_NAME, PACKAGE_VERSION);
 }
 
