@@ -12,9 +12,11 @@
 #	workers with 'spawn' by running the same script with the same
 #	arguments, and serves until stopped. In a worker (a process that
 #	adopted a queue from the supervisor) the same call is the worker's
-#	loop. Workers tell the supervisor what they do in lines on their
-#	standard output that start with MARK; every other line they print is
-#	logged with their pid.
+#	loop. A worker prints one line that starts with READY once the
+#	application has loaded; what it does after, the supervisor reads from
+#	the queue's scoreboard ('info'). Every other line a worker prints is
+#	logged with its pid. It needs no program but Tcl: signals go with
+#	::socketserver::kill, exits come as SIGCHLD.
 #
 # Copyright (c) 2026 The socketserver authors.
 # See the file "LICENSE" for information on usage and redistribution.
@@ -25,8 +27,8 @@ package require socketserver 2.0
 namespace eval ::socketserver::prefork {
     namespace export prefork
 
-    # What a worker's status lines start with.
-    variable MARK "@@socketserver::prefork"
+    # The line a worker prints once the application has loaded.
+    variable READY "@@socketserver::prefork ready"
 
     # The options: name, default, what it takes (for -help and checks).
     variable Options {
@@ -46,12 +48,9 @@ namespace eval ::socketserver::prefork {
     variable Generation 0	;# Incremented by each reload.
     variable Wanted		;# How many workers the current generation has.
     variable State running	;# running, reloading or stopping.
-    variable Workers		;# Array pid -> dict: chan generation
-				;# state (starting ready busy leaving)
-				;# since served peer started output
+    variable Workers		;# Array pid -> dict (see the supervisor).
     variable Backoff 0		;# ms before the next start after a crash.
     variable StartTimer {}	;# Pending start of a replacement worker.
-    variable Exiting 0		;# Set when the supervisor leaves.
     variable LastError {}	;# The queue's lasterror when last looked.
 }
 
@@ -103,8 +102,9 @@ proc ::socketserver::prefork::Usage {} {
 	append text [format "  %-13s %s%s\n" $name $help \
 	    [expr {$default eq "" ? "" : " \[$default\]"}]]
     }
-    append text "Signals to the supervisor: TERM, INT stop; HUP reloads;\
-	TTIN, TTOU add or remove a worker; USR1 logs each worker's state."
+    append text "Signals to the supervisor: TERM stops gracefully, and so\
+	does INT (Ctrl-C), a second INT at once; HUP reloads; TTIN, TTOU add\
+	or remove a worker; USR1 logs each worker's state."
     return $text
 }
 
@@ -149,8 +149,9 @@ proc ::socketserver::prefork::Validate {optionList} {
 		set want "a number of seconds from 0 to 86400"
 	    }
 	    -log {
-		set ok [expr {![catch {llength $value}]}]
-		set want "a command prefix"
+		set ok [expr {$value eq "" || (![catch {llength $value} n] && $n > 0
+		    && [uplevel #0 [list namespace which [lindex $value 0]]] ne "")}]
+		set want "a command prefix (of a command defined before socketserver::prefork)"
 	    }
 	}
 	if {!$ok} {
@@ -196,7 +197,6 @@ namespace eval ::socketserver::prefork {
 proc ::socketserver::prefork::Worker {config handler} {
     variable Handler $handler
     variable Limit
-    variable MARK
     fconfigure stdout -buffering line
     set n [dict get $config -maxrequests]
     if {$n > 0} {
@@ -205,40 +205,50 @@ proc ::socketserver::prefork::Worker {config handler} {
     }
     interp bgerror {} [namespace code WorkerError]
     ::socketserver::signal TERM [namespace code Leave]
-    puts "$MARK ready"
+    # Ctrl-C in a terminal reaches the whole process group: the
+    # supervisor alone decides what it means (a graceful stop first).
+    ::socketserver::signal INT {# left to the supervisor}
+    variable READY
+    catch {puts $READY}
     Ask
     vwait forever
 }
 
 # Ask --
-#	Asks for the next connection; the end of the supervisor ends us.
+#	Asks for the next connection. The supervisor's scoreboard shows the
+#	worker waiting from here on. A worker that cannot ask leaves: the
+#	end of the supervisor (CLOSED) quietly, anything else with status 1
+#	and a line in the log, so that it is replaced rather than idle for
+#	ever.
 proc ::socketserver::prefork::Ask {} {
     if {[catch {::socketserver::socket client [namespace code Serve]} msg opts]} {
 	WorkerError $msg $opts
+	exit 1
     }
 }
 
 # Serve chan addr port --
 #	One connection: the handler, with blocking I/O; the channel is closed
-#	after it whatever it did, and the worker asks again (or leaves).
+#	after it whatever it did, and the worker asks again (or leaves). Nothing
+#	here may fail before the next ask: with the supervisor gone, even
+#	stderr is a broken pipe.
 proc ::socketserver::prefork::Serve {chan addr port} {
     variable Handler
     variable Busy 1
     variable Served
     variable Limit
     variable Leaving
-    variable MARK
-    puts "$MARK busy $addr $port"
     try {
 	uplevel #0 [list {*}$Handler $chan $addr $port]
     } on error {msg opts} {
-	puts stderr "handler error for $addr:$port: [dict get $opts -errorinfo]"
-	flush stderr
+	catch {
+	    puts stderr "handler error for $addr:$port: [dict get $opts -errorinfo]"
+	    flush stderr
+	}
     } finally {
 	catch {close $chan}
 	incr Served
 	set Busy 0
-	puts "$MARK idle $Served"
     }
     if {$Leaving || ($Limit > 0 && $Served >= $Limit)} {
 	exit 0
@@ -254,11 +264,14 @@ proc ::socketserver::prefork::Leave {} {
     variable Busy
     variable Leaving 1
     if {!$Busy} {
-	::socketserver::socket cancel
+	catch {::socketserver::socket cancel}
 	exit 0
     }
 }
 
+# WorkerError msg opts --
+#	A background error in a worker: the supervisor's end (CLOSED: its
+#	queue is gone) ends the worker; anything else is printed for the log.
 proc ::socketserver::prefork::WorkerError {msg opts} {
     if {[lrange [dict get $opts -errorcode] 0 1] eq {SOCKETSERVER CLOSED}} {
 	exit 0
@@ -270,11 +283,46 @@ proc ::socketserver::prefork::WorkerError {msg opts} {
 }
 
 # --- the supervisor ------------------------------------------------------
+#
+# Each worker is an entry of Workers, by pid: a dict of
+#   chan	its output (standard output and error), read by Output
+#   generation	the reload generation it belongs to
+#   phase	starting (until its READY line), ready, or leaving
+#		(sent TERM by a reload, SIGTTOU or a stop)
+#   started	when it was spawned, in ms
+#   board	its last scoreboard entry (::socketserver::socket info's
+#		workers: state waiting, serving or idle, for, served, peer)
+#   completed	1 once it is known to have served a connection to the end
+#   reason	why the supervisor sent it KILL, or empty
+#   partial	the start of an output line not ended yet
+#   cutting	1 while the rest of an over-long line is skipped
+#   recent	its last output lines (the reason a load failed)
+#   budget	bytes of output logged in the current second
+#   second	that second
+#   dropped	bytes of output not logged in it, over the budget
+#
+# What a worker does comes from the queue's scoreboard, which the worker
+# writes as it asks and as connections come (no message, no wake-up of the
+# supervisor per connection) and which is exact whenever it is read,
+# however long the supervisor was stopped. That it loaded comes as one
+# line on its output, read before its exit is: an exit right after the
+# first ask still counts as a worker that loaded. Exits come as SIGCHLD.
+
+namespace eval ::socketserver::prefork {
+    variable MaxLine 4096	;# Longer output lines are logged cut.
+    variable Budget 65536	;# Output bytes a worker may log per second.
+    variable Interrupts 0	;# SIGINTs so far: the second stops at once.
+    variable Script		;# The script that workers run.
+}
 
 proc ::socketserver::prefork::Supervisor {config} {
     variable Config $config
     variable Port
+    variable Script
     variable Wanted [dict get $config -workers]
+    # The path as the user gave it, not normalized: a deploy that switches
+    # a 'current' symlink and sends HUP must reload the new release.
+    set Script [file join [pwd] $::argv0]
     set options [list -myaddr [dict get $config -myaddr]]
     if {[dict get $config -backlog] > 0} {
 	lappend options -backlog [dict get $config -backlog]
@@ -283,9 +331,11 @@ proc ::socketserver::prefork::Supervisor {config} {
 	Log "couldn't listen: $Port"
 	exit 1
     }
+    CheckDescriptors
     Log "listening on port $Port, [dict get $config -workers] workers"
+    ::socketserver::signal CHLD [namespace code Reap]
     ::socketserver::signal TERM [namespace code Stop]
-    ::socketserver::signal INT [namespace code Stop]
+    ::socketserver::signal INT [namespace code Interrupt]
     ::socketserver::signal HUP [namespace code Reload]
     ::socketserver::signal TTIN [namespace code {Resize 1}]
     ::socketserver::signal TTOU [namespace code {Resize -1}]
@@ -293,9 +343,13 @@ proc ::socketserver::prefork::Supervisor {config} {
     interp bgerror {} [list apply {{msg opts} {
 	::socketserver::prefork::Log "supervisor error: [dict get $opts -errorinfo]"
     }}]
+    Watch
     # The first worker alone: if the application does not load, say why
     # and leave rather than start the others.
     set pid [StartWorker]
+    if {$pid eq ""} {
+	exit 1
+    }
     vwait ::socketserver::prefork::FirstLoaded
     variable FirstLoaded
     if {$FirstLoaded eq "stopped"} {
@@ -303,30 +357,56 @@ proc ::socketserver::prefork::Supervisor {config} {
     }
     if {$FirstLoaded ne "ok"} {
 	Log "the application failed to load in worker $pid:\n$FirstLoaded"
-	set ::socketserver::prefork::Exiting 1
-	KillAll
 	exit 1
     }
     Fill
-    if {[dict get $config -timeout] > 0} {
-	after 200 [namespace code WatchTimeouts]
-    }
-    WatchQueue
     vwait forever
 }
 
+# CheckDescriptors --
+#	Each worker costs the supervisor two descriptors (its output and its
+#	reply socket), four during a reload, when two generations run. Too
+#	few for the workers at all: say how many are needed and leave; too
+#	few for a reload: say so.
+proc ::socketserver::prefork::CheckDescriptors {} {
+    variable Wanted
+    set d [::socketserver::descriptors]
+    set spare [expr {[dict get $d limit] - [dict get $d open] - 16}]
+    set how "raise the limit (ulimit -n; LimitNOFILE= in a systemd unit; the\
+	    hard limit is [dict get $d hardlimit]) or run fewer workers"
+    if {$spare < 2 * $Wanted} {
+	Log "-workers $Wanted needs at least [expr {[dict get $d open] + 16 + 2 * $Wanted}]\
+		descriptors (2 per worker), [expr {[dict get $d open] + 16 + 4 * $Wanted}]\
+		to reload, but the limit is [dict get $d limit]: $how"
+	exit 1
+    }
+    if {$spare < 4 * $Wanted} {
+	Log "warning: a reload needs [expr {[dict get $d open] + 16 + 4 * $Wanted}]\
+		descriptors (4 per worker while two generations run), but the\
+		limit is [dict get $d limit]: $how"
+    }
+}
+
 # StartWorker --
-#	Spawns a worker of the current generation running this script again.
+#	Spawns a worker of the current generation running the script again.
+#	Returns its pid, or empty (logged) if it could not be started.
 proc ::socketserver::prefork::StartWorker {} {
     variable Workers
     variable Generation
-    set chan [::socketserver::socket spawn [info nameofexecutable] \
-	[file normalize $::argv0] {*}$::argv]
+    variable Script
+    if {[catch {
+	::socketserver::socket spawn [info nameofexecutable] $Script {*}$::argv
+    } chan]} {
+	Log "couldn't start a worker: $chan"
+	return ""
+    }
     set pid [pid $chan]
-    fconfigure $chan -blocking 0 -buffering line
+    fconfigure $chan -blocking 0 -buffering none -encoding utf-8
+    # Tcl 9 would stop at the first byte that is not UTF-8.
+    catch {fconfigure $chan -profile replace}
     set Workers($pid) [dict create chan $chan generation $Generation \
-	state starting since [clock milliseconds] served 0 peer {} \
-	started [clock milliseconds] output {}]
+	phase starting started [clock milliseconds] board {} completed 0 \
+	reason {} partial {} cutting 0 recent {} budget 0 second 0 dropped 0]
     fileevent $chan readable [namespace code [list Output $pid]]
     Log "worker $pid started (generation $Generation)"
     return $pid
@@ -334,7 +414,8 @@ proc ::socketserver::prefork::StartWorker {} {
 
 # Fill --
 #	Starts workers until the current generation has as many as wanted
-#	(not while the last crash's back-off runs).
+#	(not while the last crash's back-off runs). A worker that cannot be
+#	started is treated as one that died at once.
 proc ::socketserver::prefork::Fill {} {
     variable Workers
     variable Generation
@@ -347,83 +428,217 @@ proc ::socketserver::prefork::Fill {} {
     set have 0
     foreach pid [array names Workers] {
 	if {[dict get $Workers($pid) generation] == $Generation
-		&& [dict get $Workers($pid) state] ne "leaving"} {
+		&& [dict get $Workers($pid) phase] ne "leaving"} {
 	    incr have
 	}
     }
     for {} {$have < $Wanted} {incr have} {
-	StartWorker
+	if {[StartWorker] eq ""} {
+	    BackOff "worker not started"
+	    return
+	}
     }
 }
 
+# BackOff why --
+#	Waits before the next start: 100 ms, doubling to 30 s while starts
+#	keep failing.
+proc ::socketserver::prefork::BackOff {why} {
+    variable Backoff
+    variable StartTimer
+    set Backoff [expr {min(max(2 * $Backoff, 100), 30000)}]
+    Log "$why: next start in $Backoff ms"
+    set StartTimer [after $Backoff [namespace code {
+	set StartTimer {}
+	Fill
+    }]]
+}
+
 # Output pid --
-#	A line from a worker: its status, or output to log.
+#	A worker's output is readable: at most one chunk per event, so one
+#	worker's flood neither grows the supervisor nor starves its timers
+#	and signals.
 proc ::socketserver::prefork::Output {pid} {
     variable Workers
-    variable MARK
-    variable FirstLoaded
     set chan [dict get $Workers($pid) chan]
-    while {[gets $chan line] >= 0} {
-	if {[string first $MARK $line] != 0} {
-	    dict lappend Workers($pid) output $line
-	    if {[llength [dict get $Workers($pid) output]] > 20} {
-		dict set Workers($pid) output [lrange [dict get $Workers($pid) output] end-19 end]
-	    }
-	    Log "worker $pid: $line"
+    if {[catch {read $chan 4096} data]} {
+	set data ""
+    }
+    Take $pid $data
+    if {[eof $chan]} {
+	# The worker closed it or ended: an exit is told by SIGCHLD.
+	fileevent $chan readable {}
+    }
+}
+
+# Take pid data --
+#	Logs the whole lines in data, after what came before of the line;
+#	cuts a line longer than MaxLine.
+proc ::socketserver::prefork::Take {pid data} {
+    variable Workers
+    variable MaxLine
+    variable READY
+    set lines [split [dict get $Workers($pid) partial]$data \n]
+    dict set Workers($pid) partial [lindex $lines end]
+    foreach line [lrange $lines 0 end-1] {
+	if {[dict get $Workers($pid) cutting]} {
+	    # The rest of a line already logged cut.
+	    dict set Workers($pid) cutting 0
+	} elseif {$line eq $READY && [dict get $Workers($pid) phase] eq "starting"} {
+	    dict set Workers($pid) phase ready
+	    Loaded $pid
+	} else {
+	    LogOutput $pid $line
+	}
+    }
+    set partial [dict get $Workers($pid) partial]
+    if {[string length $partial] > $MaxLine} {
+	if {![dict get $Workers($pid) cutting]} {
+	    LogOutput $pid "[string range $partial 0 $MaxLine-1]... (line cut:\
+		    longer than $MaxLine characters)"
+	    dict set Workers($pid) cutting 1
+	}
+	dict set Workers($pid) partial {}
+    }
+}
+
+# LogOutput pid line --
+#	One line a worker printed: logged, within the worker's budget of
+#	bytes a second; what is over it is counted and said once.
+proc ::socketserver::prefork::LogOutput {pid line} {
+    variable Workers
+    variable Budget
+    set second [clock seconds]
+    if {$second != [dict get $Workers($pid) second]} {
+	if {[dict get $Workers($pid) dropped] > 0} {
+	    Log "worker $pid: [dict get $Workers($pid) dropped] bytes of output not logged\
+		    (over $Budget a second)"
+	}
+	dict set Workers($pid) second $second
+	dict set Workers($pid) budget 0
+	dict set Workers($pid) dropped 0
+    }
+    set bytes [string length $line]
+    if {[dict get $Workers($pid) budget] + $bytes > $Budget} {
+	dict incr Workers($pid) dropped $bytes
+	return
+    }
+    dict incr Workers($pid) budget $bytes
+    dict lappend Workers($pid) recent $line
+    if {[llength [dict get $Workers($pid) recent]] > 20} {
+	dict set Workers($pid) recent [lrange [dict get $Workers($pid) recent] end-19 end]
+    }
+    Log "worker $pid: $line"
+}
+
+# Watch --
+#	Every 200 ms: reads the scoreboard. With -timeout, a worker serving
+#	one connection for longer is killed. Also logs each
+#	new error the accept thread meets: out of descriptors the serving
+#	process stalls (it accepts nothing and can't take a new worker's
+#	first ask until one is free) and would otherwise say nothing.
+proc ::socketserver::prefork::Watch {} {
+    variable Workers
+    variable Config
+    variable Port
+    variable LastError
+    set info [::socketserver::socket info $Port]
+    set board {}
+    foreach entry [dict get $info workers] {
+	dict set board [dict get $entry pid] $entry
+    }
+    set timeout [dict get $Config -timeout]
+    foreach pid [array names Workers] {
+	if {![dict exists $board $pid]} {
 	    continue
 	}
-	set words [lrange [string range $line [string length $MARK] end] 0 end]
-	switch -- [lindex $words 0] {
-	    ready {
-		dict set Workers($pid) state idle
-		dict set Workers($pid) since [clock milliseconds]
-		if {![info exists FirstLoaded]} {
-		    set FirstLoaded ok
-		}
-		Loaded $pid
+	set entry [dict get $board $pid]
+	dict set Workers($pid) board $entry
+	# Asked again after a connection, or took a second one: one was
+	# served to the end.
+	if {[dict get $entry served] >= 2 || ([dict get $entry served] >= 1
+		&& [dict get $entry state] ne "serving")} {
+	    dict set Workers($pid) completed 1
+	}
+	if {$timeout > 0 && [dict get $entry state] eq "serving"
+		&& [dict get $entry for] > $timeout
+		&& [dict get $Workers($pid) reason] eq ""} {
+	    set why [format "busy %.2fs (-timeout %s) serving %s" \
+		[dict get $entry for] $timeout [join [dict get $entry peer] :]]
+	    Log "worker $pid $why: sending KILL"
+	    dict set Workers($pid) reason $why
+	    Kill KILL $pid
+	}
+    }
+    set error [dict get $info lasterror]
+    if {$error ne $LastError} {
+	set LastError $error
+	switch -- $error {
+	    "" {}
+	    EMFILE - ENFILE {
+		Log "out of descriptors ($error): accepting stalls until one\
+			is free; raise the limit (ulimit -n, systemd's\
+			LimitNOFILE) or run fewer workers"
 	    }
-	    busy {
-		dict set Workers($pid) state busy
-		dict set Workers($pid) since [clock milliseconds]
-		dict set Workers($pid) peer [join [lrange $words 1 2] :]
-	    }
-	    idle {
-		if {[dict get $Workers($pid) state] ne "leaving"} {
-		    dict set Workers($pid) state idle
-		}
-		dict set Workers($pid) since [clock milliseconds]
-		dict set Workers($pid) served [lindex $words 1]
+	    default {
+		Log "accepting or handing over met $error"
 	    }
 	}
     }
-    if {[eof $chan]} {
-	Exited $pid
+    after 200 [namespace code Watch]
+}
+
+# Reap --
+#	SIGCHLD: every worker that has ended is collected, whoever still
+#	holds its output (a program its handler started, say).
+proc ::socketserver::prefork::Reap {} {
+    variable Workers
+    foreach pid [array names Workers] {
+	if {[catch {::socketserver::exited $pid} ended] || $ended} {
+	    Exited $pid
+	}
     }
 }
 
 # Exited pid --
-#	A worker's output ended: reap it, log how it ended, replace it.
+#	A worker ended: log its last output and how it ended, replace it.
 proc ::socketserver::prefork::Exited {pid} {
     variable Workers
     variable State
     variable Generation
     variable Backoff
-    variable StartTimer
     variable FirstLoaded
-    variable Exiting
+    variable Config
+    set chan [dict get $Workers($pid) chan]
+    # What it printed last, within its budget; a line it did not end.
+    if {![catch {read $chan 65536} data]} {
+	Take $pid $data
+    }
+    if {[dict get $Workers($pid) partial] ne ""} {
+	Take $pid \n
+    }
     set worker $Workers($pid)
     unset Workers($pid)
-    set chan [dict get $worker chan]
     fconfigure $chan -blocking 1
+    set status 0
     if {[catch {close $chan} msg opts]} {
 	set how [dict get $opts -errorcode]
 	switch -- [lindex $how 0] {
-	    CHILDSTATUS {set how "exit status [lindex $how 2]"}
+	    CHILDSTATUS {
+		set status [lindex $how 2]
+		set how "exit status $status"
+	    }
 	    CHILDKILLED {set how "killed by [lindex $how 2]"}
 	    default {set how $msg}
 	}
+    } elseif {[dict get $worker reason] eq "" && [dict get $worker phase] ne "leaving"
+	    && [dict get $Config -maxrequests] > 0 && [dict get $worker completed]} {
+	set how "recycled (-maxrequests [dict get $Config -maxrequests])"
     } else {
 	set how "exit status 0"
+    }
+    if {[dict get $worker reason] ne ""} {
+	append how " ([dict get $worker reason])"
     }
     Log "worker $pid exited: $how"
     if {![info exists FirstLoaded] && $State eq "stopping"} {
@@ -432,13 +647,10 @@ proc ::socketserver::prefork::Exited {pid} {
 	return
     }
     if {![info exists FirstLoaded]} {
-	set FirstLoaded [join [dict get $worker output] \n]
+	set FirstLoaded [join [dict get $worker recent] \n]
 	if {$FirstLoaded eq ""} {
 	    set FirstLoaded $how
 	}
-	return
-    }
-    if {$Exiting} {
 	return
     }
     if {$State eq "stopping"} {
@@ -447,31 +659,23 @@ proc ::socketserver::prefork::Exited {pid} {
 	}
 	return
     }
-    if {[dict get $worker state] eq "starting"
+    if {[dict get $worker phase] eq "starting"
 	    && [dict get $worker generation] == $Generation && $State eq "reloading"} {
-	ReloadFailed $pid [join [dict get $worker output] \n]
+	ReloadFailed $pid [join [dict get $worker recent] \n]
 	return
     }
-    if {[dict get $worker generation] != $Generation} {
-	return
-    }
-    if {[dict get $worker state] eq "leaving"} {
-	# Retired (SIGTTOU): nothing to replace.
+    if {[dict get $worker generation] != $Generation
+	    || [dict get $worker phase] eq "leaving"} {
+	# Retired (a reload, SIGTTOU): nothing to replace.
 	Fill
 	return
     }
     # Died before it served one connection to the end (before it was
     # ready, say): it may do so again at once, so back off. A machine
     # too busy to start a worker in a second must not hide that.
-    set lived [expr {[clock milliseconds] - [dict get $worker started]}]
-    if {([dict get $worker state] eq "starting"
-	    || [dict get $worker served] == 0) && [dict get $worker state] ne "killed"} {
-	set Backoff [expr {min(max(2 * $Backoff, 100), 30000)}]
-	Log "worker $pid died after $lived ms having served no connection: next start in $Backoff ms"
-	set StartTimer [after $Backoff [namespace code {
-	    set StartTimer {}
-	    Fill
-	}]]
+    if {![dict get $worker completed] && [dict get $worker reason] eq ""} {
+	set lived [expr {[clock milliseconds] - [dict get $worker started]}]
+	BackOff "worker $pid died after $lived ms having served no connection"
     } else {
 	set Backoff 0
 	Fill
@@ -479,18 +683,22 @@ proc ::socketserver::prefork::Exited {pid} {
 }
 
 # Loaded pid --
-#	A worker reported that the application loaded. During a reload, once
-#	every worker of the new generation has, the old ones are retired.
+#	A worker loaded the application. During a reload, once every worker of the new generation has, the old
+#	ones are retired.
 proc ::socketserver::prefork::Loaded {pid} {
     variable Workers
     variable State
     variable Generation
+    variable FirstLoaded
+    if {![info exists FirstLoaded]} {
+	set FirstLoaded ok
+    }
     if {$State ne "reloading"} {
 	return
     }
     foreach other [array names Workers] {
 	if {[dict get $Workers($other) generation] == $Generation
-		&& [dict get $Workers($other) state] eq "starting"} {
+		&& [dict get $Workers($other) phase] eq "starting"} {
 	    return
 	}
     }
@@ -511,22 +719,34 @@ proc ::socketserver::prefork::Retire {pid} {
     if {![info exists Workers($pid)]} {
 	return
     }
-    dict set Workers($pid) state leaving
+    dict set Workers($pid) phase leaving
     Kill TERM $pid
     after [expr {int([dict get $Config -graceful] * 1000)}] \
 	[namespace code [list Overdue $pid]]
 }
 
+# Overdue pid --
+#	A worker told to leave is still there after -graceful: killed.
 proc ::socketserver::prefork::Overdue {pid} {
     variable Workers
-    if {[info exists Workers($pid)]} {
-	Log "worker $pid still busy after -graceful: killed"
-	Kill KILL $pid
+    variable Config
+    if {![info exists Workers($pid)] || [dict get $Workers($pid) reason] ne ""} {
+	return
     }
+    set board [dict get $Workers($pid) board]
+    set doing [expr {[dict exists $board state] ? [dict get $board state] : "starting"}]
+    set why "still $doing -graceful [dict get $Config -graceful]s after TERM"
+    Log "worker $pid $why: sending KILL"
+    dict set Workers($pid) reason $why
+    Kill KILL $pid
 }
 
+# Kill signal pid --
+#	Sends the signal; a signal that could not be sent is logged as such.
 proc ::socketserver::prefork::Kill {signal pid} {
-    catch {exec kill -$signal $pid}
+    if {[catch {::socketserver::kill $signal $pid} msg]} {
+	Log "$msg (worker $pid)"
+    }
 }
 
 # Reload --
@@ -561,7 +781,8 @@ proc ::socketserver::prefork::ReloadFailed {pid output} {
     Log "reload failed, the old workers keep serving: worker $pid did not load the application:\n$output"
     foreach other [array names Workers] {
 	if {[dict get $Workers($other) generation] == $Generation} {
-	    dict set Workers($other) state leaving
+	    dict set Workers($other) phase leaving
+	    dict set Workers($other) reason "its generation failed to load"
 	    Kill KILL $other
 	}
     }
@@ -595,14 +816,17 @@ proc ::socketserver::prefork::Resize {delta} {
 	Fill
 	return
     }
-    # The idle one that started last goes first.
+    # A waiting one goes first, the one started last of them.
     set chosen {}
     foreach pid [lsort -integer -decreasing [array names Workers]] {
 	if {[dict get $Workers($pid) generation] == $Generation
-		&& [dict get $Workers($pid) state] ne "leaving"} {
-	    if {$chosen eq "" || [dict get $Workers($pid) state] eq "idle"} {
+		&& [dict get $Workers($pid) phase] ne "leaving"} {
+	    set board [dict get $Workers($pid) board]
+	    set waiting [expr {[dict exists $board state]
+		&& [dict get $board state] eq "waiting"}]
+	    if {$chosen eq "" || $waiting} {
 		set chosen $pid
-		if {[dict get $Workers($pid) state] eq "idle"} {
+		if {$waiting} {
 		    break
 		}
 	    }
@@ -614,21 +838,35 @@ proc ::socketserver::prefork::Resize {delta} {
 }
 
 # Status --
-#	SIGUSR1: a line per worker, and the queue.
+#	SIGUSR1: a line per worker, as the scoreboard has it now, and the
+#	queue.
 proc ::socketserver::prefork::Status {} {
     variable Workers
     variable Port
-    set now [clock milliseconds]
+    set info [::socketserver::socket info $Port]
+    set board {}
+    foreach entry [dict get $info workers] {
+	dict set board [dict get $entry pid] $entry
+    }
     foreach pid [lsort -integer [array names Workers]] {
 	set w $Workers($pid)
-	set since [expr {($now - [dict get $w since]) / 1000.0}]
-	set line "worker $pid generation [dict get $w generation] served [dict get $w served] [dict get $w state] for ${since}s"
-	if {[dict get $w state] eq "busy"} {
-	    append line " with [dict get $w peer]"
+	set line "worker $pid generation [dict get $w generation]"
+	if {[dict exists $board $pid]} {
+	    set entry [dict get $board $pid]
+	    append line [format " served %d %s for %.3fs" [dict get $entry served] \
+		[dict get $entry state] [dict get $entry for]]
+	    if {[dict exists $entry peer]} {
+		append line " with [join [dict get $entry peer] :]"
+	    }
+	} else {
+	    append line [format " starting for %.3fs" \
+		[expr {([clock milliseconds] - [dict get $w started]) / 1000.0}]]
+	}
+	if {[dict get $w phase] eq "leaving"} {
+	    append line ", leaving"
 	}
 	Log $line
     }
-    set info [::socketserver::socket info $Port]
     set line "queue: [dict get $info waiting] workers waiting, [dict get $info queued] connections queued"
     if {[dict get $info lasterror] ne ""} {
 	append line ", last error [dict get $info lasterror]"
@@ -636,55 +874,10 @@ proc ::socketserver::prefork::Status {} {
     Log $line
 }
 
-# WatchTimeouts --
-#	With -timeout: kills a worker busy with one connection for longer.
-proc ::socketserver::prefork::WatchTimeouts {} {
-    variable Workers
-    variable Config
-    set limit [expr {[dict get $Config -timeout] * 1000}]
-    set now [clock milliseconds]
-    foreach pid [array names Workers] {
-	set w $Workers($pid)
-	if {[dict get $w state] eq "busy" && $now - [dict get $w since] > $limit} {
-	    Log "worker $pid killed: busy [expr {($now - [dict get $w since]) / 1000.0}]s (-timeout [dict get $Config -timeout]) serving [dict get $w peer]"
-	    dict set Workers($pid) state killed
-	    Kill KILL $pid
-	}
-    }
-    after 200 [namespace code WatchTimeouts]
-}
-
-# WatchQueue --
-#	Every second: logs the queue's lasterror when it changes, so each
-#	error the accept thread meets is logged once. Out of descriptors the
-#	serving process stalls (it accepts nothing and can't take a new
-#	worker's first ask until one is free) and would otherwise say
-#	nothing.
-proc ::socketserver::prefork::WatchQueue {} {
-    variable Port
-    variable LastError
-    set error [dict get [::socketserver::socket info $Port] lasterror]
-    if {$error ne $LastError} {
-	set LastError $error
-	switch -- $error {
-	    "" {}
-	    EMFILE - ENFILE {
-		Log "out of descriptors ($error): accepting stalls until one\
-			is free; raise the limit (ulimit -n, systemd's\
-			LimitNOFILE) or run fewer workers"
-	    }
-	    default {
-		Log "accepting or handing over met $error"
-	    }
-	}
-    }
-    after 1000 [namespace code WatchQueue]
-}
-
 # Stop --
-#	SIGTERM, SIGINT: stop accepting at once; let the workers serve every
-#	connection already accepted; then retire them; kill what is left
-#	after -graceful seconds.
+#	SIGTERM, the first SIGINT: stop accepting at once; let the workers
+#	serve every connection already accepted; then retire them; kill what
+#	is left after -graceful seconds.
 proc ::socketserver::prefork::Stop {} {
     variable State
     variable Port
@@ -699,6 +892,23 @@ proc ::socketserver::prefork::Stop {} {
     ::socketserver::socket close $Port
     set deadline [expr {[clock milliseconds] + int([dict get $Config -graceful] * 1000)}]
     Drain $deadline
+}
+
+# Interrupt --
+#	SIGINT: Ctrl-C. The first stops gracefully, as SIGTERM does; the
+#	second kills every worker at once.
+proc ::socketserver::prefork::Interrupt {} {
+    variable Interrupts
+    variable Workers
+    if {[incr Interrupts] == 1} {
+	Stop
+	return
+    }
+    Log "interrupted again: killing the workers"
+    foreach pid [array names Workers] {
+	dict set Workers($pid) reason "second interrupt"
+	Kill KILL $pid
+    }
 }
 
 # Drain deadline --
@@ -717,7 +927,7 @@ proc ::socketserver::prefork::Drain {deadline} {
 	return
     }
     foreach pid [array names Workers] {
-	dict set Workers($pid) state leaving
+	dict set Workers($pid) phase leaving
 	Kill TERM $pid
     }
     after [expr {max(0, $deadline - [clock milliseconds])}] [namespace code KillAll]
