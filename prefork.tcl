@@ -620,19 +620,19 @@ proc ::socketserver::prefork::Exited {pid} {
     set worker $Workers($pid)
     unset Workers($pid)
     fconfigure $chan -blocking 1
-    set status 0
+    set recycled 0
     if {[catch {close $chan} msg opts]} {
 	set how [dict get $opts -errorcode]
 	switch -- [lindex $how 0] {
-	    CHILDSTATUS {
-		set status [lindex $how 2]
-		set how "exit status $status"
-	    }
+	    CHILDSTATUS {set how "exit status [lindex $how 2]"}
 	    CHILDKILLED {set how "killed by [lindex $how 2]"}
 	    default {set how $msg}
 	}
     } elseif {[dict get $worker reason] eq "" && [dict get $worker phase] ne "leaving"
-	    && [dict get $Config -maxrequests] > 0 && [dict get $worker completed]} {
+	    && [dict get $Config -maxrequests] > 0} {
+	# Left on its own with status 0, as a worker does after its
+	# -maxrequests connections.
+	set recycled 1
 	set how "recycled (-maxrequests [dict get $Config -maxrequests])"
     } else {
 	set how "exit status 0"
@@ -673,7 +673,7 @@ proc ::socketserver::prefork::Exited {pid} {
     # Died before it served one connection to the end (before it was
     # ready, say): it may do so again at once, so back off. A machine
     # too busy to start a worker in a second must not hide that.
-    if {![dict get $worker completed] && [dict get $worker reason] eq ""} {
+    if {![dict get $worker completed] && !$recycled && [dict get $worker reason] eq ""} {
 	set lived [expr {[clock milliseconds] - [dict get $worker started]}]
 	BackOff "worker $pid died after $lived ms having served no connection"
     } else {
