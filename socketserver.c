@@ -518,6 +518,8 @@ static int		OpenNewListener(Tcl_Interp *interp,
 			    int *fdPtr, int *boundPortPtr, char *boundAddr);
 static int		ParsePort(Tcl_Interp *interp, Tcl_Obj *objPtr,
 			    int *portPtr);
+static int		GetIntInRange(Tcl_Obj *objPtr, Tcl_WideInt min,
+			    Tcl_WideInt max, int *valuePtr);
 static int		HandOverFirstPending(Queue *queuePtr, int wait);
 static int		IsConnection(ssize_t got, int fd,
 			    const Message *messagePtr);
@@ -3724,8 +3726,7 @@ ServerCmd(
 	}
 	switch ((enum options) index) {
 	case OPT_BACKLOG:
-	    if (Tcl_GetIntFromObj(NULL, objv[i], &backlog) != TCL_OK
-		    || backlog < 1) {
+	    if (!GetIntInRange(objv[i], 1, INT_MAX, &backlog)) {
 		Tcl_SetObjResult(interp, Tcl_ObjPrintf(
 			"expected positive integer backlog but got \"%s\"",
 			Tcl_GetString(objv[i])));
@@ -3834,6 +3835,41 @@ ServerCmd(
 /*
  *----------------------------------------------------------------------
  *
+ * GetIntInRange --
+ *
+ *	Reads an integer from min to max. Tcl_GetIntFromObj() would take a
+ *	number that does not fit in an int modulo 2^32 (4294967376 as 80,
+ *	-4294967295 as 1): a port, a pid or a backlog must never wrap.
+ *
+ * Results:
+ *	1 with *valuePtr set, or 0 if objPtr is no integer in the range.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+GetIntInRange(
+    Tcl_Obj *objPtr,
+    Tcl_WideInt min,
+    Tcl_WideInt max,
+    int *valuePtr)
+{
+    Tcl_WideInt value;
+
+    if (Tcl_GetWideIntFromObj(NULL, objPtr, &value) != TCL_OK
+	    || value < min || value > max) {
+	return 0;
+    }
+    *valuePtr = (int) value;
+    return 1;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * ParsePort --
  *
  *	Reads a port: a number from 0 to 65535 or a TCP service name from
@@ -3857,13 +3893,9 @@ ParsePort(
 {
     const char *text = Tcl_GetString(objPtr);
     struct addrinfo hints, *addrs;
-    int port;
 
-    if (Tcl_GetIntFromObj(NULL, objPtr, &port) == TCL_OK) {
-	if (port >= 0 && port <= 65535) {
-	    *portPtr = port;
-	    return TCL_OK;
-	}
+    if (GetIntInRange(objPtr, 0, 65535, portPtr)) {
+	return TCL_OK;
     } else if (isalpha((unsigned char) text[0])) {
 	/*
 	 * A TCP service name, as Tcl's 'socket' takes (getservbyname()
@@ -5076,11 +5108,9 @@ ParseSignal(
 {
     const char *name = Tcl_GetString(objPtr);
     Tcl_Obj *listObj;
-    int i, number;
+    int i;
 
-    if (!catchable && Tcl_GetIntFromObj(NULL, objPtr, &number) == TCL_OK
-	    && number >= 0 && number < NSIG) {
-	*signoPtr = number;
+    if (!catchable && GetIntInRange(objPtr, 0, NSIG - 1, signoPtr)) {
 	return TCL_OK;
     }
     if (strncmp(name, "SIG", 3) == 0) {
@@ -5264,7 +5294,7 @@ KillObjCmd(
      * signal: never what a supervisor means.
      */
 
-    if (Tcl_GetIntFromObj(NULL, objv[2], &pid) != TCL_OK
+    if (!GetIntInRange(objv[2], -INT_MAX, INT_MAX, &pid)
 	    || pid == 0 || pid == -1) {
 	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
 		"expected a process id, or minus a process group id, but got "
@@ -5319,7 +5349,11 @@ ExitedObjCmd(
 	Tcl_WrongNumArgs(interp, 1, objv, "pid");
 	return TCL_ERROR;
     }
-    if (Tcl_GetIntFromObj(interp, objv[1], &pid) != TCL_OK) {
+    if (!GetIntInRange(objv[1], 1, INT_MAX, &pid)) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"expected a process id but got \"%s\"",
+		Tcl_GetString(objv[1])));
+	Tcl_SetErrorCode(interp, "TCL", "VALUE", "PID", NULL);
 	return TCL_ERROR;
     }
     memset(&info, 0, sizeof(info));
