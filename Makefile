@@ -1,7 +1,9 @@
 # Makefile for socketserver, a pre-forked TCP server extension for Tcl.
 #
-#   make              build libsocketserver2.0.so (stubs-enabled; for Tcl 9,
-#                     make TCLSH=tclsh9.0 builds libtcl9socketserver2.0.so)
+#   make              build libsocketserver2.0.so (stubs-enabled) for the
+#                     Tcl that TCLSH runs; for Tcl 9, libtcl9socketserver2.0.so
+#                     (make TCLSH=tclsh9.0, or plain make where tclsh9.0 is
+#                     the only tclsh, as with Debian 13's tcl9.0-dev)
 #   make test         run tests/all.tcl against the built library
 #   make stress       load, fault and bad-input scenarios (tests/stress)
 #   make memcheck     the single-process tests under valgrind memcheck
@@ -9,28 +11,43 @@
 #   make bench        benchmarks against Tcl's own servers and a C ceiling
 #   make install      install into a directory on tclsh's auto_path, and
 #                     the manual page into $(MANDIR)/mann
-#   make uninstall    remove what 'make install' put there
+#   make uninstall    remove what 'make install' recorded that it put there
 #   make dist         socketserver-2.0.tar.gz, to build, test and install from
 #   make clean        remove build products
 #
 # Overridable: PKG_CONFIG, TCL_CONFIG (a tclConfig.sh to take Tcl's
-# flags from), TCLSH, CC, CFLAGS, EXTRA_CFLAGS (CI passes -Werror), PREFIX,
+# flags from), TCLSH (default: the first of tclsh, tclsh9.0, tclsh9.1 and
+# tclsh8.6 on PATH), CC, CFLAGS, EXTRA_CFLAGS (CI passes -Werror), PREFIX,
 # TCL_LIBDIR (the auto_path directory to install under), MANDIR, DESTDIR.
 
 PACKAGE    = socketserver
 VERSION    = 2.0
 
 PKG_CONFIG ?= pkg-config
-TCLSH      ?= tclsh
 CC         ?= cc
 CFLAGS     ?= -O2 -g
 PREFIX     ?= /usr/local
 
+# The first of these on PATH, unless TCLSH is set: Debian 13's tcl9.0-dev
+# installs tclsh9.0 and no tclsh.
+TCLSH_NAMES = tclsh tclsh9.0 tclsh9.1 tclsh8.6
+ifeq ($(strip $(TCLSH)),)
+TCLSH      := $(shell for t in $(TCLSH_NAMES); do command -v $$t >/dev/null 2>&1 && { echo $$t; break; }; done)
+endif
+
 # The Tcl that TCLSH runs decides what is built. Tcl 9's convention names
 # its extensions with a "tcl9" prefix, so builds for 8.6 and 9 install side
 # by side; pkgIndex.tcl loads the one for the Tcl that asks.
-TCL_VERSION := $(shell echo 'puts [info tclversion]' | $(TCLSH) 2>/dev/null)
+TCL_VERSION := $(if $(TCLSH),$(shell echo 'puts [info tclversion]' | $(TCLSH) 2>/dev/null))
 LIB        = lib$(if $(filter 8.%,$(TCL_VERSION)),,tcl9)$(PACKAGE)$(VERSION).so
+
+# Debian's package with the headers of that Tcl.
+TCL_DEV    = $(if $(filter 8.%,$(TCL_VERSION)),tcl-dev,tcl$(TCL_VERSION)-dev)
+
+# Recipes that need to know the Tcl start with this.
+CHECK_TCLSH = @test -n "$(TCL_VERSION)" || { \
+	if [ -z "$(TCLSH)" ]; then echo "can't find a tclsh (looked on PATH for $(TCLSH_NAMES)): install tcl9.0-dev (Tcl 9.0) or tcl-dev (Tcl 8.6), or set TCLSH" >&2; \
+	else echo "can't run TCLSH=$(TCLSH) (it must be a tclsh): set TCLSH to one" >&2; fi; exit 1; }
 
 # Tcl's flags: from tclConfig.sh when TCL_CONFIG names one, else from
 # pkg-config's tclX.Y, else from a tclConfig.sh found by TCLSH. Debian's
@@ -40,7 +57,8 @@ LIB        = lib$(if $(filter 8.%,$(TCL_VERSION)),,tcl9)$(PACKAGE)$(VERSION).so
 # is linked (pkg-config also names -ltcl8.6), so the extension loads into
 # any Tcl of the major version it was built for.
 ifeq ($(TCL_CONFIG),)
-ifeq ($(shell $(PKG_CONFIG) --exists tcl$(TCL_VERSION) 2>/dev/null && echo yes),yes)
+ifeq ($(TCL_VERSION),)
+else ifeq ($(shell $(PKG_CONFIG) --exists tcl$(TCL_VERSION) 2>/dev/null && echo yes),yes)
 TCL_CFLAGS := $(shell $(PKG_CONFIG) --cflags tcl$(TCL_VERSION))
 TCL_STUB   := $(filter -L% -ltclstub%,$(shell $(PKG_CONFIG) --libs tcl$(TCL_VERSION)))
 else
@@ -57,16 +75,19 @@ ALL_CFLAGS = $(CFLAGS) $(EXTRA_CFLAGS) -Wall -Wextra -fPIC -pthread \
 
 # The first auto_path directory under PREFIX (on Debian /usr/local/lib/tcltk),
 # else PREFIX/lib, which 'make install' then tells to put on TCLLIBPATH:
-# nothing goes outside PREFIX unless TCL_LIBDIR says so.
-TCL_LIBDIR ?= $(shell echo 'foreach d $$auto_path {if {[string match $(PREFIX)/* $$d]} {puts $$d; exit}}; puts $(PREFIX)/lib' | $(TCLSH))
+# nothing goes outside PREFIX unless TCL_LIBDIR says so. Empty without a
+# tclsh to ask: install and uninstall then refuse.
+ifeq ($(origin TCL_LIBDIR),undefined)
+TCL_LIBDIR := $(if $(TCL_VERSION),$(shell echo 'foreach d $$auto_path {if {[string match $(PREFIX)/* $$d]} {puts $$d; exit}}; puts $(PREFIX)/lib' | $(TCLSH)))
+endif
 INSTALL_DIR = $(DESTDIR)$(TCL_LIBDIR)/$(PACKAGE)$(VERSION)
 MANDIR     ?= $(PREFIX)/share/man
 
 # What 'make dist' packs: everything needed to build, test and install.
 DIST_NAME  = $(PACKAGE)-$(VERSION)
 DIST_FILES = README.md LICENSE Makefile pkgIndex.tcl prefork.tcl socketserver.c \
-	     ancillary.h doc/socketserver.n doc/design.md .ci/run \
-	     $(wildcard tests/*.tcl tests/*.test tests/*.sh tests/stress/*.tcl \
+	     ancillary.h doc/design.md .ci/run \
+	     $(wildcard doc/*.n tests/*.tcl tests/*.test tests/*.sh tests/stress/*.tcl \
 		tests/stress/*.test tests/stress/*.c examples/*.tcl \
 		examples/*.cfg examples/*.service bench/*.tcl bench/*.c \
 		bench/*.js bench/*.lua)
@@ -76,7 +97,8 @@ DIST_FILES = README.md LICENSE Makefile pkgIndex.tcl prefork.tcl socketserver.c 
 all: $(LIB)
 
 $(LIB): socketserver.c ancillary.h
-	@test -n "$(TCL_CFLAGS)" || { echo "can't find Tcl's headers: install tcl-dev, or set TCL_CONFIG to a tclConfig.sh" >&2; exit 1; }
+	$(CHECK_TCLSH)
+	@test -n "$(TCL_CFLAGS)" || { echo "can't find the headers of Tcl $(TCL_VERSION) ($(TCLSH)): install $(TCL_DEV), or set TCL_CONFIG to its tclConfig.sh" >&2; exit 1; }
 	$(CC) $(ALL_CFLAGS) -shared -o $@ socketserver.c $(TCL_STUB) $(LDFLAGS)
 
 test: $(LIB) tests/stress/libinject.so
@@ -94,6 +116,7 @@ memcheck: $(LIB)
 
 # The extension built again with sanitizers, into tests/asan/.
 asan: socketserver.c ancillary.h
+	$(CHECK_TCLSH)
 	mkdir -p tests/asan
 	$(CC) $(ALL_CFLAGS) -O1 -fno-omit-frame-pointer \
 	    -fsanitize=address,undefined -shared -o tests/asan/$(LIB) \
@@ -111,12 +134,17 @@ bench/c_reference: bench/c_reference.c ancillary.h
 bench/c_reuseport: bench/c_reuseport.c
 	$(CC) $(CFLAGS) $(EXTRA_CFLAGS) -Wall -Wextra -o $@ bench/c_reuseport.c
 
-# The directories 'make install' creates are listed in INSTALL_DIR/
-# .install-dirs, deepest first, for 'make uninstall' to remove when empty.
+# 'make install' records what it creates, for 'make uninstall', which
+# removes nothing else: in INSTALL_DIR/.install-files every file it
+# installed, and in INSTALL_DIR/.install-dirs, deepest first, every
+# directory it made (removed when empty). Both hold paths with DESTDIR.
 MAN_DIR    = $(DESTDIR)$(MANDIR)/mann
+MAN_PAGES  = $(wildcard doc/*.n)
 CREATED    = $(INSTALL_DIR)/.install-dirs
+INSTALLED  = $(INSTALL_DIR)/.install-files
 
 install: $(LIB)
+	$(CHECK_TCLSH)
 	@test -n "$(TCL_LIBDIR)" || { echo "can't tell where to install: set TCL_LIBDIR" >&2; exit 1; }
 	@new=; for d in $(INSTALL_DIR) $(MAN_DIR); do \
 	    while [ ! -d "$$d" ]; do new="$$new $$d"; d=$$(dirname "$$d"); done; \
@@ -125,25 +153,36 @@ install: $(LIB)
 	{ cat $(CREATED) 2>/dev/null; for d in $$new; do echo "$$d"; done; } | \
 	    sort -u | awk '{print length, $$0}' | sort -rn | cut -d' ' -f2- \
 	    > $(CREATED).new && mv $(CREATED).new $(CREATED)
+	@{ cat $(INSTALLED) 2>/dev/null; \
+	    for f in $(LIB) pkgIndex.tcl prefork.tcl; do echo "$(INSTALL_DIR)/$$f"; done; \
+	    for f in $(notdir $(MAN_PAGES)); do echo "$(MAN_DIR)/$$f"; done; \
+	} | sort -u > $(INSTALLED).new && mv $(INSTALLED).new $(INSTALLED)
 	install -m 755 $(LIB) $(INSTALL_DIR)/
 	install -m 644 pkgIndex.tcl prefork.tcl $(INSTALL_DIR)/
-	install -m 644 doc/socketserver.n $(MAN_DIR)/
+	install -m 644 $(MAN_PAGES) $(MAN_DIR)/
 	@echo 'puts [expr {"$(TCL_LIBDIR)" in $$auto_path}]' | $(TCLSH) | grep -q 1 || \
 	    echo "$(TCL_LIBDIR) is not on $(TCLSH)'s auto_path: use TCLLIBPATH=$(TCL_LIBDIR)"
 
-# The package index, the manual page and the directories are shared with a
-# build for the other Tcl major version: they go with the last library.
+# Only what .install-files lists. The package index, the manual pages and
+# the directories are shared with a build for the other Tcl major version:
+# they go with the last library.
 uninstall:
-	rm -f $(INSTALL_DIR)/$(LIB)
-	@if ls $(INSTALL_DIR)/lib*$(PACKAGE)$(VERSION).so >/dev/null 2>&1; then \
+	$(CHECK_TCLSH)
+	@test -n "$(TCL_LIBDIR)" || { echo "can't tell where socketserver was installed: set TCL_LIBDIR; nothing removed" >&2; exit 1; }
+	@test -f $(INSTALLED) || { echo "no record of an install in $(INSTALL_DIR) ($(INSTALLED) is missing): nothing removed" >&2; exit 1; }
+	@lib=$(INSTALL_DIR)/$(LIB); \
+	grep -qxF "$$lib" $(INSTALLED) || { echo "$(INSTALLED) does not list $$lib: nothing removed" >&2; exit 1; }; \
+	echo "rm -f $$lib"; rm -f "$$lib" || exit 1; \
+	{ grep -vxF "$$lib" $(INSTALLED) || true; } > $(INSTALLED).new && \
+	    mv $(INSTALLED).new $(INSTALLED) || exit 1; \
+	if ls $(INSTALL_DIR)/lib*$(PACKAGE)$(VERSION).so >/dev/null 2>&1; then \
 	    echo "another build stays in $(INSTALL_DIR)"; exit 0; fi; \
-	rm -f $(INSTALL_DIR)/pkgIndex.tcl $(INSTALL_DIR)/prefork.tcl \
-	    $(MAN_DIR)/socketserver.n; \
+	files=$$(cat $(INSTALLED)); \
+	if [ -n "$$files" ]; then echo "rm -f" $$files && rm -f $$files || exit 1; fi; \
+	rm -f $(INSTALLED); \
 	if [ -f $(CREATED) ]; then \
 	    dirs=$$(cat $(CREATED)); rm -f $(CREATED); \
 	    for d in $$dirs; do rmdir "$$d" 2>/dev/null || true; done; \
-	else \
-	    rmdir $(INSTALL_DIR) 2>/dev/null || true; \
 	fi
 
 dist: $(DIST_NAME).tar.gz

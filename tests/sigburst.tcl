@@ -63,7 +63,7 @@ while {$last != $sent && [clock milliseconds] < $deadline} {
     after 10 {set ::tick 1}
     vwait ::tick
 }
-exec kill -USR2 [pid]
+::socketserver::kill USR2 [pid]
 watch ::usr2 10000
 file delete $seqFile
 puts [list $sent $count $last [expr {$usr2 eq "1"}]]

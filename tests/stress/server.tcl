@@ -145,7 +145,7 @@ proc command {} {
 	}
 	go {
 	    foreach pid $::workers {
-		kill USR1 $pid
+		::socketserver::kill USR1 $pid
 	    }
 	}
 	info {
@@ -159,7 +159,7 @@ proc command {} {
 
 proc stop {} {
     foreach pid $::workers {
-	catch {kill KILL $pid}
+	catch {::socketserver::kill KILL $pid}
     }
     foreach pid $::workers {
 	catch {wait $pid}
