@@ -297,9 +297,10 @@ proc ::socketserver::prefork::WorkerError {msg opts} {
 #   partial	the start of an output line not ended yet
 #   cutting	1 while the rest of an over-long line is skipped
 #   recent	its last output lines (the reason a load failed)
-#   budget	bytes of output logged in the current second
+#   budget	characters of output logged in the current second
 #   second	that second
-#   dropped	bytes of output not logged in it, over the budget
+#   dropped	characters of output not logged since last said, over the
+#		budget
 #
 # What a worker does comes from the queue's scoreboard, which the worker
 # writes as it asks and as connections come (no message, no wake-up of the
@@ -310,8 +311,7 @@ proc ::socketserver::prefork::WorkerError {msg opts} {
 
 namespace eval ::socketserver::prefork {
     variable MaxLine 4096	;# Longer output lines are logged cut.
-    variable Budget 65536	;# Output bytes a worker may log per second.
-    variable Interrupts 0	;# SIGINTs so far: the second stops at once.
+    variable Budget 65536	;# Output characters a worker may log per second.
     variable Script		;# The script that workers run.
 }
 
@@ -320,9 +320,18 @@ proc ::socketserver::prefork::Supervisor {config} {
     variable Port
     variable Script
     variable Wanted [dict get $config -workers]
-    # The path as the user gave it, not normalized: a deploy that switches
-    # a 'current' symlink and sends HUP must reload the new release.
-    set Script [file join [pwd] $::argv0]
+    # The path as the user gave it, not resolved through symlinks: a
+    # deploy that switches a 'current' symlink and sends HUP must reload
+    # the new release. [pwd] has the links resolved; the shell's PWD,
+    # where it names the same directory, has them as typed (Unicorn does
+    # the same).
+    set dir [pwd]
+    if {[info exists ::env(PWD)] && [file pathtype $::env(PWD)] eq "absolute"
+	    && ![catch {file stat $::env(PWD) here; file stat $dir real}]
+	    && $here(dev) == $real(dev) && $here(ino) == $real(ino)} {
+	set dir $::env(PWD)
+    }
+    set Script [file join $dir $::argv0]
     set options [list -myaddr [dict get $config -myaddr]]
     if {[dict get $config -backlog] > 0} {
 	lappend options -backlog [dict get $config -backlog]
@@ -448,6 +457,7 @@ proc ::socketserver::prefork::BackOff {why} {
     variable StartTimer
     set Backoff [expr {min(max(2 * $Backoff, 100), 30000)}]
     Log "$why: next start in $Backoff ms"
+    after cancel $StartTimer
     set StartTimer [after $Backoff [namespace code {
 	set StartTimer {}
 	Fill
@@ -510,25 +520,33 @@ proc ::socketserver::prefork::LogOutput {pid line} {
     variable Budget
     set second [clock seconds]
     if {$second != [dict get $Workers($pid) second]} {
-	if {[dict get $Workers($pid) dropped] > 0} {
-	    Log "worker $pid: [dict get $Workers($pid) dropped] bytes of output not logged\
-		    (over $Budget a second)"
-	}
+	Dropped $pid
 	dict set Workers($pid) second $second
 	dict set Workers($pid) budget 0
-	dict set Workers($pid) dropped 0
     }
-    set bytes [string length $line]
-    if {[dict get $Workers($pid) budget] + $bytes > $Budget} {
-	dict incr Workers($pid) dropped $bytes
+    set length [string length $line]
+    if {[dict get $Workers($pid) budget] + $length > $Budget} {
+	dict incr Workers($pid) dropped $length
 	return
     }
-    dict incr Workers($pid) budget $bytes
+    dict incr Workers($pid) budget $length
     dict lappend Workers($pid) recent $line
     if {[llength [dict get $Workers($pid) recent]] > 20} {
 	dict set Workers($pid) recent [lrange [dict get $Workers($pid) recent] end-19 end]
     }
     Log "worker $pid: $line"
+}
+
+# Dropped pid --
+#	Says how much of a worker's output was over its budget, if any.
+proc ::socketserver::prefork::Dropped {pid} {
+    variable Workers
+    variable Budget
+    if {[dict get $Workers($pid) dropped] > 0} {
+	Log "worker $pid: [dict get $Workers($pid) dropped] characters of output\
+		not logged (over $Budget a second)"
+	dict set Workers($pid) dropped 0
+    }
 }
 
 # Watch --
@@ -539,6 +557,7 @@ proc ::socketserver::prefork::LogOutput {pid line} {
 #	first ask until one is free) and would otherwise say nothing.
 proc ::socketserver::prefork::Watch {} {
     variable Workers
+    variable Backoff
     variable Config
     variable Port
     variable LastError
@@ -559,15 +578,13 @@ proc ::socketserver::prefork::Watch {} {
 	if {[dict get $entry served] >= 2 || ([dict get $entry served] >= 1
 		&& [dict get $entry state] ne "serving")} {
 	    dict set Workers($pid) completed 1
+	    # A worker that serves ends a back-off's doubling.
+	    set Backoff 0
 	}
 	if {$timeout > 0 && [dict get $entry state] eq "serving"
-		&& [dict get $entry for] > $timeout
-		&& [dict get $Workers($pid) reason] eq ""} {
-	    set why [format "busy %.2fs (-timeout %s) serving %s" \
+		&& [dict get $entry for] > $timeout} {
+	    KillFor $pid [format "busy %.2fs (-timeout %s) serving %s" \
 		[dict get $entry for] $timeout [join [dict get $entry peer] :]]
-	    Log "worker $pid $why: sending KILL"
-	    dict set Workers($pid) reason $why
-	    Kill KILL $pid
 	}
     }
     set error [dict get $info lasterror]
@@ -617,6 +634,7 @@ proc ::socketserver::prefork::Exited {pid} {
     if {[dict get $Workers($pid) partial] ne ""} {
 	Take $pid \n
     }
+    Dropped $pid
     set worker $Workers($pid)
     unset Workers($pid)
     fconfigure $chan -blocking 1
@@ -730,15 +748,12 @@ proc ::socketserver::prefork::Retire {pid} {
 proc ::socketserver::prefork::Overdue {pid} {
     variable Workers
     variable Config
-    if {![info exists Workers($pid)] || [dict get $Workers($pid) reason] ne ""} {
+    if {![info exists Workers($pid)]} {
 	return
     }
     set board [dict get $Workers($pid) board]
     set doing [expr {[dict exists $board state] ? [dict get $board state] : "starting"}]
-    set why "still $doing -graceful [dict get $Config -graceful]s after TERM"
-    Log "worker $pid $why: sending KILL"
-    dict set Workers($pid) reason $why
-    Kill KILL $pid
+    KillFor $pid "still $doing -graceful [dict get $Config -graceful]s after TERM"
 }
 
 # Kill signal pid --
@@ -747,6 +762,19 @@ proc ::socketserver::prefork::Kill {signal pid} {
     if {[catch {::socketserver::kill $signal $pid} msg]} {
 	Log "$msg (worker $pid)"
     }
+}
+
+# KillFor pid why --
+#	Kills a worker, logged with the reason, which its exit line repeats
+#	once it is gone. Once only.
+proc ::socketserver::prefork::KillFor {pid why} {
+    variable Workers
+    if {![info exists Workers($pid)] || [dict get $Workers($pid) reason] ne ""} {
+	return
+    }
+    Log "worker $pid $why: sending KILL"
+    dict set Workers($pid) reason $why
+    Kill KILL $pid
 }
 
 # Reload --
@@ -782,8 +810,7 @@ proc ::socketserver::prefork::ReloadFailed {pid output} {
     foreach other [array names Workers] {
 	if {[dict get $Workers($other) generation] == $Generation} {
 	    dict set Workers($other) phase leaving
-	    dict set Workers($other) reason "its generation failed to load"
-	    Kill KILL $other
+	    KillFor $other "of a generation that failed to load"
 	}
     }
     # The surviving generation becomes current again.
@@ -895,19 +922,17 @@ proc ::socketserver::prefork::Stop {} {
 }
 
 # Interrupt --
-#	SIGINT: Ctrl-C. The first stops gracefully, as SIGTERM does; the
-#	second kills every worker at once.
+#	SIGINT: Ctrl-C. The first stops gracefully, as SIGTERM does; one that
+#	comes while stopping (after either) kills every worker at once.
 proc ::socketserver::prefork::Interrupt {} {
-    variable Interrupts
+    variable State
     variable Workers
-    if {[incr Interrupts] == 1} {
+    if {$State ne "stopping"} {
 	Stop
 	return
     }
-    Log "interrupted again: killing the workers"
     foreach pid [array names Workers] {
-	dict set Workers($pid) reason "second interrupt"
-	Kill KILL $pid
+	KillFor $pid "interrupted while stopping"
     }
 }
 
