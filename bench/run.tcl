@@ -9,7 +9,7 @@
 #	(default 3),
 #	BENCH_WORKERS worker counts for the overhead scenario (default
 #	"2 8 32 64"), BENCH_SCENARIOS (default "handoff overhead blocking
-#	cpu uneven"), BENCH_BASELINE directories (a list) each holding another
+#	cpu uneven supervisor"), BENCH_BASELINE directories (a list) each holding another
 #	build of the package (pkgIndex.tcl and library), measured in rows of
 #	their own beside this one: to compare a change with what it
 #	replaces.
@@ -27,6 +27,11 @@
 #	SO_REUSEPORT listener per worker (the kernel hashes), and Node's
 #	cluster (round-robin push), with p50, p99 and p99.9 latency.
 #
+#	The supervisor scenario runs the socketserver contender under its
+#	supervisor, socketserver::prefork (8 workers), beside the bare one:
+#	what supervising costs per connection, for this build and each
+#	BENCH_BASELINE build.
+#
 #	Server CPU per request: the run time in nanoseconds of every thread
 #	of every process in the server's process group
 #	(/proc/PID/task/TID/schedstat), read just before and just after the
@@ -35,10 +40,13 @@
 #	each use a little CPU and so flatters multi-process servers.)
 
 set here [file dirname [file normalize [info script]]]
+# For ::socketserver::kill, which stops a server's process group without
+# kill(1) (procps).
+package require socketserver
 set duration [expr {[info exists env(BENCH_DURATION)] ? $env(BENCH_DURATION) : 3}]
 set rounds [expr {[info exists env(BENCH_ROUNDS)] ? $env(BENCH_ROUNDS) : 3}]
 set overheadWorkers [expr {[info exists env(BENCH_WORKERS)] ? $env(BENCH_WORKERS) : "2 8 32 64"}]
-set scenarios [expr {[info exists env(BENCH_SCENARIOS)] ? $env(BENCH_SCENARIOS) : "handoff overhead blocking cpu uneven"}]
+set scenarios [expr {[info exists env(BENCH_SCENARIOS)] ? $env(BENCH_SCENARIOS) : "handoff overhead blocking cpu uneven supervisor"}]
 set baselines [expr {[info exists env(BENCH_BASELINE)] ? [lmap dir $env(BENCH_BASELINE) {file normalize $dir}] : {}}]
 
 # groupProcesses pgid --
@@ -144,12 +152,12 @@ proc startServer {command} {
 # stopServer pipe pgid --
 #	Kills the whole process group and waits until none of it is left.
 proc stopServer {pipe pgid} {
-    catch {exec kill -TERM -- -$pgid}
+    catch {::socketserver::kill TERM -$pgid}
     for {set i 0} {$i < 300 && [groupAlive $pgid]} {incr i} {
 	after 10
     }
     if {[groupAlive $pgid]} {
-	catch {exec kill -KILL -- -$pgid}
+	catch {::socketserver::kill KILL -$pgid}
     }
     catch {close $pipe}
 }
@@ -180,9 +188,10 @@ proc measure {scenario design workers work connections} {
 	file delete -force $rivetDir
 	set command [list [info nameofexecutable] [file join $here rivet.tcl] \
 	    $workers $work $rivetDir]
-    } elseif {[regexp {^base(\d+)$} $design -> i]} {
+    } elseif {[regexp {^base(\d+)(-supervised)?$} $design -> i supervised]} {
 	set command [list env TCLLIBPATH=[lindex $::baselines $i] [info nameofexecutable] \
-	    [file join $here tcl_server.tcl] socketserver $workers 0 $work]
+	    [file join $here tcl_server.tcl] \
+	    [expr {$supervised eq "" ? "socketserver" : "supervised"}] $workers 0 $work]
     } else {
 	set command [list [info nameofexecutable] [file join $here tcl_server.tcl] \
 	    $design $workers 0 $work]
@@ -284,6 +293,14 @@ foreach scenario $scenarios {
 		lappend plan [list handoff $design 8 none 1]
 	    }
 	}
+	supervisor {
+	    # The same load under socketserver::prefork: what supervising
+	    # costs per connection.
+	    foreach design [list socketserver supervised {*}$bases \
+		    {*}[lmap base $bases {string cat $base -supervised}]] {
+		lappend plan [list supervisor $design 8 none 8]
+	    }
+	}
 	uneven {
 	    set designs [list socketserver {*}$bases {*}[expr {$forks ? "prefork" : ""}] reuseport]
 	    if {$rivet} {
@@ -339,16 +356,17 @@ proc find {rows scenario design workers} {
     return {}
 }
 
-set names [list socketserver socketserver single "Tcl socket -server" prefork "Tcl pre-fork, inherited listener" c "C ceiling" rivet "Apache prefork + mod_rivet" reuseport "C, SO_REUSEPORT listener per worker" node "Node cluster (round-robin)"]
+set names [list socketserver socketserver supervised "socketserver under socketserver::prefork" single "Tcl socket -server" prefork "Tcl pre-fork, inherited listener" c "C ceiling" rivet "Apache prefork + mod_rivet" reuseport "C, SO_REUSEPORT listener per worker" node "Node cluster (round-robin)"]
 foreach base $bases dir $baselines {
-    lappend names $base "socketserver ([file tail $dir])"
+    lappend names $base "socketserver ([file tail $dir])" \
+	$base-supervised "socketserver::prefork ([file tail $dir])"
 }
 # rowsOf rows scenarios --
 #	The rows of those scenarios.
 proc rowsOf {rows scenarios} {
     lmap row $rows {expr {[dict get $row scenario] in $scenarios ? $row : [continue]}}
 }
-set others [rowsOf $rows {overhead blocking cpu}]
+set others [rowsOf $rows {overhead blocking cpu supervisor}]
 if {[llength $others]} {
     puts "| scenario | server | W | req/s | errors | CPU µs/req | p50 ms | p99 ms | CPU vs C | CPU vs best Tcl |"
     puts "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"

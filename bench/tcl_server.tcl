@@ -9,6 +9,8 @@
 #	    prefork       [socket -server], then WORKERS forked children that
 #	                  all keep the listening channel (the parent closes
 #	                  its copy)
+#	    supervised    the extension under its supervisor,
+#	                  socketserver::prefork, with WORKERS workers
 #	WORK is none, sleep (20 ms, as if waiting on a database), cpu (2 ms
 #	of computation) or uneven (a blocking 1 ms, or 100 ms for one request
 #	in ten, chosen at random). Prints "ready PORT" once every process is set
@@ -65,6 +67,26 @@ proc forkChildren {n script} {
 }
 
 switch -- $design {
+    supervised {
+	# "ready" once every worker has loaded and asks: their start-up is
+	# not part of what is measured.
+	package require socketserver::prefork
+	proc log {line} {
+	    if {[regexp {^listening on port (\d+)} $line -> port]} {
+		ready $port
+	    }
+	}
+	proc ready {port} {
+	    if {[dict get [::socketserver::socket info $port] waiting] < $::workers} {
+		after 20 [list ready $port]
+		return
+	    }
+	    puts "ready $port"
+	    flush stdout
+	}
+	socketserver::prefork -port $port -myaddr 127.0.0.1 -workers $workers \
+	    -log log handle
+    }
     socketserver - worker {
 	package require socketserver
 	proc serve {chan addr peerport} {
