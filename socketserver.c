@@ -62,12 +62,15 @@ typedef int Tcl_Size;
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
+#include <grp.h>
+#include <pwd.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,6 +83,7 @@ typedef int Tcl_Size;
 #include <time.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/types.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
@@ -513,6 +517,8 @@ static int		OpenListener(Tcl_Interp *interp, const char *myaddr,
 			    int port, int backlog, int *fdPtr,
 			    int *boundPortPtr, char *boundAddr);
 static int		MakeQueueSockets(int askFds[2], int readyFds[2]);
+static int		AdoptListener(Tcl_Interp *interp, int fd, int port,
+			    int *fdPtr, int *boundPortPtr, char *boundAddr);
 static int		OpenNewListener(Tcl_Interp *interp,
 			    const char *myaddr, int port, int backlog,
 			    int *fdPtr, int *boundPortPtr, char *boundAddr);
@@ -584,6 +590,12 @@ static int		ExitedObjCmd(ClientData clientData,
 			    Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
 static int		DescriptorsObjCmd(ClientData clientData,
+			    Tcl_Interp *interp, int objc,
+			    Tcl_Obj *const objv[]);
+static int		NotifyObjCmd(ClientData clientData,
+			    Tcl_Interp *interp, int objc,
+			    Tcl_Obj *const objv[]);
+static int		RunasObjCmd(ClientData clientData,
 			    Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
 static int		SignalObjCmd(ClientData clientData,
@@ -3676,8 +3688,11 @@ DropReceiver(
  * ServerCmd --
  *
  *	$cmd server ?-myaddr addr? ?-backlog n? port
- *	Listens on port and starts the accept thread, creating the port's
- *	queue or resuming into the one this process already has.
+ *	$cmd server -fd fd ?port?
+ *	Listens on port, or on the listening socket the process inherited
+ *	as descriptor fd (systemd's socket activation, an upgrade in place),
+ *	and starts the accept thread, creating the port's queue or resuming
+ *	into the one this process already has.
  *
  * Results:
  *	TCL_OK with the bound port as result, or TCL_ERROR.
@@ -3694,11 +3709,14 @@ ServerCmd(
     int objc,
     Tcl_Obj *const objv[])
 {
-    static const char *const options[] = {"-backlog", "-myaddr", NULL};
-    enum options { OPT_BACKLOG, OPT_MYADDR };
+    static const char *const options[] = {
+	"-backlog", "-fd", "-myaddr", NULL
+    };
+    enum options { OPT_BACKLOG, OPT_FD, OPT_MYADDR };
     const char *myaddr = "0.0.0.0";
     char boundAddr[NI_MAXHOST];
-    int backlog = SOMAXCONN, port, boundPort, listenFd, i, index;
+    int backlog = SOMAXCONN, port = 0, boundPort, listenFd, i, index;
+    int adoptFd = -1, bindOptions = 0;
     int queueFds[2], readyFds[2], boardFd;
     Slot *board;
     Queue *queuePtr;
@@ -3733,17 +3751,36 @@ ServerCmd(
 		Tcl_SetErrorCode(interp, "TCL", "VALUE", "BACKLOG", NULL);
 		return TCL_ERROR;
 	    }
+	    bindOptions = 1;
+	    break;
+	case OPT_FD:
+	    if (!GetIntInRange(objv[i], 0, INT_MAX, &adoptFd)) {
+		Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+			"expected a descriptor number but got \"%s\"",
+			Tcl_GetString(objv[i])));
+		Tcl_SetErrorCode(interp, "TCL", "VALUE", "FD", NULL);
+		return TCL_ERROR;
+	    }
 	    break;
 	case OPT_MYADDR:
 	    myaddr = Tcl_GetString(objv[i]);
+	    bindOptions = 1;
 	    break;
 	}
     }
-    if (i != objc - 1) {
-	Tcl_WrongNumArgs(interp, 2, objv, "?-myaddr addr? ?-backlog n? port");
+    if ((adoptFd < 0 && i != objc - 1) || (adoptFd >= 0 && i < objc - 1)) {
+	Tcl_WrongNumArgs(interp, 2, objv,
+		"?-myaddr addr? ?-backlog n? port | -fd fd ?port?");
 	return TCL_ERROR;
     }
-    if (ParsePort(interp, objv[i], &port) != TCL_OK) {
+    if (adoptFd >= 0 && bindOptions) {
+	Tcl_SetObjResult(interp, Tcl_NewStringObj(
+		"-fd takes a socket that listens already: -myaddr and "
+		"-backlog don't apply", -1));
+	Tcl_SetErrorCode(interp, "TCL", "ARGUMENT", "FD", NULL);
+	return TCL_ERROR;
+    }
+    if (i == objc - 1 && ParsePort(interp, objv[i], &port) != TCL_OK) {
 	return TCL_ERROR;
     }
 
@@ -3760,7 +3797,12 @@ ServerCmd(
     }
     pthread_mutex_unlock(&queueLock);
 
-    if (OpenNewListener(interp, myaddr, port, backlog, &listenFd,
+    if (adoptFd >= 0) {
+	if (AdoptListener(interp, adoptFd, port, &listenFd, &boundPort,
+		boundAddr) != TCL_OK) {
+	    return TCL_ERROR;
+	}
+    } else if (OpenNewListener(interp, myaddr, port, backlog, &listenFd,
 	    &boundPort, boundAddr) != TCL_OK) {
 	return TCL_ERROR;
     }
@@ -3827,6 +3869,9 @@ ServerCmd(
 
     if (StartAccepting(interp, queuePtr, listenFd) != TCL_OK) {
 	return TCL_ERROR;
+    }
+    if (adoptFd >= 0) {
+	close(adoptFd);
     }
     Tcl_SetObjResult(interp, Tcl_NewIntObj(boundPort));
     return TCL_OK;
@@ -4092,6 +4137,87 @@ OpenNewListener(
 	close(refused[--numRefused]);
     }
     return status;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * AdoptListener --
+ *
+ *	Takes descriptor fd, inherited from whoever started the process
+ *	(systemd's socket activation, an upgrade in place), as a listener:
+ *	it must be a TCP socket (IPv4 or IPv6) that listens already. It is
+ *	never listen()ed on again (its backlog is the creator's, and SELinux
+ *	may refuse a second listen()).
+ *
+ * Results:
+ *	TCL_OK with a close-on-exec duplicate of fd in *fdPtr (the caller
+ *	closes fd once it serves, and nothing is lost if it fails before),
+ *	its port in *boundPortPtr and numeric address in boundAddr
+ *	(NI_MAXHOST bytes); or TCL_ERROR with a message and -errorcode
+ *	{SOCKETSERVER NOTLISTENING fd}, {SOCKETSERVER WRONGPORT port} if port
+ *	is not 0 and fd listens on another, or POSIX.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+AdoptListener(
+    Tcl_Interp *interp,
+    int fd,
+    int port,
+    int *fdPtr,
+    int *boundPortPtr,
+    char *boundAddr)
+{
+    struct sockaddr_storage bound;
+    socklen_t length = sizeof(bound);
+    char fdText[TCL_INTEGER_SPACE], service[NI_MAXSERV];
+    int type = 0, listening = 0;
+    socklen_t intLength = sizeof(int);
+
+    snprintf(fdText, sizeof(fdText), "%d", fd);
+    if (fcntl(fd, F_GETFD) < 0) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't adopt descriptor %d: %s", fd,
+		Tcl_PosixError(interp)));
+	return TCL_ERROR;
+    }
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &intLength) < 0
+	    || type != SOCK_STREAM
+	    || (intLength = sizeof(int), getsockopt(fd, SOL_SOCKET,
+		SO_ACCEPTCONN, &listening, &intLength)) < 0
+	    || !listening
+	    || getsockname(fd, (struct sockaddr *) &bound, &length) < 0
+	    || (bound.ss_family != AF_INET && bound.ss_family != AF_INET6)
+	    || getnameinfo((struct sockaddr *) &bound, length, boundAddr,
+		NI_MAXHOST, service, sizeof(service),
+		NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't adopt descriptor %d: it is not a listening TCP "
+		"socket", fd));
+	Tcl_SetErrorCode(interp, "SOCKETSERVER", "NOTLISTENING", fdText,
+		NULL);
+	return TCL_ERROR;
+    }
+    if (port != 0 && atoi(service) != port) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't adopt descriptor %d: it listens on port %s, not %d",
+		fd, service, port));
+	SetPortErrorCode(interp, "WRONGPORT", port);
+	return TCL_ERROR;
+    }
+    if ((*fdPtr = fcntl(fd, F_DUPFD_CLOEXEC, 3)) < 0) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't adopt descriptor %d: %s", fd,
+		Tcl_PosixError(interp)));
+	return TCL_ERROR;
+    }
+    *boundPortPtr = atoi(service);
+    return TCL_OK;
 }
 
 /*
@@ -5451,6 +5577,193 @@ DescriptorsObjCmd(
 /*
  *----------------------------------------------------------------------
  *
+ * NotifyObjCmd --
+ *
+ *	::socketserver::notify state
+ *	Tells the service manager about this process, as sd_notify(3) does:
+ *	one datagram to the Unix socket named by NOTIFY_SOCKET (a leading @
+ *	names an abstract socket). A state with RELOADING=1 gets
+ *	MONOTONIC_USEC= added, which systemd's Type=notify-reload requires
+ *	and Tcl cannot read (CLOCK_MONOTONIC).
+ *
+ * Results:
+ *	TCL_OK with 1 if sent, 0 if NOTIFY_SOCKET is not set; or TCL_ERROR.
+ *
+ * Side effects:
+ *	The datagram.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+NotifyObjCmd(
+    ClientData clientData,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    const char *path = getenv("NOTIFY_SOCKET");
+    struct sockaddr_un address;
+    struct timespec now;
+    Tcl_Obj *messageObj;
+    Tcl_Size length;
+    const char *message;
+    socklen_t addressLength;
+    size_t pathLength;
+    ssize_t sent;
+    int fd, error;
+
+    (void) clientData;
+    if (objc != 2) {
+	Tcl_WrongNumArgs(interp, 1, objv, "state");
+	return TCL_ERROR;
+    }
+    if (path == NULL || path[0] == '\0') {
+	Tcl_SetObjResult(interp, Tcl_NewBooleanObj(0));
+	return TCL_OK;
+    }
+    pathLength = strlen(path);
+    if ((path[0] != '/' && path[0] != '@')
+	    || pathLength >= sizeof(address.sun_path)) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't notify the service manager: NOTIFY_SOCKET \"%s\" is "
+		"not a Unix socket's path or @name", path));
+	Tcl_SetErrorCode(interp, "SOCKETSERVER", "NOTIFY", NULL);
+	return TCL_ERROR;
+    }
+    memset(&address, 0, sizeof(address));
+    address.sun_family = AF_UNIX;
+    memcpy(address.sun_path, path, pathLength);
+    if (path[0] == '@') {
+	address.sun_path[0] = '\0';
+    }
+    addressLength = (socklen_t) (offsetof(struct sockaddr_un, sun_path)
+	    + pathLength + (path[0] == '/'));
+
+    messageObj = Tcl_DuplicateObj(objv[1]);
+    Tcl_IncrRefCount(messageObj);
+    message = Tcl_GetStringFromObj(messageObj, &length);
+    if (strstr(message, "RELOADING=1") != NULL) {
+	char usec[48];
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	snprintf(usec, sizeof(usec), "\nMONOTONIC_USEC=%llu",
+		(unsigned long long) now.tv_sec * 1000000u
+		+ (unsigned long long) now.tv_nsec / 1000u);
+	Tcl_AppendToObj(messageObj, usec, -1);
+	message = Tcl_GetStringFromObj(messageObj, &length);
+    }
+    fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+	sent = -1;
+    } else {
+	do {
+	    sent = sendto(fd, message, (size_t) length, MSG_NOSIGNAL,
+		    (struct sockaddr *) &address, addressLength);
+	} while (sent < 0 && errno == EINTR);
+	error = errno;
+	close(fd);
+	errno = error;
+    }
+    Tcl_DecrRefCount(messageObj);
+    if (sent < 0) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't notify the service manager at %s: %s", path,
+		Tcl_PosixError(interp)));
+	return TCL_ERROR;
+    }
+    Tcl_SetObjResult(interp, Tcl_NewBooleanObj(1));
+    return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * RunasObjCmd --
+ *
+ *	::socketserver::runas user ?group?
+ *	Makes this process user's, for good: its supplementary groups
+ *	(initgroups), then its group (group, or user's own), then its user,
+ *	in that order, and checks that none can be taken back.
+ *
+ * Results:
+ *	TCL_OK with an empty result; or TCL_ERROR, with -errorcode
+ *	{SOCKETSERVER USER name} or {SOCKETSERVER GROUP name} for an unknown
+ *	name, POSIX for a refused change (EPERM: not root), {SOCKETSERVER
+ *	PRIVILEGES} if root could be taken back.
+ *
+ * Side effects:
+ *	The process's credentials. On an error half-way, the process may
+ *	hold some of the new ones: it should exit.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+RunasObjCmd(
+    ClientData clientData,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    const char *user, *group = "";
+    struct passwd *pw;
+    struct group *gr;
+    uid_t uid;
+    gid_t gid;
+
+    (void) clientData;
+    if (objc != 2 && objc != 3) {
+	Tcl_WrongNumArgs(interp, 1, objv, "user ?group?");
+	return TCL_ERROR;
+    }
+    user = Tcl_GetString(objv[1]);
+    if (objc == 3) {
+	group = Tcl_GetString(objv[2]);
+    }
+
+    /*
+     * At start-up, in the one thread that runs: getpwnam() and getgrnam()
+     * need not be reentrant here.
+     */
+
+    pw = getpwnam(user);
+    if (pw == NULL) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf("no such user \"%s\"", user));
+	Tcl_SetErrorCode(interp, "SOCKETSERVER", "USER", user, NULL);
+	return TCL_ERROR;
+    }
+    uid = pw->pw_uid;
+    gid = pw->pw_gid;
+    if (group[0] != '\0') {
+	gr = getgrnam(group);
+	if (gr == NULL) {
+	    Tcl_SetObjResult(interp, Tcl_ObjPrintf("no such group \"%s\"",
+		    group));
+	    Tcl_SetErrorCode(interp, "SOCKETSERVER", "GROUP", group, NULL);
+	    return TCL_ERROR;
+	}
+	gid = gr->gr_gid;
+    }
+    if (initgroups(user, gid) < 0 || setgid(gid) < 0 || setuid(uid) < 0) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't become user \"%s\": %s", user,
+		Tcl_PosixError(interp)));
+	return TCL_ERROR;
+    }
+    if (getuid() != uid || geteuid() != uid || getgid() != gid
+	    || getegid() != gid || (uid != 0 && setuid(0) == 0)) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't become user \"%s\" for good", user));
+	Tcl_SetErrorCode(interp, "SOCKETSERVER", "PRIVILEGES", NULL);
+	return TCL_ERROR;
+    }
+    return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * SocketserverObjCmd --
  *
  *	::socketserver::socket subcommand ?arg ...?
@@ -5614,6 +5927,10 @@ Socketserver_Init(
 	    ExitedObjCmd, NULL, NULL);
     Tcl_CreateObjCommand(interp, "::socketserver::descriptors",
 	    DescriptorsObjCmd, NULL, NULL);
+    Tcl_CreateObjCommand(interp, "::socketserver::notify",
+	    NotifyObjCmd, NULL, NULL);
+    Tcl_CreateObjCommand(interp, "::socketserver::runas",
+	    RunasObjCmd, NULL, NULL);
     return Tcl_PkgProvide(interp, PACKAGE_NAME, PACKAGE_VERSION);
 }
 
