@@ -85,10 +85,10 @@ MANDIR     ?= $(PREFIX)/share/man
 
 # What 'make dist' packs: everything needed to build, test and install.
 DIST_NAME  = $(PACKAGE)-$(VERSION)
-DIST_FILES = README.md LICENSE Makefile pkgIndex.tcl prefork.tcl socketserver.c \
+DIST_FILES = README.md LICENSE Makefile pkgIndex.tcl prefork.tcl runas.tcl socketserver.c \
 	     ancillary.h doc/design.md .ci/run \
 	     $(wildcard doc/*.n tests/*.tcl tests/*.test tests/*.sh tests/stress/*.tcl \
-		tests/stress/*.test tests/stress/*.c examples/*.tcl \
+		tests/*.c tests/stress/*.test tests/stress/*.c examples/*.tcl \
 		examples/*.cfg examples/*.service bench/*.tcl bench/*.c \
 		bench/*.js bench/*.lua)
 
@@ -101,13 +101,18 @@ $(LIB): socketserver.c ancillary.h
 	@test -n "$(TCL_CFLAGS)" || { echo "can't find the headers of Tcl $(TCL_VERSION) ($(TCLSH)): install $(TCL_DEV), or set TCL_CONFIG to its tclConfig.sh" >&2; exit 1; }
 	$(CC) $(ALL_CFLAGS) -shared -o $@ socketserver.c $(TCL_STUB) $(LDFLAGS)
 
-test: $(LIB) tests/stress/libinject.so
+test: $(LIB) tests/stress/libinject.so tests/sdharness
 	TCLLIBPATH=$(CURDIR) $(TCLSH) tests/all.tcl $(TESTFLAGS)
 
 stress: $(LIB) tests/stress/libinject.so
 	TCLLIBPATH=$(CURDIR) $(TCLSH) tests/all.tcl -testdir $(CURDIR)/tests/stress $(TESTFLAGS)
 
 # A test helper that sends what no well-behaved process sends.
+# What systemd does for a service (socket activation, sd_notify's socket),
+# for the tests.
+tests/sdharness: tests/sdharness.c
+	$(CC) $(CFLAGS) $(EXTRA_CFLAGS) -Wall -Wextra -o $@ tests/sdharness.c
+
 tests/stress/libinject.so: tests/stress/inject.c
 	$(CC) $(ALL_CFLAGS) -shared -o $@ tests/stress/inject.c $(TCL_STUB) $(LDFLAGS)
 
@@ -121,7 +126,7 @@ asan: socketserver.c ancillary.h
 	$(CC) $(ALL_CFLAGS) -O1 -fno-omit-frame-pointer \
 	    -fsanitize=address,undefined -shared -o tests/asan/$(LIB) \
 	    socketserver.c $(TCL_STUB) $(LDFLAGS)
-	cp pkgIndex.tcl prefork.tcl tests/asan/
+	cp pkgIndex.tcl prefork.tcl runas.tcl tests/asan/
 	TCLSH=$(TCLSH) CC=$(CC) sh tests/checkmem.sh asan $(CURDIR)/tests/asan
 
 # Side-by-side benchmarks (needs wrk): see bench/run.tcl for the settings.
@@ -154,11 +159,11 @@ install: $(LIB)
 	    sort -u | awk '{print length, $$0}' | sort -rn | cut -d' ' -f2- \
 	    > $(CREATED).new && mv $(CREATED).new $(CREATED)
 	@{ cat $(INSTALLED) 2>/dev/null; \
-	    for f in $(LIB) pkgIndex.tcl prefork.tcl; do echo "$(INSTALL_DIR)/$$f"; done; \
+	    for f in $(LIB) pkgIndex.tcl prefork.tcl runas.tcl; do echo "$(INSTALL_DIR)/$$f"; done; \
 	    for f in $(notdir $(MAN_PAGES)); do echo "$(MAN_DIR)/$$f"; done; \
 	} | sort -u > $(INSTALLED).new && mv $(INSTALLED).new $(INSTALLED)
 	install -m 755 $(LIB) $(INSTALL_DIR)/
-	install -m 644 pkgIndex.tcl prefork.tcl $(INSTALL_DIR)/
+	install -m 644 pkgIndex.tcl prefork.tcl runas.tcl $(INSTALL_DIR)/
 	install -m 644 $(MAN_PAGES) $(MAN_DIR)/
 	@echo 'puts [expr {"$(TCL_LIBDIR)" in $$auto_path}]' | $(TCLSH) | grep -q 1 || \
 	    echo "$(TCL_LIBDIR) is not on $(TCLSH)'s auto_path: use TCLLIBPATH=$(TCL_LIBDIR)"
@@ -196,5 +201,5 @@ $(DIST_NAME).tar.gz: $(DIST_FILES)
 
 clean:
 	rm -f lib*$(PACKAGE)$(VERSION).so *.o bench/c_reference bench/c_reuseport \
-	    tests/stress/libinject.so
+	    tests/stress/libinject.so tests/sdharness
 	rm -rf tests/asan $(DIST_NAME) $(DIST_NAME).tar.gz

@@ -32,7 +32,7 @@ namespace eval ::socketserver::prefork {
 
     # The options: name, default, what it takes (for -help and checks).
     variable Options {
-	-port        {}     {port number or service name (required; 0 picks one)}
+	-port        {}     {port number or service name (required unless systemd passes the socket; 0 picks one)}
 	-myaddr      0.0.0.0 {address to listen on}
 	-backlog     0      {listen backlog (0: the system's maximum)}
 	-workers     4      {number of workers, 1 to 1024}
@@ -40,7 +40,13 @@ namespace eval ::socketserver::prefork {
 	-timeout     0      {kill a worker busy with one connection longer than S seconds (0: never)}
 	-graceful    30     {seconds stop and reload wait for connections in progress}
 	-log         {}     {command prefix called with each log line (default: stderr)}
+	-user        {}     {run the workers as this user (the supervisor starts as root)}
+	-group       {}     {and this group (default: the user's)}
     }
+
+    # Where this file is: the workers' start-up as another user (runas.tcl)
+    # lies beside it.
+    variable Dir [file dirname [file normalize [info script]]]
 
     # Supervisor state.
     variable Config		;# Option values.
@@ -52,6 +58,11 @@ namespace eval ::socketserver::prefork {
     variable Backoff 0		;# ms before the next start after a crash.
     variable StartTimer {}	;# Pending start of a replacement worker.
     variable LastError {}	;# The queue's lasterror when last looked.
+    variable Status {}		;# The STATUS= last sent to systemd.
+    variable NotifyError {}	;# The last error notifying systemd.
+    variable Ready 0		;# 1 once systemd was told READY=1.
+    variable Watchdog 0		;# ms between WATCHDOG=1 pings, 0: none.
+    variable Pinged 0		;# When the last one went, in ms.
 }
 
 # socketserver::prefork ?option value ...? handler --
@@ -128,10 +139,17 @@ proc ::socketserver::prefork::Validate {optionList} {
 	set ok 1
 	switch -- $name {
 	    -port {
-		set ok [expr {$value ne "" && (
+		# Systemd may pass the socket; a worker has its queue.
+		set ok [expr {($value eq "" && ([Activated]
+			|| [llength [::socketserver::socket info]] > 0))
+		    || ($value ne "" && (
 		    ([string is entier -strict $value] && $value >= 0 && $value <= 65535)
-		    || ![string is entier -strict $value])}]
+		    || ![string is entier -strict $value]))}]
 		set want "a port number from 0 to 65535 or a service name"
+	    }
+	    -user - -group {
+		set ok [regexp {^[^\s:]*$} $value]
+		set want "a user or group name"
 	    }
 	    -backlog - -maxrequests {
 		set ok [expr {[string is entier -strict $value] && $value >= 0
@@ -156,7 +174,7 @@ proc ::socketserver::prefork::Validate {optionList} {
 	}
 	if {!$ok} {
 	    if {$name eq "-port" && $value eq ""} {
-		set message "option -port is required"
+		set message "option -port is required (unless systemd passes the socket)"
 	    } else {
 		set message "bad value \"$value\" for $name: expected $want"
 	    }
@@ -164,6 +182,14 @@ proc ::socketserver::prefork::Validate {optionList} {
 	}
     }
     return $config
+}
+
+# Activated --
+#	1 if systemd (or anything that does as it does) passed this process
+#	its listening sockets: LISTEN_PID names this process.
+proc ::socketserver::prefork::Activated {} {
+    expr {[info exists ::env(LISTEN_PID)] && [info exists ::env(LISTEN_FDS)]
+	&& $::env(LISTEN_PID) eq [pid]}
 }
 
 # Log message --
@@ -197,6 +223,10 @@ namespace eval ::socketserver::prefork {
 proc ::socketserver::prefork::Worker {config handler} {
     variable Handler $handler
     variable Limit
+    # The supervisor alone speaks to systemd.
+    foreach name {NOTIFY_SOCKET WATCHDOG_USEC WATCHDOG_PID} {
+	unset -nocomplain ::env($name)
+    }
     fconfigure stdout -buffering line
     set n [dict get $config -maxrequests]
     if {$n > 0} {
@@ -332,16 +362,9 @@ proc ::socketserver::prefork::Supervisor {config} {
 	set dir $::env(PWD)
     }
     set Script [file join $dir $::argv0]
-    set options [list -myaddr [dict get $config -myaddr]]
-    if {[dict get $config -backlog] > 0} {
-	lappend options -backlog [dict get $config -backlog]
-    }
-    if {[catch {::socketserver::socket server {*}$options [dict get $config -port]} Port]} {
-	Log "couldn't listen: $Port"
-	exit 1
-    }
+    set how [Listen]
     CheckDescriptors
-    Log "listening on port $Port, [dict get $config -workers] workers"
+    Log "listening on port $Port, [dict get $config -workers] workers$how"
     ::socketserver::signal CHLD [namespace code Reap]
     ::socketserver::signal TERM [namespace code Stop]
     ::socketserver::signal INT [namespace code Interrupt]
@@ -370,6 +393,88 @@ proc ::socketserver::prefork::Supervisor {config} {
     }
     Fill
     vwait forever
+}
+
+# Started --
+#	Once every worker of the first fill has loaded the application (or
+#	one had to be backed off): tells systemd the service is up, and
+#	starts the watchdog pings. Once.
+proc ::socketserver::prefork::Started {} {
+    variable Ready
+    if {!$Ready} {
+	set Ready 1
+	Notify READY=1
+	StartWatchdog
+    }
+}
+
+# Listen --
+#	Listens on -port, or takes the socket systemd passed (socket
+#	activation: the one on -port, if -port is given, of those passed).
+#	Leaves if it can't. Returns how, for the log.
+proc ::socketserver::prefork::Listen {} {
+    variable Config
+    variable Port
+    set port [dict get $Config -port]
+    if {[Activated]} {
+	set n $::env(LISTEN_FDS)
+	set names [expr {[info exists ::env(LISTEN_FDNAMES)]
+	    ? [split $::env(LISTEN_FDNAMES) :] : {}}]
+	# Not for the workers, nor for any program they start.
+	foreach name {LISTEN_PID LISTEN_FDS LISTEN_FDNAMES} {
+	    unset -nocomplain ::env($name)
+	}
+	set errors {}
+	for {set i 0} {[string is integer -strict $n] && $i < $n} {incr i} {
+	    set fd [expr {3 + $i}]
+	    if {![catch {::socketserver::socket server -fd $fd {*}[expr {$port eq "" ? "" : [list $port]}]} Port]} {
+		set name [lindex $names $i]
+		return " (socket activation: descriptor $fd[expr {$name eq "" ? "" : ", $name"}])"
+	    }
+	    lappend errors $Port
+	}
+	Log "couldn't listen: systemd passed $n sockets (LISTEN_FDS), and none\
+		will do[expr {$port eq "" ? "" : " for -port $port"}]: [join $errors {; }]"
+	exit 1
+    }
+    set options [list -myaddr [dict get $Config -myaddr]]
+    if {[dict get $Config -backlog] > 0} {
+	lappend options -backlog [dict get $Config -backlog]
+    }
+    if {[catch {::socketserver::socket server {*}$options $port} Port]} {
+	Log "couldn't listen: $Port"
+	exit 1
+    }
+    return ""
+}
+
+# Notify state --
+#	Tells systemd (sd_notify: NOTIFY_SOCKET), if it listens; a failure is
+#	logged once until it changes.
+proc ::socketserver::prefork::Notify {state} {
+    variable NotifyError
+    if {[catch {::socketserver::notify $state} msg]} {
+	if {$msg ne $NotifyError} {
+	    Log $msg
+	}
+	set NotifyError $msg
+    } else {
+	set NotifyError {}
+    }
+}
+
+# StartWatchdog --
+#	With WATCHDOG_USEC (for this process: WATCHDOG_PID unset or ours),
+#	Watch pings systemd at half that interval while the supervisor
+#	serves: a wedged supervisor stops pinging and systemd restarts it.
+proc ::socketserver::prefork::StartWatchdog {} {
+    variable Watchdog
+    if {[info exists ::env(WATCHDOG_USEC)]
+	    && [string is entier -strict $::env(WATCHDOG_USEC)]
+	    && $::env(WATCHDOG_USEC) > 0
+	    && (![info exists ::env(WATCHDOG_PID)] || $::env(WATCHDOG_PID) eq [pid])} {
+	set Watchdog [expr {max(1, $::env(WATCHDOG_USEC) / 2000)}]
+    }
 }
 
 # CheckDescriptors --
@@ -403,9 +508,15 @@ proc ::socketserver::prefork::StartWorker {} {
     variable Workers
     variable Generation
     variable Script
-    if {[catch {
-	::socketserver::socket spawn [info nameofexecutable] $Script {*}$::argv
-    } chan]} {
+    variable Config
+    variable Dir
+    set command [list [info nameofexecutable] $Script {*}$::argv]
+    if {[dict get $Config -user] ne ""} {
+	# runas.tcl becomes the user before the application's code runs.
+	set command [linsert $command 1 [file join $Dir runas.tcl] \
+	    [dict get $Config -user] [dict get $Config -group]]
+    }
+    if {[catch {::socketserver::socket spawn {*}$command} chan]} {
 	Log "couldn't start a worker: $chan"
 	return ""
     }
@@ -455,8 +566,13 @@ proc ::socketserver::prefork::Fill {} {
 proc ::socketserver::prefork::BackOff {why} {
     variable Backoff
     variable StartTimer
+    variable FirstLoaded
     set Backoff [expr {min(max(2 * $Backoff, 100), 30000)}]
     Log "$why: next start in $Backoff ms"
+    if {[info exists FirstLoaded] && $FirstLoaded eq "ok"} {
+	# The application loads: serving with fewer workers is serving.
+	Started
+    }
     after cancel $StartTimer
     set StartTimer [after $Backoff [namespace code {
 	set StartTimer {}
@@ -587,6 +703,36 @@ proc ::socketserver::prefork::Watch {} {
 		[dict get $entry for] $timeout [join [dict get $entry peer] :]]
 	}
     }
+    # Systemd: the counts, and the watchdog while the accept thread runs
+    # and a worker of the current generation has loaded.
+    variable Status
+    variable Watchdog
+    variable Pinged
+    variable Generation
+    variable State
+    set counts {}
+    set loaded 0
+    foreach pid [array names Workers] {
+	set entry [dict get $Workers($pid) board]
+	if {[dict exists $entry state]} {
+	    dict incr counts [dict get $entry state]
+	}
+	if {[dict get $Workers($pid) phase] eq "ready"
+		&& [dict get $Workers($pid) generation] == $Generation} {
+	    incr loaded
+	}
+    }
+    set status "[array size Workers] workers ([join [lmap {k v} [lsort -stride 2 $counts] {string cat "$v $k"}] {, }]), generation $Generation, $State"
+    if {$status ne $Status} {
+	set Status $status
+	Notify STATUS=$status
+    }
+    set now [clock milliseconds]
+    if {$Watchdog > 0 && $now - $Pinged >= $Watchdog
+	    && [dict get $info listening] && $loaded > 0} {
+	set Pinged $now
+	Notify WATCHDOG=1
+    }
     set error [dict get $info lasterror]
     if {$error ne $LastError} {
 	set LastError $error
@@ -708,20 +854,28 @@ proc ::socketserver::prefork::Loaded {pid} {
     variable State
     variable Generation
     variable FirstLoaded
+    variable Wanted
     if {![info exists FirstLoaded]} {
 	set FirstLoaded ok
+    }
+    set loaded 0
+    foreach other [array names Workers] {
+	if {[dict get $Workers($other) generation] == $Generation} {
+	    if {[dict get $Workers($other) phase] eq "starting"} {
+		return
+	    }
+	    incr loaded
+	}
+    }
+    if {$loaded >= $Wanted} {
+	Started
     }
     if {$State ne "reloading"} {
 	return
     }
-    foreach other [array names Workers] {
-	if {[dict get $Workers($other) generation] == $Generation
-		&& [dict get $Workers($other) phase] eq "starting"} {
-	    return
-	}
-    }
     set State running
     Log "generation $Generation loaded: retiring the old workers"
+    Notify "READY=1\nSTATUS=generation $Generation loaded"
     foreach other [array names Workers] {
 	if {[dict get $Workers($other) generation] != $Generation} {
 	    Retire $other
@@ -796,6 +950,7 @@ proc ::socketserver::prefork::Reload {} {
     after cancel $StartTimer
     set StartTimer {}
     Log "reloading: starting generation $Generation"
+    Notify "RELOADING=1\nSTATUS=reloading: starting generation $Generation"
     Fill
 }
 
@@ -807,6 +962,7 @@ proc ::socketserver::prefork::ReloadFailed {pid output} {
     variable Generation
     variable State running
     Log "reload failed, the old workers keep serving: worker $pid did not load the application:\n$output"
+    Notify "READY=1\nSTATUS=reload failed: generation $Generation did not load"
     foreach other [array names Workers] {
 	if {[dict get $Workers($other) generation] == $Generation} {
 	    dict set Workers($other) phase leaving
@@ -916,6 +1072,7 @@ proc ::socketserver::prefork::Stop {} {
     set State stopping
     after cancel $StartTimer
     Log "stopping"
+    Notify "STOPPING=1\nSTATUS=stopping"
     ::socketserver::socket close $Port
     set deadline [expr {[clock milliseconds] + int([dict get $Config -graceful] * 1000)}]
     Drain $deadline
