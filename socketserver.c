@@ -444,6 +444,9 @@ static int watchInThread = 0;		/* 1 where reply sockets are watched
 					 * See WatchReplySocket. */
 
 #define ASSOC_KEY	"socketserver"
+#define LISTENER_ENV	"SOCKETSERVER_LISTENER"
+				/* "PORT FD": 'reexec' kept port's listener
+				 * open as FD. */
 #define SPAWN_ENV	"SOCKETSERVER_SPAWN"
 				/* "PID NONCE": a hand-over from process PID
 				 * waits on standard input. */
@@ -575,6 +578,8 @@ static int		IsQueueSocket(int fd);
 static uint64_t		MakeNonce(int salt);
 static int		ServerCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
+static int		ReexecCmd(Tcl_Interp *interp, int objc,
+			    Tcl_Obj *const objv[]);
 static int		SpawnCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
 static void		CatchSignal(int signo);
@@ -593,6 +598,9 @@ static int		DescriptorsObjCmd(ClientData clientData,
 			    Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
 static int		NotifyObjCmd(ClientData clientData,
+			    Tcl_Interp *interp, int objc,
+			    Tcl_Obj *const objv[]);
+static int		WaitObjCmd(ClientData clientData,
 			    Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
 static int		RunasObjCmd(ClientData clientData,
@@ -4413,6 +4421,123 @@ CloseCmd(
 /*
  *----------------------------------------------------------------------
  *
+ * ReexecCmd --
+ *
+ *	$cmd reexec port command ?arg ...?
+ *	Replaces this process's program by command (execvp(): the same pid,
+ *	children and service manager's view) without closing port's
+ *	listener: connections that come meanwhile wait in its backlog until
+ *	the new program adopts it ('server -fd'), which LISTENER_ENV tells
+ *	it as "PORT FD". The accept thread is stopped first and every
+ *	connection it had accepted is handed over, to a waiting ask or into
+ *	the ready queue (whose reading ends the workers hold, and which they
+ *	empty before they find the queue gone); if one cannot be, nothing is
+ *	done. Every other descriptor of the extension is close-on-exec: the
+ *	queue ends with the exec, and its workers with it, once they have
+ *	finished what they have.
+ *
+ * Results:
+ *	Does not return on success. TCL_ERROR with {SOCKETSERVER BUSY port}
+ *	if an accepted connection could not be handed over, or POSIX if the
+ *	exec failed; either way the process serves on as before.
+ *
+ * Side effects:
+ *	See above.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+ReexecCmd(
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    Queue *queuePtr;
+    const char **argv;
+    char value[2 * TCL_INTEGER_SPACE + 2];
+    int port, listenFd, pending, i, error;
+    ssize_t written;
+
+    if (objc < 4) {
+	Tcl_WrongNumArgs(interp, 2, objv, "port command ?arg ...?");
+	return TCL_ERROR;
+    }
+    if (ParsePort(interp, objv[2], &port) != TCL_OK) {
+	return TCL_ERROR;
+    }
+    pthread_mutex_lock(&queueLock);
+    queuePtr = FindQueue(port);
+    if (queuePtr == NULL || queuePtr->state != LISTENING) {
+	pthread_mutex_unlock(&queueLock);
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"this process is not listening on port %d", port));
+	SetPortErrorCode(interp, "NOTLISTENING", port);
+	return TCL_ERROR;
+    }
+    queuePtr->state = STOPPING;
+    pthread_mutex_unlock(&queueLock);
+
+    /*
+     * As StopAccepting, but the listener stays.
+     */
+
+    do {
+	written = write(queuePtr->wakeFds[1], "x", 1);
+    } while (written < 0 && errno == EINTR);
+    pthread_join(queuePtr->thread, NULL);
+    while (PendingAfterDrain(queuePtr)
+	    && HandOverFirstPending(queuePtr, 0)) {
+	/* Until no ask waits while a connection does. */
+    }
+    pthread_mutex_lock(&queueLock);
+    listenFd = queuePtr->listenFd;
+    queuePtr->listenFd = -1;
+    pending = queuePtr->numPending;
+    CloseFd(&queuePtr->pollFd);
+    CloseFd(&queuePtr->wakeFds[0]);
+    CloseFd(&queuePtr->wakeFds[1]);
+    queuePtr->state = LISTENING;
+    pthread_mutex_unlock(&queueLock);
+
+    if (pending > 0) {
+	if (StartAccepting(interp, queuePtr, listenFd) != TCL_OK) {
+	    return TCL_ERROR;
+	}
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't re-execute: %d connection%s accepted on port %d "
+		"wait%s for a worker; try again", pending,
+		(pending == 1 ? "" : "s"), port, (pending == 1 ? "s" : "")));
+	SetPortErrorCode(interp, "BUSY", port);
+	return TCL_ERROR;
+    }
+
+    argv = (const char **) ckalloc((objc - 2) * sizeof(char *));
+    for (i = 3; i < objc; i++) {
+	argv[i - 3] = Tcl_GetString(objv[i]);
+    }
+    argv[objc - 3] = NULL;
+    snprintf(value, sizeof(value), "%d %d", port, listenFd);
+    Tcl_SetVar2(interp, "env", LISTENER_ENV, value, TCL_GLOBAL_ONLY);
+    if (fcntl(listenFd, F_SETFD, 0) == 0) {
+	execvp(argv[0], (char *const *) argv);
+    }
+    error = errno;
+    fcntl(listenFd, F_SETFD, FD_CLOEXEC);
+    Tcl_UnsetVar2(interp, "env", LISTENER_ENV, TCL_GLOBAL_ONLY);
+    ckfree((char *) argv);
+    if (StartAccepting(interp, queuePtr, listenFd) != TCL_OK) {
+	return TCL_ERROR;
+    }
+    errno = error;
+    Tcl_SetObjResult(interp, Tcl_ObjPrintf("couldn't re-execute \"%s\": %s",
+	    Tcl_GetString(objv[3]), Tcl_PosixError(interp)));
+    return TCL_ERROR;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * InfoCmd --
  *
  *	$cmd info ?port?
@@ -5499,6 +5624,80 @@ ExitedObjCmd(
 /*
  *----------------------------------------------------------------------
  *
+ * WaitObjCmd --
+ *
+ *	::socketserver::wait pid
+ *	Collects child process pid if it has ended (waitpid() with WNOHANG):
+ *	for children that no channel of Tcl's owns, such as the workers of
+ *	the program that was this process before 'reexec'.
+ *
+ * Results:
+ *	TCL_OK with an empty result while pid runs, else {CHILDSTATUS pid
+ *	code} or {CHILDKILLED pid SIGNAME}, as Tcl's -errorcode says it; or
+ *	TCL_ERROR, {POSIX ECHILD ...} if pid is no child of this process.
+ *
+ * Side effects:
+ *	The child is collected.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+WaitObjCmd(
+    ClientData clientData,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    Tcl_Obj *resultObj;
+    pid_t got;
+    int pid, status;
+
+    (void) clientData;
+    if (objc != 2) {
+	Tcl_WrongNumArgs(interp, 1, objv, "pid");
+	return TCL_ERROR;
+    }
+    if (!GetIntInRange(objv[1], 1, INT_MAX, &pid)) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"expected a process id but got \"%s\"",
+		Tcl_GetString(objv[1])));
+	Tcl_SetErrorCode(interp, "TCL", "VALUE", "PID", NULL);
+	return TCL_ERROR;
+    }
+    do {
+	got = waitpid((pid_t) pid, &status, WNOHANG);
+    } while (got < 0 && errno == EINTR);
+    if (got < 0) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't wait for process %d: %s", pid,
+		Tcl_PosixError(interp)));
+	return TCL_ERROR;
+    }
+    if (got == 0) {
+	return TCL_OK;
+    }
+    resultObj = Tcl_NewObj();
+    if (WIFEXITED(status)) {
+	Tcl_ListObjAppendElement(NULL, resultObj,
+		Tcl_NewStringObj("CHILDSTATUS", -1));
+	Tcl_ListObjAppendElement(NULL, resultObj, Tcl_NewIntObj(pid));
+	Tcl_ListObjAppendElement(NULL, resultObj,
+		Tcl_NewIntObj(WEXITSTATUS(status)));
+    } else {
+	Tcl_ListObjAppendElement(NULL, resultObj,
+		Tcl_NewStringObj("CHILDKILLED", -1));
+	Tcl_ListObjAppendElement(NULL, resultObj, Tcl_NewIntObj(pid));
+	Tcl_ListObjAppendElement(NULL, resultObj, Tcl_NewStringObj(
+		Tcl_SignalId(WIFSIGNALED(status) ? WTERMSIG(status) : 0), -1));
+    }
+    Tcl_SetObjResult(interp, resultObj);
+    return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * DescriptorsObjCmd --
  *
  *	::socketserver::descriptors
@@ -5785,10 +5984,12 @@ SocketserverObjCmd(
     Tcl_Obj *const objv[])
 {
     static const char *const subcommands[] = {
-	"cancel", "client", "close", "info", "server", "spawn", NULL
+	"cancel", "client", "close", "info", "reexec", "server", "spawn",
+	NULL
     };
     enum subcommands {
-	SUB_CANCEL, SUB_CLIENT, SUB_CLOSE, SUB_INFO, SUB_SERVER, SUB_SPAWN
+	SUB_CANCEL, SUB_CLIENT, SUB_CLOSE, SUB_INFO, SUB_REEXEC, SUB_SERVER,
+	SUB_SPAWN
     };
     InterpData *dataPtr = clientData;
     int index;
@@ -5815,8 +6016,11 @@ SocketserverObjCmd(
     case SUB_INFO:
 	/* $cmd info ?port? */
 	return InfoCmd(dataPtr, interp, objc, objv);
+    case SUB_REEXEC:
+	/* $cmd reexec port command ?arg ...? */
+	return ReexecCmd(interp, objc, objv);
     case SUB_SERVER:
-	/* $cmd server ?-myaddr addr? ?-backlog n? port */
+	/* $cmd server ?-myaddr addr? ?-backlog n? port | -fd fd ?port? */
 	return ServerCmd(interp, objc, objv);
     case SUB_SPAWN:
 	/* $cmd spawn command ?arg ...? */
@@ -5931,6 +6135,8 @@ Socketserver_Init(
 	    NotifyObjCmd, NULL, NULL);
     Tcl_CreateObjCommand(interp, "::socketserver::runas",
 	    RunasObjCmd, NULL, NULL);
+    Tcl_CreateObjCommand(interp, "::socketserver::wait",
+	    WaitObjCmd, NULL, NULL);
     return Tcl_PkgProvide(interp, PACKAGE_NAME, PACKAGE_VERSION);
 }
 
