@@ -61,6 +61,9 @@ namespace eval ::socketserver::prefork {
     variable Status {}		;# The STATUS= last sent to systemd.
     variable NotifyError {}	;# The last error notifying systemd.
     variable Ready 0		;# 1 once systemd was told READY=1.
+    variable Previous		;# Array: workers of the program this process
+				;# was before an upgrade, pid -> 1.
+    variable UPGRADE_VERSION 1	;# Of the state an upgrade passes on.
     variable Watchdog 0		;# ms between WATCHDOG=1 pings, 0: none.
     variable Pinged 0		;# When the last one went, in ms.
 }
@@ -92,6 +95,10 @@ proc ::socketserver::prefork::prefork {args} {
 	    "handler \"[lindex $handler 0]\" is not a command: define it before socketserver::prefork"
     }
     set handler [lreplace $handler 0 0 [uplevel 1 [list namespace which [lindex $handler 0]]]]
+    if {[info exists ::env(SOCKETSERVER_PREFORK_CHECK)]} {
+	# The dry run of an upgrade in place: the code has loaded this far.
+	Check $config
+    }
     set known [::socketserver::socket info]
     set listening 0
     foreach port $known {
@@ -114,7 +121,8 @@ proc ::socketserver::prefork::Usage {} {
 	    [expr {$default eq "" ? "" : " \[$default\]"}]]
     }
     append text "Signals to the supervisor: TERM stops gracefully, and so\
-	does INT (Ctrl-C), a second INT at once; HUP reloads; TTIN, TTOU add\
+	does INT (Ctrl-C), a second INT at once; HUP reloads; USR2 upgrades\
+	the supervisor in place (same pid, the listener kept); TTIN, TTOU add\
 	or remove a worker; USR1 logs each worker's state."
     return $text
 }
@@ -141,6 +149,8 @@ proc ::socketserver::prefork::Validate {optionList} {
 	    -port {
 		# Systemd may pass the socket; a worker has its queue.
 		set ok [expr {($value eq "" && ([Activated]
+			|| [info exists ::env(SOCKETSERVER_PREFORK_CHECK)]
+			|| [info exists ::env(SOCKETSERVER_UPGRADE)]
 			|| [llength [::socketserver::socket info]] > 0))
 		    || ($value ne "" && (
 		    ([string is entier -strict $value] && $value >= 0 && $value <= 65535)
@@ -369,9 +379,12 @@ proc ::socketserver::prefork::Supervisor {config} {
     ::socketserver::signal TERM [namespace code Stop]
     ::socketserver::signal INT [namespace code Interrupt]
     ::socketserver::signal HUP [namespace code Reload]
+    ::socketserver::signal USR2 [namespace code Upgrade]
     ::socketserver::signal TTIN [namespace code {Resize 1}]
     ::socketserver::signal TTOU [namespace code {Resize -1}]
     ::socketserver::signal USR1 [namespace code Status]
+    # Old workers that ended while the program was being replaced.
+    Reap
     interp bgerror {} [list apply {{msg opts} {
 	::socketserver::prefork::Log "supervisor error: [dict get $opts -errorinfo]"
     }}]
@@ -416,6 +429,9 @@ proc ::socketserver::prefork::Listen {} {
     variable Config
     variable Port
     set port [dict get $Config -port]
+    if {[info exists ::env(SOCKETSERVER_UPGRADE)]} {
+	return [TakeOver]
+    }
     if {[Activated]} {
 	set n $::env(LISTEN_FDS)
 	set names [expr {[info exists ::env(LISTEN_FDNAMES)]
@@ -499,6 +515,163 @@ proc ::socketserver::prefork::CheckDescriptors {} {
 		descriptors (4 per worker while two generations run), but the\
 		limit is [dict get $d limit]: $how"
     }
+}
+
+# --- upgrade in place (SIGUSR2) ------------------------------------------
+#
+# The supervisor replaces its own program, keeping its pid (so systemd's
+# MainPID, Type=notify and pid files stay right) and its listener (so no
+# connection is refused: those that come meanwhile wait in the backlog).
+# First a dry run: the script, run anew with SOCKETSERVER_PREFORK_CHECK set,
+# must load as far as its socketserver::prefork call and exit 0; if it
+# does not, the log says why and nothing changes. Then 'reexec' stops
+# accepting, hands what was accepted to the workers, and execs the same
+# command line; the listener's number goes in SOCKETSERVER_LISTENER, and
+# SOCKETSERVER_UPGRADE carries "VERSION GENERATION PID ..." (the workers,
+# which are the new program's children too). The old queue ends with the
+# exec: each old worker finishes its connection, serves what waits in the
+# ready queue, and exits; the new program starts its own workers and
+# collects the old ones (retiring any still there after -graceful).
+
+# Upgrade --
+#	SIGUSR2: the dry run, then the exec.
+proc ::socketserver::prefork::Upgrade {} {
+    variable State
+    variable Config
+    variable Script
+    variable Port
+    variable Dir
+    if {$State ne "running"} {
+	Log "upgrade refused: the supervisor is $State"
+	return
+    }
+    set State upgrading
+    Log "upgrading in place: checking that the new code loads"
+    set command [list [info nameofexecutable] $Script {*}$::argv]
+    if {[dict get $Config -user] ne ""} {
+	set command [linsert $command 1 [file join $Dir runas.tcl] \
+	    [dict get $Config -user] [dict get $Config -group]]
+    }
+    set ::env(SOCKETSERVER_PREFORK_CHECK) $Port
+    try {
+	set chan [open |[list {*}$command 2>@1] r]
+    } on error {msg} {
+	set State running
+	Log "upgrade failed, the running code keeps serving: couldn't run the check: $msg"
+	return
+    } finally {
+	unset ::env(SOCKETSERVER_PREFORK_CHECK)
+    }
+    fconfigure $chan -blocking 0
+    fileevent $chan readable [namespace code [list Checked $chan {}]]
+}
+
+# Checked chan output --
+#	Output of the dry run; at its end, the exec if it passed.
+proc ::socketserver::prefork::Checked {chan output} {
+    variable State
+    if {$State ne "upgrading"} {
+	# Stopped meanwhile.
+	catch {close $chan}
+	return
+    }
+    append output [read $chan 65536]
+    if {![eof $chan]} {
+	if {[string length $output] > 65536} {
+	    set output [string range $output end-65535 end]
+	}
+	fileevent $chan readable [namespace code [list Checked $chan $output]]
+	return
+    }
+    fconfigure $chan -blocking 1
+    if {[catch {close $chan} msg]} {
+	set State running
+	Log "upgrade failed, the running code keeps serving: the new code did not load:\n[string trimright $output]"
+	return
+    }
+    Notify "RELOADING=1\nSTATUS=upgrading in place"
+    Reexec [expr {[clock milliseconds] + 5000}]
+}
+
+# Reexec deadline --
+#	Replaces the program. A connection that no worker could take yet
+#	defers it a little, until deadline.
+proc ::socketserver::prefork::Reexec {deadline} {
+    variable State
+    if {$State ne "upgrading"} {
+	return
+    }
+    variable Port
+    variable Script
+    variable Generation
+    variable Workers
+    variable UPGRADE_VERSION
+    Log "upgrading in place: re-executing [info nameofexecutable] $Script"
+    set ::env(SOCKETSERVER_UPGRADE) [list $UPGRADE_VERSION $Generation {*}[array names Workers]]
+    catch {flush stderr}
+    catch {::socketserver::socket reexec $Port [info nameofexecutable] $Script {*}$::argv} msg opts
+    unset ::env(SOCKETSERVER_UPGRADE)
+    if {[lrange [dict get $opts -errorcode] 0 1] eq {SOCKETSERVER BUSY}
+	    && [clock milliseconds] < $deadline} {
+	after 20 [namespace code [list Reexec $deadline]]
+	return
+    }
+    set State running
+    Log "upgrade failed, the running code keeps serving: $msg"
+    Notify "READY=1\nSTATUS=upgrade failed"
+}
+
+# Check config --
+#	The dry run: the code loaded; the port must be the one served.
+proc ::socketserver::prefork::Check {config} {
+    set port [dict get $config -port]
+    set served $::env(SOCKETSERVER_PREFORK_CHECK)
+    if {[string is entier -strict $port] && $port != 0 && $port != $served} {
+	puts stderr "-port $port: an upgrade in place keeps the port served, $served;\
+		to move, restart the service"
+	exit 1
+    }
+    exit 0
+}
+
+# TakeOver --
+#	After an upgrade: serves on the listener the previous program kept,
+#	and collects its workers. Returns how, for the log.
+proc ::socketserver::prefork::TakeOver {} {
+    variable Config
+    variable Port
+    variable Previous
+    variable UPGRADE_VERSION
+    set state $::env(SOCKETSERVER_UPGRADE)
+    set listener [expr {[info exists ::env(SOCKETSERVER_LISTENER)] ? $::env(SOCKETSERVER_LISTENER) : ""}]
+    unset -nocomplain ::env(SOCKETSERVER_UPGRADE) ::env(SOCKETSERVER_LISTENER)
+    if {[lindex $state 0] ne $UPGRADE_VERSION || [llength $listener] != 2} {
+	Log "couldn't take over after an upgrade: the state passed on is\
+		\"$state\" (version [lindex $state 0]), this version reads version\
+		$UPGRADE_VERSION with SOCKETSERVER_LISTENER set"
+	exit 1
+    }
+    lassign $listener port fd
+    if {[catch {::socketserver::socket server -fd $fd $port} Port]} {
+	Log "couldn't take over after an upgrade: $Port"
+	exit 1
+    }
+    foreach pid [lrange $state 2 end] {
+	set Previous($pid) 1
+    }
+    # A new generation, numbered on from the last.
+    variable Generation [expr {[lindex $state 1] + 1}]
+    # The old workers leave once done; any still there after -graceful
+    # is killed.
+    after [expr {int([dict get $Config -graceful] * 1000)}] [namespace code {
+	foreach pid [array names Previous] {
+	    Log "worker $pid (before the upgrade) still there -graceful\
+		    [dict get $Config -graceful]s after the upgrade: sending KILL"
+	    Kill KILL $pid
+	}
+    }]
+    return " (upgraded in place from generation [lindex $state 1]: descriptor $fd kept,\
+	    [array size Previous] old workers finishing)"
 }
 
 # StartWorker --
@@ -756,9 +929,18 @@ proc ::socketserver::prefork::Watch {} {
 #	holds its output (a program its handler started, say).
 proc ::socketserver::prefork::Reap {} {
     variable Workers
+    variable Previous
     foreach pid [array names Workers] {
 	if {[catch {::socketserver::exited $pid} ended] || $ended} {
 	    Exited $pid
+	}
+    }
+    foreach pid [array names Previous] {
+	if {[catch {::socketserver::wait $pid} how] || $how ne ""} {
+	    unset Previous($pid)
+	    Log "worker $pid (before the upgrade) exited: [expr {[lindex $how 0] eq "CHILDSTATUS"
+		? "exit status [lindex $how 2]" : [lindex $how 0] eq "CHILDKILLED"
+		? "killed by [lindex $how 2]" : $how}]"
 	}
     }
 }
@@ -941,8 +1123,8 @@ proc ::socketserver::prefork::Reload {} {
     if {$State eq "stopping"} {
 	return
     }
-    if {$State eq "reloading"} {
-	Log "reload already in progress"
+    if {$State in {reloading upgrading}} {
+	Log "reload refused: the supervisor is $State"
 	return
     }
     incr Generation
