@@ -89,7 +89,7 @@ DIST_FILES = README.md LICENSE Makefile pkgIndex.tcl prefork.tcl runas.tcl socke
 	     ancillary.h doc/design.md .ci/run \
 	     $(wildcard doc/*.n tests/*.tcl tests/*.test tests/*.sh tests/stress/*.tcl \
 		tests/*.c tests/stress/*.test tests/stress/*.c examples/*.tcl \
-		examples/*.cfg examples/*.service bench/*.tcl bench/*.c \
+		examples/*.cfg examples/*.service examples/*.socket bench/*.tcl bench/*.c \
 		bench/*.js bench/*.lua)
 
 .PHONY: all test stress memcheck asan bench install uninstall dist clean
