@@ -143,6 +143,10 @@ proc ::socketserver::prefork::Validate {optionList} {
 	}
 	dict set config $name $value
     }
+    if {[dict get $config -group] ne "" && [dict get $config -user] eq ""} {
+	return -code error -errorcode {SOCKETSERVER PREFORK VALUE -group} \
+	    "option -group needs -user"
+    }
     dict for {name value} $config {
 	set ok 1
 	switch -- $name {
@@ -826,6 +830,31 @@ proc ::socketserver::prefork::LogOutput {pid line} {
     Log "worker $pid: $line"
 }
 
+# Observe --
+#	Reads the scoreboard into the workers' entries; returns 'info'.
+proc ::socketserver::prefork::Observe {} {
+    variable Workers
+    variable Backoff
+    variable Port
+    set info [::socketserver::socket info $Port]
+    foreach entry [dict get $info workers] {
+	set pid [dict get $entry pid]
+	if {![info exists Workers($pid)]} {
+	    continue
+	}
+	dict set Workers($pid) board $entry
+	# Asked again after a connection, or took a second one: one was
+	# served to the end.
+	if {[dict get $entry served] >= 2 || ([dict get $entry served] >= 1
+		&& [dict get $entry state] in {waiting idle})} {
+	    dict set Workers($pid) completed 1
+	    # A worker that serves ends a back-off's doubling.
+	    set Backoff 0
+	}
+    }
+    return $info
+}
+
 # Dropped pid --
 #	Says how much of a worker's output was over its budget, if any.
 proc ::socketserver::prefork::Dropped {pid} {
@@ -846,34 +875,22 @@ proc ::socketserver::prefork::Dropped {pid} {
 #	first ask until one is free) and would otherwise say nothing.
 proc ::socketserver::prefork::Watch {} {
     variable Workers
-    variable Backoff
     variable Config
-    variable Port
     variable LastError
-    set info [::socketserver::socket info $Port]
-    set board {}
-    foreach entry [dict get $info workers] {
-	dict set board [dict get $entry pid] $entry
-    }
+    set info [Observe]
     set timeout [dict get $Config -timeout]
     foreach pid [array names Workers] {
-	if {![dict exists $board $pid]} {
+	set entry [dict get $Workers($pid) board]
+	if {$timeout <= 0 || ![dict exists $entry state]} {
 	    continue
 	}
-	set entry [dict get $board $pid]
-	dict set Workers($pid) board $entry
-	# Asked again after a connection, or took a second one: one was
-	# served to the end.
-	if {[dict get $entry served] >= 2 || ([dict get $entry served] >= 1
-		&& [dict get $entry state] ne "serving")} {
-	    dict set Workers($pid) completed 1
-	    # A worker that serves ends a back-off's doubling.
-	    set Backoff 0
-	}
-	if {$timeout > 0 && [dict get $entry state] eq "serving"
-		&& [dict get $entry for] > $timeout} {
+	if {[dict get $entry state] eq "serving" && [dict get $entry for] > $timeout} {
 	    KillFor $pid [format "busy %.2fs (-timeout %s) serving %s" \
 		[dict get $entry for] $timeout [join [dict get $entry peer] :]]
+	} elseif {[dict exists $entry handed] && [dict get $entry handed] > $timeout} {
+	    # Its event loop has not run since: blocked elsewhere, or stopped.
+	    KillFor $pid [format "handed a connection %.2fs ago (-timeout %s)\
+		and has not taken it" [dict get $entry handed] $timeout]
 	}
     }
     # Systemd: the counts, and the watchdog while the accept thread runs
@@ -895,7 +912,7 @@ proc ::socketserver::prefork::Watch {} {
 	    incr loaded
 	}
     }
-    set status "[array size Workers] workers ([join [lmap {k v} [lsort -stride 2 $counts] {string cat "$v $k"}] {, }]), generation $Generation, $State"
+    set status "[array size Workers] workers[expr {[dict size $counts] ? " ([join [lmap {k v} [lsort -stride 2 $counts] {string cat "$v $k"}] {, }])" : ""}], generation $Generation, $State"
     if {$status ne $Status} {
 	set Status $status
 	Notify STATUS=$status
@@ -930,6 +947,9 @@ proc ::socketserver::prefork::Watch {} {
 proc ::socketserver::prefork::Reap {} {
     variable Workers
     variable Previous
+    # What they did last: an exited worker's slot stays until it is
+    # collected.
+    Observe
     foreach pid [array names Workers] {
 	if {[catch {::socketserver::exited $pid} ended] || $ended} {
 	    Exited $pid
@@ -1007,7 +1027,8 @@ proc ::socketserver::prefork::Exited {pid} {
     }
     if {[dict get $worker phase] eq "starting"
 	    && [dict get $worker generation] == $Generation && $State eq "reloading"} {
-	ReloadFailed $pid [join [dict get $worker recent] \n]
+	set output [join [dict get $worker recent] \n]
+	ReloadFailed $pid [expr {$output eq "" ? $how : $output}]
 	return
     }
     if {[dict get $worker generation] != $Generation
@@ -1222,6 +1243,10 @@ proc ::socketserver::prefork::Status {} {
 		[dict get $entry state] [dict get $entry for]]
 	    if {[dict exists $entry peer]} {
 		append line " with [join [dict get $entry peer] :]"
+	    }
+	    if {[dict exists $entry handed]} {
+		append line [format ", handed a connection %.3fs ago it has not taken" \
+		    [dict get $entry handed]]
 	    }
 	} else {
 	    append line [format " starting for %.3fs" \

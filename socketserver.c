@@ -157,6 +157,8 @@ typedef struct Pending {
 typedef struct ReplySocket {
     uint64_t asker;		/* The receiver's id. */
     int fd;			/* The sending end. */
+    struct Slot *slotPtr;	/* The receiver's scoreboard slot, as last
+				 * found (HandingTo), or NULL. */
 } ReplySocket;
 
 /*
@@ -169,9 +171,13 @@ typedef struct ReplySocket {
  * connection. Anyone reads it ('info'), exactly as it is at that moment,
  * however long the reader was stopped. A reader copies a slot between two
  * equal even values of seq (a seqlock); the writer makes seq odd while it
- * writes. A slot is freed by its receiver (DropReceiver, the exit
- * handler), by the serving process when the receiver's reply socket hangs
- * up (ForgetReplySocket), or by a reader that finds its process gone.
+ * writes. The serving process's accept thread writes one more field,
+ * handed, when it sends the receiver a connection: a receiver that waits
+ * since before it was handed one holds a connection it has not taken. A
+ * slot lives as long as its process: the exit handler marks it exited,
+ * with its counts, for whoever collects the process to read; it is freed
+ * by its receiver (DropReceiver), or by a reader (or a receiver looking
+ * for a slot) that finds its process gone.
  */
 
 typedef enum SlotState {
@@ -179,8 +185,10 @@ typedef enum SlotState {
 				 * connection. */
     SLOT_SERVING,		/* A connection was delivered and no request
 				 * has been made since. */
-    SLOT_IDLE			/* The last request ended without a
+    SLOT_IDLE,			/* The last request ended without a
 				 * connection (cancel, refusal). */
+    SLOT_EXITED			/* Its process exited (and is not yet
+				 * collected by its parent). */
 } SlotState;
 
 typedef struct Slot {
@@ -193,7 +201,10 @@ typedef struct Slot {
     uint16_t family;		/* SERVING: the peer's address family, */
     uint16_t peerPort;		/* port (host order) */
     unsigned char peerAddr[16];	/* and address. */
-    uint32_t spare;		/* Pads the slot to 64 bytes. */
+    uint64_t handed;		/* CLOCK_MONOTONIC, ns: when a connection
+				 * was last handed to it (by the accept
+				 * thread, or its own 'client' from the
+				 * ready queue). Outside seq. */
 } Slot;
 
 #define BOARD_SLOTS	4096	/* Receivers a queue's scoreboard holds: four
@@ -549,6 +560,8 @@ static void		ClaimSlot(Receiver *receiverPtr);
 static void		MarkSlot(Receiver *receiverPtr, SlotState state,
 			    const Message *messagePtr);
 static void		FreeSlot(Slot *board, uint64_t asker);
+static Slot *		HandingTo(Queue *queuePtr, ReplySocket *socketPtr);
+static void		StampHanded(Slot *slotPtr);
 static void		PruneReplySockets(Queue *queuePtr);
 static int		MakeAcceptPoll(Queue *queuePtr);
 static int		WaitIdle(Queue *queuePtr, int *listenReadyPtr,
@@ -868,7 +881,7 @@ FinalizeServers(
 	    receiverPtr = receiverPtr->nextInProcess) {
 	if (receiverPtr->generation == forkGeneration) {
 	    ReturnReceived(receiverPtr);
-	    FreeSlot(receiverPtr->queuePtr->board, receiverPtr->id);
+	    MarkSlot(receiverPtr, SLOT_EXITED, NULL);
 	}
     }
     pthread_mutex_unlock(&queueLock);
@@ -1440,6 +1453,7 @@ AddReplySocket(
     index = queuePtr->numReplySockets++;
     queuePtr->replySockets[index].asker = asker;
     queuePtr->replySockets[index].fd = fd;
+    queuePtr->replySockets[index].slotPtr = NULL;
     WatchHangUp(queuePtr, &queuePtr->replySockets[index], 1);
     return index;
 }
@@ -1502,7 +1516,6 @@ ForgetReplySocket(
 
     WatchHangUp(queuePtr, &queuePtr->replySockets[index], 0);
     close(queuePtr->replySockets[index].fd);
-    FreeSlot(queuePtr->board, asker);
     queuePtr->numReplySockets--;
     memmove(queuePtr->replySockets + index,
 	    queuePtr->replySockets + index + 1,
@@ -1888,7 +1901,10 @@ HandOverFirstPending(
 	}
 	while (queuePtr->numAsks > 0) {
 	    int index = FindReplySocket(queuePtr, queuePtr->asks[0]);
-	    int sent = ancil_send_fd(queuePtr->replySockets[index].fd,
+	    int sent;
+
+	    StampHanded(HandingTo(queuePtr, &queuePtr->replySockets[index]));
+	    sent = ancil_send_fd(queuePtr->replySockets[index].fd,
 		    queuePtr->pending[0].fd, &queuePtr->pending[0].message,
 		    sizeof(Message), MSG_DONTWAIT);
 
@@ -2147,6 +2163,10 @@ ClientCmd(
 	receiverPtr->state = ASKED;
     }
     MarkSlot(receiverPtr, SLOT_WAITING, NULL);
+    if (receiverPtr->state == TAKEN) {
+	/* It holds one until the event loop delivers it. */
+	StampHanded(receiverPtr->slotPtr);
+    }
     receiverPtr->handlerObj = handlerObj;
     Tcl_IncrRefCount(handlerObj);
     Tcl_ResetResult(interp);
@@ -3237,20 +3257,30 @@ ClaimSlot(
     Receiver *receiverPtr)
 {
     Slot *board = receiverPtr->queuePtr->board;
-    int i;
+    int i, pass;
 
     receiverPtr->slotPtr = NULL;
-    for (i = 0; i < BOARD_SLOTS; i++) {
-	uint64_t free = 0;
+    for (pass = 0; pass < 2; pass++) {
+	for (i = 0; i < BOARD_SLOTS; i++) {
+	    uint64_t owner = __atomic_load_n(&board[i].asker,
+		    __ATOMIC_RELAXED);
 
-	if (__atomic_load_n(&board[i].asker, __ATOMIC_RELAXED) == 0
-		&& __atomic_compare_exchange_n(&board[i].asker, &free,
+	    /*
+	     * A free slot; or, once there is none, one whose process is gone
+	     * and was never read so by anyone.
+	     */
+
+	    if ((owner == 0 || (pass == 1 && kill((pid_t) (owner >> 32), 0) < 0
+		    && errno == ESRCH))
+		    && __atomic_compare_exchange_n(&board[i].asker, &owner,
 			receiverPtr->id, 0, __ATOMIC_ACQ_REL,
 			__ATOMIC_RELAXED)) {
-	    receiverPtr->slotPtr = &board[i];
-	    __atomic_store_n(&board[i].served, 0, __ATOMIC_RELAXED);
-	    MarkSlot(receiverPtr, SLOT_IDLE, NULL);
-	    return;
+		receiverPtr->slotPtr = &board[i];
+		__atomic_store_n(&board[i].served, 0, __ATOMIC_RELAXED);
+		__atomic_store_n(&board[i].handed, 0, __ATOMIC_RELAXED);
+		MarkSlot(receiverPtr, SLOT_IDLE, NULL);
+		return;
+	    }
 	}
     }
 }
@@ -3326,6 +3356,80 @@ MarkSlot(
 		__ATOMIC_RELAXED);
     }
     __atomic_store_n(&slotPtr->seq, seq + 2, __ATOMIC_RELEASE);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * HandingTo --
+ *
+ *	Accept thread, queueLock held: the scoreboard slot of the receiver
+ *	a connection is about to be sent to.
+ *
+ * Results:
+ *	The slot, or NULL if the receiver has none.
+ *
+ * Side effects:
+ *	socketPtr->slotPtr caches it: one load checks it is still the
+ *	receiver's, and only a receiver whose slot changed costs a search.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static Slot *
+HandingTo(
+    Queue *queuePtr,
+    ReplySocket *socketPtr)
+{
+    Slot *slotPtr = socketPtr->slotPtr;
+    int i;
+
+    if (slotPtr == NULL || __atomic_load_n(&slotPtr->asker,
+	    __ATOMIC_RELAXED) != socketPtr->asker) {
+	slotPtr = NULL;
+	for (i = 0; i < BOARD_SLOTS; i++) {
+	    if (__atomic_load_n(&queuePtr->board[i].asker, __ATOMIC_RELAXED)
+		    == socketPtr->asker) {
+		slotPtr = &queuePtr->board[i];
+		break;
+	    }
+	}
+	socketPtr->slotPtr = slotPtr;
+    }
+    return slotPtr;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * StampHanded --
+ *
+ *	Notes in a slot (if not NULL) that a connection was handed to its
+ *	receiver now: its handed field, which only the accept thread (before
+ *	it sends one) and the receiver's own 'client' (when it takes one from
+ *	the ready queue) write.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	See above.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+StampHanded(
+    Slot *slotPtr)
+{
+    struct timespec now;
+
+    if (slotPtr != NULL) {
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	__atomic_store_n(&slotPtr->handed,
+		(uint64_t) now.tv_sec * 1000000000u + (uint64_t) now.tv_nsec,
+		__ATOMIC_RELAXED);
+    }
 }
 
 /*
@@ -4636,14 +4740,15 @@ InfoCmd(
  * BoardObj --
  *
  *	What every receiver of a queue is doing, read from its scoreboard.
- *	Slots of processes that are gone (killed before they could free
- *	them, while no accept thread watched their reply sockets) are freed
- *	on the way.
+ *	Slots of processes that are gone (collected after they exited, or
+ *	killed) are freed on the way.
  *
  * Results:
- *	A new list of dicts, one per receiver: pid, state (waiting, serving
- *	or idle), for (seconds in that state), served (connections
- *	delivered) and, while serving, peer (address and port).
+ *	A new list of dicts, one per receiver: pid, state (waiting, serving,
+ *	idle, or exited: not yet collected), for (seconds in that state),
+ *	served (connections delivered), while serving peer (address and
+ *	port), and handed (seconds since) if it waits but was handed a
+ *	connection it has not taken.
  *
  * Side effects:
  *	See above.
@@ -4656,7 +4761,7 @@ BoardObj(
     Queue *queuePtr)
 {
     static const char *const stateNames[] = {
-	"", "waiting", "serving", "idle"
+	"", "waiting", "serving", "idle", "exited"
     };
     Tcl_Obj *listObj = Tcl_NewObj();
     struct timespec now;
@@ -4686,8 +4791,9 @@ BoardObj(
 	} while ((seq % 2 == 1
 		|| seq != __atomic_load_n(&slotPtr->seq, __ATOMIC_RELAXED))
 		&& ++tries < 1000);
+	copy.handed = __atomic_load_n(&slotPtr->handed, __ATOMIC_RELAXED);
 	if (copy.asker == 0 || tries == 1000
-		|| copy.state < SLOT_WAITING || copy.state > SLOT_IDLE) {
+		|| copy.state < SLOT_WAITING || copy.state > SLOT_EXITED) {
 	    continue;
 	}
 	pid = (pid_t) (copy.asker >> 32);
@@ -4703,6 +4809,11 @@ BoardObj(
 	PUT("for", Tcl_NewDoubleObj(nowNs > copy.since
 		? (double) (nowNs - copy.since) / 1e9 : 0.0));
 	PUT("served", Tcl_NewWideIntObj((Tcl_WideInt) copy.served));
+	if (copy.state == SLOT_WAITING && copy.handed > copy.since) {
+	    /* Handed a connection since it asked: it has not taken it. */
+	    PUT("handed", Tcl_NewDoubleObj(nowNs > copy.handed
+		    ? (double) (nowNs - copy.handed) / 1e9 : 0.0));
+	}
 	if (copy.state == SLOT_SERVING) {
 	    char text[INET6_ADDRSTRLEN];
 
