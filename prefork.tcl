@@ -51,7 +51,8 @@ namespace eval ::socketserver::prefork {
     # Supervisor state.
     variable Config		;# Option values.
     variable Port		;# The port listened on.
-    variable Generation 0	;# Incremented by each reload.
+    variable Generation 0	;# The current generation of workers.
+    variable Highest 0		;# The highest generation started yet.
     variable Wanted		;# How many workers the current generation has.
     variable State running	;# running, reloading or stopping.
     variable Workers		;# Array pid -> dict (see the supervisor).
@@ -61,6 +62,9 @@ namespace eval ::socketserver::prefork {
     variable Status {}		;# The STATUS= last sent to systemd.
     variable NotifyError {}	;# The last error notifying systemd.
     variable Ready 0		;# 1 once systemd was told READY=1.
+    variable CheckTimer {}	;# Ends an upgrade's dry run that hangs.
+    variable SystemdEnv {}	;# NOTIFY_SOCKET and WATCHDOG_*, kept out
+				;# of the environment (HideSystemdEnv).
     variable Previous		;# Array: workers of the program this process
 				;# was before an upgrade, pid -> 1.
     variable UPGRADE_VERSION 1	;# Of the state an upgrade passes on.
@@ -237,10 +241,6 @@ namespace eval ::socketserver::prefork {
 proc ::socketserver::prefork::Worker {config handler} {
     variable Handler $handler
     variable Limit
-    # The supervisor alone speaks to systemd.
-    foreach name {NOTIFY_SOCKET WATCHDOG_USEC WATCHDOG_PID} {
-	unset -nocomplain ::env($name)
-    }
     fconfigure stdout -buffering line
     set n [dict get $config -maxrequests]
     if {$n > 0} {
@@ -376,6 +376,7 @@ proc ::socketserver::prefork::Supervisor {config} {
 	set dir $::env(PWD)
     }
     set Script [file join $dir $::argv0]
+    HideSystemdEnv
     set how [Listen]
     CheckDescriptors
     Log "listening on port $Port, [dict get $config -workers] workers$how"
@@ -473,7 +474,14 @@ proc ::socketserver::prefork::Listen {} {
 #	logged once until it changes.
 proc ::socketserver::prefork::Notify {state} {
     variable NotifyError
-    if {[catch {::socketserver::notify $state} msg]} {
+    variable SystemdEnv
+    if {![dict exists $SystemdEnv NOTIFY_SOCKET]} {
+	return
+    }
+    SetSystemdEnv
+    set failed [catch {::socketserver::notify $state} msg]
+    HideSystemdEnv
+    if {$failed} {
 	if {$msg ne $NotifyError} {
 	    Log $msg
 	}
@@ -489,11 +497,35 @@ proc ::socketserver::prefork::Notify {state} {
 #	serves: a wedged supervisor stops pinging and systemd restarts it.
 proc ::socketserver::prefork::StartWatchdog {} {
     variable Watchdog
-    if {[info exists ::env(WATCHDOG_USEC)]
-	    && [string is entier -strict $::env(WATCHDOG_USEC)]
-	    && $::env(WATCHDOG_USEC) > 0
-	    && (![info exists ::env(WATCHDOG_PID)] || $::env(WATCHDOG_PID) eq [pid])} {
-	set Watchdog [expr {max(1, $::env(WATCHDOG_USEC) / 2000)}]
+    variable SystemdEnv
+    if {[dict exists $SystemdEnv WATCHDOG_USEC]
+	    && [string is entier -strict [dict get $SystemdEnv WATCHDOG_USEC]]
+	    && [dict get $SystemdEnv WATCHDOG_USEC] > 0
+	    && (![dict exists $SystemdEnv WATCHDOG_PID]
+		|| [dict get $SystemdEnv WATCHDOG_PID] eq [pid])} {
+	set Watchdog [expr {max(1, [dict get $SystemdEnv WATCHDOG_USEC] / 2000)}]
+    }
+}
+
+# HideSystemdEnv --
+#	Takes NOTIFY_SOCKET and WATCHDOG_* out of the environment into
+#	SystemdEnv: the supervisor alone speaks to systemd, and the workers
+#	(and what they run) must not see them. SetSystemdEnv puts them back
+#	for a moment: to notify, to re-execute.
+proc ::socketserver::prefork::HideSystemdEnv {} {
+    variable SystemdEnv
+    foreach name {NOTIFY_SOCKET WATCHDOG_USEC WATCHDOG_PID} {
+	if {[info exists ::env($name)]} {
+	    dict set SystemdEnv $name $::env($name)
+	    unset ::env($name)
+	}
+    }
+}
+
+proc ::socketserver::prefork::SetSystemdEnv {} {
+    variable SystemdEnv
+    dict for {name value} $SystemdEnv {
+	set ::env($name) $value
     }
 }
 
@@ -531,7 +563,7 @@ proc ::socketserver::prefork::CheckDescriptors {} {
 # does not, the log says why and nothing changes. Then 'reexec' stops
 # accepting, hands what was accepted to the workers, and execs the same
 # command line; the listener's number goes in SOCKETSERVER_LISTENER, and
-# SOCKETSERVER_UPGRADE carries "VERSION GENERATION PID ..." (the workers,
+# SOCKETSERVER_UPGRADE carries "VERSION GENERATION HIGHEST PID ..." (the workers,
 # which are the new program's children too). The old queue ends with the
 # exec: each old worker finishes its connection, serves what waits in the
 # ready queue, and exits; the new program starts its own workers and
@@ -568,6 +600,17 @@ proc ::socketserver::prefork::Upgrade {} {
     }
     fconfigure $chan -blocking 0
     fileevent $chan readable [namespace code [list Checked $chan {}]]
+    # A check that hangs fails after -graceful, like a worker that does.
+    variable CheckTimer [after [Graceful] [namespace code [list CheckOverdue $chan]]]
+}
+
+# CheckOverdue chan --
+#	The dry run has not ended after -graceful: killed, which fails it.
+proc ::socketserver::prefork::CheckOverdue {chan} {
+    variable Config
+    Log "upgrade: the new code has not loaded -graceful [dict get $Config -graceful]s\
+	    into its check: sending KILL"
+    Kill KILL [pid $chan]
 }
 
 # Checked chan output --
@@ -576,6 +619,9 @@ proc ::socketserver::prefork::Checked {chan output} {
     variable State
     if {$State ne "upgrading"} {
 	# Stopped meanwhile.
+	variable CheckTimer
+	after cancel $CheckTimer
+	catch {::socketserver::kill KILL [pid $chan]}
 	catch {close $chan}
 	return
     }
@@ -587,10 +633,13 @@ proc ::socketserver::prefork::Checked {chan output} {
 	fileevent $chan readable [namespace code [list Checked $chan $output]]
 	return
     }
+    variable CheckTimer
+    after cancel $CheckTimer
     fconfigure $chan -blocking 1
     if {[catch {close $chan} msg]} {
 	set State running
-	Log "upgrade failed, the running code keeps serving: the new code did not load:\n[string trimright $output]"
+	set output [string trimright $output]
+	Log "upgrade failed, the running code keeps serving: the new code did not load:\n[expr {$output eq "" ? $msg : $output}]"
 	return
     }
     Notify "RELOADING=1\nSTATUS=upgrading in place"
@@ -610,15 +659,39 @@ proc ::socketserver::prefork::Reexec {deadline} {
     variable Generation
     variable Workers
     variable UPGRADE_VERSION
+    # The ready queue's connections are served by the workers holding
+    # it, after the exec too: there must be one.
+    set ready 0
+    foreach pid [array names Workers] {
+	incr ready [expr {[dict get $Workers($pid) phase] eq "ready"}]
+    }
+    if {$ready == 0} {
+	if {[clock milliseconds] < $deadline} {
+	    after 20 [namespace code [list Reexec $deadline]]
+	    return
+	}
+	set State running
+	Log "upgrade failed, the running code keeps serving: no worker is ready"
+	Notify "READY=1\nSTATUS=upgrade failed"
+	return
+    }
     Log "upgrading in place: re-executing [info nameofexecutable] $Script"
-    set ::env(SOCKETSERVER_UPGRADE) [list $UPGRADE_VERSION $Generation {*}[array names Workers]]
+    variable Highest
+    set ::env(SOCKETSERVER_UPGRADE) [list $UPGRADE_VERSION $Generation $Highest {*}[array names Workers]]
     catch {flush stderr}
+    SetSystemdEnv
     catch {::socketserver::socket reexec $Port [info nameofexecutable] $Script {*}$::argv} msg opts
+    HideSystemdEnv
     unset ::env(SOCKETSERVER_UPGRADE)
     if {[lrange [dict get $opts -errorcode] 0 1] eq {SOCKETSERVER BUSY}
 	    && [clock milliseconds] < $deadline} {
 	after 20 [namespace code [list Reexec $deadline]]
 	return
+    }
+    if {![dict get [::socketserver::socket info $Port] listening]} {
+	# Accepting could not resume after the failure: nothing to serve.
+	Log "upgrade failed, and the listener with it: $msg"
+	exit 1
     }
     set State running
     Log "upgrade failed, the running code keeps serving: $msg"
@@ -660,14 +733,15 @@ proc ::socketserver::prefork::TakeOver {} {
 	Log "couldn't take over after an upgrade: $Port"
 	exit 1
     }
-    foreach pid [lrange $state 2 end] {
+    foreach pid [lrange $state 3 end] {
 	set Previous($pid) 1
     }
     # A new generation, numbered on from the last.
-    variable Generation [expr {[lindex $state 1] + 1}]
+    variable Highest [expr {max([lindex $state 1], [lindex $state 2]) + 1}]
+    variable Generation $Highest
     # The old workers leave once done; any still there after -graceful
     # is killed.
-    after [expr {int([dict get $Config -graceful] * 1000)}] [namespace code {
+    after [Graceful] [namespace code {
 	foreach pid [array names Previous] {
 	    Log "worker $pid (before the upgrade) still there -graceful\
 		    [dict get $Config -graceful]s after the upgrade: sending KILL"
@@ -693,7 +767,9 @@ proc ::socketserver::prefork::StartWorker {} {
 	set command [linsert $command 1 [file join $Dir runas.tcl] \
 	    [dict get $Config -user] [dict get $Config -group]]
     }
-    if {[catch {::socketserver::socket spawn {*}$command} chan]} {
+    # TERM if the supervisor dies, even while the worker loads the
+    # application (later it asks, finds the queue gone and leaves anyway).
+    if {[catch {::socketserver::socket spawn -parentdeath TERM {*}$command} chan]} {
 	Log "couldn't start a worker: $chan"
 	return ""
     }
@@ -1096,7 +1172,7 @@ proc ::socketserver::prefork::Retire {pid} {
     }
     dict set Workers($pid) phase leaving
     Kill TERM $pid
-    after [expr {int([dict get $Config -graceful] * 1000)}] \
+    after [Graceful] \
 	[namespace code [list Overdue $pid]]
 }
 
@@ -1148,13 +1224,44 @@ proc ::socketserver::prefork::Reload {} {
 	Log "reload refused: the supervisor is $State"
 	return
     }
-    incr Generation
+    variable Highest
+    # A number never used before, even after a reload that failed.
+    set Generation [incr Highest]
     set State reloading
     after cancel $StartTimer
     set StartTimer {}
     Log "reloading: starting generation $Generation"
     Notify "RELOADING=1\nSTATUS=reloading: starting generation $Generation"
     Fill
+    after [Graceful] [namespace code [list LoadOverdue $Generation]]
+}
+
+# LoadOverdue generation --
+#	-graceful seconds into a reload: a worker of the new generation that
+#	has not loaded yet is killed, which fails the reload (rather than
+#	wait for ever, refusing every later one).
+proc ::socketserver::prefork::LoadOverdue {generation} {
+    variable State
+    variable Generation
+    variable Workers
+    variable Config
+    if {$State ne "reloading" || $Generation != $generation} {
+	return
+    }
+    foreach pid [array names Workers] {
+	if {[dict get $Workers($pid) generation] == $generation
+		&& [dict get $Workers($pid) phase] eq "starting"} {
+	    KillFor $pid "still loading the application -graceful\
+		    [dict get $Config -graceful]s into the reload"
+	}
+    }
+}
+
+# Graceful --
+#	-graceful in ms.
+proc ::socketserver::prefork::Graceful {} {
+    variable Config
+    expr {int([dict get $Config -graceful] * 1000)}
 }
 
 # ReloadFailed pid output --
@@ -1281,7 +1388,7 @@ proc ::socketserver::prefork::Stop {} {
     Log "stopping"
     Notify "STOPPING=1\nSTATUS=stopping"
     ::socketserver::socket close $Port
-    set deadline [expr {[clock milliseconds] + int([dict get $Config -graceful] * 1000)}]
+    set deadline [expr {[clock milliseconds] + [Graceful]}]
     Drain $deadline
 }
 

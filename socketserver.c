@@ -90,6 +90,7 @@ typedef int Tcl_Size;
 #include <unistd.h>
 #ifdef __linux__
 #include <sys/epoll.h>
+#include <sys/prctl.h>
 #include <sys/eventfd.h>
 #endif
 
@@ -4834,10 +4835,12 @@ BoardObj(
  *
  * SpawnCmd --
  *
- *	$cmd spawn command ?arg ...?
+ *	$cmd spawn ?-parentdeath signal? command ?arg ...?
  *	Starts command as a new program (no shell; PATH searched as 'exec'
  *	does) that adopts the queues of every port this process knows when
- *	it loads the package. The hand-over travels on a fresh SOCK_SEQPACKET
+ *	it loads the package. With -parentdeath, the program gets signal if
+ *	this process dies (Linux: PR_SET_PDEATHSIG, set when it adopts the
+ *	queues, so even while it loads its code; elsewhere ignored). The hand-over travels on a fresh SOCK_SEQPACKET
  *	socketpair: every message is queued on it before the program
  *	exists, the sending end is closed, and the program gets the
  *	receiving end as its standard input (the pipeline's "<@"
@@ -4868,12 +4871,24 @@ SpawnCmd(
     Queue *queuePtr;
     Message message;
     const char **argv;
-    char token[2 * TCL_INTEGER_SPACE + 2];
+    char token[3 * TCL_INTEGER_SPACE + 3];
     uint64_t nonce;
-    int pair[2], argc, i, error = 0;
+    int pair[2], argc, i, error = 0, deathSignal = 0;
 
+    if (objc >= 3 && strcmp(Tcl_GetString(objv[2]), "-parentdeath") == 0) {
+	if (objc < 5) {
+	    Tcl_WrongNumArgs(interp, 2, objv,
+		    "?-parentdeath signal? command ?arg ...?");
+	    return TCL_ERROR;
+	}
+	if (ParseSignal(interp, objv[3], 0, &deathSignal) != TCL_OK) {
+	    return TCL_ERROR;
+	}
+	objc -= 2;
+	objv += 2;
+    }
     if (objc < 3) {
-	Tcl_WrongNumArgs(interp, 2, objv, "command ?arg ...?");
+	Tcl_WrongNumArgs(interp, 2, objv, "?-parentdeath signal? command ?arg ...?");
 	return TCL_ERROR;
     }
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
@@ -4936,8 +4951,8 @@ SpawnCmd(
     argv[objc] = "2>@1";
     argv[argc] = NULL;
 
-    snprintf(token, sizeof(token), "%ld %llu", (long) getpid(),
-	    (unsigned long long) nonce);
+    snprintf(token, sizeof(token), "%ld %llu %d", (long) getpid(),
+	    (unsigned long long) nonce, deathSignal);
     Tcl_SetVar2(interp, "env", SPAWN_ENV, token, TCL_GLOBAL_ONLY);
     chan = Tcl_OpenCommandChannel(interp, argc, argv, TCL_STDOUT);
     Tcl_UnsetVar2(interp, "env", SPAWN_ENV, TCL_GLOBAL_ONLY);
@@ -5065,12 +5080,12 @@ AdoptQueues(void)
     struct stat info;
     Message message;
     ssize_t got;
-    int fd, askFd = -1, boardFd = -1, nullFd;
+    int fd, askFd = -1, boardFd = -1, nullFd, deathSignal = 0;
 
     if (value == NULL) {
 	return;
     }
-    if (sscanf(value, "%ld %llu", &spawner, &nonce) != 2
+    if (sscanf(value, "%ld %llu %d", &spawner, &nonce, &deathSignal) < 2
 	    || !IsQueueSocket(0)
 	    || getsockopt(0, SOL_SOCKET, SO_PEERCRED, &peer, &length) < 0
 	    || (long) peer.pid != spawner) {
@@ -5078,6 +5093,19 @@ AdoptQueues(void)
 	return;
     }
     unsetenv(SPAWN_ENV);
+#ifdef PR_SET_PDEATHSIG
+    if (deathSignal > 0 && deathSignal < NSIG) {
+	/*
+	 * The spawner may have died before this: then it is not our parent
+	 * any more, and the signal is due now.
+	 */
+
+	if (prctl(PR_SET_PDEATHSIG, deathSignal) == 0
+		&& (long) getppid() != spawner) {
+	    raise(deathSignal);
+	}
+    }
+#endif
 
     for (;;) {
 	got = ancil_recv_fd(0, &fd, &message, sizeof(message), MSG_DONTWAIT);
@@ -5892,7 +5920,7 @@ DescriptorsObjCmd(
  *	::socketserver::notify state
  *	Tells the service manager about this process, as sd_notify(3) does:
  *	one datagram to the Unix socket named by NOTIFY_SOCKET (a leading @
- *	names an abstract socket). A state with RELOADING=1 gets
+ *	names an abstract socket). A state with a line RELOADING=1 gets
  *	MONOTONIC_USEC= added, which systemd's Type=notify-reload requires
  *	and Tcl cannot read (CLOCK_MONOTONIC).
  *
@@ -5917,11 +5945,11 @@ NotifyObjCmd(
     struct timespec now;
     Tcl_Obj *messageObj;
     Tcl_Size length;
-    const char *message;
+    const char *message, *line;
     socklen_t addressLength;
     size_t pathLength;
     ssize_t sent;
-    int fd, error;
+    int fd, error, reloading = 0;
 
     (void) clientData;
     if (objc != 2) {
@@ -5953,7 +5981,14 @@ NotifyObjCmd(
     messageObj = Tcl_DuplicateObj(objv[1]);
     Tcl_IncrRefCount(messageObj);
     message = Tcl_GetStringFromObj(messageObj, &length);
-    if (strstr(message, "RELOADING=1") != NULL) {
+    for (line = message; line != NULL && !reloading; line = strchr(line, '\n')) {
+	if (line[0] == '\n') {
+	    line++;
+	}
+	reloading = (strncmp(line, "RELOADING=1", 11) == 0
+		&& (line[11] == '\n' || line[11] == '\0'));
+    }
+    if (reloading) {
 	char usec[48];
 
 	clock_gettime(CLOCK_MONOTONIC, &now);
@@ -6021,6 +6056,7 @@ RunasObjCmd(
     struct group *gr;
     uid_t uid;
     gid_t gid;
+    int deathSignal = 0;
 
     (void) clientData;
     if (objc != 2 && objc != 3) {
@@ -6055,6 +6091,16 @@ RunasObjCmd(
 	}
 	gid = gr->gr_gid;
     }
+#ifdef PR_GET_PDEATHSIG
+    /*
+     * A change of credentials clears the signal for the parent's death
+     * ('spawn -parentdeath'): it is set again after.
+     */
+
+    if (prctl(PR_GET_PDEATHSIG, &deathSignal) < 0) {
+	deathSignal = 0;
+    }
+#endif
     if (initgroups(user, gid) < 0 || setgid(gid) < 0 || setuid(uid) < 0) {
 	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
 		"couldn't become user \"%s\": %s", user,
@@ -6068,6 +6114,11 @@ RunasObjCmd(
 	Tcl_SetErrorCode(interp, "SOCKETSERVER", "PRIVILEGES", NULL);
 	return TCL_ERROR;
     }
+#ifdef PR_SET_PDEATHSIG
+    if (deathSignal > 0) {
+	prctl(PR_SET_PDEATHSIG, deathSignal);
+    }
+#endif
     return TCL_OK;
 }
 
