@@ -630,7 +630,9 @@ static int		SocketserverObjCmd(ClientData clientData,
 			    Tcl_Obj *const objv[]);
 static int		StartAccepting(Tcl_Interp *interp, Queue *queuePtr,
 			    int listenFd);
-static void		StopAccepting(Queue *queuePtr);
+static void		StopAccepting(Queue *queuePtr, int *listenFdPtr);
+static int		ClaimListening(Tcl_Interp *interp, Tcl_Obj *objPtr,
+			    Queue **queuePtrPtr);
 static int		WaitFor(Queue *queuePtr, int fd, short events,
 			    int otherFd, short otherEvents, int timeoutMs);
 
@@ -848,7 +850,7 @@ FinalizeServers(
 	if (queuePtr->state == LISTENING) {
 	    queuePtr->state = STOPPING;
 	    pthread_mutex_unlock(&queueLock);
-	    StopAccepting(queuePtr);
+	    StopAccepting(queuePtr, NULL);
 	    pthread_mutex_lock(&queueLock);
 	}
     }
@@ -1982,23 +1984,26 @@ HandOverFirstPending(
  * StopAccepting --
  *
  *	Stops and joins the accept thread of queuePtr, then closes its
- *	listener. The caller has set the state to STOPPING.
+ *	listener, or with listenFdPtr not NULL hands it to the caller. The
+ *	caller has set the state to STOPPING (ClaimListening).
  *
  * Results:
  *	None.
  *
  * Side effects:
- *	New connections are refused. Connections accepted but not handed
- *	over yet go to the waiting asks now, or else to the ready queue,
- *	where the next 'client' takes them; those that do not fit stay
- *	pending and go first when accepting resumes.
+ *	New connections are refused, or wait in the kept listener's backlog.
+ *	Connections accepted but not handed over yet go to the waiting asks
+ *	now, or else to the ready queue, where the next 'client' takes them;
+ *	those that do not fit stay pending and go first when accepting
+ *	resumes.
  *
  *----------------------------------------------------------------------
  */
 
 static void
 StopAccepting(
-    Queue *queuePtr)
+    Queue *queuePtr,
+    int *listenFdPtr)
 {
     ssize_t written;
 
@@ -2013,12 +2018,62 @@ StopAccepting(
 	/* Until no ask waits while a connection does. */
     }
     pthread_mutex_lock(&queueLock);
+    if (listenFdPtr != NULL) {
+	*listenFdPtr = queuePtr->listenFd;
+	queuePtr->listenFd = -1;
+    }
     CloseFd(&queuePtr->listenFd);
     CloseFd(&queuePtr->pollFd);
     CloseFd(&queuePtr->wakeFds[0]);
     CloseFd(&queuePtr->wakeFds[1]);
     queuePtr->state = NOT_LISTENING;
     pthread_mutex_unlock(&queueLock);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ClaimListening --
+ *
+ *	Finds the queue of the port in objPtr that this process listens on,
+ *	and marks it STOPPING: 'close' and 'reexec' then stop its accept
+ *	thread (StopAccepting).
+ *
+ * Results:
+ *	TCL_OK with *queuePtrPtr set; or TCL_ERROR with a message and
+ *	-errorcode {SOCKETSERVER NOTLISTENING port} or {TCL VALUE PORT}.
+ *
+ * Side effects:
+ *	See above.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+ClaimListening(
+    Tcl_Interp *interp,
+    Tcl_Obj *objPtr,
+    Queue **queuePtrPtr)
+{
+    Queue *queuePtr;
+    int port;
+
+    if (ParsePort(interp, objPtr, &port) != TCL_OK) {
+	return TCL_ERROR;
+    }
+    pthread_mutex_lock(&queueLock);
+    queuePtr = FindQueue(port);
+    if (queuePtr == NULL || queuePtr->state != LISTENING) {
+	pthread_mutex_unlock(&queueLock);
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"this process is not listening on port %d", port));
+	SetPortErrorCode(interp, "NOTLISTENING", port);
+	return TCL_ERROR;
+    }
+    queuePtr->state = STOPPING;
+    pthread_mutex_unlock(&queueLock);
+    *queuePtrPtr = queuePtr;
+    return TCL_OK;
 }
 
 /*
@@ -4497,28 +4552,15 @@ CloseCmd(
     Tcl_Obj *const objv[])
 {
     Queue *queuePtr;
-    int port;
 
     if (objc != 3) {
 	Tcl_WrongNumArgs(interp, 2, objv, "port");
 	return TCL_ERROR;
     }
-    if (ParsePort(interp, objv[2], &port) != TCL_OK) {
+    if (ClaimListening(interp, objv[2], &queuePtr) != TCL_OK) {
 	return TCL_ERROR;
     }
-    pthread_mutex_lock(&queueLock);
-    queuePtr = FindQueue(port);
-    if (queuePtr == NULL || queuePtr->state != LISTENING) {
-	pthread_mutex_unlock(&queueLock);
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		"this process is not listening on port %d", port));
-	SetPortErrorCode(interp, "NOTLISTENING", port);
-	return TCL_ERROR;
-    }
-    queuePtr->state = STOPPING;
-    pthread_mutex_unlock(&queueLock);
-
-    StopAccepting(queuePtr);
+    StopAccepting(queuePtr, NULL);
     Tcl_ResetResult(interp);
     return TCL_OK;
 }
@@ -4562,46 +4604,24 @@ ReexecCmd(
     const char **argv;
     char value[2 * TCL_INTEGER_SPACE + 2];
     int port, listenFd, pending, i, error;
-    ssize_t written;
 
     if (objc < 4) {
 	Tcl_WrongNumArgs(interp, 2, objv, "port command ?arg ...?");
 	return TCL_ERROR;
     }
-    if (ParsePort(interp, objv[2], &port) != TCL_OK) {
+    if (ClaimListening(interp, objv[2], &queuePtr) != TCL_OK) {
 	return TCL_ERROR;
     }
-    pthread_mutex_lock(&queueLock);
-    queuePtr = FindQueue(port);
-    if (queuePtr == NULL || queuePtr->state != LISTENING) {
-	pthread_mutex_unlock(&queueLock);
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		"this process is not listening on port %d", port));
-	SetPortErrorCode(interp, "NOTLISTENING", port);
-	return TCL_ERROR;
-    }
-    queuePtr->state = STOPPING;
-    pthread_mutex_unlock(&queueLock);
+    port = queuePtr->port;
+    StopAccepting(queuePtr, &listenFd);
 
     /*
-     * As StopAccepting, but the listener stays.
+     * Ready to accept again on the same listener if the exec does not
+     * happen (StartAccepting wants the state LISTENING).
      */
 
-    do {
-	written = write(queuePtr->wakeFds[1], "x", 1);
-    } while (written < 0 && errno == EINTR);
-    pthread_join(queuePtr->thread, NULL);
-    while (PendingAfterDrain(queuePtr)
-	    && HandOverFirstPending(queuePtr, 0)) {
-	/* Until no ask waits while a connection does. */
-    }
     pthread_mutex_lock(&queueLock);
-    listenFd = queuePtr->listenFd;
-    queuePtr->listenFd = -1;
     pending = queuePtr->numPending;
-    CloseFd(&queuePtr->pollFd);
-    CloseFd(&queuePtr->wakeFds[0]);
-    CloseFd(&queuePtr->wakeFds[1]);
     queuePtr->state = LISTENING;
     pthread_mutex_unlock(&queueLock);
 
