@@ -605,6 +605,8 @@ static int		ParseSignal(Tcl_Interp *interp, Tcl_Obj *objPtr,
 static int		KillObjCmd(ClientData clientData,
 			    Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
+static int		GetPid(Tcl_Interp *interp, Tcl_Obj *objPtr,
+			    int *pidPtr);
 static int		ExitedObjCmd(ClientData clientData,
 			    Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
@@ -5725,6 +5727,38 @@ KillObjCmd(
 /*
  *----------------------------------------------------------------------
  *
+ * GetPid --
+ *
+ *	Reads a process id: a whole number from 1 up that fits a pid.
+ *
+ * Results:
+ *	TCL_OK with *pidPtr set, or TCL_ERROR with a message and -errorcode
+ *	{TCL VALUE PID}.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+GetPid(
+    Tcl_Interp *interp,
+    Tcl_Obj *objPtr,
+    int *pidPtr)
+{
+    if (!GetIntInRange(objPtr, 1, INT_MAX, pidPtr)) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"expected a process id but got \"%s\"", Tcl_GetString(objPtr)));
+	Tcl_SetErrorCode(interp, "TCL", "VALUE", "PID", NULL);
+	return TCL_ERROR;
+    }
+    return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * ExitedObjCmd --
  *
  *	::socketserver::exited pid
@@ -5752,18 +5786,14 @@ ExitedObjCmd(
     Tcl_Obj *const objv[])
 {
     siginfo_t info;
-    int pid, result;
+    int pid = 0, result;
 
     (void) clientData;
     if (objc != 2) {
 	Tcl_WrongNumArgs(interp, 1, objv, "pid");
 	return TCL_ERROR;
     }
-    if (!GetIntInRange(objv[1], 1, INT_MAX, &pid)) {
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		"expected a process id but got \"%s\"",
-		Tcl_GetString(objv[1])));
-	Tcl_SetErrorCode(interp, "TCL", "VALUE", "PID", NULL);
+    if (GetPid(interp, objv[1], &pid) != TCL_OK) {
 	return TCL_ERROR;
     }
     memset(&info, 0, sizeof(info));
@@ -5810,18 +5840,14 @@ WaitObjCmd(
 {
     Tcl_Obj *resultObj;
     pid_t got;
-    int pid, status;
+    int pid = 0, status;
 
     (void) clientData;
     if (objc != 2) {
 	Tcl_WrongNumArgs(interp, 1, objv, "pid");
 	return TCL_ERROR;
     }
-    if (!GetIntInRange(objv[1], 1, INT_MAX, &pid)) {
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		"expected a process id but got \"%s\"",
-		Tcl_GetString(objv[1])));
-	Tcl_SetErrorCode(interp, "TCL", "VALUE", "PID", NULL);
+    if (GetPid(interp, objv[1], &pid) != TCL_OK) {
 	return TCL_ERROR;
     }
     do {
