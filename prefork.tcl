@@ -29,6 +29,9 @@ namespace eval ::socketserver::prefork {
 
     # The line a worker prints once the application has loaded.
     variable READY "@@socketserver::prefork ready"
+    # The line an upgrade's dry run prints once it reached its
+    # socketserver::prefork call.
+    variable CHECKED "@@socketserver::prefork checked"
 
     # The options: name, default, what it takes (for -help and checks).
     variable Options {
@@ -62,7 +65,8 @@ namespace eval ::socketserver::prefork {
     variable Status {}		;# The STATUS= last sent to systemd.
     variable NotifyError {}	;# The last error notifying systemd.
     variable Ready 0		;# 1 once systemd was told READY=1.
-    variable CheckTimer {}	;# Ends an upgrade's dry run that hangs.
+    variable Check {}		;# An upgrade's dry run: dict chan pid output
+				;# timer (CheckOverdue), or empty.
     variable SystemdEnv {}	;# NOTIFY_SOCKET and WATCHDOG_*, kept out
 				;# of the environment (HideSystemdEnv).
     variable Previous		;# Array: workers of the program this process
@@ -575,8 +579,9 @@ proc ::socketserver::prefork::Upgrade {} {
     variable State
     variable Config
     variable Script
-    variable Port
     variable Dir
+    variable Port
+    variable Check
     if {$State ne "running"} {
 	Log "upgrade refused: the supervisor is $State"
 	return
@@ -588,9 +593,11 @@ proc ::socketserver::prefork::Upgrade {} {
 	set command [linsert $command 1 [file join $Dir runas.tcl] \
 	    [dict get $Config -user] [dict get $Config -group]]
     }
+    # Spawned as a worker is, so that the code runs as in one (it has the
+    # queue), and it dies with the supervisor.
     set ::env(SOCKETSERVER_PREFORK_CHECK) $Port
     try {
-	set chan [open |[list {*}$command 2>@1] r]
+	set chan [::socketserver::socket spawn -parentdeath TERM {*}$command]
     } on error {msg} {
 	set State running
 	Log "upgrade failed, the running code keeps serving: couldn't run the check: $msg"
@@ -599,95 +606,94 @@ proc ::socketserver::prefork::Upgrade {} {
 	unset ::env(SOCKETSERVER_PREFORK_CHECK)
     }
     fconfigure $chan -blocking 0
-    fileevent $chan readable [namespace code [list Checked $chan {}]]
-    # A check that hangs fails after -graceful, like a worker that does.
-    variable CheckTimer [after [Graceful] [namespace code [list CheckOverdue $chan]]]
+    set Check [dict create chan $chan pid [pid $chan] output {} \
+	timer [after [Graceful] [namespace code CheckOverdue]]]
+    fileevent $chan readable [namespace code CheckOutput]
 }
 
-# CheckOverdue chan --
+# CheckOutput --
+#	What the dry run prints, kept (the last 64 KiB) for the log. Its end
+#	decides nothing: a program the check started may hold the pipe. The
+#	check's exit does (Reap, CheckDone).
+proc ::socketserver::prefork::CheckOutput {} {
+    variable Check
+    set chan [dict get $Check chan]
+    if {![catch {read $chan 65536} data]} {
+	dict append Check output $data
+	if {[string length [dict get $Check output]] > 65536} {
+	    dict set Check output [string range [dict get $Check output] end-65535 end]
+	}
+    }
+    if {[eof $chan]} {
+	fileevent $chan readable {}
+    }
+}
+
+# CheckOverdue --
 #	The dry run has not ended after -graceful: killed, which fails it.
-proc ::socketserver::prefork::CheckOverdue {chan} {
+#	(A hung check may hold nothing but its own exit.)
+proc ::socketserver::prefork::CheckOverdue {} {
+    variable Check
     variable Config
     Log "upgrade: the new code has not loaded -graceful [dict get $Config -graceful]s\
 	    into its check: sending KILL"
-    Kill KILL [pid $chan]
+    Kill KILL [dict get $Check pid]
 }
 
-# Checked chan output --
-#	Output of the dry run; at its end, the exec if it passed.
-proc ::socketserver::prefork::Checked {chan output} {
+# CheckDone --
+#	The dry run exited: the exec if it reached its socketserver::prefork
+#	call (it says so in a line, then exits 0), else the old code keeps
+#	serving. While stopping, it only goes.
+proc ::socketserver::prefork::CheckDone {} {
+    variable Check
     variable State
-    if {$State ne "upgrading"} {
-	# Stopped meanwhile.
-	variable CheckTimer
-	after cancel $CheckTimer
-	catch {::socketserver::kill KILL [pid $chan]}
-	catch {close $chan}
-	return
-    }
-    append output [read $chan 65536]
-    if {![eof $chan]} {
-	if {[string length $output] > 65536} {
-	    set output [string range $output end-65535 end]
-	}
-	fileevent $chan readable [namespace code [list Checked $chan $output]]
-	return
-    }
-    variable CheckTimer
-    after cancel $CheckTimer
+    variable CHECKED
+    CheckOutput
+    after cancel [dict get $Check timer]
+    set chan [dict get $Check chan]
+    set output [dict get $Check output]
+    set Check {}
     fconfigure $chan -blocking 1
-    if {[catch {close $chan} msg]} {
-	set State running
-	set output [string trimright $output]
-	Log "upgrade failed, the running code keeps serving: the new code did not load:\n[expr {$output eq "" ? $msg : $output}]"
-	return
-    }
-    Notify "RELOADING=1\nSTATUS=upgrading in place"
-    Reexec [expr {[clock milliseconds] + 5000}]
-}
-
-# Reexec deadline --
-#	Replaces the program. A connection that no worker could take yet
-#	defers it a little, until deadline.
-proc ::socketserver::prefork::Reexec {deadline} {
-    variable State
+    set failed [catch {close $chan} msg]
     if {$State ne "upgrading"} {
 	return
     }
-    variable Port
-    variable Script
-    variable Generation
-    variable Workers
-    variable UPGRADE_VERSION
-    # The ready queue's connections are served by the workers holding
-    # it, after the exec too: there must be one.
-    set ready 0
-    foreach pid [array names Workers] {
-	incr ready [expr {[dict get $Workers($pid) phase] eq "ready"}]
-    }
-    if {$ready == 0} {
-	if {[clock milliseconds] < $deadline} {
-	    after 20 [namespace code [list Reexec $deadline]]
-	    return
-	}
+    set lines [split $output \n]
+    if {$failed || $CHECKED ni $lines} {
 	set State running
-	Log "upgrade failed, the running code keeps serving: no worker is ready"
+	set output [string trimright [join [lsearch -all -inline -exact -not $lines $CHECKED] \n]]
+	if {$output eq ""} {
+	    set output [expr {$failed ? $msg : "it exited before its socketserver::prefork call"}]
+	}
+	Log "upgrade failed, the running code keeps serving: the new code did not load:\n$output"
 	Notify "READY=1\nSTATUS=upgrade failed"
 	return
     }
-    Log "upgrading in place: re-executing [info nameofexecutable] $Script"
+    Notify "RELOADING=1\nSTATUS=upgrading in place"
+    Reexec
+}
+
+# Reexec --
+#	Replaces the program; what the accept thread holds crosses with the
+#	listener.
+proc ::socketserver::prefork::Reexec {} {
+    variable State
+    variable Port
+    variable Script
+    variable Generation
     variable Highest
+    variable Workers
+    variable UPGRADE_VERSION
+    if {$State ne "upgrading"} {
+	return
+    }
+    Log "upgrading in place: re-executing [info nameofexecutable] $Script"
     set ::env(SOCKETSERVER_UPGRADE) [list $UPGRADE_VERSION $Generation $Highest {*}[array names Workers]]
     catch {flush stderr}
     SetSystemdEnv
-    catch {::socketserver::socket reexec $Port [info nameofexecutable] $Script {*}$::argv} msg opts
+    catch {::socketserver::socket reexec $Port [info nameofexecutable] $Script {*}$::argv} msg
     HideSystemdEnv
     unset ::env(SOCKETSERVER_UPGRADE)
-    if {[lrange [dict get $opts -errorcode] 0 1] eq {SOCKETSERVER BUSY}
-	    && [clock milliseconds] < $deadline} {
-	after 20 [namespace code [list Reexec $deadline]]
-	return
-    }
     if {![dict get [::socketserver::socket info $Port] listening]} {
 	# Accepting could not resume after the failure: nothing to serve.
 	Log "upgrade failed, and the listener with it: $msg"
@@ -708,6 +714,9 @@ proc ::socketserver::prefork::Check {config} {
 		to move, restart the service"
 	exit 1
     }
+    variable CHECKED
+    puts $CHECKED
+    flush stdout
     exit 0
 }
 
@@ -721,18 +730,20 @@ proc ::socketserver::prefork::TakeOver {} {
     variable UPGRADE_VERSION
     set state $::env(SOCKETSERVER_UPGRADE)
     set listener [expr {[info exists ::env(SOCKETSERVER_LISTENER)] ? $::env(SOCKETSERVER_LISTENER) : ""}]
-    unset -nocomplain ::env(SOCKETSERVER_UPGRADE) ::env(SOCKETSERVER_LISTENER)
-    if {[lindex $state 0] ne $UPGRADE_VERSION || [llength $listener] != 2} {
+    unset ::env(SOCKETSERVER_UPGRADE)
+    if {[lindex $state 0] ne $UPGRADE_VERSION || [llength $listener] < 2} {
 	Log "couldn't take over after an upgrade: the state passed on is\
 		\"$state\" (version [lindex $state 0]), this version reads version\
 		$UPGRADE_VERSION with SOCKETSERVER_LISTENER set"
 	exit 1
     }
+    # 'server -fd' also takes the connections passed with the listener.
     lassign $listener port fd
     if {[catch {::socketserver::socket server -fd $fd $port} Port]} {
 	Log "couldn't take over after an upgrade: $Port"
 	exit 1
     }
+    unset -nocomplain ::env(SOCKETSERVER_LISTENER)
     foreach pid [lrange $state 3 end] {
 	set Previous($pid) 1
     }
@@ -1023,6 +1034,12 @@ proc ::socketserver::prefork::Watch {} {
 proc ::socketserver::prefork::Reap {} {
     variable Workers
     variable Previous
+    variable Check
+    variable State
+    if {$Check ne "" && ([catch {::socketserver::exited [dict get $Check pid]} ended]
+	    || $ended)} {
+	CheckDone
+    }
     # What they did last: an exited worker's slot stays until it is
     # collected.
     Observe
@@ -1037,6 +1054,9 @@ proc ::socketserver::prefork::Reap {} {
 	    Log "worker $pid (before the upgrade) exited: [expr {[lindex $how 0] eq "CHILDSTATUS"
 		? "exit status [lindex $how 2]" : [lindex $how 0] eq "CHILDKILLED"
 		? "killed by [lindex $how 2]" : $how}]"
+	    if {$State eq "stopping" && [AllGone]} {
+		Finish
+	    }
 	}
     }
 }
@@ -1096,7 +1116,7 @@ proc ::socketserver::prefork::Exited {pid} {
 	return
     }
     if {$State eq "stopping"} {
-	if {[array size Workers] == 0} {
+	if {[AllGone]} {
 	    Finish
 	}
 	return
@@ -1387,6 +1407,11 @@ proc ::socketserver::prefork::Stop {} {
     after cancel $StartTimer
     Log "stopping"
     Notify "STOPPING=1\nSTATUS=stopping"
+    variable Check
+    if {$Check ne ""} {
+	# An upgrade's dry run: no longer wanted.
+	Kill KILL [dict get $Check pid]
+    }
     ::socketserver::socket close $Port
     set deadline [expr {[clock milliseconds] + [Graceful]}]
     Drain $deadline
@@ -1418,7 +1443,7 @@ proc ::socketserver::prefork::Drain {deadline} {
 	after 20 [namespace code [list Drain $deadline]]
 	return
     }
-    if {[array size Workers] == 0} {
+    if {[AllGone]} {
 	Finish
 	return
     }
@@ -1429,10 +1454,24 @@ proc ::socketserver::prefork::Drain {deadline} {
     after [expr {max(0, $deadline - [clock milliseconds])}] [namespace code KillAll]
 }
 
+# AllGone --
+#	1 once no worker is left, of this program or of the one before an
+#	upgrade.
+proc ::socketserver::prefork::AllGone {} {
+    variable Workers
+    variable Previous
+    expr {[array size Workers] == 0 && [array size Previous] == 0}
+}
+
 proc ::socketserver::prefork::KillAll {} {
     variable Workers
+    variable Previous
     foreach pid [array names Workers] {
 	Overdue $pid
+    }
+    foreach pid [array names Previous] {
+	Log "worker $pid (before the upgrade) still there at the end of -graceful: sending KILL"
+	Kill KILL $pid
     }
 }
 

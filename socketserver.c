@@ -532,6 +532,7 @@ static int		OpenListener(Tcl_Interp *interp, const char *myaddr,
 			    int port, int backlog, int *fdPtr,
 			    int *boundPortPtr, char *boundAddr);
 static int		MakeQueueSockets(int askFds[2], int readyFds[2]);
+static void		AdoptPassed(Queue *queuePtr, int adoptFd);
 static int		AdoptListener(Tcl_Interp *interp, int fd, int port,
 			    int *fdPtr, int *boundPortPtr, char *boundAddr);
 static int		OpenNewListener(Tcl_Interp *interp,
@@ -4035,6 +4036,9 @@ ServerCmd(
     }
     queuePtr->state = LISTENING;
     memcpy(queuePtr->myaddr, boundAddr, sizeof(queuePtr->myaddr));
+    if (adoptFd >= 0) {
+	AdoptPassed(queuePtr, adoptFd);
+    }
     pthread_mutex_unlock(&queueLock);
 
     if (StartAccepting(interp, queuePtr, listenFd) != TCL_OK) {
@@ -4312,6 +4316,75 @@ OpenNewListener(
 /*
  *----------------------------------------------------------------------
  *
+ * AdoptPassed --
+ *
+ *	queueLock held, 'server -fd fd': if 'reexec' passed fd (LISTENER_ENV
+ *	names it), takes the connections it passed with it into the pending
+ *	list, first in line, in the order they were accepted.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	LISTENER_ENV is removed from the environment. Each connection
+ *	becomes close-on-exec; one whose client is gone is closed, and a
+ *	descriptor that is no stream socket left alone.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+AdoptPassed(
+    Queue *queuePtr,
+    int adoptFd)
+{
+    const char *value = getenv(LISTENER_ENV);
+    char *end;
+    long port, fd;
+    int type;
+    socklen_t length;
+    Message message;
+
+    if (value == NULL) {
+	return;
+    }
+    port = strtol(value, &end, 10);
+    fd = strtol(end, &end, 10);
+    if (port != queuePtr->port || fd != adoptFd) {
+	return;
+    }
+    while (*end != '\0') {
+	fd = strtol(end, &end, 10);
+	memset(&message, 0, sizeof(message));
+	length = sizeof(type);
+	if (fd < 0 || fd > INT_MAX
+		|| getsockopt((int) fd, SOL_SOCKET, SO_TYPE, &type, &length) < 0
+		|| type != SOCK_STREAM) {
+	    continue;
+	}
+	length = sizeof(message.addr);
+	if (getpeername((int) fd, (struct sockaddr *) &message.addr,
+		&length) < 0) {
+	    /* Ours, but its client is gone. */
+	    close((int) fd);
+	    continue;
+	}
+	fcntl((int) fd, F_SETFD, FD_CLOEXEC);
+	message.magic = MESSAGE_MAGIC;
+	message.kind = KIND_CONNECTION;
+	message.addrLen = length;
+	message.sequence = queuePtr->nextSequence++;
+	if (!AddPending(queuePtr, (int) fd, &message)) {
+	    queuePtr->lastErrno = ENOMEM;
+	    close((int) fd);
+	}
+    }
+    unsetenv(LISTENER_ENV);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * AdoptListener --
  *
  *	Takes descriptor fd, inherited from whoever started the process
@@ -4577,18 +4650,17 @@ CloseCmd(
  *	children and service manager's view) without closing port's
  *	listener: connections that come meanwhile wait in its backlog until
  *	the new program adopts it ('server -fd'), which LISTENER_ENV tells
- *	it as "PORT FD". The accept thread is stopped first and every
- *	connection it had accepted is handed over, to a waiting ask or into
- *	the ready queue (whose reading ends the workers hold, and which they
- *	empty before they find the queue gone); if one cannot be, nothing is
- *	done. Every other descriptor of the extension is close-on-exec: the
+ *	it as "PORT FD CONNECTION ...". The accept thread is stopped first;
+ *	every connection it had accepted that no worker took yet (from the
+ *	ready queue too) crosses the exec with the listener, and goes first
+ *	in the new program. Signals with scripts are blocked across the
+ *	exec, until the new program sets its own. Every other descriptor of the extension is close-on-exec: the
  *	queue ends with the exec, and its workers with it, once they have
  *	finished what they have.
  *
  * Results:
- *	Does not return on success. TCL_ERROR with {SOCKETSERVER BUSY port}
- *	if an accepted connection could not be handed over, or POSIX if the
- *	exec failed; either way the process serves on as before.
+ *	Does not return on success. TCL_ERROR, POSIX, if the exec failed:
+ *	the process serves on as before.
  *
  * Side effects:
  *	See above.
@@ -4604,8 +4676,9 @@ ReexecCmd(
 {
     Queue *queuePtr;
     const char **argv;
-    char value[2 * TCL_INTEGER_SPACE + 2];
-    int port, listenFd, pending, i, error;
+    Tcl_Obj *valueObj;
+    sigset_t scripted, oldMask;
+    int port, listenFd, i, error;
 
     if (objc < 4) {
 	Tcl_WrongNumArgs(interp, 2, objv, "port command ?arg ...?");
@@ -4618,39 +4691,69 @@ ReexecCmd(
     StopAccepting(queuePtr, &listenFd);
 
     /*
-     * Ready to accept again on the same listener if the exec does not
-     * happen (StartAccepting wants the state LISTENING).
+     * The connections accepted and not taken yet, those in the ready
+     * queue too (they would go only to the workers of now, which may be
+     * busy for long), cross the exec with the listener, to go first in
+     * the new program. Ready to accept again on the same listener, with
+     * them, if the exec does not happen (StartAccepting wants the state
+     * LISTENING).
      */
 
+    valueObj = Tcl_ObjPrintf("%d %d", port, listenFd);
+    Tcl_IncrRefCount(valueObj);
     pthread_mutex_lock(&queueLock);
-    pending = queuePtr->numPending;
+    DrainReady(queuePtr);
+    for (i = 0; i < queuePtr->numPending; i++) {
+	Tcl_AppendPrintfToObj(valueObj, " %d", queuePtr->pending[i].fd);
+    }
     queuePtr->state = LISTENING;
     pthread_mutex_unlock(&queueLock);
-
-    if (pending > 0) {
-	if (StartAccepting(interp, queuePtr, listenFd) != TCL_OK) {
-	    return TCL_ERROR;
-	}
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		"couldn't re-execute: %d connection%s accepted on port %d "
-		"wait%s for a worker; try again", pending,
-		(pending == 1 ? "" : "s"), port, (pending == 1 ? "s" : "")));
-	SetPortErrorCode(interp, "BUSY", port);
-	return TCL_ERROR;
-    }
 
     argv = (const char **) ckalloc((objc - 2) * sizeof(char *));
     for (i = 3; i < objc; i++) {
 	argv[i - 3] = Tcl_GetString(objv[i]);
     }
     argv[objc - 3] = NULL;
-    snprintf(value, sizeof(value), "%d %d", port, listenFd);
-    Tcl_SetVar2(interp, "env", LISTENER_ENV, value, TCL_GLOBAL_ONLY);
-    if (fcntl(listenFd, F_SETFD, 0) == 0) {
+    Tcl_SetVar2(interp, "env", LISTENER_ENV, Tcl_GetString(valueObj),
+	    TCL_GLOBAL_ONLY);
+    Tcl_DecrRefCount(valueObj);
+
+    /*
+     * A signal this process has a script for would take its default
+     * action (terminate, stop) from the exec until the new program sets
+     * its script: blocked, it waits for that (the mask crosses exec).
+     */
+
+    sigemptyset(&scripted);
+    pthread_mutex_lock(&signalLock);
+    for (i = 1; i < NSIG; i++) {
+	if (signalHandlers[i] != NULL) {
+	    sigaddset(&scripted, i);
+	}
+    }
+    pthread_mutex_unlock(&signalLock);
+    pthread_sigmask(SIG_BLOCK, &scripted, &oldMask);
+    error = 0;
+    pthread_mutex_lock(&queueLock);
+    for (i = 0; i < queuePtr->numPending && error == 0; i++) {
+	if (fcntl(queuePtr->pending[i].fd, F_SETFD, 0) < 0) {
+	    error = errno;
+	}
+    }
+    pthread_mutex_unlock(&queueLock);
+    if (error == 0 && fcntl(listenFd, F_SETFD, 0) == 0) {
 	execvp(argv[0], (char *const *) argv);
     }
-    error = errno;
+    if (error == 0) {
+	error = errno;
+    }
+    pthread_sigmask(SIG_SETMASK, &oldMask, NULL);
     fcntl(listenFd, F_SETFD, FD_CLOEXEC);
+    pthread_mutex_lock(&queueLock);
+    for (i = 0; i < queuePtr->numPending; i++) {
+	fcntl(queuePtr->pending[i].fd, F_SETFD, FD_CLOEXEC);
+    }
+    pthread_mutex_unlock(&queueLock);
     Tcl_UnsetVar2(interp, "env", LISTENER_ENV, TCL_GLOBAL_ONLY);
     ckfree((char *) argv);
     if (StartAccepting(interp, queuePtr, listenFd) != TCL_OK) {
@@ -5103,6 +5206,7 @@ AdoptQueues(void)
     Message message;
     ssize_t got;
     int fd, askFd = -1, boardFd = -1, nullFd, deathSignal = 0;
+    sigset_t none;
 
     if (value == NULL) {
 	return;
@@ -5115,6 +5219,14 @@ AdoptQueues(void)
 	return;
     }
     unsetenv(SPAWN_ENV);
+
+    /*
+     * A spawned program starts with no signal blocked, whatever the
+     * spawner had blocked (a program 'reexec' started blocks some).
+     */
+
+    sigemptyset(&none);
+    pthread_sigmask(SIG_SETMASK, &none, NULL);
 #ifdef PR_SET_PDEATHSIG
     if (deathSignal > 0 && deathSignal < NSIG) {
 	/*
@@ -5584,6 +5696,7 @@ SignalObjCmd(
     SignalHandler *handlerPtr;
     WakePipe *pipePtr;
     Tcl_Size length;
+    sigset_t unblock;
     int signo;
 
     (void) clientData;
@@ -5651,6 +5764,16 @@ SignalObjCmd(
     handlerPtr->interp = interp;
     handlerPtr->thread = pipePtr->thread;
     signalWakeFd[signo] = pipePtr->fds[1];
+
+    /*
+     * A program that 'reexec' started has the signals with scripts
+     * blocked until it sets its own (a signal that came meanwhile is
+     * pending, and comes now).
+     */
+
+    sigemptyset(&unblock);
+    sigaddset(&unblock, signo);
+    pthread_sigmask(SIG_UNBLOCK, &unblock, NULL);
     Tcl_IncrRefCount(objv[2]);
     if (handlerPtr->scriptObj != NULL) {
 	Tcl_DecrRefCount(handlerPtr->scriptObj);
