@@ -88,8 +88,8 @@ set duration [expr {[info exists env(BENCH_DURATION)] ? $env(BENCH_DURATION) : 3
 set rounds [expr {[info exists env(BENCH_ROUNDS)] ? $env(BENCH_ROUNDS) : 3}]
 set overheadWorkers [expr {[info exists env(BENCH_WORKERS)] ? $env(BENCH_WORKERS) : "2 8 32 64"}]
 set scenarios [expr {[info exists env(BENCH_SCENARIOS)] ? $env(BENCH_SCENARIOS) : "handoff overhead blocking cpu uneven supervisor keepalive slowclient"}]
-set silent [expr {[info exists env(BENCH_SILENT)] ? $env(BENCH_SILENT) : 64}]
-if {![string is integer -strict $silent] || $silent < 1 || $silent > 1000} {
+set silentClients [expr {[info exists env(BENCH_SILENT)] ? $env(BENCH_SILENT) : 64}]
+if {![string is integer -strict $silentClients] || $silentClients < 1 || $silentClients > 1000} {
     puts stderr "BENCH_SILENT must be a number of connections from 1 to 1000"
     exit 2
 }
@@ -463,7 +463,7 @@ foreach scenario $scenarios {
 	    foreach design [list socketserver {*}[expr {$forks ? "prefork" : ""}] \
 		    {*}[expr {$rivet ? "rivet" : ""}] single] {
 		lappend plan [list slowclient $design [expr {$design eq "single" ? 1 : 4}] \
-		    none 16 $silent]
+		    none 16 $silentClients]
 	    }
 	}
 	uneven {
@@ -682,8 +682,8 @@ foreach {label a b op limit} [list \
 	    [valueOf $rows keepalive socketserver 4 rps] [valueOf $rows keepalive rivet 4 rps] >= 1.0 \
 	"keepalive W=16: req/s, socketserver / Apache prefork + mod_rivet" \
 	    [valueOf $rows keepalive socketserver 16 rps] [valueOf $rows keepalive rivet 16 rps] >= 1.0 \
-	"slowclient W=4: p99, socketserver with $silent silent connections / without" \
-	    [p99Of $rows slowclient socketserver 4 $silent] \
+	"slowclient W=4: p99, socketserver with $silentClients silent connections / without" \
+	    [p99Of $rows slowclient socketserver 4 $silentClients] \
 	    [p99Of $rows slowclient socketserver 4 0] <= 1.25] {
     if {$a ne "" && $b ne "" && $b > 0} {
 	set ratio [expr {double($a) / $b}]
