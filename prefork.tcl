@@ -41,6 +41,8 @@ namespace eval ::socketserver::prefork {
 	-workers     4      {number of workers, 1 to 1024}
 	-maxrequests 0      {recycle a worker after N to N+N/10 connections (0: never)}
 	-timeout     0      {kill a worker busy with one connection longer than S seconds (0: never)}
+	-ready       0      {hand a connection to a worker only once it has sent something; close it after S silent seconds (0: hand over at once)}
+	-keepalive   5      {close a connection a handler released after S seconds without a request}
 	-graceful    30     {seconds stop and reload wait for connections in progress}
 	-log         {}     {command prefix called with each log line (default: stderr)}
 	-user        {}     {run the workers as this user (the supervisor starts as root)}
@@ -183,7 +185,7 @@ proc ::socketserver::prefork::Validate {optionList} {
 		    && $value <= 1024}]
 		set want "a whole number from 1 to 1024"
 	    }
-	    -timeout - -graceful {
+	    -timeout - -graceful - -ready - -keepalive {
 		set ok [expr {[string is double -strict $value] && $value >= 0
 		    && $value <= 86400}]
 		set want "a number of seconds from 0 to 86400"
@@ -452,7 +454,7 @@ proc ::socketserver::prefork::Listen {} {
 	set errors {}
 	for {set i 0} {[string is integer -strict $n] && $i < $n} {incr i} {
 	    set fd [expr {3 + $i}]
-	    if {![catch {::socketserver::socket server -fd $fd {*}[expr {$port eq "" ? "" : [list $port]}]} Port]} {
+	    if {![catch {::socketserver::socket server {*}[Watching] -fd $fd {*}[expr {$port eq "" ? "" : [list $port]}]} Port]} {
 		set name [lindex $names $i]
 		return " (socket activation: descriptor $fd[expr {$name eq "" ? "" : ", $name"}])"
 	    }
@@ -462,7 +464,7 @@ proc ::socketserver::prefork::Listen {} {
 		will do[expr {$port eq "" ? "" : " for -port $port"}]: [join $errors {; }]"
 	exit 1
     }
-    set options [list -myaddr [dict get $Config -myaddr]]
+    set options [list -myaddr [dict get $Config -myaddr] {*}[Watching]]
     if {[dict get $Config -backlog] > 0} {
 	lappend options -backlog [dict get $Config -backlog]
     }
@@ -471,6 +473,14 @@ proc ::socketserver::prefork::Listen {} {
 	exit 1
     }
     return ""
+}
+
+# Watching --
+#	The server's options for connections it watches: -ready and
+#	-keepalive.
+proc ::socketserver::prefork::Watching {} {
+    variable Config
+    list -ready [dict get $Config -ready] -keepalive [dict get $Config -keepalive]
 }
 
 # Notify state --
@@ -739,7 +749,7 @@ proc ::socketserver::prefork::TakeOver {} {
     }
     # 'server -fd' also takes the connections passed with the listener.
     lassign $listener port fd
-    if {[catch {::socketserver::socket server -fd $fd $port} Port]} {
+    if {[catch {::socketserver::socket server {*}[Watching] -fd $fd $port} Port]} {
 	Log "couldn't take over after an upgrade: $Port"
 	exit 1
     }

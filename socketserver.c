@@ -125,6 +125,10 @@ typedef int Tcl_Size;
 				 * withdrawn; forget one of its asks. */
 #define KIND_ADOPT_BOARD 7	/* Hand-over, before port's KIND_ADOPT_ASK:
 				 * fd is the queue's scoreboard. */
+#define KIND_RELEASE	8	/* Up the queue: fd is a connection whose
+				 * handler answered a request and gave it
+				 * back ('release'): the serving process
+				 * watches it until the next one comes. */
 
 typedef struct Message {
     uint32_t magic;		/* MESSAGE_MAGIC. */
@@ -161,6 +165,47 @@ typedef struct ReplySocket {
     struct Slot *slotPtr;	/* The receiver's scoreboard slot, as last
 				 * found (HandingTo), or NULL. */
 } ReplySocket;
+
+/*
+ * A connection the serving process watches instead of handing it over,
+ * because it has nothing to read: one that has sent nothing since it was
+ * accepted ('server -ready'), or one that a handler gave back between two
+ * requests ('release'). It goes into the pending list, with a new
+ * sequence, once it is readable (first come, first served by the moment
+ * it became ready), and is closed if it stays silent until its deadline.
+ * Every connection of one kind waits the same time, so each kind's list,
+ * in the order they began to wait, is also in deadline order: its first
+ * entry is always the next to expire.
+ */
+
+typedef enum WatchKind {
+    WATCH_SILENT,		/* Accepted, has sent nothing yet; watched
+				 * for -ready seconds. */
+    WATCH_PARKED,		/* Released between requests; watched for
+				 * -keepalive seconds. */
+    WATCH_KINDS			/* How many kinds. */
+} WatchKind;
+
+typedef enum ConnReadiness {
+    CONN_SILENT,		/* Nothing to read yet. */
+    CONN_HAS_DATA,		/* Bytes to read. */
+    CONN_HUNG_UP		/* Its peer closed, or it failed. */
+} ConnReadiness;
+
+typedef struct Watched {
+    int fd;			/* The connection, or -1: the entry is
+				 * free. */
+    WatchKind kind;		/* Which list it is in. */
+    uint32_t tag;		/* Changes whenever the entry is freed, so
+				 * that an epoll event for the connection it
+				 * held before is ignored. */
+    int prev, next;		/* Neighbours in its kind's list, -1 at
+				 * either end. A free entry's next is the
+				 * next free entry. */
+    uint64_t deadline;		/* CLOCK_MONOTONIC, ns: closed then if still
+				 * silent. */
+    Message message;		/* Its KIND_CONNECTION message. */
+} Watched;
 
 /*
  * The scoreboard: what each receiver of a queue is doing, in memory that
@@ -281,6 +326,30 @@ typedef struct Queue {
     long received;		/* Connections this process took. (L) */
     int lastErrno;		/* Last error the accept thread met, or 0.
 				 * (L) */
+    uint64_t timeoutNs[WATCH_KINDS];
+				/* How long a connection of each kind is
+				 * watched, ns: 'server -ready' (0: hand
+				 * every connection over at once) and
+				 * -keepalive. (L) */
+    Watched *watched;		/* Entries of watched connections, used and
+				 * free, malloc'd. (L) */
+    int watchSpace;		/* How many entries. (L) */
+    int freeWatched;		/* First free entry, or -1. (L) */
+    int firstWatched[WATCH_KINDS];
+				/* Each kind's list: oldest entry, */
+    int lastWatched[WATCH_KINDS];
+				/* newest entry (-1: empty), */
+    int numWatched[WATCH_KINDS];/* and length. (L) */
+    int watchLimit;		/* Most connections watched at once: half
+				 * the descriptor limit at 'server', at most
+				 * WATCH_MAX. (L) */
+    int watchPollFd;		/* Linux: the epoll instance that holds the
+				 * watched connections, itself held by
+				 * pollFd; else -1. (L) */
+    long closed;		/* Connections this process closed without
+				 * handing them over: silent to the end of
+				 * -ready or -keepalive, gone while parked,
+				 * closed for room, or by 'close'. (L) */
     int boardFd;		/* The scoreboard's memfd, kept to hand to
 				 * spawned programs; fixed. */
     Slot *board;		/* The scoreboard, BOARD_SLOTS slots, mapped
@@ -363,6 +432,22 @@ typedef struct ReceiverEvent {
     Tcl_Event header;		/* Tcl's part; must be first. */
     Receiver *receiverPtr;	/* The receiver. */
 } ReceiverEvent;
+
+/*
+ * A connection delivered to a handler in this thread, while its channel is
+ * open: what 'release' needs to give it back. A close handler on the
+ * channel (ForgetDelivered) frees it. Per thread, like channels.
+ */
+
+typedef struct Delivered {
+    struct Delivered *nextPtr;	/* Next of this thread. */
+    Tcl_Channel chan;		/* Its channel. */
+    Queue *queuePtr;		/* The queue it came from. */
+    Message message;		/* Its message: the peer's address. */
+} Delivered;
+
+static Tcl_ThreadDataKey deliveredKey;
+				/* Delivered *: this thread's list. */
 
 /*
  * Per interpreter: its receivers. Touched only in the thread of the
@@ -457,8 +542,11 @@ static int watchInThread = 0;		/* 1 where reply sockets are watched
 
 #define ASSOC_KEY	"socketserver"
 #define LISTENER_ENV	"SOCKETSERVER_LISTENER"
-				/* "PORT FD": 'reexec' kept port's listener
-				 * open as FD. */
+				/* "PORT FD CONN...": 'reexec' kept port's
+				 * listener open as FD, and the connections
+				 * not handed over yet: pending as numbers,
+				 * watched as "sN" (silent) and "pN"
+				 * (parked). */
 #define SPAWN_ENV	"SOCKETSERVER_SPAWN"
 				/* "PID NONCE": a hand-over from process PID
 				 * waits on standard input. */
@@ -472,6 +560,16 @@ static int watchInThread = 0;		/* 1 where reply sockets are watched
 #define ACCEPT_QUEUE	2	/* socket is tagged with its asker's id,
 				 * which is never below 2^32 (a process id
 				 * in its high half). */
+#define ACCEPT_WATCH	3	/* And the epoll instance of the watched
+				 * connections (watchPollFd). */
+#define WATCH_MAX	65536	/* Most connections a queue watches. */
+#define DEFAULT_KEEPALIVE_NS	5000000000u
+				/* -keepalive: 5 s, as Apache's
+				 * KeepAliveTimeout. */
+#define WATCH_BATCH	64	/* Watched connections' events read at
+				 * once. */
+#define WATCH_POLL_MS	10	/* Without epoll: how often the watched
+				 * connections are polled. */
 #define QUEUE_WAIT_MS	1000	/* How long 'client' waits for room in a full
 				 * queue. */
 #define PRUNE_MIN	64	/* Smallest pruneMark. */
@@ -543,6 +641,18 @@ static int		ParsePort(Tcl_Interp *interp, Tcl_Obj *objPtr,
 static int		GetIntInRange(Tcl_Obj *objPtr, Tcl_WideInt min,
 			    Tcl_WideInt max, int *valuePtr);
 static int		HandOverFirstPending(Queue *queuePtr, int wait);
+static ConnReadiness	Readiness(int fd);
+static int		MakePending(Queue *queuePtr, int fd,
+			    Message *messagePtr);
+static void		WatchConnection(Queue *queuePtr, int fd,
+			    Message *messagePtr, WatchKind kind);
+static int		ForgetWatched(Queue *queuePtr, int index,
+			    int closing);
+static int		CloseOldestWatched(Queue *queuePtr);
+static void		CloseAllWatched(Queue *queuePtr, int counting);
+static int		WatchWaitMs(Queue *queuePtr);
+static void		ServeWatched(Queue *queuePtr, int readable);
+static void		TakeWatched(Queue *queuePtr, int index);
 static int		IsConnection(ssize_t got, int fd,
 			    const Message *messagePtr);
 static int		IsEventOf(Tcl_Event *evPtr, ClientData clientData);
@@ -585,6 +695,9 @@ static void		ReceiveConnection(ClientData clientData, int mask);
 static void		ReturnConnections(Queue *queuePtr, int fd,
 			    const Message *messagePtr);
 static void		RetryReceive(ClientData clientData);
+static void		ForgetDelivered(ClientData clientData);
+static int		ReleaseCmd(Tcl_Interp *interp, int objc,
+			    Tcl_Obj *const objv[]);
 static void		RefuseRequest(Receiver *receiverPtr,
 			    Tcl_Obj *messageObj, const char *code);
 static void		SetPortErrorCode(Tcl_Interp *interp,
@@ -593,6 +706,7 @@ static int		IsQueueSocket(int fd);
 static uint64_t		MakeNonce(int salt);
 static int		ServerCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
+static int		KeepAcrossExec(Queue *queuePtr, int keep);
 static int		ReexecCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
 static int		SpawnCmd(Tcl_Interp *interp, int objc,
@@ -788,6 +902,7 @@ AtForkChild(void)
 	    CloseFd(&queuePtr->pending[i].fd);
 	}
 	queuePtr->numPending = 0;
+	CloseAllWatched(queuePtr, 0);
 	for (i = 0; i < queuePtr->numReplySockets; i++) {
 	    CloseFd(&queuePtr->replySockets[i].fd);
 	}
@@ -1010,7 +1125,8 @@ StartAccepting(
  * MakeAcceptPoll --
  *
  *	queueLock held: on Linux, makes the epoll instance the accept thread
- *	waits with (WaitIdle): the stop pipe, the listener and the queue for
+ *	waits with (WaitIdle): the stop pipe, the listener, the queue and the
+ *	epoll instance of the watched connections (made here if need be) for
  *	reading, and every reply socket known so far for hang-ups.
  *
  * Results:
@@ -1028,8 +1144,14 @@ MakeAcceptPoll(
 {
 #ifdef __linux__
     struct epoll_event event;
-    int fds[3], i, error;
+    int fds[4], i, error;
 
+    if (queuePtr->watchPollFd < 0) {
+	queuePtr->watchPollFd = epoll_create1(EPOLL_CLOEXEC);
+	if (queuePtr->watchPollFd < 0) {
+	    return errno;
+	}
+    }
     queuePtr->pollFd = epoll_create1(EPOLL_CLOEXEC);
     if (queuePtr->pollFd < 0) {
 	return errno;
@@ -1037,7 +1159,8 @@ MakeAcceptPoll(
     fds[ACCEPT_STOP] = queuePtr->wakeFds[0];
     fds[ACCEPT_LISTEN] = queuePtr->listenFd;
     fds[ACCEPT_QUEUE] = queuePtr->askFds[0];
-    for (i = 0; i < 3; i++) {
+    fds[ACCEPT_WATCH] = queuePtr->watchPollFd;
+    for (i = 0; i < 4; i++) {
 	memset(&event, 0, sizeof(event));
 	event.events = EPOLLIN;
 	event.data.u64 = i;
@@ -1121,10 +1244,14 @@ AcceptConnections(
  * WaitIdle --
  *
  *	Accept thread, nothing pending: waits until a connection or an ask
- *	comes or the thread is told to stop. On Linux it waits with an epoll
- *	instance that also holds every reply socket (for hang-ups only), so
- *	that the reply socket of a process that died is closed at once, not
- *	when it would next be sent to.
+ *	comes, a watched connection is ready or its deadline passes, or the
+ *	thread is told to stop. On Linux it waits with an epoll instance
+ *	that also holds every reply socket (for hang-ups only), so that the
+ *	reply socket of a process that died is closed at once, not when it
+ *	would next be sent to.
+ *
+ *	Watched connections that are ready go into the pending list
+ *	(ServeWatched).
  *
  * Results:
  *	0 if the thread must stop, else 1 with *listenReadyPtr and
@@ -1144,13 +1271,26 @@ WaitIdle(
 {
 #ifdef __linux__
     struct epoll_event events[16];
-    int i, n, index;
+    int i, n, index, timeoutMs, watchReady = 0;
 
     *listenReadyPtr = *askReadyPtr = 0;
-    n = epoll_wait(queuePtr->pollFd, events, 16, -1);
+    pthread_mutex_lock(&queueLock);
+    timeoutMs = WatchWaitMs(queuePtr);
+    pthread_mutex_unlock(&queueLock);
+    n = epoll_wait(queuePtr->pollFd, events, 16, timeoutMs);
     if (n < 0) {
 	/* Signals are blocked: only a shortage of memory gets here. */
 	return WaitFor(queuePtr, -1, 0, -1, 0, PAUSE_MS);
+    }
+    for (i = 0; i < n; i++) {
+	if (events[i].data.u64 == ACCEPT_WATCH) {
+	    watchReady = 1;
+	}
+    }
+    if (timeoutMs >= 0 || watchReady) {
+	pthread_mutex_lock(&queueLock);
+	ServeWatched(queuePtr, watchReady);
+	pthread_mutex_unlock(&queueLock);
     }
     for (i = 0; i < n; i++) {
 	switch (events[i].data.u64) {
@@ -1161,6 +1301,8 @@ WaitIdle(
 	    break;
 	case ACCEPT_QUEUE:
 	    *askReadyPtr = 1;
+	    break;
+	case ACCEPT_WATCH:
 	    break;
 	default:
 	    /* A reply socket hung up. */
@@ -1176,14 +1318,23 @@ WaitIdle(
     return 1;
 #else
     struct pollfd fds[3];
+    int timeoutMs;
 
     fds[0].fd = queuePtr->wakeFds[0];
     fds[1].fd = queuePtr->listenFd;
     fds[2].fd = queuePtr->askFds[0];
     fds[0].events = fds[1].events = fds[2].events = POLLIN;
     fds[0].revents = fds[1].revents = fds[2].revents = 0;
-    if (poll(fds, 3, -1) < 0 && errno != EINTR) {
+    pthread_mutex_lock(&queueLock);
+    timeoutMs = WatchWaitMs(queuePtr);
+    pthread_mutex_unlock(&queueLock);
+    if (poll(fds, 3, timeoutMs) < 0 && errno != EINTR) {
 	return WaitFor(queuePtr, -1, 0, -1, 0, PAUSE_MS);
+    }
+    if (timeoutMs >= 0) {
+	pthread_mutex_lock(&queueLock);
+	ServeWatched(queuePtr, 1);
+	pthread_mutex_unlock(&queueLock);
     }
     *listenReadyPtr = (fds[1].revents != 0);
     *askReadyPtr = (fds[2].revents != 0);
@@ -1198,7 +1349,8 @@ WaitIdle(
  *
  *	Accept thread: waits until fd has one of events or otherFd one of
  *	otherEvents (either may be -1), timeoutMs passes (-1: no limit), or
- *	the thread is told to stop.
+ *	the thread is told to stop; meanwhile serves the watched connections
+ *	(ServeWatched), whose readiness or deadline ends the wait too.
  *
  * Results:
  *	0 if the thread must stop, 1 otherwise.
@@ -1218,8 +1370,16 @@ WaitFor(
     short otherEvents,
     int timeoutMs)
 {
-    struct pollfd fds[3];
+    struct pollfd fds[4];
+    int watchMs;
 
+    pthread_mutex_lock(&queueLock);
+    watchMs = WatchWaitMs(queuePtr);
+    fds[3].fd = (watchMs >= 0) ? queuePtr->watchPollFd : -1;
+    pthread_mutex_unlock(&queueLock);
+    if (watchMs >= 0 && (timeoutMs < 0 || watchMs < timeoutMs)) {
+	timeoutMs = watchMs;
+    }
     fds[0].fd = queuePtr->wakeFds[0];
     fds[0].events = POLLIN;
     fds[0].revents = 0;
@@ -1229,7 +1389,9 @@ WaitFor(
     fds[2].fd = otherFd;
     fds[2].events = otherEvents;
     fds[2].revents = 0;
-    if (poll(fds, 3, timeoutMs) < 0 && errno != EINTR) {
+    fds[3].events = POLLIN;
+    fds[3].revents = 0;
+    if (poll(fds, 4, timeoutMs) < 0 && errno != EINTR) {
 	/*
 	 * Only ENOMEM is possible here: pause rather than spin.
 	 */
@@ -1237,6 +1399,15 @@ WaitFor(
 	struct timespec pause = {0, PAUSE_MS * 1000000L};
 
 	nanosleep(&pause, NULL);
+    }
+    if (watchMs >= 0) {
+	pthread_mutex_lock(&queueLock);
+#ifdef __linux__
+	ServeWatched(queuePtr, fds[3].revents != 0);
+#else
+	ServeWatched(queuePtr, 1);
+#endif
+	pthread_mutex_unlock(&queueLock);
     }
     return (fds[0].revents == 0);
 }
@@ -1247,12 +1418,14 @@ WaitFor(
  * AcceptOneConnection --
  *
  *	Accept thread: accepts one connection from the (non-blocking)
- *	listener into the (empty) pending list, close-on-exec.
+ *	listener, close-on-exec, into the pending list, or with -ready into
+ *	the watched ones if it has sent nothing yet.
  *
  * Results:
  *	1 if a connection is now pending, 0 if none was (nothing waiting, an
- *	aborted connection, or a shortage of descriptors or memory, after
- *	which it pauses instead of spinning).
+ *	aborted connection, one watched, or a shortage of descriptors or
+ *	memory, after which it pauses instead of spinning unless closing a
+ *	watched connection made room).
  *
  * Side effects:
  *	Counts the connection in 'accepted'; records errors in lastErrno.
@@ -1266,7 +1439,7 @@ AcceptOneConnection(
 {
     Message message;
     socklen_t addrLen = sizeof(message.addr);
-    int fd, error = 0;
+    int fd, error = 0, pending = 0;
 
     memset(&message, 0, sizeof(message));
     pthread_mutex_lock(&queueLock);
@@ -1274,22 +1447,37 @@ AcceptOneConnection(
 	    &addrLen, SOCK_CLOEXEC);
     if (fd >= 0) {
 	message.magic = MESSAGE_MAGIC;
-	message.kind = KIND_CONNECTION;
 	message.addrLen = addrLen;
-	message.sequence = queuePtr->nextSequence++;
-	AddPending(queuePtr, fd, &message);
 	queuePtr->accepted++;
+
+	/*
+	 * With -ready, one look: a connection that has sent nothing yet is
+	 * watched rather than handed over.
+	 */
+
+	if (queuePtr->timeoutNs[WATCH_SILENT] > 0
+		&& Readiness(fd) == CONN_SILENT) {
+	    WatchConnection(queuePtr, fd, &message, WATCH_SILENT);
+	    pending = 0;
+	} else {
+	    pending = MakePending(queuePtr, fd, &message);
+	}
     } else {
 	error = errno;
 	if (error != EAGAIN && error != EWOULDBLOCK && error != EINTR) {
 	    queuePtr->lastErrno = error;
+	}
+	if ((error == EMFILE || error == ENFILE)
+		&& CloseOldestWatched(queuePtr)) {
+	    /* Room made: accept again at once. */
+	    error = EAGAIN;
 	}
     }
     pthread_mutex_unlock(&queueLock);
 
     switch (error) {
     case 0:
-	return 1;
+	return pending;
     case EAGAIN:
 #if EWOULDBLOCK != EAGAIN
     case EWOULDBLOCK:
@@ -1310,6 +1498,502 @@ AcceptOneConnection(
 /*
  *----------------------------------------------------------------------
  *
+ * Readiness --
+ *
+ *	Looks, without reading or blocking, at what a connection has for
+ *	its reader.
+ *
+ * Results:
+ *	CONN_SILENT if nothing yet, CONN_HAS_DATA if bytes, CONN_HUNG_UP
+ *	if the peer closed or the connection failed.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static ConnReadiness
+Readiness(
+    int fd)
+{
+    char byte;
+    ssize_t got = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+
+    if (got > 0) {
+	return CONN_HAS_DATA;
+    }
+    if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK
+	    || errno == EINTR)) {
+	return CONN_SILENT;
+    }
+    return CONN_HUNG_UP;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * MakePending --
+ *
+ *	queueLock held: a connection is ready to be handed over now: it
+ *	joins the pending list behind every connection there, as the
+ *	newest in accept order.
+ *
+ * Results:
+ *	1, or 0 if there was no memory: then it is closed.
+ *
+ * Side effects:
+ *	Counts a closed one in 'closed', with ENOMEM in lastErrno.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+MakePending(
+    Queue *queuePtr,
+    int fd,
+    Message *messagePtr)
+{
+    messagePtr->kind = KIND_CONNECTION;
+    messagePtr->sequence = queuePtr->nextSequence++;
+    if (!AddPending(queuePtr, fd, messagePtr)) {
+	queuePtr->lastErrno = ENOMEM;
+	queuePtr->closed++;
+	close(fd);
+	return 0;
+    }
+    return 1;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * WatchConnection --
+ *
+ *	queueLock held: the serving process keeps a connection that has
+ *	nothing to read, watching it for kind's time (WATCH_SILENT: -ready,
+ *	WATCH_PARKED: -keepalive). At the limit (watchLimit) the oldest
+ *	watched connection makes room (CloseOldestWatched).
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	A connection that can't be watched (no memory, no room in epoll)
+ *	is handed over at once if silent, as without -ready, or closed if
+ *	parked, with the reason in lastErrno; a parked one is closed at
+ *	once if -keepalive is 0.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+WatchConnection(
+    Queue *queuePtr,
+    int fd,
+    Message *messagePtr,
+    WatchKind kind)
+{
+    Watched *entryPtr;
+    int index, error = 0;
+    struct timespec now;
+
+    if (queuePtr->timeoutNs[kind] == 0) {
+	queuePtr->closed++;
+	close(fd);
+	return;
+    }
+    if (queuePtr->numWatched[WATCH_SILENT] + queuePtr->numWatched[WATCH_PARKED]
+	    >= queuePtr->watchLimit) {
+	CloseOldestWatched(queuePtr);
+    }
+    if (queuePtr->freeWatched < 0) {
+	int space = queuePtr->watchSpace, i;
+
+	if (GrowList((void **) &queuePtr->watched, &queuePtr->watchSpace,
+		space, sizeof(Watched))) {
+	    for (i = queuePtr->watchSpace - 1; i >= space; i--) {
+		queuePtr->watched[i].fd = -1;
+		queuePtr->watched[i].tag = 0;
+		queuePtr->watched[i].next = queuePtr->freeWatched;
+		queuePtr->freeWatched = i;
+	    }
+	} else {
+	    error = ENOMEM;
+	}
+    }
+    index = queuePtr->freeWatched;
+#ifdef __linux__
+    if (error == 0 && queuePtr->watchPollFd < 0) {
+	queuePtr->watchPollFd = epoll_create1(EPOLL_CLOEXEC);
+	if (queuePtr->watchPollFd < 0) {
+	    error = errno;
+	}
+    }
+    if (error == 0) {
+	struct epoll_event event;
+
+	memset(&event, 0, sizeof(event));
+	event.events = EPOLLIN | EPOLLRDHUP;
+	event.data.u64 = ((uint64_t) queuePtr->watched[index].tag << 32)
+		| (uint32_t) index;
+	if (epoll_ctl(queuePtr->watchPollFd, EPOLL_CTL_ADD, fd, &event) < 0) {
+	    error = errno;
+	}
+    }
+#endif
+    if (error != 0) {
+	queuePtr->lastErrno = error;
+	if (kind == WATCH_SILENT) {
+	    MakePending(queuePtr, fd, messagePtr);
+	} else {
+	    queuePtr->closed++;
+	    close(fd);
+	}
+	return;
+    }
+
+    entryPtr = &queuePtr->watched[index];
+    queuePtr->freeWatched = entryPtr->next;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    entryPtr->fd = fd;
+    entryPtr->kind = kind;
+    entryPtr->deadline = (uint64_t) now.tv_sec * 1000000000u + now.tv_nsec
+	    + queuePtr->timeoutNs[kind];
+    entryPtr->message = *messagePtr;
+    entryPtr->next = -1;
+    entryPtr->prev = queuePtr->lastWatched[kind];
+    if (entryPtr->prev >= 0) {
+	queuePtr->watched[entryPtr->prev].next = index;
+    } else {
+	queuePtr->firstWatched[kind] = index;
+    }
+    queuePtr->lastWatched[kind] = index;
+    queuePtr->numWatched[kind]++;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ForgetWatched --
+ *
+ *	queueLock held: takes a connection out of the watched ones and
+ *	frees its entry; with closing, closes it and counts it in 'closed'.
+ *
+ * Results:
+ *	The connection's descriptor (closed with closing).
+ *
+ * Side effects:
+ *	See above.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+ForgetWatched(
+    Queue *queuePtr,
+    int index,
+    int closing)
+{
+    Watched *entryPtr = &queuePtr->watched[index];
+    int fd = entryPtr->fd;
+
+    if (entryPtr->prev >= 0) {
+	queuePtr->watched[entryPtr->prev].next = entryPtr->next;
+    } else {
+	queuePtr->firstWatched[entryPtr->kind] = entryPtr->next;
+    }
+    if (entryPtr->next >= 0) {
+	queuePtr->watched[entryPtr->next].prev = entryPtr->prev;
+    } else {
+	queuePtr->lastWatched[entryPtr->kind] = entryPtr->prev;
+    }
+    queuePtr->numWatched[entryPtr->kind]--;
+    entryPtr->fd = -1;
+    entryPtr->tag++;
+    entryPtr->next = queuePtr->freeWatched;
+    queuePtr->freeWatched = index;
+    if (closing) {
+	queuePtr->closed++;
+	CloseFd(&fd);
+    } else {
+#ifdef __linux__
+	struct epoll_event event;
+
+	/* Closing it would have taken it out; handing it over does not. */
+	epoll_ctl(queuePtr->watchPollFd, EPOLL_CTL_DEL, fd, &event);
+#endif
+    }
+    return fd;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * CloseOldestWatched --
+ *
+ *	queueLock held: makes room among the watched connections, or for a
+ *	descriptor, by closing the one that has waited longest: a parked one
+ *	first (its client opens another when it has something to send, as it
+ *	does when any server times it out), else a silent one.
+ *
+ * Results:
+ *	1 if one was closed, 0 if none is watched.
+ *
+ * Side effects:
+ *	See above.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+CloseOldestWatched(
+    Queue *queuePtr)
+{
+    int index = queuePtr->firstWatched[WATCH_PARKED];
+
+    if (index < 0) {
+	index = queuePtr->firstWatched[WATCH_SILENT];
+    }
+    if (index < 0) {
+	return 0;
+    }
+    ForgetWatched(queuePtr, index, 1);
+    return 1;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * CloseAllWatched --
+ *
+ *	queueLock held: closes every watched connection ('close' of the
+ *	server), or with counting 0 forgets them and the epoll instance (a
+ *	forked child, where they are the parent's).
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	See above.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+CloseAllWatched(
+    Queue *queuePtr,
+    int counting)
+{
+    int kind;
+
+    for (kind = 0; kind < WATCH_KINDS; kind++) {
+	while (queuePtr->firstWatched[kind] >= 0) {
+	    ForgetWatched(queuePtr, queuePtr->firstWatched[kind], 1);
+	}
+    }
+    if (!counting) {
+	queuePtr->closed = 0;
+    }
+    CloseFd(&queuePtr->watchPollFd);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * WatchWaitMs --
+ *
+ *	queueLock held: how long the accept thread may wait before the
+ *	first watched connection's deadline.
+ *
+ * Results:
+ *	Milliseconds (rounded up), or -1 if nothing is watched. Without
+ *	epoll, at most WATCH_POLL_MS: the watched connections are polled.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+WatchWaitMs(
+    Queue *queuePtr)
+{
+    uint64_t deadline = UINT64_MAX, nowNs;
+    struct timespec now;
+    int kind, index;
+
+    for (kind = 0; kind < WATCH_KINDS; kind++) {
+	index = queuePtr->firstWatched[kind];
+	if (index >= 0 && queuePtr->watched[index].deadline < deadline) {
+	    deadline = queuePtr->watched[index].deadline;
+	}
+    }
+    if (deadline == UINT64_MAX) {
+	return -1;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    nowNs = (uint64_t) now.tv_sec * 1000000000u + now.tv_nsec;
+    if (deadline <= nowNs) {
+	return 0;
+    }
+    deadline = (deadline - nowNs + 999999) / 1000000;
+#ifndef __linux__
+    if (deadline > WATCH_POLL_MS) {
+	deadline = WATCH_POLL_MS;
+    }
+#endif
+    return (deadline > INT_MAX) ? INT_MAX : (int) deadline;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ServeWatched --
+ *
+ *	Accept thread, queueLock held, something watched: with readable 1
+ *	(the epoll instance of the watched connections is readable; always,
+ *	without epoll), hands over each watched connection that is ready:
+ *	into the pending list as the newest; then closes those whose
+ *	deadline has passed. A silent connection is ready when it has bytes
+ *	or its peer closed; a parked one when it has bytes, and is closed if
+ *	its peer closed.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	See above; counts what it closes in 'closed'.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+ServeWatched(
+    Queue *queuePtr,
+    int readable)
+{
+    struct timespec now;
+    uint64_t nowNs;
+    int kind, index, n = 0, i;
+#ifdef __linux__
+    struct epoll_event events[WATCH_BATCH];
+#else
+    struct pollfd *fds = NULL;
+#endif
+
+    if (readable) {
+#ifdef __linux__
+	do {
+	    n = epoll_wait(queuePtr->watchPollFd, events, WATCH_BATCH, 0);
+	    for (i = 0; i < n; i++) {
+		index = (int) (uint32_t) events[i].data.u64;
+		if (index >= queuePtr->watchSpace
+			|| queuePtr->watched[index].fd < 0
+			|| queuePtr->watched[index].tag
+			    != (uint32_t) (events[i].data.u64 >> 32)) {
+		    /* For a connection closed in this batch already. */
+		    continue;
+		}
+		TakeWatched(queuePtr, index);
+	    }
+	} while (n == WATCH_BATCH);
+#else
+	n = queuePtr->numWatched[WATCH_SILENT]
+		+ queuePtr->numWatched[WATCH_PARKED];
+	fds = malloc(n * sizeof(struct pollfd));
+	if (fds != NULL) {
+	    int *indexes = malloc(n * sizeof(int));
+
+	    i = 0;
+	    for (kind = 0; indexes != NULL && kind < WATCH_KINDS; kind++) {
+		for (index = queuePtr->firstWatched[kind]; index >= 0;
+			index = queuePtr->watched[index].next) {
+		    fds[i].fd = queuePtr->watched[index].fd;
+		    fds[i].events = POLLIN;
+		    fds[i].revents = 0;
+		    indexes[i++] = index;
+		}
+	    }
+	    if (indexes != NULL && poll(fds, n, 0) > 0) {
+		for (i = 0; i < n; i++) {
+		    if (fds[i].revents != 0) {
+			TakeWatched(queuePtr, indexes[i]);
+		    }
+		}
+	    }
+	    free(indexes);
+	    free(fds);
+	}
+#endif
+    }
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    nowNs = (uint64_t) now.tv_sec * 1000000000u + now.tv_nsec;
+    for (kind = 0; kind < WATCH_KINDS; kind++) {
+	while ((index = queuePtr->firstWatched[kind]) >= 0
+		&& queuePtr->watched[index].deadline <= nowNs) {
+	    /*
+	     * One last look: bytes that came with the deadline still count.
+	     */
+
+	    if (Readiness(queuePtr->watched[index].fd) == CONN_HAS_DATA) {
+		TakeWatched(queuePtr, index);
+	    } else {
+		ForgetWatched(queuePtr, index, 1);
+	    }
+	}
+    }
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * TakeWatched --
+ *
+ *	queueLock held: a watched connection was reported readable: see
+ *	ServeWatched.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	See ServeWatched.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+TakeWatched(
+    Queue *queuePtr,
+    int index)
+{
+    Watched *entryPtr = &queuePtr->watched[index];
+    Message message;
+    int fd;
+
+    switch (Readiness(entryPtr->fd)) {
+    case CONN_SILENT:
+	return;
+    case CONN_HUNG_UP:
+	if (entryPtr->kind == WATCH_PARKED) {
+	    ForgetWatched(queuePtr, index, 1);
+	    return;
+	}
+	/* A silent one's handler sees its client go, as without -ready. */
+	break;
+    case CONN_HAS_DATA:
+	break;
+    }
+    message = entryPtr->message;
+    fd = ForgetWatched(queuePtr, index, 0);
+    MakePending(queuePtr, fd, &message);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * ReadQueue --
  *
  *	Accept thread, queueLock held: reads every message waiting on the
@@ -1318,7 +2002,9 @@ AcceptOneConnection(
  *	one of its asker's asks out again; a returned connection goes back
  *	into the pending list at its place in accept order, and the ready
  *	queue is drained into that list so that the returned one goes out
- *	before them. Anything else is discarded.
+ *	before them; a released connection is parked (watched) until its
+ *	next request, or pending at once if that has come. Anything else is
+ *	discarded.
  *
  * Results:
  *	1 once the queue is empty; 0 if a message has to stay queued because
@@ -1356,7 +2042,8 @@ ReadQueue(
 		|| message.magic != MESSAGE_MAGIC
 		|| !((message.kind == KIND_ASK && message.asker > UINT32_MAX)
 		    || (message.kind == KIND_WITHDRAW && fd < 0)
-		    || (message.kind == KIND_RETURN && fd >= 0))) {
+		    || (message.kind == KIND_RETURN && fd >= 0)
+		    || (message.kind == KIND_RELEASE && fd >= 0))) {
 	    /* Nobody here sends such a message: discard it. */
 	    queuePtr->lastErrno = EBADMSG;
 	    CloseFd(&fd);
@@ -1397,6 +2084,25 @@ ReadQueue(
 			    (queuePtr->numAsks - index) * sizeof(uint64_t));
 		    break;
 		}
+	    }
+	    break;
+	case KIND_RELEASE:
+	    /*
+	     * Its next request may be here already (pipelined): then it
+	     * goes out at once.
+	     */
+
+	    switch (Readiness(fd)) {
+	    case CONN_HAS_DATA:
+		MakePending(queuePtr, fd, &message);
+		break;
+	    case CONN_SILENT:
+		WatchConnection(queuePtr, fd, &message, WATCH_PARKED);
+		break;
+	    case CONN_HUNG_UP:
+		queuePtr->closed++;
+		close(fd);
+		break;
 	    }
 	    break;
 	default:
@@ -2957,6 +3663,7 @@ DeliverConnection(
     int i, code;
     Tcl_Channel chan;
     Tcl_Obj *cmdObj;
+    Delivered *deliveredPtr, **firstPtrPtr;
 
     if (getnameinfo((const struct sockaddr *) &messagePtr->addr,
 	    messagePtr->addrLen, host, sizeof(host), service,
@@ -2981,6 +3688,14 @@ DeliverConnection(
     }
     chan = Tcl_MakeTcpClientChannel((ClientData) (intptr_t) fd);
     Tcl_RegisterChannel(interp, chan);
+    deliveredPtr = (Delivered *) ckalloc(sizeof(Delivered));
+    deliveredPtr->chan = chan;
+    deliveredPtr->queuePtr = queuePtr;
+    deliveredPtr->message = *messagePtr;
+    firstPtrPtr = Tcl_GetThreadData(&deliveredKey, sizeof(Delivered *));
+    deliveredPtr->nextPtr = *firstPtrPtr;
+    *firstPtrPtr = deliveredPtr;
+    Tcl_CreateCloseHandler(chan, ForgetDelivered, deliveredPtr);
 
     /*
      * As Tcl's own 'socket -server' does: an extra reference keeps the
@@ -3020,6 +3735,152 @@ DeliverConnection(
     Tcl_UnregisterChannel(NULL, chan);
     Tcl_DecrRefCount(cmdObj);
     Tcl_Release(interp);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ForgetDelivered --
+ *
+ *	Close handler of a delivered connection's channel: it can no longer
+ *	be released.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	Frees its Delivered.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+ForgetDelivered(
+    ClientData clientData)
+{
+    Delivered *deliveredPtr = clientData;
+    Delivered **linkPtr = Tcl_GetThreadData(&deliveredKey,
+	    sizeof(Delivered *));
+
+    while (*linkPtr != deliveredPtr) {
+	linkPtr = &(*linkPtr)->nextPtr;
+    }
+    *linkPtr = deliveredPtr->nextPtr;
+    ckfree((char *) deliveredPtr);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ReleaseCmd --
+ *
+ *	$cmd release channel
+ *	A handler that answered a request gives its connection back to the
+ *	serving process instead of closing it: sent up the queue
+ *	(KIND_RELEASE), it is watched there and handed over again, to
+ *	whichever receiver asks first, when its client sends the next
+ *	request (ReadQueue, ServeWatched). Refused, the channel untouched,
+ *	for a channel that is not a connection from a queue, has a
+ *	transformation stacked on it, or holds unread input or unflushed
+ *	output: what Tcl buffered would be lost.
+ *
+ * Results:
+ *	TCL_OK with an empty result, or TCL_ERROR: -errorcode {SOCKETSERVER
+ *	NOTCONNECTION channel}, {SOCKETSERVER STACKED|UNREAD|UNFLUSHED port},
+ *	or POSIX if it could not be sent (the serving process is gone).
+ *
+ * Side effects:
+ *	Unless refused, the channel is closed in interp (as by 'close'),
+ *	whether or not the connection could be sent: one that could not is
+ *	closed, as its client would see from any server that went away.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+ReleaseCmd(
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    Tcl_Channel chan;
+    Delivered *deliveredPtr;
+    Message message;
+    ClientData handle;
+    const char *name, *code = NULL;
+    Queue *queuePtr;
+    int tries, error;
+
+    if (objc != 3) {
+	Tcl_WrongNumArgs(interp, 2, objv, "channel");
+	return TCL_ERROR;
+    }
+    name = Tcl_GetString(objv[2]);
+    chan = Tcl_GetChannel(interp, name, NULL);
+    if (chan == NULL) {
+	return TCL_ERROR;
+    }
+    for (deliveredPtr = *(Delivered **) Tcl_GetThreadData(&deliveredKey,
+	    sizeof(Delivered *)); deliveredPtr != NULL
+	    && deliveredPtr->chan != chan; deliveredPtr = deliveredPtr->nextPtr) {
+    }
+    if (deliveredPtr == NULL) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": not a "
+		"connection from a socketserver queue", name));
+	Tcl_SetErrorCode(interp, "SOCKETSERVER", "NOTCONNECTION", name, NULL);
+	return TCL_ERROR;
+    }
+    queuePtr = deliveredPtr->queuePtr;
+    if (Tcl_GetTopChannel(chan) != chan) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": a "
+		"transformation is stacked on it", name));
+	code = "STACKED";
+    } else if (Tcl_InputBuffered(chan) > 0) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": it "
+		"holds %d bytes of input not read yet", name,
+		(int) Tcl_InputBuffered(chan)));
+	code = "UNREAD";
+    } else if (Tcl_OutputBuffered(chan) > 0) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": it "
+		"holds %d bytes of output not flushed yet", name,
+		(int) Tcl_OutputBuffered(chan)));
+	code = "UNFLUSHED";
+    }
+    if (code != NULL) {
+	SetPortErrorCode(interp, code, queuePtr->port);
+	return TCL_ERROR;
+    }
+
+    /*
+     * The descriptor goes up the queue; closing the channel then closes
+     * only this process's copy (Tcl shuts nothing down).
+     */
+
+    Tcl_GetChannelHandle(chan, TCL_READABLE, &handle);
+    message = deliveredPtr->message;
+    message.kind = KIND_RELEASE;
+    error = 0;
+    for (tries = 0; tries < 2; tries++) {
+	error = (ancil_send_fd(queuePtr->askFds[1], (int) (intptr_t) handle,
+		&message, sizeof(message), MSG_DONTWAIT) == 0) ? 0 : errno;
+	if (tries == 0 && (error == EAGAIN || error == EWOULDBLOCK)) {
+	    WaitForRoom(queuePtr);
+	} else {
+	    break;
+	}
+    }
+    Tcl_DeleteCloseHandler(chan, ForgetDelivered, deliveredPtr);
+    ForgetDelivered(deliveredPtr);
+    Tcl_UnregisterChannel(interp, chan);
+    if (error != 0) {
+	errno = error;
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf("couldn't release \"%s\" to "
+		"the serving process of port %d: %s (the connection is "
+		"closed)", name, queuePtr->port, Tcl_PosixError(interp)));
+	return TCL_ERROR;
+    }
+    Tcl_ResetResult(interp);
+    return TCL_OK;
 }
 
 /*
@@ -3881,9 +4742,12 @@ ServerCmd(
     Tcl_Obj *const objv[])
 {
     static const char *const options[] = {
-	"-backlog", "-fd", "-myaddr", NULL
+	"-backlog", "-fd", "-keepalive", "-myaddr", "-ready", NULL
     };
-    enum options { OPT_BACKLOG, OPT_FD, OPT_MYADDR };
+    enum options { OPT_BACKLOG, OPT_FD, OPT_KEEPALIVE, OPT_MYADDR, OPT_READY };
+    uint64_t timeoutNs[WATCH_KINDS] = {0, DEFAULT_KEEPALIVE_NS};
+    struct rlimit limit;
+    double seconds;
     const char *myaddr = "0.0.0.0";
     char boundAddr[NI_MAXHOST];
     int backlog = SOMAXCONN, port = 0, boundPort, listenFd, i, index;
@@ -3937,11 +4801,27 @@ ServerCmd(
 	    myaddr = Tcl_GetString(objv[i]);
 	    bindOptions = 1;
 	    break;
+	case OPT_KEEPALIVE:
+	case OPT_READY:
+	    if (Tcl_GetDoubleFromObj(NULL, objv[i], &seconds) != TCL_OK
+		    || !(seconds >= 0 && seconds <= 86400)) {
+		Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+			"expected a number of seconds from 0 to 86400 for %s "
+			"but got \"%s\"", options[index],
+			Tcl_GetString(objv[i])));
+		Tcl_SetErrorCode(interp, "TCL", "VALUE",
+			(index == OPT_READY) ? "READY" : "KEEPALIVE", NULL);
+		return TCL_ERROR;
+	    }
+	    timeoutNs[(index == OPT_READY) ? WATCH_SILENT : WATCH_PARKED] =
+		    (uint64_t) (seconds * 1e9);
+	    break;
 	}
     }
     if ((adoptFd < 0 && i != objc - 1) || (adoptFd >= 0 && i < objc - 1)) {
 	Tcl_WrongNumArgs(interp, 2, objv,
-		"?-myaddr addr? ?-backlog n? port | -fd fd ?port?");
+		"?-ready s? ?-keepalive s? ?-myaddr addr? ?-backlog n? port "
+		"| -fd fd ?port?");
 	return TCL_ERROR;
     }
     if (adoptFd >= 0 && bindOptions) {
@@ -4036,6 +4916,18 @@ ServerCmd(
     }
     queuePtr->state = LISTENING;
     memcpy(queuePtr->myaddr, boundAddr, sizeof(queuePtr->myaddr));
+    memcpy(queuePtr->timeoutNs, timeoutNs, sizeof(timeoutNs));
+
+    /*
+     * Watched connections may take half the descriptors this process can
+     * have: the other half is the workers' and the application's.
+     */
+
+    queuePtr->watchLimit = WATCH_MAX;
+    if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY
+	    && limit.rlim_cur / 2 < WATCH_MAX) {
+	queuePtr->watchLimit = (int) (limit.rlim_cur / 2);
+    }
     if (adoptFd >= 0) {
 	AdoptPassed(queuePtr, adoptFd);
     }
@@ -4353,7 +5245,19 @@ AdoptPassed(
     if (port != queuePtr->port || fd != adoptFd) {
 	return;
     }
-    while (*end != '\0') {
+    for (;;) {
+	int kind = -1;
+
+	while (*end == ' ') {
+	    end++;
+	}
+	if (*end == 's' || *end == 'p') {
+	    kind = (*end == 's') ? WATCH_SILENT : WATCH_PARKED;
+	    end++;
+	}
+	if (!isdigit((unsigned char) *end)) {
+	    break;
+	}
 	fd = strtol(end, &end, 10);
 	memset(&message, 0, sizeof(message));
 	length = sizeof(type);
@@ -4371,12 +5275,12 @@ AdoptPassed(
 	}
 	fcntl((int) fd, F_SETFD, FD_CLOEXEC);
 	message.magic = MESSAGE_MAGIC;
-	message.kind = KIND_CONNECTION;
 	message.addrLen = length;
-	message.sequence = queuePtr->nextSequence++;
-	if (!AddPending(queuePtr, (int) fd, &message)) {
-	    queuePtr->lastErrno = ENOMEM;
-	    close((int) fd);
+	if (kind < 0 || queuePtr->timeoutNs[kind] == 0) {
+	    /* Pending, or watched for a time this program does not. */
+	    MakePending(queuePtr, (int) fd, &message);
+	} else {
+	    WatchConnection(queuePtr, (int) fd, &message, (WatchKind) kind);
 	}
     }
     unsetenv(LISTENER_ENV);
@@ -4535,6 +5439,7 @@ AddQueue(
 {
     Queue *queuePtr = (Queue *) ckalloc(sizeof(Queue));
     Queue **linkPtr = &firstQueuePtr;
+    int i;
 
     memset(queuePtr, 0, sizeof(Queue));
     queuePtr->port = port;
@@ -4549,6 +5454,11 @@ AddQueue(
     queuePtr->wakeFds[0] = queuePtr->wakeFds[1] = -1;
     queuePtr->pruneMark = PRUNE_MIN;
     queuePtr->state = NOT_LISTENING;
+    queuePtr->freeWatched = -1;
+    queuePtr->watchPollFd = -1;
+    for (i = 0; i < WATCH_KINDS; i++) {
+	queuePtr->firstWatched[i] = queuePtr->lastWatched[i] = -1;
+    }
     while (*linkPtr != NULL) {
 	linkPtr = &(*linkPtr)->nextPtr;
     }
@@ -4636,8 +5546,60 @@ CloseCmd(
 	return TCL_ERROR;
     }
     StopAccepting(queuePtr, NULL);
+
+    /*
+     * Nothing to read on them: no worker can serve them. Their clients
+     * see the server close, as from any server that stops.
+     */
+
+    pthread_mutex_lock(&queueLock);
+    CloseAllWatched(queuePtr, 1);
+    pthread_mutex_unlock(&queueLock);
     Tcl_ResetResult(interp);
     return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * KeepAcrossExec --
+ *
+ *	queueLock held, 'reexec': makes every connection not handed over
+ *	yet, pending or watched, stay open across an exec (keep 1), or no
+ *	longer (keep 0, the exec failed).
+ *
+ * Results:
+ *	0, or the errno value of the first that failed.
+ *
+ * Side effects:
+ *	Changes their close-on-exec flags.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+KeepAcrossExec(
+    Queue *queuePtr,
+    int keep)
+{
+    int i, kind, index, error = 0;
+
+    for (i = 0; i < queuePtr->numPending; i++) {
+	if (fcntl(queuePtr->pending[i].fd, F_SETFD, keep ? 0 : FD_CLOEXEC) < 0
+		&& error == 0) {
+	    error = errno;
+	}
+    }
+    for (kind = 0; kind < WATCH_KINDS; kind++) {
+	for (index = queuePtr->firstWatched[kind]; index >= 0;
+		index = queuePtr->watched[index].next) {
+	    if (fcntl(queuePtr->watched[index].fd, F_SETFD,
+		    keep ? 0 : FD_CLOEXEC) < 0 && error == 0) {
+		error = errno;
+	    }
+	}
+    }
+    return error;
 }
 
 /*
@@ -4678,7 +5640,7 @@ ReexecCmd(
     const char **argv;
     Tcl_Obj *valueObj;
     sigset_t scripted, oldMask;
-    int port, listenFd, i, error;
+    int port, listenFd, i, error, kind, index;
 
     if (objc < 4) {
 	Tcl_WrongNumArgs(interp, 2, objv, "port command ?arg ...?");
@@ -4705,6 +5667,14 @@ ReexecCmd(
     DrainReady(queuePtr);
     for (i = 0; i < queuePtr->numPending; i++) {
 	Tcl_AppendPrintfToObj(valueObj, " %d", queuePtr->pending[i].fd);
+    }
+    for (kind = 0; kind < WATCH_KINDS; kind++) {
+	for (index = queuePtr->firstWatched[kind]; index >= 0;
+		index = queuePtr->watched[index].next) {
+	    Tcl_AppendPrintfToObj(valueObj, " %c%d",
+		    (kind == WATCH_SILENT) ? 's' : 'p',
+		    queuePtr->watched[index].fd);
+	}
     }
     queuePtr->state = LISTENING;
     pthread_mutex_unlock(&queueLock);
@@ -4733,13 +5703,8 @@ ReexecCmd(
     }
     pthread_mutex_unlock(&signalLock);
     pthread_sigmask(SIG_BLOCK, &scripted, &oldMask);
-    error = 0;
     pthread_mutex_lock(&queueLock);
-    for (i = 0; i < queuePtr->numPending && error == 0; i++) {
-	if (fcntl(queuePtr->pending[i].fd, F_SETFD, 0) < 0) {
-	    error = errno;
-	}
-    }
+    error = KeepAcrossExec(queuePtr, 1);
     pthread_mutex_unlock(&queueLock);
     if (error == 0 && fcntl(listenFd, F_SETFD, 0) == 0) {
 	execvp(argv[0], (char *const *) argv);
@@ -4750,9 +5715,7 @@ ReexecCmd(
     pthread_sigmask(SIG_SETMASK, &oldMask, NULL);
     fcntl(listenFd, F_SETFD, FD_CLOEXEC);
     pthread_mutex_lock(&queueLock);
-    for (i = 0; i < queuePtr->numPending; i++) {
-	fcntl(queuePtr->pending[i].fd, F_SETFD, FD_CLOEXEC);
-    }
+    KeepAcrossExec(queuePtr, 0);
     pthread_mutex_unlock(&queueLock);
     Tcl_UnsetVar2(interp, "env", LISTENER_ENV, TCL_GLOBAL_ONLY);
     ckfree((char *) argv);
@@ -4851,6 +5814,11 @@ InfoCmd(
     PUT("waiting", Tcl_NewIntObj(queuePtr->numAsks));
     PUT("queued", Tcl_NewIntObj(queuePtr->numPending
 	    + readyBytes / (int) sizeof(Message)));
+    PUT("watching", Tcl_NewIntObj(queuePtr->numWatched[WATCH_SILENT]
+	    + queuePtr->numWatched[WATCH_PARKED]));
+    PUT("parked", Tcl_NewIntObj(queuePtr->numWatched[WATCH_PARKED]));
+    PUT("closed", Tcl_NewLongObj(queuePtr->closed));
+    PUT("watchlimit", Tcl_NewIntObj(queuePtr->watchLimit));
     errno = queuePtr->lastErrno;
     PUT("lasterror", Tcl_NewStringObj(errno ? Tcl_ErrnoId() : "", -1));
     pthread_mutex_unlock(&queueLock);
@@ -6315,12 +7283,12 @@ SocketserverObjCmd(
     Tcl_Obj *const objv[])
 {
     static const char *const subcommands[] = {
-	"cancel", "client", "close", "info", "reexec", "server", "spawn",
-	NULL
+	"cancel", "client", "close", "info", "reexec", "release", "server",
+	"spawn", NULL
     };
     enum subcommands {
-	SUB_CANCEL, SUB_CLIENT, SUB_CLOSE, SUB_INFO, SUB_REEXEC, SUB_SERVER,
-	SUB_SPAWN
+	SUB_CANCEL, SUB_CLIENT, SUB_CLOSE, SUB_INFO, SUB_REEXEC, SUB_RELEASE,
+	SUB_SERVER, SUB_SPAWN
     };
     InterpData *dataPtr = clientData;
     int index;
@@ -6350,8 +7318,12 @@ SocketserverObjCmd(
     case SUB_REEXEC:
 	/* $cmd reexec port command ?arg ...? */
 	return ReexecCmd(interp, objc, objv);
+    case SUB_RELEASE:
+	/* $cmd release channel */
+	return ReleaseCmd(interp, objc, objv);
     case SUB_SERVER:
-	/* $cmd server ?-myaddr addr? ?-backlog n? port | -fd fd ?port? */
+	/* $cmd server ?-ready s? ?-keepalive s? ?-myaddr addr? ?-backlog n?
+	 * port | -fd fd ?port? */
 	return ServerCmd(interp, objc, objv);
     case SUB_SPAWN:
 	/* $cmd spawn command ?arg ...? */
