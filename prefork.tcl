@@ -1394,7 +1394,9 @@ proc ::socketserver::prefork::Status {} {
 	}
 	Log $line
     }
-    set line "queue: [dict get $info waiting] workers waiting, [dict get $info queued] connections queued"
+    set line "queue: [dict get $info waiting] workers waiting, [dict get $info queued] connections queued,\
+	    [dict get $info watching] watched ([dict get $info parked] parked), [dict get $info closed]\
+	    closed unanswered"
     if {[dict get $info lasterror] ne ""} {
 	append line ", last error [dict get $info lasterror]"
     }

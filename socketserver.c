@@ -263,7 +263,10 @@ typedef struct Slot {
 
 #define NOT_LISTENING	0	/* No listener, no accept thread. */
 #define LISTENING	1	/* Listener open, accept thread running. */
-#define STOPPING	2	/* 'close' is joining the accept thread. */
+#define DRAINING	2	/* 'close' closed the listener; the accept
+				 * thread hands over what is pending, then
+				 * ends, detached (NOT_LISTENING). */
+#define STOPPING	3	/* The accept thread is being joined. */
 
 /*
  * One queue per port, process-wide, never freed: workers forked earlier
@@ -297,7 +300,8 @@ typedef struct Queue {
 				 * (WaitIdle), while it runs; else -1. (L) */
     int wakeFds[2];		/* Pipe whose read end, when readable, tells
 				 * the accept thread to stop. (L) */
-    int state;			/* NOT_LISTENING, LISTENING or STOPPING. (L) */
+    int state;			/* NOT_LISTENING, LISTENING, DRAINING or
+				 * STOPPING. (L) */
     pthread_t thread;		/* The accept thread, when state isn't
 				 * NOT_LISTENING. */
     char myaddr[NI_MAXHOST];	/* Numeric address last listened on. (L) */
@@ -748,6 +752,9 @@ static int		SocketserverObjCmd(ClientData clientData,
 static int		StartAccepting(Tcl_Interp *interp, Queue *queuePtr,
 			    int listenFd);
 static void		StopAccepting(Queue *queuePtr, int *listenFdPtr);
+static int		ToldToStop(Queue *queuePtr);
+static int		Drained(Queue *queuePtr);
+static void		FinishDraining(Queue *queuePtr);
 static int		ClaimListening(Tcl_Interp *interp, Tcl_Obj *objPtr,
 			    Queue **queuePtrPtr);
 static int		WaitFor(Queue *queuePtr, int fd, short events,
@@ -965,7 +972,7 @@ FinalizeServers(
     pthread_mutex_lock(&queueLock);
     for (queuePtr = firstQueuePtr; queuePtr != NULL;
 	    queuePtr = queuePtr->nextPtr) {
-	if (queuePtr->state == LISTENING) {
+	if (queuePtr->state != NOT_LISTENING) {
 	    queuePtr->state = STOPPING;
 	    pthread_mutex_unlock(&queueLock);
 	    StopAccepting(queuePtr, NULL);
@@ -1208,6 +1215,10 @@ AcceptConnections(
 	if (!PendingAfterDrain(queuePtr)) {
 	    int listenReady, askReady;
 
+	    if (Drained(queuePtr)) {
+		break;
+	    }
+
 	    /*
 	     * Idle: wait for a connection, and read asks as they come so
 	     * that the next connection needs no extra wake-up.
@@ -1295,7 +1306,10 @@ WaitIdle(
     for (i = 0; i < n; i++) {
 	switch (events[i].data.u64) {
 	case ACCEPT_STOP:
-	    return 0;
+	    if (ToldToStop(queuePtr)) {
+		return 0;
+	    }
+	    break;
 	case ACCEPT_LISTEN:
 	    *listenReadyPtr = 1;
 	    break;
@@ -1338,7 +1352,7 @@ WaitIdle(
     }
     *listenReadyPtr = (fds[1].revents != 0);
     *askReadyPtr = (fds[2].revents != 0);
-    return (fds[0].revents == 0);
+    return (fds[0].revents == 0 || !ToldToStop(queuePtr));
 #endif
 }
 
@@ -1409,7 +1423,7 @@ WaitFor(
 #endif
 	pthread_mutex_unlock(&queueLock);
     }
-    return (fds[0].revents == 0);
+    return (fds[0].revents == 0 || !ToldToStop(queuePtr));
 }
 
 /*
@@ -1443,6 +1457,11 @@ AcceptOneConnection(
 
     memset(&message, 0, sizeof(message));
     pthread_mutex_lock(&queueLock);
+    if (queuePtr->listenFd < 0) {
+	/* 'close' closed it (DRAINING) after the wait saw it readable. */
+	pthread_mutex_unlock(&queueLock);
+	return 0;
+    }
     fd = accept4(queuePtr->listenFd, (struct sockaddr *) &message.addr,
 	    &addrLen, SOCK_CLOEXEC);
     if (fd >= 0) {
@@ -1598,7 +1617,8 @@ WatchConnection(
     int index, error = 0;
     struct timespec now;
 
-    if (queuePtr->timeoutNs[kind] == 0) {
+    if (queuePtr->timeoutNs[kind] == 0 || queuePtr->state != LISTENING) {
+	/* No keep-alive; or the server is closed: nobody would serve it. */
 	queuePtr->closed++;
 	close(fd);
 	return;
@@ -2690,11 +2710,115 @@ HandOverFirstPending(
 /*
  *----------------------------------------------------------------------
  *
+ * ToldToStop --
+ *
+ *	Accept thread: its stop pipe is readable. While DRAINING that only
+ *	says 'close' closed the listener: the thread reads the pipe empty
+ *	and goes on.
+ *
+ * Results:
+ *	1 if the thread must stop, 0 if it goes on draining.
+ *
+ * Side effects:
+ *	See above.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+ToldToStop(
+    Queue *queuePtr)
+{
+    char bytes[16];
+    int stop;
+
+    pthread_mutex_lock(&queueLock);
+    stop = (queuePtr->state != DRAINING);
+    if (!stop) {
+	/* Readable: read() returns at once. */
+	if (read(queuePtr->wakeFds[0], bytes, sizeof(bytes)) < 0) {
+	    queuePtr->lastErrno = errno;
+	}
+    }
+    pthread_mutex_unlock(&queueLock);
+    return stop;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * Drained --
+ *
+ *	Accept thread, nothing pending: whether it is DRAINING, then done.
+ *
+ * Results:
+ *	1 if the thread ends now, else 0.
+ *
+ * Side effects:
+ *	A drained thread closes what it waited with and detaches itself:
+ *	nobody joins it, the queue is NOT_LISTENING.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+Drained(
+    Queue *queuePtr)
+{
+    int drained;
+
+    pthread_mutex_lock(&queueLock);
+    drained = (queuePtr->state == DRAINING);
+    if (drained) {
+	CloseFd(&queuePtr->pollFd);
+	CloseFd(&queuePtr->wakeFds[0]);
+	CloseFd(&queuePtr->wakeFds[1]);
+	queuePtr->state = NOT_LISTENING;
+	pthread_detach(pthread_self());
+    }
+    pthread_mutex_unlock(&queueLock);
+    return drained;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * FinishDraining --
+ *
+ *	queueLock held: if the accept thread of queuePtr is still draining
+ *	after 'close', stops and joins it (StopAccepting), so that the port
+ *	can be listened on again, with what is still pending going first.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	Releases and takes queueLock again while it joins.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+FinishDraining(
+    Queue *queuePtr)
+{
+    if (queuePtr->state == DRAINING) {
+	queuePtr->state = STOPPING;
+	pthread_mutex_unlock(&queueLock);
+	StopAccepting(queuePtr, NULL);
+	pthread_mutex_lock(&queueLock);
+    }
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * StopAccepting --
  *
  *	Stops and joins the accept thread of queuePtr, then closes its
  *	listener, or with listenFdPtr not NULL hands it to the caller. The
- *	caller has set the state to STOPPING (ClaimListening).
+ *	caller has set the state to STOPPING (ClaimListening,
+ *	FinishDraining).
  *
  * Results:
  *	None.
@@ -2719,7 +2843,7 @@ StopAccepting(
     do {
 	written = write(queuePtr->wakeFds[1], "x", 1);
     } while (written < 0 && errno == EINTR);
-    /* A new, empty pipe always takes one byte. */
+    /* A new pipe always takes these one or two bytes. */
     pthread_join(queuePtr->thread, NULL);
 
     while (PendingAfterDrain(queuePtr)
@@ -5493,6 +5617,8 @@ ClaimRefused(
     Tcl_Interp *interp,
     Queue *queuePtr)
 {
+    /* Closed, but its accept thread may still be handing over. */
+    FinishDraining(queuePtr);
     if (queuePtr->state != NOT_LISTENING) {
 	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
 		"couldn't open socket on port %d: this process is already "
@@ -5524,8 +5650,11 @@ ClaimRefused(
  *	NOTLISTENING port} if this process does not listen on port).
  *
  * Side effects:
- *	See StopAccepting. The queue stays: a later 'server port' resumes
- *	into it.
+ *	The listener is closed: new connections are refused. Those accepted
+ *	and not handed over yet go to the next receivers that ask, here or
+ *	in any worker (the accept thread drains them, then ends); watched
+ *	ones are closed. The queue stays: a later 'server port' resumes into
+ *	it, with what is still pending then going first.
  *
  *----------------------------------------------------------------------
  */
@@ -5537,6 +5666,7 @@ CloseCmd(
     Tcl_Obj *const objv[])
 {
     Queue *queuePtr;
+    ssize_t written;
 
     if (objc != 3) {
 	Tcl_WrongNumArgs(interp, 2, objv, "port");
@@ -5545,16 +5675,24 @@ CloseCmd(
     if (ClaimListening(interp, objv[2], &queuePtr) != TCL_OK) {
 	return TCL_ERROR;
     }
-    StopAccepting(queuePtr, NULL);
 
     /*
-     * Nothing to read on them: no worker can serve them. Their clients
-     * see the server close, as from any server that stops.
+     * New connections are refused from here on. The accept thread goes on
+     * handing over those it accepted, to whichever receiver asks, and ends
+     * once none is left (DRAINING): they may be more than the ready queue
+     * holds, and no receiver of another process could take them from
+     * here. The watched ones have not asked anything: their clients see
+     * the server close, as from any server that stops.
      */
 
     pthread_mutex_lock(&queueLock);
+    queuePtr->state = DRAINING;
+    CloseFd(&queuePtr->listenFd);
     CloseAllWatched(queuePtr, 1);
     pthread_mutex_unlock(&queueLock);
+    do {
+	written = write(queuePtr->wakeFds[1], "x", 1);
+    } while (written < 0 && errno == EINTR);
     Tcl_ResetResult(interp);
     return TCL_OK;
 }

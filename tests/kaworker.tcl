@@ -1,0 +1,90 @@
+# kaworker.tcl ?-log file? ?port? --
+#
+#	A keep-alive worker that the tests start with '::socketserver::socket
+#	spawn'. For each connection it is handed, it answers one line with
+#	"PID SEQ LINE" (SEQ counts the connections this worker has taken:
+#	a (PID, SEQ) seen twice is one hand-over answered twice), then gives
+#	the connection back with 'release' and asks again. Lines that do
+#	more:
+#
+#	    close	answers, then closes the connection.
+#	    unread	answers, then tries 'release' with the next line still
+#			in Tcl's buffer: answers "PID SEQ refused ERRORCODE",
+#			then answers that next line and releases.
+#	    unflushed	tries 'release' with its answer not flushed: answers
+#			"PID SEQ refused ERRORCODE" once flushed, releases.
+#	    again	releases, then calls 'release' on the gone channel and
+#			'close' of it: prints "again RESULT RESULT" on stdout.
+#
+#	Prints "ready PID" once it has asked; background errors go to
+#	stdout as "bgerror MESSAGE ERRORCODE"; it leaves on SOCKETSERVER
+#	CLOSED.
+
+set port $argv
+set argv {}
+package require socketserver
+
+set seq 0
+interp bgerror {} [list apply {{msg opts} {
+    set code [dict get $opts -errorcode]
+    catch {
+	puts [list bgerror $msg $code]
+	flush stdout
+    }
+    if {[lrange $code 0 1] eq {SOCKETSERVER CLOSED}} {
+	exit 0
+    }
+}}]
+
+proc ask {} {
+    ::socketserver::socket client {*}[expr {$::port eq "" ? "" : [list -port $::port]}] serve
+}
+
+proc serve {chan addr peerport} {
+    incr ::seq
+    fconfigure $chan -buffering line -translation lf -blocking 1
+    set line [gets $chan]
+    if {$line eq "" && [eof $chan]} {
+	close $chan
+	return [ask]
+    }
+    set me "[pid] $::seq"
+    switch -- $line {
+	close {
+	    puts $chan "$me $line"
+	    close $chan
+	    return [ask]
+	}
+	unread {
+	    puts $chan "$me $line"
+	    catch {::socketserver::socket release $chan} msg opts
+	    puts $chan "$me refused [dict get $opts -errorcode]"
+	    puts $chan "$me [gets $chan]"
+	}
+	unflushed {
+	    fconfigure $chan -buffering full
+	    puts $chan "$me $line"
+	    catch {::socketserver::socket release $chan} msg opts
+	    puts $chan "$me refused [dict get $opts -errorcode]"
+	    flush $chan
+	}
+	again {
+	    puts $chan "$me $line"
+	    ::socketserver::socket release $chan
+	    puts [list again [catch {::socketserver::socket release $chan}] \
+		[catch {close $chan}]]
+	    flush stdout
+	    return [ask]
+	}
+	default {
+	    puts $chan "$me $line"
+	}
+    }
+    ::socketserver::socket release $chan
+    ask
+}
+
+ask
+puts "ready [pid]"
+flush stdout
+vwait forever
