@@ -1,16 +1,20 @@
-# rivet.tcl WORKERS WORK DIR --
+# rivet.tcl WORKERS WORK DIR ?HTTP? --
 #
 #	Apache with mod_rivet, the multi-process Tcl web server Tcl users run
-#	instead: the prefork MPM with exactly WORKERS children, KeepAlive
-#	off, no access log, everything in the new directory DIR (which the
-#	caller removes).
+#	instead: the prefork MPM with exactly WORKERS children, no access
+#	log, everything in the new directory DIR (which the caller removes).
+#	HTTP is oneshot (the default: KeepAlive Off) or keepalive (KeepAlive
+#	On, MaxKeepAliveRequests 0, that is unlimited, and the 5 s bound of
+#	tcl_server.tcl's keepalive handlers on every wait for a client, as
+#	KeepAliveTimeout 5 and Timeout 5: a child holds a connection, and
+#	serves no other, until then).
 #	The page does the same work and sends the same body as
 #	tcl_server.tcl's handler (see there for WORK). Apache runs in the
 #	foreground, a child of this script, so it and its children stay in
 #	the benchmark's process group. Prints "ready PORT" once Apache
 #	answers; the benchmark stops it by killing the process group.
 
-lassign $argv workers work dir
+lassign [concat $argv oneshot] workers work dir http
 
 file mkdir $dir/www
 file attributes $dir -permissions 0755
@@ -34,8 +38,16 @@ puts -nonewline $f "<?\n$code\nputs -nonewline \"$body\"\n?>"
 close $f
 
 set modules /usr/lib/apache2/modules
+set keepalive [dict get {
+    oneshot {KeepAlive Off}
+    keepalive {KeepAlive On
+MaxKeepAliveRequests 0
+KeepAliveTimeout 5
+Timeout 5}
+} $http]
 set f [open $dir/httpd.conf w]
-puts $f [string map [list @DIR@ $dir @PORT@ $port @W@ $workers @MOD@ $modules] {
+puts $f [string map [list @DIR@ $dir @PORT@ $port @W@ $workers @MOD@ $modules \
+	@KEEPALIVE@ $keepalive] {
 LoadModule mpm_prefork_module @MOD@/mod_mpm_prefork.so
 LoadModule authz_core_module @MOD@/mod_authz_core.so
 LoadModule mime_module @MOD@/mod_mime.so
@@ -57,7 +69,7 @@ MaxSpareServers @W@
 ServerLimit @W@
 MaxRequestWorkers @W@
 MaxConnectionsPerChild 0
-KeepAlive Off
+@KEEPALIVE@
 DocumentRoot @DIR@/www
 DirectoryIndex index.rvt
 <Directory @DIR@/www>
@@ -75,13 +87,27 @@ for {set i 0} {$i < 200} {incr i} {
     }
     after 50
 }
-# Every child up before the clock runs.
+
+# children pid --
+#	How many processes have pid as their parent (from /proc/PID/stat).
 proc children {pid} {
-    if {[catch {exec pgrep -P $pid} pids]} {
-	return 0
+    set n 0
+    foreach stat [glob -nocomplain /proc/\[0-9\]*/stat] {
+	if {[catch {
+	    set f [open $stat]
+	    set text [read $f]
+	    close $f
+	}]} {
+	    continue
+	}
+	if {[lindex [string range $text [string last ) $text]+2 end] 1] == $pid} {
+	    incr n
+	}
     }
-    llength $pids
+    return $n
 }
+
+# Every child up before the clock runs.
 while {[children [pid $apache]] < $workers && $i < 400} {
     incr i
     after 50

@@ -2,17 +2,21 @@
 #
 #	Benchmarks socketserver against Tcl's own servers and a C ceiling,
 #	side by side in one run, with wrk opening a new connection per
-#	request (-H 'Connection: close'). Prints one markdown table.
+#	request (-H 'Connection: close'), except in the keepalive scenario.
+#	Prints markdown tables.
 #
 #	Settings (environment): BENCH_DURATION seconds per row (default 3),
 #	BENCH_ROUNDS rounds, interleaved, whose medians are reported
 #	(default 3),
 #	BENCH_WORKERS worker counts for the overhead scenario (default
 #	"2 8 32 64"), BENCH_SCENARIOS (default "handoff overhead blocking
-#	cpu uneven supervisor"), BENCH_BASELINE directories (a list) each holding another
+#	cpu uneven supervisor keepalive slowclient"), BENCH_SILENT silent
+#	connections in the slowclient scenario (default 64, at most 1000),
+#	BENCH_BASELINE directories (a list) each holding another
 #	build of the package (pkgIndex.tcl and library), measured in rows of
 #	their own beside this one: to compare a change with what it
-#	replaces.
+#	replaces (not in the keepalive and slowclient scenarios, which need
+#	::socketserver::socket release and -ready).
 #
 #	The handoff scenario measures the hand-off alone: one client, one
 #	connection at a time, 8 idle workers, and per thread role the CPU
@@ -26,6 +30,43 @@
 #	served), the inherited-listener pre-fork, a C server with one
 #	SO_REUSEPORT listener per worker (the kernel hashes), and Node's
 #	cluster (round-robin push), with p50, p99 and p99.9 latency.
+#
+#	The keepalive and slowclient scenarios run every server with an
+#	HTTP/1.1 keep-alive handler (Content-Length; the connection stays
+#	open unless the client says "Connection: close"; every wait for a
+#	request, the first too, bounded by 5 s): socketserver started with
+#	-ready 5 -keepalive 5, its worker releasing the connection to the
+#	serving process after each answer ([::socketserver::socket
+#	release]); Tcl's own one-process server event-driven, a fileevent
+#	per connection; the inherited-listener pre-fork serving the
+#	connection a child accepted to its end; Apache prefork + mod_rivet
+#	with KeepAlive On, MaxKeepAliveRequests 0 (unlimited),
+#	KeepAliveTimeout 5 and Timeout 5 (bench/tcl_server.tcl and
+#	bench/rivet.tcl). wrk's --timeout is 1 s there: its "timeouts" are
+#	the requests answered later than that (left out of its latencies).
+#	wrk counts no request that is never answered: "waiting" is how many
+#	connections the server had not accepted, in its listening socket's
+#	queue (/proc/net/tcp), the median of readings every 100 ms during
+#	the load (with a connection per request a few are always there
+#	between two accepts).
+#	    keepalive   wrk's own keep-alive (no Connection: close), 64
+#	                connections, 4 and 16 workers (and the one-process
+#	                server). A pre-fork child, and an Apache child, holds
+#	                one connection until the client closes it: the other
+#	                connections are never answered, and show as
+#	                "waiting".
+#	    slowclient  BENCH_SILENT connections that connect and send
+#	                nothing, held by bench/silent.tcl for the whole row
+#	                (each one the server closes is opened again), beside
+#	                the connection-per-request load of 16 clients; 4
+#	                workers. socketserver is measured without them too:
+#	                its p99 with them should not change, where a
+#	                pre-fork child waits (5 s) on each one it accepts. A
+#	                row that answered nothing shows "stalled". Apache
+#	                on Linux accepts a connection only once data came
+#	                (its default AcceptFilter http data, TCP_DEFER_ACCEPT
+#	                for 30 s or so): its children never see these
+#	                clients within a row.
 #
 #	The supervisor scenario runs the socketserver contender under its
 #	supervisor, socketserver::prefork (8 workers), beside the bare one:
@@ -46,7 +87,12 @@ package require socketserver
 set duration [expr {[info exists env(BENCH_DURATION)] ? $env(BENCH_DURATION) : 3}]
 set rounds [expr {[info exists env(BENCH_ROUNDS)] ? $env(BENCH_ROUNDS) : 3}]
 set overheadWorkers [expr {[info exists env(BENCH_WORKERS)] ? $env(BENCH_WORKERS) : "2 8 32 64"}]
-set scenarios [expr {[info exists env(BENCH_SCENARIOS)] ? $env(BENCH_SCENARIOS) : "handoff overhead blocking cpu uneven supervisor"}]
+set scenarios [expr {[info exists env(BENCH_SCENARIOS)] ? $env(BENCH_SCENARIOS) : "handoff overhead blocking cpu uneven supervisor keepalive slowclient"}]
+set silentClients [expr {[info exists env(BENCH_SILENT)] ? $env(BENCH_SILENT) : 64}]
+if {![string is integer -strict $silentClients] || $silentClients < 1 || $silentClients > 1000} {
+    puts stderr "BENCH_SILENT must be a number of connections from 1 to 1000"
+    exit 2
+}
 set baselines [expr {[info exists env(BENCH_BASELINE)] ? [lmap dir $env(BENCH_BASELINE) {file normalize $dir}] : {}}]
 
 # groupProcesses pgid --
@@ -169,10 +215,77 @@ proc toMs {text} {
     expr {$value * [dict get {us 0.001 ms 1.0 s 1000.0} $unit]}
 }
 
-# measure label design workers work connections --
-#	Starts one server, loads it with wrk, stops it; returns a row dict.
-proc measure {scenario design workers work connections} {
+# listenQueue port --
+#	How many connections to 127.0.0.1:port wait in its listening
+#	socket's queue, which the server has not accepted (the rx_queue
+#	field of a LISTEN line of /proc/net/tcp); 0 if there is no such
+#	socket.
+proc listenQueue {port} {
+    set f [open /proc/net/tcp]
+    set lines [split [read $f] \n]
+    close $f
+    set local [format 0100007F:%04X $port]
+    foreach line [lrange $lines 1 end] {
+	lassign $line sl address remote state queues
+	if {$address eq $local && $state eq "0A"} {
+	    return [expr {"0x[lindex [split $queues :] 1]"}]
+	}
+    }
+    return 0
+}
+
+# runWrk arguments port --
+#	Runs wrk with those arguments; meanwhile, every 100 ms after the
+#	first 500, reads how many connections wait unaccepted in the queue
+#	of port's listener (wrk itself counts no request that is never
+#	answered). Returns {output waiting}: wrk's output (with its errors:
+#	it fails when it cannot connect at all) and the median of those
+#	readings. wrk stops after its duration whatever the server does;
+#	should it not have exited 30 s later, it is killed.
+proc runWrk {arguments port} {
+    global duration
+    set pipe [open |[list wrk {*}$arguments 2>@1] r]
+    fconfigure $pipe -blocking 0
+    set ::wrkOutput ""
+    set ::wrkDone 0
+    fileevent $pipe readable [list apply {{pipe} {
+	append ::wrkOutput [read $pipe]
+	if {[eof $pipe]} {
+	    set ::wrkDone 1
+	}
+    }} $pipe]
+    set readings {}
+    set start [clock milliseconds]
+    set limit [expr {$start + ($duration + 30) * 1000}]
+    while {!$::wrkDone && [clock milliseconds] < $limit} {
+	set timer [after 100 {set ::wrkDone $::wrkDone}]
+	vwait ::wrkDone
+	after cancel $timer
+	set now [clock milliseconds]
+	if {!$::wrkDone && $now >= $start + 500 && $now <= $start + $duration * 1000} {
+	    lappend readings [listenQueue $port]
+	}
+    }
+    fileevent $pipe readable {}
+    if {!$::wrkDone} {
+	foreach process [pid $pipe] {
+	    catch {::socketserver::kill KILL $process}
+	}
+	append ::wrkOutput "\nwrk killed: still running [expr {$duration + 30}] s after it started"
+    }
+    fconfigure $pipe -blocking 1
+    catch {close $pipe}
+    list $::wrkOutput [expr {[llength $readings] ? [median $readings] : 0}]
+}
+
+# measure scenario design workers work connections ?silent? --
+#	Starts one server (and, if silent > 0, that many silent
+#	connections to it), loads it with wrk, stops it all (on an error
+#	too); returns a row dict.
+proc measure {scenario design workers work connections {silent 0}} {
     global here duration
+    # The servers' handlers: HTTP/1.0 one-shot, or HTTP/1.1 keep-alive.
+    set http [expr {$scenario in {keepalive slowclient} ? "keepalive" : "oneshot"}]
     if {$design eq "c"} {
 	set command [list [file join $here c_reference] $workers 0 $work]
     } elseif {$design eq "reuseport"} {
@@ -187,49 +300,76 @@ proc measure {scenario design workers work connections} {
 	    socketserver-bench-rivet-[pid]]
 	file delete -force $rivetDir
 	set command [list [info nameofexecutable] [file join $here rivet.tcl] \
-	    $workers $work $rivetDir]
+	    $workers $work $rivetDir $http]
     } elseif {[regexp {^base(\d+)(-supervised)?$} $design -> i supervised]} {
 	set command [list env TCLLIBPATH=[lindex $::baselines $i] [info nameofexecutable] \
 	    [file join $here tcl_server.tcl] \
 	    [expr {$supervised eq "" ? "socketserver" : "supervised"}] $workers 0 $work]
     } else {
 	set command [list [info nameofexecutable] [file join $here tcl_server.tcl] \
-	    $design $workers 0 $work]
+	    $design $workers 0 $work $http]
+    }
+    set options [list -H "Connection: close"]
+    if {$scenario eq "keepalive"} {
+	set options {}
+    }
+    if {$http eq "keepalive"} {
+	lappend options --timeout 1s
     }
     lassign [startServer $command] pipe pgid port
-    # Let forked workers reach their first request before the clock runs.
-    after 300
-    set threadsBefore [threadsOfGroup $pgid]
-    set wrk [exec wrk -t [expr {min(2, $connections)}] -c $connections -d ${duration}s --latency \
-	-s [file join $here p999.lua] -H "Connection: close" \
-	http://127.0.0.1:$port/]
-    set threadsAfter [threadsOfGroup $pgid]
-    stopServer $pipe $pgid
-    if {[info exists rivetDir]} {
-	file delete -force $rivetDir
+    try {
+	# Let forked workers reach their first request before the clock
+	# runs.
+	after 300
+	if {$silent > 0} {
+	    # Bounded in time too, should this process die before it
+	    # stops them.
+	    lassign [startServer [list [info nameofexecutable] [file join $here silent.tcl] \
+		$port $silent [expr {$duration + 60}]]] silentPipe silentPgid
+	    after 200
+	}
+	set threadsBefore [threadsOfGroup $pgid]
+	lassign [runWrk [list -t [expr {min(2, $connections)}] -c $connections \
+	    -d ${duration}s --latency -s [file join $here p999.lua] {*}$options \
+	    http://127.0.0.1:$port/] $port] wrk waiting
+	set threadsAfter [threadsOfGroup $pgid]
+    } finally {
+	if {[info exists silentPipe]} {
+	    stopServer $silentPipe $silentPgid
+	}
+	stopServer $pipe $pgid
+	if {[info exists rivetDir]} {
+	    file delete -force $rivetDir
+	}
     }
 
+    set requests 0
+    set rps 0
     regexp {(\d+) requests in} $wrk -> requests
     regexp {Requests/sec:\s+([\d.]+)} $wrk -> rps
     set errors 0
+    set timeouts 0
     if {[regexp {Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)} \
-	    $wrk -> c r w t]} {
-	set errors [expr {$c + $r + $w + $t}]
+	    $wrk -> c r w timeouts]} {
+	set errors [expr {$c + $r + $w + $timeouts}]
     }
     if {[regexp {Non-2xx or 3xx responses: (\d+)} $wrk -> bad]} {
 	incr errors $bad
     }
+    set p50 0us
+    set p99 0us
     regexp {\n\s+50%\s+(\S+)} $wrk -> p50
     regexp {\n\s+99%\s+(\S+)} $wrk -> p99
     set p999 0
     regexp {p99.9: (\d+)} $wrk -> p999
     set cpu [expr {$requests > 0
 	? ([totalNs $threadsAfter] - [totalNs $threadsBefore]) / 1e3 / $requests : 0}]
-    puts stderr [format "  %-9s %-12s W=%-3s %8.0f req/s %6.1f us/req" \
-	$scenario $design $workers $rps $cpu]
-    set row [dict create scenario $scenario design $design workers $workers \
-	rps $rps errors $errors cpu $cpu p50 [toMs $p50] p99 [toMs $p99] \
-	p999 [expr {$p999 / 1000.0}]]
+    puts stderr [format "  %-10s %-12s W=%-3s %8.0f req/s %6.1f us/req%s" \
+	$scenario $design $workers $rps $cpu \
+	[expr {$silent > 0 ? " ($silent silent)" : ""}][expr {$errors > 0 ? " $errors errors" : ""}]]
+    set row [dict create scenario $scenario design $design workers $workers silent $silent \
+	rps $rps requests $requests errors $errors timeouts $timeouts waiting $waiting cpu $cpu \
+	p50 [toMs $p50] p99 [toMs $p99] p999 [expr {$p999 / 1000.0}]]
     # Per thread role: microseconds and voluntary context switches per
     # request.
     foreach role {serving accept worker "worker helpers"} {
@@ -263,6 +403,10 @@ set rivet [expr {[file executable /usr/sbin/apache2]
 	&& [file exists /usr/lib/apache2/modules/mod_rivet.so]}]
 if {$rivet} {
     lappend contenders rivet
+} else {
+    puts stderr "no Apache prefork + mod_rivet rows: /usr/sbin/apache2 or\
+	/usr/lib/apache2/modules/mod_rivet.so is missing (Debian: apt-get install\
+	apache2 libapache2-mod-rivet)"
 }
 # The rows to measure: {scenario design workers work connections}.
 set plan {}
@@ -301,6 +445,27 @@ foreach scenario $scenarios {
 		lappend plan [list supervisor $design 8 none 8]
 	    }
 	}
+	keepalive {
+	    # 64 keep-alive connections: the one-process server, then each
+	    # pre-fork design with 4 and 16 workers.
+	    lappend plan {keepalive single 1 none 64}
+	    foreach w {4 16} {
+		foreach design [list socketserver {*}[expr {$forks ? "prefork" : ""}] \
+			{*}[expr {$rivet ? "rivet" : ""}]] {
+		    lappend plan [list keepalive $design $w none 64]
+		}
+	    }
+	}
+	slowclient {
+	    # socketserver without the silent connections, then every
+	    # design with them.
+	    lappend plan {slowclient socketserver 4 none 16 0}
+	    foreach design [list socketserver {*}[expr {$forks ? "prefork" : ""}] \
+		    {*}[expr {$rivet ? "rivet" : ""}] single] {
+		lappend plan [list slowclient $design [expr {$design eq "single" ? 1 : 4}] \
+		    none 16 $silentClients]
+	    }
+	}
 	uneven {
 	    set designs [list socketserver {*}$bases {*}[expr {$forks ? "prefork" : ""}] reuseport]
 	    if {$rivet} {
@@ -335,7 +500,7 @@ set rows {}
 dict for {item measured} $results {
     set row [lindex $measured 0]
     foreach key [dict keys $row] {
-	if {$key in {scenario design workers}} {
+	if {$key in {scenario design workers silent}} {
 	    continue
 	}
 	dict set row $key [median [lmap m $measured {dict get $m $key}]]
@@ -409,6 +574,46 @@ if {[llength [rowsOf $rows uneven]]} {
     }
 }
 
+# loadCells row --
+#	The req/s, waiting, timeouts, CPU, p50 and p99 cells of a keepalive
+#	or slowclient row: a row that answered nothing says so in the first
+#	cell.
+proc loadCells {row} {
+    dict with row {
+	if {$requests == 0} {
+	    return [format "stalled: 0 answered | %d | %d | – | – | –" $waiting $timeouts]
+	}
+	format "%.0f | %d | %d | %.0f | %.2f | %.2f" $rps $waiting $timeouts $cpu $p50 $p99
+    }
+}
+
+# Keep-alive: what each design does with 64 clients that keep their
+# connections.
+if {[llength [rowsOf $rows keepalive]]} {
+    puts ""
+    puts "| keep-alive, 64 connections | W | req/s | waiting | timeouts | CPU µs/req | p50 ms | p99 ms |"
+    puts "|---|---:|---:|---:|---:|---:|---:|---:|"
+    foreach row [rowsOf $rows keepalive] {
+	puts [format "| %s | %s | %s |" [dict get $names [dict get $row design]] \
+	    [dict get $row workers] [loadCells $row]]
+    }
+}
+
+# Silent clients beside the load.
+if {[llength [rowsOf $rows slowclient]]} {
+    puts ""
+    puts "| slow clients: silent connections + 16 clients, one request per connection | W | silent | req/s | waiting | timeouts | CPU µs/req | p50 ms | p99 ms |"
+    puts "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    foreach row [rowsOf $rows slowclient] {
+	puts [format "| %s | %s | %s | %s |" [dict get $names [dict get $row design]] \
+	    [dict get $row workers] [dict get $row silent] [loadCells $row]]
+    }
+}
+if {[llength [rowsOf $rows {keepalive slowclient}]] && !$rivet} {
+    puts ""
+    puts "No Apache prefork + mod_rivet rows: apache2 or libapache2-mod-rivet is not installed."
+}
+
 # The hand-off alone: one connection at a time to 8 idle workers, by
 # thread.
 if {[llength [rowsOf $rows handoff]]} {
@@ -425,9 +630,25 @@ if {[llength [rowsOf $rows handoff]]} {
 }
 
 # The targets the issues set, each with its figure from this run.
-proc valueOf {rows scenario design workers key} {
-    set row [find $rows $scenario $design $workers]
-    expr {$row eq "" ? "" : [dict get $row $key]}
+proc valueOf {rows scenario design workers key {silent *}} {
+    foreach row $rows {
+	if {[dict get $row scenario] eq $scenario && [dict get $row design] eq $design
+		&& ($workers eq "*" || [dict get $row workers] == $workers)
+		&& ($silent eq "*" || [dict get $row silent] == $silent)} {
+	    return [dict get $row $key]
+	}
+    }
+    return ""
+}
+# p99Of rows scenario design workers silent --
+#	The p99 of that row: Inf if it answered nothing, "" if there is no
+#	such row.
+proc p99Of {rows scenario design workers silent} {
+    set requests [valueOf $rows $scenario $design $workers requests $silent]
+    if {$requests eq ""} {
+	return ""
+    }
+    expr {$requests > 0 ? [valueOf $rows $scenario $design $workers p99 $silent] : "Inf"}
 }
 set lines {}
 foreach {label a b op limit} [list \
@@ -452,7 +673,18 @@ foreach {label a b op limit} [list \
 	"blocking W=16: conn/s / the ideal 800" \
 	    [valueOf $rows blocking socketserver 16 rps] 800.0 >= 0.98 \
 	"blocking W=16: CPU, socketserver / C ceiling" \
-	    [valueOf $rows blocking socketserver 16 cpu] [valueOf $rows blocking c 16 cpu] <= 1.4] {
+	    [valueOf $rows blocking socketserver 16 cpu] [valueOf $rows blocking c 16 cpu] <= 1.4 \
+	"keepalive W=4: req/s, socketserver / Tcl socket -server" \
+	    [valueOf $rows keepalive socketserver 4 rps] [valueOf $rows keepalive single * rps] >= 1.0 \
+	"keepalive W=16: req/s, socketserver / Tcl socket -server" \
+	    [valueOf $rows keepalive socketserver 16 rps] [valueOf $rows keepalive single * rps] >= 1.0 \
+	"keepalive W=4: req/s, socketserver / Apache prefork + mod_rivet" \
+	    [valueOf $rows keepalive socketserver 4 rps] [valueOf $rows keepalive rivet 4 rps] >= 1.0 \
+	"keepalive W=16: req/s, socketserver / Apache prefork + mod_rivet" \
+	    [valueOf $rows keepalive socketserver 16 rps] [valueOf $rows keepalive rivet 16 rps] >= 1.0 \
+	"slowclient W=4: p99, socketserver with $silentClients silent connections / without" \
+	    [p99Of $rows slowclient socketserver 4 $silentClients] \
+	    [p99Of $rows slowclient socketserver 4 0] <= 1.25] {
     if {$a ne "" && $b ne "" && $b > 0} {
 	set ratio [expr {double($a) / $b}]
 	set met [expr [list $ratio $op $limit]]
