@@ -417,6 +417,12 @@ typedef struct Receiver {
     Tcl_Obj *handlerObj;	/* ASKED and TAKEN: the command prefix to
 				 * call, one reference; else NULL. */
     int takenFd;		/* TAKEN: the connection; else -1. (L) */
+    int keptFd;			/* A connection its handler released whose
+				 * next request came at once (Linger): this
+				 * receiver's next 'client' takes it, or it
+				 * goes up the queue when the event loop is
+				 * next idle (SendKept); else -1. (L) */
+    Message keptMessage;	/* Its message. */
     Message takenMessage;	/* TAKEN: its message. */
     unsigned long generation;	/* forkGeneration when made: a receiver
 				 * copied into a forked child is stale. */
@@ -574,6 +580,8 @@ static int watchInThread = 0;		/* 1 where reply sockets are watched
 				 * once. */
 #define WATCH_POLL_MS	10	/* Without epoll: how often the watched
 				 * connections are polled. */
+#define LINGER_US	1000	/* How long 'release' waits for the next
+				 * request while nobody else waits. */
 #define QUEUE_WAIT_MS	1000	/* How long 'client' waits for room in a full
 				 * queue. */
 #define PRUNE_MIN	64	/* Smallest pruneMark. */
@@ -700,8 +708,11 @@ static void		ReturnConnections(Queue *queuePtr, int fd,
 			    const Message *messagePtr);
 static void		RetryReceive(ClientData clientData);
 static void		ForgetDelivered(ClientData clientData);
-static int		ReleaseCmd(Tcl_Interp *interp, int objc,
-			    Tcl_Obj *const objv[]);
+static int		ReleaseCmd(InterpData *dataPtr, Tcl_Interp *interp,
+			    int objc, Tcl_Obj *const objv[]);
+static int		Linger(Queue *queuePtr, int fd);
+static void		SendKept(Receiver *receiverPtr);
+static void		SendKeptWhenIdle(ClientData clientData);
 static void		RefuseRequest(Receiver *receiverPtr,
 			    Tcl_Obj *messageObj, const char *code);
 static void		SetPortErrorCode(Tcl_Interp *interp,
@@ -932,6 +943,7 @@ AtForkChild(void)
 	CloseFd(&receiverPtr->stopFd);
 	receiverPtr->watching = 0;
 	CloseFd(&receiverPtr->takenFd);
+	CloseFd(&receiverPtr->keptFd);
 	receiverPtr->slotPtr = NULL;	/* The parent's. */
     }
     ForgetSignals(nullFd);
@@ -2989,7 +3001,15 @@ ClientCmd(
      */
 
     pthread_mutex_lock(&queueLock);
-    if (TakeReady(queuePtr, &fd, &receiverPtr->takenMessage) == 1) {
+    fd = receiverPtr->keptFd;
+    if (fd >= 0) {
+	/* Its own connection, kept by 'release': no ask, no message. */
+	receiverPtr->keptFd = -1;
+	receiverPtr->takenMessage = receiverPtr->keptMessage;
+	Tcl_CancelIdleCall(SendKeptWhenIdle, receiverPtr);
+    }
+    if (fd >= 0
+	    || TakeReady(queuePtr, &fd, &receiverPtr->takenMessage) == 1) {
 	/*
 	 * A connection is ready: take it without asking, and deliver it
 	 * from the event loop.
@@ -3917,23 +3937,30 @@ ForgetDelivered(
  *	Unless refused, the channel is closed in interp (as by 'close'),
  *	whether or not the connection could be sent: one that could not is
  *	closed, as its client would see from any server that went away.
+ *	While no connection waits for a worker, the next request may come
+ *	within LINGER_US (Linger): then the connection is kept for this
+ *	interpreter's next 'client', which takes it without a round trip
+ *	through the serving process; when the event loop is next idle
+ *	without one, it goes up the queue after all (SendKept).
  *
  *----------------------------------------------------------------------
  */
 
 static int
 ReleaseCmd(
+    InterpData *dataPtr,
     Tcl_Interp *interp,
     int objc,
     Tcl_Obj *const objv[])
 {
     Tcl_Channel chan;
     Delivered *deliveredPtr;
+    Receiver *receiverPtr;
     Message message;
     ClientData handle;
     const char *name, *code = NULL;
     Queue *queuePtr;
-    int tries, error;
+    int tries, error, fd;
 
     if (objc != 3) {
 	Tcl_WrongNumArgs(interp, 2, objv, "channel");
@@ -3981,12 +4008,29 @@ ReleaseCmd(
      */
 
     Tcl_GetChannelHandle(chan, TCL_READABLE, &handle);
+    fd = (int) (intptr_t) handle;
     message = deliveredPtr->message;
+    receiverPtr = FindReceiver(dataPtr, queuePtr);
+    if (receiverPtr != NULL && receiverPtr->state == NO_REQUEST
+	    && receiverPtr->keptFd < 0 && Linger(queuePtr, fd)) {
+	pthread_mutex_lock(&queueLock);
+	receiverPtr->keptFd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	pthread_mutex_unlock(&queueLock);
+	if (receiverPtr->keptFd >= 0) {
+	    receiverPtr->keptMessage = message;
+	    Tcl_DoWhenIdle(SendKeptWhenIdle, receiverPtr);
+	    Tcl_DeleteCloseHandler(chan, ForgetDelivered, deliveredPtr);
+	    ForgetDelivered(deliveredPtr);
+	    Tcl_UnregisterChannel(interp, chan);
+	    Tcl_ResetResult(interp);
+	    return TCL_OK;
+	}
+    }
     message.kind = KIND_RELEASE;
     error = 0;
     for (tries = 0; tries < 2; tries++) {
-	error = (ancil_send_fd(queuePtr->askFds[1], (int) (intptr_t) handle,
-		&message, sizeof(message), MSG_DONTWAIT) == 0) ? 0 : errno;
+	error = (ancil_send_fd(queuePtr->askFds[1], fd, &message,
+		sizeof(message), MSG_DONTWAIT) == 0) ? 0 : errno;
 	if (tries == 0 && (error == EAGAIN || error == EWOULDBLOCK)) {
 	    WaitForRoom(queuePtr);
 	} else {
@@ -4005,6 +4049,111 @@ ReleaseCmd(
     }
     Tcl_ResetResult(interp);
     return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * Linger --
+ *
+ *	'release': while no connection waits for a worker (the ready queue
+ *	is empty), waits up to LINGER_US for the connection's next request,
+ *	as a client that talks fast sends it: a worker that would be idle
+ *	meanwhile holds nobody up. A connection that comes into the ready
+ *	queue ends the wait.
+ *
+ * Results:
+ *	1 if the next request is there and nobody waits, else 0.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+Linger(
+    Queue *queuePtr,
+    int fd)
+{
+    struct pollfd fds[2];
+    struct timespec wait = {0, LINGER_US * 1000L};
+    int readyBytes = 0;
+
+    if (ioctl(queuePtr->readyFds[0], FIONREAD, &readyBytes) < 0
+	    || readyBytes > 0) {
+	return 0;
+    }
+    fds[0].fd = fd;
+    fds[1].fd = queuePtr->readyFds[0];
+    fds[0].events = fds[1].events = POLLIN;
+    fds[0].revents = fds[1].revents = 0;
+    return (ppoll(fds, 2, &wait, NULL) > 0 && fds[1].revents == 0
+	    && (fds[0].revents & POLLIN) && Readiness(fd) == CONN_HAS_DATA);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * SendKept --
+ *
+ *	queueLock held: a connection that 'release' kept for this receiver
+ *	goes up the queue after all, as released (its request is there: the
+ *	serving process hands it over at once), because the receiver did not
+ *	ask in time, or is going away.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	Closes this process's copy; one that can't be sent is lost with the
+ *	reason in lastErrno.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+SendKept(
+    Receiver *receiverPtr)
+{
+    Queue *queuePtr = receiverPtr->queuePtr;
+    Message message = receiverPtr->keptMessage;
+
+    if (receiverPtr->keptFd < 0) {
+	return;
+    }
+    message.kind = KIND_RELEASE;
+    if (ancil_send_fd(queuePtr->askFds[1], receiverPtr->keptFd, &message,
+	    sizeof(message), MSG_DONTWAIT) < 0) {
+	queuePtr->lastErrno = errno;
+    }
+    CloseFd(&receiverPtr->keptFd);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * SendKeptWhenIdle --
+ *
+ *	Idle handler set by 'release' when it kept a connection: the
+ *	handler did not ask again (SendKept).
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	See SendKept.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+SendKeptWhenIdle(
+    ClientData clientData)
+{
+    pthread_mutex_lock(&queueLock);
+    SendKept(clientData);
+    pthread_mutex_unlock(&queueLock);
 }
 
 /*
@@ -4542,6 +4691,7 @@ NewReceiver(
     receiverPtr->pollFd = -1;
     receiverPtr->stopFd = -1;
     receiverPtr->takenFd = -1;
+    receiverPtr->keptFd = -1;
     receiverPtr->retryTimer = NULL;
     receiverPtr->state = NO_REQUEST;
     receiverPtr->handlerObj = NULL;
@@ -4736,6 +4886,7 @@ ReturnReceived(
 		&receiverPtr->takenMessage);
 	receiverPtr->takenFd = -1;
     }
+    SendKept(receiverPtr);
     if (receiverPtr->replyFd < 0) {
 	return;
     }
@@ -4831,7 +4982,9 @@ DropReceiver(
     }
     *linkPtr = receiverPtr->nextInProcess;
     CloseFd(&receiverPtr->takenFd);
+    CloseFd(&receiverPtr->keptFd);
     pthread_mutex_unlock(&queueLock);
+    Tcl_CancelIdleCall(SendKeptWhenIdle, receiverPtr);
     if (receiverPtr->handlerObj != NULL) {
 	Tcl_DecrRefCount(receiverPtr->handlerObj);
     }
@@ -7458,7 +7611,7 @@ SocketserverObjCmd(
 	return ReexecCmd(interp, objc, objv);
     case SUB_RELEASE:
 	/* $cmd release channel */
-	return ReleaseCmd(interp, objc, objv);
+	return ReleaseCmd(dataPtr, interp, objc, objv);
     case SUB_SERVER:
 	/* $cmd server ?-ready s? ?-keepalive s? ?-myaddr addr? ?-backlog n?
 	 * port | -fd fd ?port? */

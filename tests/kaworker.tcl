@@ -15,6 +15,8 @@
 #			"PID SEQ refused ERRORCODE" once flushed, releases.
 #	    again	releases, then calls 'release' on the gone channel and
 #			'close' of it: prints "again RESULT RESULT" on stdout.
+#	    waitnext	answers, waits until the next request has come (unread),
+#			then releases.
 #
 #	Prints "ready PID" once it has asked; background errors go to
 #	stdout as "bgerror MESSAGE ERRORCODE"; it leaves on SOCKETSERVER
@@ -75,6 +77,12 @@ proc serve {chan addr peerport} {
 		[catch {close $chan}]]
 	    flush stdout
 	    return [ask]
+	}
+	waitnext {
+	    puts $chan "$me $line"
+	    fileevent $chan readable {set ::arrived 1}
+	    vwait ::arrived
+	    fileevent $chan readable {}
 	}
 	default {
 	    puts $chan "$me $line"
