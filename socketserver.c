@@ -477,6 +477,11 @@ static Receiver *allReceivers = NULL;	/* Receivers of every interpreter
 static uint32_t receiverCount = 0;	/* Receivers made in this process:
 					 * the low half of the next id. (L) */
 static int defaultPort = -1;		/* Port of the first server. (L) */
+static int releaseDummyFd = -1;		/* One end of a socketpair, made at the
+					 * first 'release', that takes the place
+					 * of a released connection's descriptor
+					 * in its channel (DetachConnection).
+					 * (L) */
 static int reserveFd = -1;		/* /dev/null, opened with the first
 					 * receiver: the descriptor closed to
 					 * make room when a process out of
@@ -711,6 +716,7 @@ static void		ForgetDelivered(ClientData clientData);
 static int		ReleaseCmd(InterpData *dataPtr, Tcl_Interp *interp,
 			    int objc, Tcl_Obj *const objv[]);
 static int		Linger(Queue *queuePtr, int fd);
+static int		DetachConnection(int fd);
 static void		SendKept(Receiver *receiverPtr);
 static void		SendKeptWhenIdle(ClientData clientData);
 static void		RefuseRequest(Receiver *receiverPtr,
@@ -1629,7 +1635,8 @@ WatchConnection(
     int index, error = 0;
     struct timespec now;
 
-    if (queuePtr->timeoutNs[kind] == 0 || queuePtr->state != LISTENING) {
+    if (queuePtr->timeoutNs[kind] == 0 || queuePtr->state == DRAINING
+	    || queuePtr->state == NOT_LISTENING) {
 	/* No keep-alive; or the server is closed: nobody would serve it. */
 	queuePtr->closed++;
 	close(fd);
@@ -1745,16 +1752,22 @@ ForgetWatched(
     entryPtr->tag++;
     entryPtr->next = queuePtr->freeWatched;
     queuePtr->freeWatched = index;
+#ifdef __linux__
+    {
+	struct epoll_event event;
+
+	/*
+	 * Closing this descriptor takes the connection out of epoll only if
+	 * no other process or descriptor holds it: a stale registration
+	 * would report it readable for ever.
+	 */
+
+	epoll_ctl(queuePtr->watchPollFd, EPOLL_CTL_DEL, fd, &event);
+    }
+#endif
     if (closing) {
 	queuePtr->closed++;
 	CloseFd(&fd);
-    } else {
-#ifdef __linux__
-	struct epoll_event event;
-
-	/* Closing it would have taken it out; handing it over does not. */
-	epoll_ctl(queuePtr->watchPollFd, EPOLL_CTL_DEL, fd, &event);
-#endif
     }
     return fd;
 }
@@ -1917,6 +1930,9 @@ ServeWatched(
 
     if (readable) {
 #ifdef __linux__
+	int batches = (queuePtr->numWatched[WATCH_SILENT]
+		+ queuePtr->numWatched[WATCH_PARKED]) / WATCH_BATCH + 1;
+
 	do {
 	    n = epoll_wait(queuePtr->watchPollFd, events, WATCH_BATCH, 0);
 	    for (i = 0; i < n; i++) {
@@ -1930,7 +1946,7 @@ ServeWatched(
 		}
 		TakeWatched(queuePtr, index);
 	    }
-	} while (n == WATCH_BATCH);
+	} while (n == WATCH_BATCH && --batches > 0);
 #else
 	n = queuePtr->numWatched[WATCH_SILENT]
 		+ queuePtr->numWatched[WATCH_PARKED];
@@ -2065,6 +2081,10 @@ ReadQueue(
 		sizeof(message), MSG_DONTWAIT);
 	if (got < 0 && errno == EMFILE) {
 	    queuePtr->lastErrno = EMFILE;
+	    if (CloseOldestWatched(queuePtr)) {
+		/* Room made for it: read it now. */
+		continue;
+	    }
 	    return 0;
 	}
 	if (got < 0 && errno != EBADMSG) {
@@ -2781,6 +2801,15 @@ Drained(
 
     pthread_mutex_lock(&queueLock);
     drained = (queuePtr->state == DRAINING);
+    if (drained) {
+	/*
+	 * A last look at the queue: a connection released meanwhile is
+	 * closed (WatchConnection), one returned is pending after all.
+	 */
+
+	ReadQueue(queuePtr);
+	drained = (queuePtr->numPending == 0);
+    }
     if (drained) {
 	CloseFd(&queuePtr->pollFd);
 	CloseFd(&queuePtr->wakeFds[0]);
@@ -4015,6 +4044,9 @@ ReleaseCmd(
 	    && receiverPtr->keptFd < 0 && Linger(queuePtr, fd)) {
 	pthread_mutex_lock(&queueLock);
 	receiverPtr->keptFd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	if (receiverPtr->keptFd >= 0 && DetachConnection(fd) != 0) {
+	    CloseFd(&receiverPtr->keptFd);
+	}
 	pthread_mutex_unlock(&queueLock);
 	if (receiverPtr->keptFd >= 0) {
 	    receiverPtr->keptMessage = message;
@@ -4037,6 +4069,11 @@ ReleaseCmd(
 	    break;
 	}
     }
+    if (error == 0) {
+	pthread_mutex_lock(&queueLock);
+	error = DetachConnection(fd);
+	pthread_mutex_unlock(&queueLock);
+    }
     Tcl_DeleteCloseHandler(chan, ForgetDelivered, deliveredPtr);
     ForgetDelivered(deliveredPtr);
     Tcl_UnregisterChannel(interp, chan);
@@ -4049,6 +4086,43 @@ ReleaseCmd(
     }
     Tcl_ResetResult(interp);
     return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * DetachConnection --
+ *
+ *	queueLock held, 'release': the connection has gone up the queue (or
+ *	is kept): its descriptor in the channel is replaced by one of a
+ *	socketpair of no use, so that closing the channel touches only that.
+ *	Tcl 9 closes a socket channel with a shutdown() of its reading side
+ *	first, which would end the connection for whoever holds it now.
+ *
+ * Results:
+ *	0, or an errno value.
+ *
+ * Side effects:
+ *	Makes the socketpair at the first call (releaseDummyFd).
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+DetachConnection(
+    int fd)
+{
+    if (releaseDummyFd < 0) {
+	int pair[2];
+
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0) {
+	    return errno;
+	}
+	/* A shutdown() of one end needs no peer. */
+	close(pair[1]);
+	releaseDummyFd = pair[0];
+    }
+    return (dup3(releaseDummyFd, fd, O_CLOEXEC) < 0) ? errno : 0;
 }
 
 /*
@@ -5090,8 +5164,10 @@ ServerCmd(
 			(index == OPT_READY) ? "READY" : "KEEPALIVE", NULL);
 		return TCL_ERROR;
 	    }
+	    /* A time too short to count in ns is still no "0". */
 	    timeoutNs[(index == OPT_READY) ? WATCH_SILENT : WATCH_PARKED] =
-		    (uint64_t) (seconds * 1e9);
+		    (seconds > 0 && seconds < 1e-9) ? 1
+		    : (uint64_t) (seconds * 1e9);
 	    break;
 	}
     }
@@ -5553,8 +5629,9 @@ AdoptPassed(
 	fcntl((int) fd, F_SETFD, FD_CLOEXEC);
 	message.magic = MESSAGE_MAGIC;
 	message.addrLen = length;
-	if (kind < 0 || queuePtr->timeoutNs[kind] == 0) {
-	    /* Pending, or watched for a time this program does not. */
+	if (kind < 0 || (kind == WATCH_SILENT
+		&& queuePtr->timeoutNs[WATCH_SILENT] == 0)) {
+	    /* Pending, or silent where this program hands over at once. */
 	    MakePending(queuePtr, (int) fd, &message);
 	} else {
 	    WatchConnection(queuePtr, (int) fd, &message, (WatchKind) kind);
