@@ -1832,6 +1832,14 @@ CloseAllWatched(
 {
     int kind;
 
+    if (!counting) {
+	/*
+	 * First: the epoll instance is the parent's too, and what this
+	 * child took out of it would be gone from the parent's.
+	 */
+
+	CloseFd(&queuePtr->watchPollFd);
+    }
     for (kind = 0; kind < WATCH_KINDS; kind++) {
 	while (queuePtr->firstWatched[kind] >= 0) {
 	    ForgetWatched(queuePtr, queuePtr->firstWatched[kind], 1);
