@@ -253,9 +253,23 @@ typedef struct Slot {
 				 * ready queue). Outside seq. */
 } Slot;
 
+/*
+ * After the slots, what every process that knows the queue may need to
+ * know of the serving process's port.
+ */
+
+typedef struct BoardTrailer {
+    uint32_t closed;		/* 1 from 'close' until 'server' listens
+				 * again: 'release' then closes its
+				 * connection, for no accept thread may be
+				 * left to read it. Written by the serving
+				 * process, atomic. */
+} BoardTrailer;
+
 #define BOARD_SLOTS	4096	/* Receivers a queue's scoreboard holds: four
 				 * times the most workers prefork runs. */
-#define BOARD_BYTES	(BOARD_SLOTS * sizeof(Slot))
+#define BOARD_BYTES	(BOARD_SLOTS * sizeof(Slot) + sizeof(BoardTrailer))
+#define TRAILER(board)	((BoardTrailer *) ((board) + BOARD_SLOTS))
 
 /*
  * Listening states of a queue in this process.
@@ -3973,7 +3987,8 @@ ForgetDelivered(
  * Side effects:
  *	Unless refused, the channel is closed in interp (as by 'close'),
  *	whether or not the connection could be sent: one that could not is
- *	closed, as its client would see from any server that went away.
+ *	closed, as its client would see from any server that went away. So
+ *	is one released after the serving process closed the port.
  *	While no connection waits for a worker, the next request may come
  *	within LINGER_US (Linger): then the connection is kept for this
  *	interpreter's next 'client', which takes it without a round trip
@@ -4044,6 +4059,19 @@ ReleaseCmd(
      * only this process's copy (Tcl shuts nothing down).
      */
 
+    if (__atomic_load_n(&TRAILER(queuePtr->board)->closed,
+	    __ATOMIC_ACQUIRE)) {
+	/*
+	 * The port is closed: nobody would serve the next request. Its
+	 * client sees the server close, as from any server that stops.
+	 */
+
+	Tcl_DeleteCloseHandler(chan, ForgetDelivered, deliveredPtr);
+	ForgetDelivered(deliveredPtr);
+	Tcl_UnregisterChannel(interp, chan);
+	Tcl_ResetResult(interp);
+	return TCL_OK;
+    }
     Tcl_GetChannelHandle(chan, TCL_READABLE, &handle);
     fd = (int) (intptr_t) handle;
     message = deliveredPtr->message;
@@ -5276,6 +5304,7 @@ ServerCmd(
 	queuePtr->pendingSpace = LIST_MIN;
     }
     queuePtr->state = LISTENING;
+    __atomic_store_n(&TRAILER(queuePtr->board)->closed, 0, __ATOMIC_RELEASE);
     memcpy(queuePtr->myaddr, boundAddr, sizeof(queuePtr->myaddr));
     memcpy(queuePtr->timeoutNs, timeoutNs, sizeof(timeoutNs));
 
@@ -5925,6 +5954,7 @@ CloseCmd(
 
     pthread_mutex_lock(&queueLock);
     queuePtr->state = DRAINING;
+    __atomic_store_n(&TRAILER(queuePtr->board)->closed, 1, __ATOMIC_RELEASE);
     CloseFd(&queuePtr->listenFd);
     CloseAllWatched(queuePtr, 1);
     pthread_mutex_unlock(&queueLock);
