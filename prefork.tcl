@@ -42,6 +42,7 @@ namespace eval ::socketserver::prefork {
 	-maxrequests 0      {recycle a worker after N to N+N/10 connections (0: never)}
 	-timeout     0      {kill a worker busy with one connection longer than S seconds (0: never)}
 	-ready       0      {hand a connection to a worker only once it has sent something; close it after S silent seconds (0: hand over at once)}
+	-readyafter  {}     {with -ready: ready once what a connection sent contains this string (\r\n\r\n: a whole HTTP request head)}
 	-keepalive   5      {close a connection a handler released after S seconds without a request}
 	-graceful    30     {seconds stop and reload wait for connections in progress}
 	-log         {}     {command prefix called with each log line (default: stderr)}
@@ -189,6 +190,10 @@ proc ::socketserver::prefork::Validate {optionList} {
 		set ok [expr {[string is double -strict $value] && $value >= 0
 		    && $value <= 86400}]
 		set want "a number of seconds from 0 to 86400"
+	    }
+	    -readyafter {
+		set ok [regexp {^[\x01-\x7f]{0,32}$} $value]
+		set want "at most 32 ASCII characters"
 	    }
 	    -log {
 		set ok [expr {$value eq "" || (![catch {llength $value} n] && $n > 0
@@ -476,11 +481,12 @@ proc ::socketserver::prefork::Listen {} {
 }
 
 # Watching --
-#	The server's options for connections it watches: -ready and
-#	-keepalive.
+#	The server's options for connections it watches: -ready,
+#	-readyafter and -keepalive.
 proc ::socketserver::prefork::Watching {} {
     variable Config
-    list -ready [dict get $Config -ready] -keepalive [dict get $Config -keepalive]
+    list -ready [dict get $Config -ready] -readyafter [dict get $Config -readyafter] \
+	-keepalive [dict get $Config -keepalive]
 }
 
 # Notify state --

@@ -188,7 +188,8 @@ typedef enum WatchKind {
 
 typedef enum ConnReadiness {
     CONN_SILENT,		/* Nothing to read yet. */
-    CONN_HAS_DATA,		/* Bytes to read. */
+    CONN_PARTIAL,		/* Bytes, but not yet -readyafter's mark. */
+    CONN_HAS_DATA,		/* Bytes to read: a whole request. */
     CONN_HUNG_UP		/* Its peer closed, or it failed. */
 } ConnReadiness;
 
@@ -258,12 +259,20 @@ typedef struct Slot {
  * know of the serving process's port.
  */
 
+#define MARK_MAX	32	/* Longest -readyafter string. */
+
 typedef struct BoardTrailer {
     uint32_t closed;		/* 1 from 'close' until 'server' listens
 				 * again: 'release' then closes its
 				 * connection, for no accept thread may be
 				 * left to read it. Written by the serving
 				 * process, atomic. */
+    uint32_t markLength;	/* -readyafter: a connection is ready (its
+				 * request whole) once the bytes it has sent
+				 * contain mark; 0: once it has sent one.
+				 * Written by 'server' before its accept
+				 * thread starts. */
+    char mark[MARK_MAX];	/* The string, markLength bytes. */
 } BoardTrailer;
 
 #define BOARD_SLOTS	4096	/* Receivers a queue's scoreboard holds: four
@@ -599,6 +608,9 @@ static int watchInThread = 0;		/* 1 where reply sockets are watched
 				 * once. */
 #define WATCH_POLL_MS	10	/* Without epoll: how often the watched
 				 * connections are polled. */
+#define PEEK_MAX	8192	/* With -readyafter, bytes Readiness looks
+				 * at: a request head that fills them is as
+				 * good as whole. */
 #define LINGER_US	1000	/* How long 'release' waits for the next
 				 * request while nobody else waits. */
 #define QUEUE_WAIT_MS	1000	/* How long 'client' waits for room in a full
@@ -669,10 +681,11 @@ static int		OpenNewListener(Tcl_Interp *interp,
 			    int *fdPtr, int *boundPortPtr, char *boundAddr);
 static int		ParsePort(Tcl_Interp *interp, Tcl_Obj *objPtr,
 			    int *portPtr);
+static int		IsAscii(const char *string, Tcl_Size length);
 static int		GetIntInRange(Tcl_Obj *objPtr, Tcl_WideInt min,
 			    Tcl_WideInt max, int *valuePtr);
 static int		HandOverFirstPending(Queue *queuePtr, int wait);
-static ConnReadiness	Readiness(int fd);
+static ConnReadiness	Readiness(int fd, const BoardTrailer *trailerPtr);
 static int		MakePending(Queue *queuePtr, int fd,
 			    Message *messagePtr);
 static void		WatchConnection(Queue *queuePtr, int fd,
@@ -683,7 +696,8 @@ static int		CloseOldestWatched(Queue *queuePtr);
 static void		CloseAllWatched(Queue *queuePtr, int counting);
 static int		WatchWaitMs(Queue *queuePtr);
 static void		ServeWatched(Queue *queuePtr, int readable);
-static void		TakeWatched(Queue *queuePtr, int index);
+static void		TakeWatched(Queue *queuePtr, int index,
+			    int hungUp);
 static int		IsConnection(ssize_t got, int fd,
 			    const Message *messagePtr);
 static int		IsEventOf(Tcl_Event *evPtr, ClientData clientData);
@@ -1506,8 +1520,10 @@ AcceptOneConnection(
 	 * watched rather than handed over.
 	 */
 
-	if (queuePtr->timeoutNs[WATCH_SILENT] > 0
-		&& Readiness(fd) == CONN_SILENT) {
+	ConnReadiness readiness = (queuePtr->timeoutNs[WATCH_SILENT] > 0)
+		? Readiness(fd, TRAILER(queuePtr->board)) : CONN_HAS_DATA;
+
+	if (readiness == CONN_SILENT || readiness == CONN_PARTIAL) {
 	    WatchConnection(queuePtr, fd, &message, WATCH_SILENT);
 	    pending = 0;
 	} else {
@@ -1552,11 +1568,14 @@ AcceptOneConnection(
  * Readiness --
  *
  *	Looks, without reading or blocking, at what a connection has for
- *	its reader.
+ *	its reader. With -readyafter (the queue's trailer), bytes are a
+ *	whole request once they contain its mark, or fill PEEK_MAX (then
+ *	its reader must judge).
  *
  * Results:
- *	CONN_SILENT if nothing yet, CONN_HAS_DATA if bytes, CONN_HUNG_UP
- *	if the peer closed or the connection failed.
+ *	CONN_SILENT if nothing yet, CONN_PARTIAL if bytes without the mark,
+ *	CONN_HAS_DATA if a request, CONN_HUNG_UP if the peer closed or the
+ *	connection failed.
  *
  * Side effects:
  *	None.
@@ -1566,13 +1585,21 @@ AcceptOneConnection(
 
 static ConnReadiness
 Readiness(
-    int fd)
+    int fd,
+    const BoardTrailer *trailerPtr)
 {
-    char byte;
-    ssize_t got = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    char bytes[PEEK_MAX];
+    size_t markLength = trailerPtr->markLength;
+    ssize_t got = recv(fd, bytes, (markLength == 0) ? 1 : sizeof(bytes),
+	    MSG_PEEK | MSG_DONTWAIT);
 
     if (got > 0) {
-	return CONN_HAS_DATA;
+	if (markLength == 0 || got == (ssize_t) sizeof(bytes)
+		|| memmem(bytes, (size_t) got, trailerPtr->mark,
+		    markLength) != NULL) {
+	    return CONN_HAS_DATA;
+	}
+	return CONN_PARTIAL;
     }
     if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK
 	    || errno == EINTR)) {
@@ -1687,7 +1714,8 @@ WatchConnection(
 	struct epoll_event event;
 
 	memset(&event, 0, sizeof(event));
-	event.events = EPOLLIN | EPOLLRDHUP;
+	/* Edge-triggered: a part of a request leaves it watched. */
+	event.events = EPOLLIN | EPOLLRDHUP | EPOLLET;
 	event.data.u64 = ((uint64_t) queuePtr->watched[index].tag << 32)
 		| (uint32_t) index;
 	if (epoll_ctl(queuePtr->watchPollFd, EPOLL_CTL_ADD, fd, &event) < 0) {
@@ -1966,7 +1994,8 @@ ServeWatched(
 		    /* For a connection closed in this batch already. */
 		    continue;
 		}
-		TakeWatched(queuePtr, index);
+		TakeWatched(queuePtr, index, (events[i].events
+			& (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0);
 	    }
 	} while (n == WATCH_BATCH && --batches > 0);
 #else
@@ -1989,7 +2018,8 @@ ServeWatched(
 	    if (indexes != NULL && poll(fds, n, 0) > 0) {
 		for (i = 0; i < n; i++) {
 		    if (fds[i].revents != 0) {
-			TakeWatched(queuePtr, indexes[i]);
+			TakeWatched(queuePtr, indexes[i],
+				(fds[i].revents & (POLLHUP | POLLERR)) != 0);
 		    }
 		}
 	    }
@@ -2008,8 +2038,9 @@ ServeWatched(
 	     * One last look: bytes that came with the deadline still count.
 	     */
 
-	    if (Readiness(queuePtr->watched[index].fd) == CONN_HAS_DATA) {
-		TakeWatched(queuePtr, index);
+	    if (Readiness(queuePtr->watched[index].fd,
+		    TRAILER(queuePtr->board)) == CONN_HAS_DATA) {
+		TakeWatched(queuePtr, index, 0);
 	    } else {
 		ForgetWatched(queuePtr, index, 1);
 	    }
@@ -2037,15 +2068,23 @@ ServeWatched(
 static void
 TakeWatched(
     Queue *queuePtr,
-    int index)
+    int index,
+    int hungUp)
 {
     Watched *entryPtr = &queuePtr->watched[index];
     Message message;
     int fd;
 
-    switch (Readiness(entryPtr->fd)) {
+    switch (Readiness(entryPtr->fd, TRAILER(queuePtr->board))) {
     case CONN_SILENT:
 	return;
+    case CONN_PARTIAL:
+	if (!hungUp) {
+	    /* The rest of its request may come: wait for it (EPOLLET). */
+	    return;
+	}
+	/* Its client is gone after a part: its handler sees that. */
+	break;
     case CONN_HUNG_UP:
 	if (entryPtr->kind == WATCH_PARKED) {
 	    ForgetWatched(queuePtr, index, 1);
@@ -2166,11 +2205,12 @@ ReadQueue(
 	     * goes out at once.
 	     */
 
-	    switch (Readiness(fd)) {
+	    switch (Readiness(fd, TRAILER(queuePtr->board))) {
 	    case CONN_HAS_DATA:
 		MakePending(queuePtr, fd, &message);
 		break;
 	    case CONN_SILENT:
+	    case CONN_PARTIAL:
 		WatchConnection(queuePtr, fd, &message, WATCH_PARKED);
 		break;
 	    case CONN_HUNG_UP:
@@ -4199,7 +4239,8 @@ Linger(
     fds[0].events = fds[1].events = POLLIN;
     fds[0].revents = fds[1].revents = 0;
     return (ppoll(fds, 2, &wait, NULL) > 0 && fds[1].revents == 0
-	    && (fds[0].revents & POLLIN) && Readiness(fd) == CONN_HAS_DATA);
+	    && (fds[0].revents & POLLIN)
+	    && Readiness(fd, TRAILER(queuePtr->board)) == CONN_HAS_DATA);
 }
 
 /*
@@ -5129,9 +5170,15 @@ ServerCmd(
     Tcl_Obj *const objv[])
 {
     static const char *const options[] = {
-	"-backlog", "-fd", "-keepalive", "-myaddr", "-ready", NULL
+	"-backlog", "-fd", "-keepalive", "-myaddr", "-ready", "-readyafter",
+	NULL
     };
-    enum options { OPT_BACKLOG, OPT_FD, OPT_KEEPALIVE, OPT_MYADDR, OPT_READY };
+    enum options {
+	OPT_BACKLOG, OPT_FD, OPT_KEEPALIVE, OPT_MYADDR, OPT_READY,
+	OPT_READYAFTER
+    };
+    const char *mark = "";
+    Tcl_Size markLength = 0;
     uint64_t timeoutNs[WATCH_KINDS] = {0, DEFAULT_KEEPALIVE_NS};
     struct rlimit limit;
     double seconds;
@@ -5188,6 +5235,16 @@ ServerCmd(
 	    myaddr = Tcl_GetString(objv[i]);
 	    bindOptions = 1;
 	    break;
+	case OPT_READYAFTER:
+	    mark = Tcl_GetStringFromObj(objv[i], &markLength);
+	    if (markLength > MARK_MAX || !IsAscii(mark, markLength)) {
+		Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+			"expected at most %d ASCII characters for -readyafter "
+			"but got \"%s\"", MARK_MAX, mark));
+		Tcl_SetErrorCode(interp, "TCL", "VALUE", "READYAFTER", NULL);
+		return TCL_ERROR;
+	    }
+	    break;
 	case OPT_KEEPALIVE:
 	case OPT_READY:
 	    if (Tcl_GetDoubleFromObj(NULL, objv[i], &seconds) != TCL_OK
@@ -5209,8 +5266,8 @@ ServerCmd(
     }
     if ((adoptFd < 0 && i != objc - 1) || (adoptFd >= 0 && i < objc - 1)) {
 	Tcl_WrongNumArgs(interp, 2, objv,
-		"?-ready s? ?-keepalive s? ?-myaddr addr? ?-backlog n? port "
-		"| -fd fd ?port?");
+		"?-ready s? ?-readyafter string? ?-keepalive s? ?-myaddr addr? "
+		"?-backlog n? port | -fd fd ?port?");
 	return TCL_ERROR;
     }
     if (adoptFd >= 0 && bindOptions) {
@@ -5305,6 +5362,8 @@ ServerCmd(
     }
     queuePtr->state = LISTENING;
     __atomic_store_n(&TRAILER(queuePtr->board)->closed, 0, __ATOMIC_RELEASE);
+    memcpy(TRAILER(queuePtr->board)->mark, mark, (size_t) markLength);
+    TRAILER(queuePtr->board)->markLength = (uint32_t) markLength;
     memcpy(queuePtr->myaddr, boundAddr, sizeof(queuePtr->myaddr));
     memcpy(queuePtr->timeoutNs, timeoutNs, sizeof(timeoutNs));
 
@@ -5331,6 +5390,38 @@ ServerCmd(
     }
     Tcl_SetObjResult(interp, Tcl_NewIntObj(boundPort));
     return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * IsAscii --
+ *
+ *	Whether length bytes of string are all ASCII (one byte each, the
+ *	same in Tcl's string and on the wire).
+ *
+ * Results:
+ *	1 or 0.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+IsAscii(
+    const char *string,
+    Tcl_Size length)
+{
+    Tcl_Size i;
+
+    for (i = 0; i < length; i++) {
+	if ((unsigned char) string[i] >= 0x80 || string[i] == '\0') {
+	    return 0;
+	}
+    }
+    return 1;
 }
 
 /*

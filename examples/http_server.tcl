@@ -3,9 +3,10 @@
 #
 #	A pre-forked HTTP/1.1 server: the parent listens on port (default
 #	8080; 0 picks a free one) and forks workers (default 4), which answer
-#	with a small text page. With -ready 10 a connection goes to a worker
-#	only once its client has sent something (silent ones are closed after
-#	10 s). Between requests a worker releases a keep-alive connection to
+#	with a small text page. With -ready 10 -readyafter "\r\n\r\n" a
+#	connection goes to a worker only once its client has sent a whole
+#	request head (silent and trickling ones are closed after 10 s).
+#	Between requests a worker releases a keep-alive connection to
 #	the parent, which hands it to whichever worker asks first when the
 #	next request comes, and closes it after -keepalive (5 s) of silence:
 #	idle clients hold no worker. Try it with curl, ab or wrk:
@@ -22,10 +23,10 @@ package require socketserver
 lassign $argv workers port
 if {$workers eq ""} {set workers 4}
 if {$port eq ""} {set port 8080}
-set port [::socketserver::socket server -ready 10 $port]
+set port [::socketserver::socket server -ready 10 -readyafter "\r\n\r\n" $port]
 
 # A worker serves one connection at a time, so blocking reads are fine:
-# the request has begun to arrive (-ready), and the other workers take the
+# the request head has arrived (-readyafter), and the other workers take the
 # other clients. A kept connection is released, not held, between
 # requests; but release refuses one with input Tcl has read and not used,
 # so requests the client pipelined are answered here first.
