@@ -6035,19 +6035,31 @@ CloseCmd(
     }
 
     /*
-     * New connections are refused from here on. The accept thread goes on
-     * handing over those it accepted, to whichever receiver asks, and ends
-     * once none is left (DRAINING): they may be more than the ready queue
-     * holds, and no receiver of another process could take them from
-     * here. The watched ones have not asked anything: their clients see
-     * the server close, as from any server that stops.
+     * New connections are refused from here on. With connections it
+     * accepted still pending, the accept thread goes on handing them to
+     * whichever receiver asks, and ends once none is left (DRAINING):
+     * they may be more than the ready queue holds, and no receiver of
+     * another process could take them from here. The watched ones have
+     * not asked anything: their clients see the server close, as from
+     * any server that stops.
      */
 
     pthread_mutex_lock(&queueLock);
-    queuePtr->state = DRAINING;
     __atomic_store_n(&TRAILER(queuePtr->board)->closed, 1, __ATOMIC_RELEASE);
-    CloseFd(&queuePtr->listenFd);
     CloseAllWatched(queuePtr, 1);
+    if (queuePtr->numPending == 0) {
+	/*
+	 * Nothing to hand over: stop the thread now, as its descriptors
+	 * are better closed before 'close' returns.
+	 */
+
+	pthread_mutex_unlock(&queueLock);
+	StopAccepting(queuePtr, NULL);
+	Tcl_ResetResult(interp);
+	return TCL_OK;
+    }
+    queuePtr->state = DRAINING;
+    CloseFd(&queuePtr->listenFd);
     pthread_mutex_unlock(&queueLock);
     do {
 	written = write(queuePtr->wakeFds[1], "x", 1);
