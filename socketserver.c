@@ -267,6 +267,11 @@ typedef struct BoardTrailer {
 				 * connection, for no accept thread may be
 				 * left to read it. Written by the serving
 				 * process, atomic. */
+    uint32_t releasing;		/* Workers between their look at closed
+				 * and the end of their send of a released
+				 * connection (SendReleased): 'close' waits
+				 * for none to be left before its last read
+				 * of the queue. Atomic. */
     uint32_t markLength;	/* -readyafter: a connection is ready (its
 				 * request whole) once the bytes it has sent
 				 * contain mark; 0: once it has sent one.
@@ -613,6 +618,9 @@ static int watchInThread = 0;		/* 1 where reply sockets are watched
 				 * good as whole. */
 #define LINGER_US	1000	/* How long 'release' waits for the next
 				 * request while nobody else waits. */
+#define RELEASING_WAIT_MS 200	/* Longest 'close' waits for releases in
+				 * flight (a worker killed in the middle of
+				 * one never ends it). */
 #define QUEUE_WAIT_MS	1000	/* How long 'client' waits for room in a full
 				 * queue. */
 #define PRUNE_MIN	64	/* Smallest pruneMark. */
@@ -745,6 +753,9 @@ static int		ReleaseCmd(InterpData *dataPtr, Tcl_Interp *interp,
 			    int objc, Tcl_Obj *const objv[]);
 static int		Linger(Queue *queuePtr, int fd);
 static int		DetachConnection(int fd);
+static int		SendReleased(Queue *queuePtr, int fd,
+			    Message *messagePtr, int wait);
+static void		WaitReleasing(Queue *queuePtr);
 static void		SendKept(Receiver *receiverPtr);
 static void		SendKeptWhenIdle(ClientData clientData);
 static void		RefuseRequest(Receiver *receiverPtr,
@@ -2202,9 +2213,14 @@ ReadQueue(
 	case KIND_RELEASE:
 	    /*
 	     * Its next request may be here already (pipelined): then it
-	     * goes out at once.
+	     * goes out at once. After 'close', nobody would hand it over.
 	     */
 
+	    if (queuePtr->state == NOT_LISTENING) {
+		queuePtr->closed++;
+		close(fd);
+		break;
+	    }
 	    switch (Readiness(fd, TRAILER(queuePtr->board))) {
 	    case CONN_HAS_DATA:
 		MakePending(queuePtr, fd, &message);
@@ -2861,6 +2877,12 @@ Drained(
 {
     int drained;
 
+    pthread_mutex_lock(&queueLock);
+    drained = (queuePtr->state == DRAINING);
+    pthread_mutex_unlock(&queueLock);
+    if (drained) {
+	WaitReleasing(queuePtr);
+    }
     pthread_mutex_lock(&queueLock);
     drained = (queuePtr->state == DRAINING);
     if (drained) {
@@ -4052,7 +4074,7 @@ ReleaseCmd(
     ClientData handle;
     const char *name, *code = NULL;
     Queue *queuePtr;
-    int tries, error, fd;
+    int error, fd;
 
     if (objc != 3) {
 	Tcl_WrongNumArgs(interp, 2, objv, "channel");
@@ -4120,10 +4142,12 @@ ReleaseCmd(
 	    && receiverPtr->keptFd < 0 && Linger(queuePtr, fd)) {
 	pthread_mutex_lock(&queueLock);
 	receiverPtr->keptFd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-	if (receiverPtr->keptFd >= 0 && DetachConnection(fd) != 0) {
-	    CloseFd(&receiverPtr->keptFd);
-	}
 	pthread_mutex_unlock(&queueLock);
+	if (receiverPtr->keptFd >= 0 && DetachConnection(fd) != 0) {
+	    pthread_mutex_lock(&queueLock);
+	    CloseFd(&receiverPtr->keptFd);
+	    pthread_mutex_unlock(&queueLock);
+	}
 	if (receiverPtr->keptFd >= 0) {
 	    receiverPtr->keptMessage = message;
 	    Tcl_DoWhenIdle(SendKeptWhenIdle, receiverPtr);
@@ -4134,25 +4158,18 @@ ReleaseCmd(
 	    return TCL_OK;
 	}
     }
-    message.kind = KIND_RELEASE;
-    error = 0;
-    for (tries = 0; tries < 2; tries++) {
-	error = (ancil_send_fd(queuePtr->askFds[1], fd, &message,
-		sizeof(message), MSG_DONTWAIT) == 0) ? 0 : errno;
-	if (tries == 0 && (error == EAGAIN || error == EWOULDBLOCK)) {
-	    WaitForRoom(queuePtr);
-	} else {
-	    break;
-	}
-    }
+    error = SendReleased(queuePtr, fd, &message, 1);
     if (error == 0) {
-	pthread_mutex_lock(&queueLock);
 	error = DetachConnection(fd);
-	pthread_mutex_unlock(&queueLock);
     }
     Tcl_DeleteCloseHandler(chan, ForgetDelivered, deliveredPtr);
     ForgetDelivered(deliveredPtr);
     Tcl_UnregisterChannel(interp, chan);
+    if (error == -1) {
+	/* The port was closed meanwhile: as above. */
+	Tcl_ResetResult(interp);
+	return TCL_OK;
+    }
     if (error != 0) {
 	errno = error;
 	Tcl_SetObjResult(interp, Tcl_ObjPrintf("couldn't release \"%s\" to "
@@ -4169,11 +4186,11 @@ ReleaseCmd(
  *
  * DetachConnection --
  *
- *	queueLock held, 'release': the connection has gone up the queue (or
- *	is kept): its descriptor in the channel is replaced by one of a
- *	socketpair of no use, so that closing the channel touches only that.
- *	Tcl 9 closes a socket channel with a shutdown() of its reading side
- *	first, which would end the connection for whoever holds it now.
+ *	'release': the connection has gone up the queue (or is kept): its
+ *	descriptor in the channel is replaced by one of a socketpair of no
+ *	use, so that closing the channel touches only that. Tcl 9 closes a
+ *	socket channel with a shutdown() of its reading side first, which
+ *	would end the connection for whoever holds it now.
  *
  * Results:
  *	0, or an errno value.
@@ -4188,17 +4205,114 @@ static int
 DetachConnection(
     int fd)
 {
+    int error = 0;
+
+    /*
+     * First out of the notifier: Tcl 9's would later take the dummy out
+     * of its epoll instance, where it never was, and panic.
+     */
+
+    Tcl_DeleteFileHandler(fd);
+    pthread_mutex_lock(&queueLock);
     if (releaseDummyFd < 0) {
 	int pair[2];
 
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) < 0) {
-	    return errno;
+	    error = errno;
+	} else {
+	    /* A shutdown() of one end needs no peer. */
+	    close(pair[1]);
+	    releaseDummyFd = pair[0];
 	}
-	/* A shutdown() of one end needs no peer. */
-	close(pair[1]);
-	releaseDummyFd = pair[0];
     }
-    return (dup3(releaseDummyFd, fd, O_CLOEXEC) < 0) ? errno : 0;
+    if (error == 0 && dup3(releaseDummyFd, fd, O_CLOEXEC) < 0) {
+	error = errno;
+    }
+    pthread_mutex_unlock(&queueLock);
+    return error;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * SendReleased --
+ *
+ *	Sends a released connection up the queue, unless the serving
+ *	process has closed the port: between its look at the scoreboard's
+ *	closed and the end of its send it counts itself in releasing, which
+ *	'close' waits to see at 0 before it reads the queue a last time
+ *	(WaitReleasing), so that no release is left unread. With wait, a full
+ *	queue is waited for once.
+ *
+ * Results:
+ *	0 if sent, -1 if the port is closed (not sent), else an errno value.
+ *
+ * Side effects:
+ *	None here: the caller closes its copy.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+SendReleased(
+    Queue *queuePtr,
+    int fd,
+    Message *messagePtr,
+    int wait)
+{
+    BoardTrailer *trailerPtr = TRAILER(queuePtr->board);
+    int tries, error = 0;
+
+    messagePtr->kind = KIND_RELEASE;
+    for (tries = 0; tries < 2; tries++) {
+	__atomic_add_fetch(&trailerPtr->releasing, 1, __ATOMIC_SEQ_CST);
+	if (__atomic_load_n(&trailerPtr->closed, __ATOMIC_SEQ_CST)) {
+	    error = -1;
+	} else {
+	    error = (ancil_send_fd(queuePtr->askFds[1], fd, messagePtr,
+		    sizeof(Message), MSG_DONTWAIT) == 0) ? 0 : errno;
+	}
+	__atomic_sub_fetch(&trailerPtr->releasing, 1, __ATOMIC_SEQ_CST);
+	if (wait && tries == 0 && (error == EAGAIN || error == EWOULDBLOCK)) {
+	    WaitForRoom(queuePtr);
+	} else {
+	    break;
+	}
+    }
+    return error;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * WaitReleasing --
+ *
+ *	'close' (or a draining accept thread at its end), after marking the
+ *	scoreboard closed: waits until no worker is in the middle of sending
+ *	a released connection (SendReleased), at most RELEASING_WAIT_MS.
+ *	The queue's last read then finds every release sent.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	May sleep.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+WaitReleasing(
+    Queue *queuePtr)
+{
+    struct timespec pause = {0, 1000000L};
+    int ms;
+
+    for (ms = 0; ms < RELEASING_WAIT_MS && __atomic_load_n(
+	    &TRAILER(queuePtr->board)->releasing, __ATOMIC_SEQ_CST) > 0;
+	    ms++) {
+	nanosleep(&pause, NULL);
+    }
 }
 
 /*
@@ -4257,8 +4371,8 @@ Linger(
  *	None.
  *
  * Side effects:
- *	Closes this process's copy; one that can't be sent is lost with the
- *	reason in lastErrno.
+ *	Closes this process's copy; one that can't be sent is closed, with
+ *	the reason in lastErrno unless the port was closed.
  *
  *----------------------------------------------------------------------
  */
@@ -4270,13 +4384,14 @@ SendKept(
     Queue *queuePtr = receiverPtr->queuePtr;
     Message message = receiverPtr->keptMessage;
 
+    int error;
+
     if (receiverPtr->keptFd < 0) {
 	return;
     }
-    message.kind = KIND_RELEASE;
-    if (ancil_send_fd(queuePtr->askFds[1], receiverPtr->keptFd, &message,
-	    sizeof(message), MSG_DONTWAIT) < 0) {
-	queuePtr->lastErrno = errno;
+    error = SendReleased(queuePtr, receiverPtr->keptFd, &message, 0);
+    if (error > 0) {
+	queuePtr->lastErrno = error;
     }
     CloseFd(&receiverPtr->keptFd);
 }
@@ -6045,16 +6160,23 @@ CloseCmd(
      */
 
     pthread_mutex_lock(&queueLock);
-    __atomic_store_n(&TRAILER(queuePtr->board)->closed, 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&TRAILER(queuePtr->board)->closed, 1, __ATOMIC_SEQ_CST);
     CloseAllWatched(queuePtr, 1);
     if (queuePtr->numPending == 0) {
 	/*
 	 * Nothing to hand over: stop the thread now, as its descriptors
-	 * are better closed before 'close' returns.
+	 * are better closed before 'close' returns. What it accepted and
+	 * watched meanwhile, and what workers released until they saw the
+	 * port closed, is closed after it.
 	 */
 
 	pthread_mutex_unlock(&queueLock);
 	StopAccepting(queuePtr, NULL);
+	WaitReleasing(queuePtr);
+	pthread_mutex_lock(&queueLock);
+	ReadQueue(queuePtr);
+	CloseAllWatched(queuePtr, 1);
+	pthread_mutex_unlock(&queueLock);
 	Tcl_ResetResult(interp);
 	return TCL_OK;
     }

@@ -17,6 +17,8 @@
 #			'close' of it: prints "again RESULT RESULT" on stdout.
 #	    waitnext	answers, waits until the next request has come (unread),
 #			then releases.
+#	    evented	answers, and releases with a readable fileevent still
+#			set on the channel.
 #
 #	Prints "ready PID" once it has asked; background errors go to
 #	stdout as "bgerror MESSAGE ERRORCODE"; it leaves on SOCKETSERVER
@@ -77,6 +79,10 @@ proc serve {chan addr peerport} {
 		[catch {close $chan}]]
 	    flush stdout
 	    return [ask]
+	}
+	evented {
+	    puts $chan "$me $line"
+	    fileevent $chan readable {set ::never 1}
 	}
 	waitnext {
 	    puts $chan "$me $line"
