@@ -706,6 +706,7 @@ static int		WatchWaitMs(Queue *queuePtr);
 static void		ServeWatched(Queue *queuePtr, int readable);
 static void		TakeWatched(Queue *queuePtr, int index,
 			    int hungUp);
+static void		HandWatchedOver(Queue *queuePtr, int index);
 static int		IsConnection(ssize_t got, int fd,
 			    const Message *messagePtr);
 static int		IsEventOf(Tcl_Event *evPtr, ClientData clientData);
@@ -2051,7 +2052,7 @@ ServeWatched(
 
 	    if (Readiness(queuePtr->watched[index].fd,
 		    TRAILER(queuePtr->board)) == CONN_HAS_DATA) {
-		TakeWatched(queuePtr, index, 0);
+		HandWatchedOver(queuePtr, index);
 	    } else {
 		ForgetWatched(queuePtr, index, 1);
 	    }
@@ -2083,8 +2084,6 @@ TakeWatched(
     int hungUp)
 {
     Watched *entryPtr = &queuePtr->watched[index];
-    Message message;
-    int fd;
 
     switch (Readiness(entryPtr->fd, TRAILER(queuePtr->board))) {
     case CONN_SILENT:
@@ -2106,8 +2105,34 @@ TakeWatched(
     case CONN_HAS_DATA:
 	break;
     }
-    message = entryPtr->message;
-    fd = ForgetWatched(queuePtr, index, 0);
+    HandWatchedOver(queuePtr, index);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * HandWatchedOver --
+ *
+ *	queueLock held: a watched connection is ready: it leaves the
+ *	watched ones and joins the pending list as the newest.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	See MakePending.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+HandWatchedOver(
+    Queue *queuePtr,
+    int index)
+{
+    Message message = queuePtr->watched[index].message;
+    int fd = ForgetWatched(queuePtr, index, 0);
+
     MakePending(queuePtr, fd, &message);
 }
 
@@ -4074,7 +4099,7 @@ ReleaseCmd(
     ClientData handle;
     const char *name, *code = NULL;
     Queue *queuePtr;
-    int error, fd;
+    int error, fd, kept;
 
     if (objc != 3) {
 	Tcl_WrongNumArgs(interp, 2, objv, "channel");
@@ -4117,60 +4142,46 @@ ReleaseCmd(
     }
 
     /*
-     * The descriptor goes up the queue; closing the channel then closes
-     * only this process's copy (Tcl shuts nothing down).
+     * The descriptor goes up the queue, or is kept for this interpreter's
+     * next request (Linger); either way the channel keeps only a dummy
+     * (DetachConnection), which its close below ends. After 'close' of
+     * the port (error -1), the channel's close ends the connection.
      */
 
-    if (__atomic_load_n(&TRAILER(queuePtr->board)->closed,
-	    __ATOMIC_ACQUIRE)) {
-	/*
-	 * The port is closed: nobody would serve the next request. Its
-	 * client sees the server close, as from any server that stops.
-	 */
-
-	Tcl_DeleteCloseHandler(chan, ForgetDelivered, deliveredPtr);
-	ForgetDelivered(deliveredPtr);
-	Tcl_UnregisterChannel(interp, chan);
-	Tcl_ResetResult(interp);
-	return TCL_OK;
-    }
     Tcl_GetChannelHandle(chan, TCL_READABLE, &handle);
     fd = (int) (intptr_t) handle;
     message = deliveredPtr->message;
     receiverPtr = FindReceiver(dataPtr, queuePtr);
-    if (receiverPtr != NULL && receiverPtr->state == NO_REQUEST
-	    && receiverPtr->keptFd < 0 && Linger(queuePtr, fd)) {
-	pthread_mutex_lock(&queueLock);
-	receiverPtr->keptFd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-	pthread_mutex_unlock(&queueLock);
-	if (receiverPtr->keptFd >= 0 && DetachConnection(fd) != 0) {
+    kept = 0;
+    if (__atomic_load_n(&TRAILER(queuePtr->board)->closed,
+	    __ATOMIC_ACQUIRE)) {
+	/* Nobody would serve the next request: no wait for it. */
+	error = -1;
+    } else {
+	if (receiverPtr != NULL && receiverPtr->state == NO_REQUEST
+		&& receiverPtr->keptFd < 0 && Linger(queuePtr, fd)) {
 	    pthread_mutex_lock(&queueLock);
-	    CloseFd(&receiverPtr->keptFd);
+	    receiverPtr->keptFd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
 	    pthread_mutex_unlock(&queueLock);
+	    kept = (receiverPtr->keptFd >= 0 && DetachConnection(fd) == 0);
+	    if (kept) {
+		receiverPtr->keptMessage = message;
+		Tcl_DoWhenIdle(SendKeptWhenIdle, receiverPtr);
+	    } else {
+		pthread_mutex_lock(&queueLock);
+		CloseFd(&receiverPtr->keptFd);
+		pthread_mutex_unlock(&queueLock);
+	    }
 	}
-	if (receiverPtr->keptFd >= 0) {
-	    receiverPtr->keptMessage = message;
-	    Tcl_DoWhenIdle(SendKeptWhenIdle, receiverPtr);
-	    Tcl_DeleteCloseHandler(chan, ForgetDelivered, deliveredPtr);
-	    ForgetDelivered(deliveredPtr);
-	    Tcl_UnregisterChannel(interp, chan);
-	    Tcl_ResetResult(interp);
-	    return TCL_OK;
+	error = kept ? 0 : SendReleased(queuePtr, fd, &message, 1);
+	if (!kept && error == 0) {
+	    error = DetachConnection(fd);
 	}
-    }
-    error = SendReleased(queuePtr, fd, &message, 1);
-    if (error == 0) {
-	error = DetachConnection(fd);
     }
     Tcl_DeleteCloseHandler(chan, ForgetDelivered, deliveredPtr);
     ForgetDelivered(deliveredPtr);
     Tcl_UnregisterChannel(interp, chan);
-    if (error == -1) {
-	/* The port was closed meanwhile: as above. */
-	Tcl_ResetResult(interp);
-	return TCL_OK;
-    }
-    if (error != 0) {
+    if (error > 0) {
 	errno = error;
 	Tcl_SetObjResult(interp, Tcl_ObjPrintf("couldn't release \"%s\" to "
 		"the serving process of port %d: %s (the connection is "
