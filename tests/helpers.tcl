@@ -55,6 +55,22 @@ proc reapWorkers {} {
     set ::workers {}
 }
 
+# Channels of the workers a test started with '::socketserver::socket
+# spawn' (their output), for reapSpawned.
+set ::spawned {}
+
+# reapSpawned --
+#	Kills every worker spawned by the test and closes its channel (which
+#	reaps it).
+proc reapSpawned {} {
+    foreach chan $::spawned {
+	catch {::socketserver::kill KILL [pid $chan]}
+	catch {fconfigure $chan -blocking 1}
+	catch {close $chan}
+    }
+    set ::spawned {}
+}
+
 # waitUntil condition ?ms? --
 #	Runs the event loop until the expression holds; an error after ms.
 proc waitUntil {condition {ms 10000}} {

@@ -114,15 +114,19 @@ proc queued {} {
     lindex [queueState] 1
 }
 
-# queueState --
-#	The supervisor's queue line (SIGUSR1): workers waiting, connections
-#	queued.
-proc queueState {} {
+# queueLine --
+#	Asks a live supervisor for its queue line (SIGUSR1) and returns it.
+proc queueLine {} {
     ::socketserver::kill USR1 $::pf(pid)
     set mark [llength $::pf(lines)]
     waitUntil {[llength [lsearch -all -glob [lrange $::pf(lines) $mark end] {*queue: *}]] > 0}
-    set line [lindex [lsearch -all -inline -glob [lrange $::pf(lines) $mark end] {*queue: *}] end]
-    regexp {queue: (\d+) workers waiting, (\d+) connections queued} $line -> waiting queued
+    lindex [lsearch -all -inline -glob [lrange $::pf(lines) $mark end] {*queue: *}] end
+}
+
+# queueState --
+#	The supervisor's queue line: workers waiting, connections queued.
+proc queueState {} {
+    regexp {queue: (\d+) workers waiting, (\d+) connections queued} [queueLine] -> waiting queued
     list $waiting $queued
 }
 
@@ -184,15 +188,10 @@ proc logged {pattern} {
     lsearch -all -inline -glob $::pf(lines) $pattern
 }
 
-
 # watchState --
-#	The supervisor's queue line (SIGUSR1): connections watched, of those
-#	parked, and closed unanswered.
+#	The supervisor's queue line: connections watched, of those parked,
+#	and closed unanswered.
 proc watchState {} {
-    ::socketserver::kill USR1 $::pf(pid)
-    set mark [llength $::pf(lines)]
-    waitUntil {[llength [lsearch -all -glob [lrange $::pf(lines) $mark end] {*queue: *}]] > 0}
-    set line [lindex [lsearch -all -inline -glob [lrange $::pf(lines) $mark end] {*queue: *}] end]
-    regexp {(\d+) watched \((\d+) parked\), (\d+) closed unanswered} $line -> watched parked closed
+    regexp {(\d+) watched \((\d+) parked\), (\d+) closed unanswered} [queueLine] -> watched parked closed
     list $watched $parked $closed
 }
