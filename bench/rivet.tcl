@@ -14,6 +14,7 @@
 #	the benchmark's process group. Prints "ready PORT" once Apache
 #	answers; the benchmark stops it by killing the process group.
 
+source [file join [file dirname [file normalize [info script]]] procstat.tcl]
 lassign [concat $argv oneshot] workers work dir http
 
 file mkdir $dir/www
@@ -92,15 +93,8 @@ for {set i 0} {$i < 200} {incr i} {
 #	How many processes have pid as their parent (from /proc/PID/stat).
 proc children {pid} {
     set n 0
-    foreach stat [glob -nocomplain /proc/\[0-9\]*/stat] {
-	if {[catch {
-	    set f [open $stat]
-	    set text [read $f]
-	    close $f
-	}]} {
-	    continue
-	}
-	if {[lindex [string range $text [string last ) $text]+2 end] 1] == $pid} {
+    dict for {child fields} [processStats] {
+	if {[lindex $fields 1] == $pid} {
 	    incr n
 	}
     }

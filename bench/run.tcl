@@ -81,6 +81,7 @@
 #	each use a little CPU and so flatters multi-process servers.)
 
 set here [file dirname [file normalize [info script]]]
+source [file join $here procstat.tcl]
 # For ::socketserver::kill, which stops a server's process group without
 # kill(1) (procps).
 package require socketserver
@@ -99,21 +100,9 @@ set baselines [expr {[info exists env(BENCH_BASELINE)] ? [lmap dir $env(BENCH_BA
 #	A dict from the pid of every process in process group pgid to its
 #	/proc/PID/stat fields (after the command name).
 proc groupProcesses {pgid} {
-    set result {}
-    foreach stat [glob -nocomplain /proc/\[0-9\]*/stat] {
-	if {[catch {
-	    set f [open $stat]
-	    set text [read $f]
-	    close $f
-	}]} {
-	    continue
-	}
-	set fields [string range $text [string last ) $text]+2 end]
-	if {[lindex $fields 2] == $pgid} {
-	    dict set result [file tail [file dirname $stat]] $fields
-	}
+    dict filter [processStats] script {pid fields} {
+	expr {[lindex $fields 2] == $pgid}
     }
-    return $result
 }
 
 # threadsOfGroup pgid --
