@@ -4,6 +4,10 @@
 #                     Tcl that TCLSH runs; for Tcl 9, libtcl9socketserver2.0.so
 #                     (make TCLSH=tclsh9.0, or plain make where tclsh9.0 is
 #                     the only tclsh, as with Debian 13's tcl9.0-dev)
+#   make PORTABLE=1   the same library built with POSIX.1-2024's interfaces
+#                     alone, none of Linux's own (epoll, eventfd, memfd,
+#                     prctl, SO_PEERCRED): what other systems build. Every
+#                     target takes it (make PORTABLE=1 test)
 #   make test         run tests/all.tcl against the built library
 #   make stress       load, fault and bad-input scenarios (tests/stress)
 #   make memcheck     the single-process tests under valgrind memcheck
@@ -18,7 +22,8 @@
 # Overridable: PKG_CONFIG, TCL_CONFIG (a tclConfig.sh to take Tcl's
 # flags from), TCLSH (default: the first of tclsh, tclsh9.0, tclsh9.1 and
 # tclsh8.6 on PATH), CC, CFLAGS, EXTRA_CFLAGS (CI passes -Werror), PREFIX,
-# TCL_LIBDIR (the auto_path directory to install under), MANDIR, DESTDIR.
+# TCL_LIBDIR (the auto_path directory to install under), MANDIR, DESTDIR,
+# PORTABLE.
 
 PACKAGE    = socketserver
 VERSION    = 2.0
@@ -70,8 +75,15 @@ TCL_CFLAGS := $(shell . $(TCL_CONFIG) && echo $$TCL_INCLUDE_SPEC)
 TCL_STUB   := $(shell . $(TCL_CONFIG) && echo $$TCL_STUB_LIB_SPEC)
 endif
 
+# PORTABLE=1 (any value but 0): the portable build. It has the library's
+# usual name, so that pkgIndex.tcl and 'make install' take either; the
+# file .build remembers which build the library is, and a make that asks
+# for the other rebuilds it.
+BUILD     := $(if $(filter-out 0,$(strip $(PORTABLE))),portable,linux)
+
 ALL_CFLAGS = $(CFLAGS) $(EXTRA_CFLAGS) -Wall -Wextra -fPIC -pthread \
-             -DUSE_TCL_STUBS $(TCL_CFLAGS)
+             -DUSE_TCL_STUBS $(if $(filter portable,$(BUILD)),-DSOCKETSERVER_PORTABLE) \
+             $(TCL_CFLAGS)
 
 # The first auto_path directory under PREFIX (on Debian /usr/local/lib/tcltk),
 # else PREFIX/lib, which 'make install' then tells to put on TCLLIBPATH:
@@ -92,11 +104,15 @@ DIST_FILES = README.md LICENSE Makefile pkgIndex.tcl prefork.tcl runas.tcl socke
 		examples/*.cfg examples/*.service examples/*.socket bench/*.tcl bench/*.c \
 		bench/*.js bench/*.lua)
 
-.PHONY: all test stress memcheck asan bench install uninstall dist clean
+.PHONY: all test stress memcheck asan bench install uninstall dist clean FORCE
 
 all: $(LIB)
 
-$(LIB): socketserver.c ancillary.h
+# Rewritten only when the build asked for differs from the last one.
+.build: FORCE
+	@test "$$(cat $@ 2>/dev/null)" = $(BUILD) || echo $(BUILD) > $@
+
+$(LIB): socketserver.c ancillary.h .build
 	$(CHECK_TCLSH)
 	@test -n "$(TCL_CFLAGS)" || { echo "can't find the headers of Tcl $(TCL_VERSION) ($(TCLSH)): install $(TCL_DEV), or set TCL_CONFIG to its tclConfig.sh" >&2; exit 1; }
 	$(CC) $(ALL_CFLAGS) -shared -o $@ socketserver.c $(TCL_STUB) $(LDFLAGS)
@@ -200,6 +216,6 @@ $(DIST_NAME).tar.gz: $(DIST_FILES)
 	rm -rf $(DIST_NAME)
 
 clean:
-	rm -f lib*$(PACKAGE)$(VERSION).so *.o bench/c_reference bench/c_reuseport \
-	    tests/stress/libinject.so tests/sdharness
+	rm -f lib*$(PACKAGE)$(VERSION).so *.o .build bench/c_reference \
+	    bench/c_reuseport tests/stress/libinject.so tests/sdharness
 	rm -rf tests/asan $(DIST_NAME) $(DIST_NAME).tar.gz

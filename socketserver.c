@@ -88,7 +88,22 @@ typedef int Tcl_Size;
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <unistd.h>
-#ifdef __linux__
+
+/*
+ * SS_LINUX: Linux's own interfaces are used (epoll, eventfd, memfd_create,
+ * prctl, SO_PEERCRED). The portable build (make PORTABLE=1, which defines
+ * SOCKETSERVER_PORTABLE) uses only POSIX.1-2024's, on Linux too, so that
+ * what other systems run is built and tested here.
+ */
+
+#if defined(__linux__) && !defined(SOCKETSERVER_PORTABLE)
+#define SS_LINUX 1
+#define BUILD_NAME	"linux"		/* ::socketserver::build */
+#else
+#define BUILD_NAME	"portable"
+#endif
+
+#ifdef SS_LINUX
 #include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <sys/eventfd.h>
@@ -623,6 +638,8 @@ static int watchInThread = 0;		/* 1 where reply sockets are watched
 				 * one never ends it). */
 #define QUEUE_WAIT_MS	1000	/* How long 'client' waits for room in a full
 				 * queue. */
+#define PARENT_POLL_MS	250	/* Portable build: how often a program spawned
+				 * with -parentdeath looks for its parent. */
 #define PRUNE_MIN	64	/* Smallest pruneMark. */
 #define LIST_MIN	8	/* Room in a new list (pending, asks, reply
 				 * sockets). */
@@ -662,7 +679,7 @@ static void		KeepReserve(void);
 static void		RearmReplySocket(Receiver *receiverPtr);
 static int		ReplyReadable(Tcl_Event *evPtr, int flags);
 static int		WatchReplySocket(Receiver *receiverPtr);
-#ifdef __linux__
+#ifdef SS_LINUX
 static void *		WatchReplies(void *clientData);
 #endif
 static int		DropIfStale(Receiver *receiverPtr);
@@ -764,6 +781,11 @@ static void		RefuseRequest(Receiver *receiverPtr,
 static void		SetPortErrorCode(Tcl_Interp *interp,
 			    const char *code, int port);
 static int		IsQueueSocket(int fd);
+static int		HandedOverBy(long spawner, uint64_t nonce);
+static int		WatchParent(long spawner, int deathSignal);
+#ifndef SS_LINUX
+static void *		WatchParentLife(void *clientData);
+#endif
 static uint64_t		MakeNonce(int salt);
 static int		ServerCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
@@ -872,14 +894,18 @@ SetupProcess(void)
 
     Tcl_GetVersion(&major, NULL, NULL, NULL);
     selectNotifier = (major < 9);
-#ifdef __linux__
+#if defined(__linux__) || defined(__FreeBSD__) || defined(__NetBSD__) \
+	|| defined(__OpenBSD__) || defined(__DragonFly__)
     /*
      * Tcl 9 waits with one epoll instance per thread and nothing makes a
-     * new one in a forked child: parent and child would share it.
+     * new one in a forked child: parent and child would share it. (The
+     * BSDs' Tcl 9 waits with a kqueue, which a forked child does not
+     * inherit at all.) A fact about Tcl, so the portable build too.
      */
 
     forkBreaksNotifier = (major >= 9);
-
+#endif
+#ifdef SS_LINUX
     /*
      * Tcl 8's notifier waits in a thread of its own. See WatchReplySocket.
      */
@@ -1207,7 +1233,7 @@ static int
 MakeAcceptPoll(
     Queue *queuePtr)
 {
-#ifdef __linux__
+#ifdef SS_LINUX
     struct epoll_event event;
     int fds[4], i, error;
 
@@ -1317,7 +1343,7 @@ AcceptConnections(
  *	thread is told to stop. On Linux it waits with an epoll instance
  *	that also holds every reply socket (for hang-ups only), so that the
  *	reply socket of a process that died is closed at once, not when it
- *	would next be sent to.
+ *	would next be sent to; the portable build poll()s them all.
  *
  *	Watched connections that are ready go into the pending list
  *	(ServeWatched).
@@ -1338,7 +1364,7 @@ WaitIdle(
     int *listenReadyPtr,
     int *askReadyPtr)
 {
-#ifdef __linux__
+#ifdef SS_LINUX
     struct epoll_event events[16];
     int i, n, index, timeoutMs, watchReady = 0;
 
@@ -1389,28 +1415,75 @@ WaitIdle(
     }
     return 1;
 #else
-    struct pollfd fds[3];
-    int timeoutMs;
+    struct pollfd few[3], *fds = few;
+    uint64_t *askers = NULL;
+    int i, n, index, timeoutMs, stop;
 
+    /*
+     * The reply sockets too, for hang-ups only (no events asked: POLLHUP
+     * and POLLERR always come), as the epoll instance holds them on Linux;
+     * without the memory for that, not this time.
+     */
+
+    *listenReadyPtr = *askReadyPtr = 0;
+    pthread_mutex_lock(&queueLock);
+    timeoutMs = WatchWaitMs(queuePtr);
+    n = queuePtr->numReplySockets;
+    if (n > 0) {
+	fds = malloc((3 + n) * sizeof(struct pollfd));
+	askers = malloc(n * sizeof(uint64_t));
+	if (fds == NULL || askers == NULL) {
+	    free(fds);
+	    free(askers);
+	    fds = few;
+	    askers = NULL;
+	    n = 0;
+	}
+    }
+    for (i = 0; i < n; i++) {
+	fds[3 + i].fd = queuePtr->replySockets[i].fd;
+	fds[3 + i].events = 0;
+	fds[3 + i].revents = 0;
+	askers[i] = queuePtr->replySockets[i].asker;
+    }
+    pthread_mutex_unlock(&queueLock);
     fds[0].fd = queuePtr->wakeFds[0];
     fds[1].fd = queuePtr->listenFd;
     fds[2].fd = queuePtr->askFds[0];
-    fds[0].events = fds[1].events = fds[2].events = POLLIN;
-    fds[0].revents = fds[1].revents = fds[2].revents = 0;
-    pthread_mutex_lock(&queueLock);
-    timeoutMs = WatchWaitMs(queuePtr);
-    pthread_mutex_unlock(&queueLock);
-    if (poll(fds, 3, timeoutMs) < 0 && errno != EINTR) {
+    for (i = 0; i < 3; i++) {
+	fds[i].events = POLLIN;
+	fds[i].revents = 0;
+    }
+    if (poll(fds, 3 + n, timeoutMs) < 0 && errno != EINTR) {
+	if (fds != few) {
+	    free(fds);
+	}
+	free(askers);
 	return WaitFor(queuePtr, -1, 0, -1, 0, PAUSE_MS);
     }
+    pthread_mutex_lock(&queueLock);
     if (timeoutMs >= 0) {
-	pthread_mutex_lock(&queueLock);
 	ServeWatched(queuePtr, 1);
-	pthread_mutex_unlock(&queueLock);
     }
+    for (i = 0; i < n; i++) {
+	if (fds[3 + i].revents & (POLLHUP | POLLERR)) {
+	    /* Unless another thread forgot it meanwhile. */
+	    index = FindReplySocket(queuePtr, askers[i]);
+	    if (index >= 0
+		    && queuePtr->replySockets[index].fd == fds[3 + i].fd) {
+		ForgetReplySocket(queuePtr, index);
+	    }
+	}
+    }
+    pthread_mutex_unlock(&queueLock);
     *listenReadyPtr = (fds[1].revents != 0);
     *askReadyPtr = (fds[2].revents != 0);
-    return (fds[0].revents == 0 || !ToldToStop(queuePtr));
+    stop = (fds[0].revents != 0);
+    if (fds != few) {
+	free(fds);
+    }
+    free(askers);
+    return (!stop || !ToldToStop(queuePtr));
 #endif
 }
 
@@ -1474,7 +1547,7 @@ WaitFor(
     }
     if (watchMs >= 0) {
 	pthread_mutex_lock(&queueLock);
-#ifdef __linux__
+#ifdef SS_LINUX
 	ServeWatched(queuePtr, fds[3].revents != 0);
 #else
 	ServeWatched(queuePtr, 1);
@@ -1715,7 +1788,7 @@ WatchConnection(
 	}
     }
     index = queuePtr->freeWatched;
-#ifdef __linux__
+#ifdef SS_LINUX
     if (error == 0 && queuePtr->watchPollFd < 0) {
 	queuePtr->watchPollFd = epoll_create1(EPOLL_CLOEXEC);
 	if (queuePtr->watchPollFd < 0) {
@@ -1806,7 +1879,7 @@ ForgetWatched(
     entryPtr->tag++;
     entryPtr->next = queuePtr->freeWatched;
     queuePtr->freeWatched = index;
-#ifdef __linux__
+#ifdef SS_LINUX
     {
 	struct epoll_event event;
 
@@ -1946,7 +2019,7 @@ WatchWaitMs(
 	return 0;
     }
     deadline = (deadline - nowNs + 999999) / 1000000;
-#ifndef __linux__
+#ifndef SS_LINUX
     if (deadline > WATCH_POLL_MS) {
 	deadline = WATCH_POLL_MS;
     }
@@ -1984,14 +2057,14 @@ ServeWatched(
     struct timespec now;
     uint64_t nowNs;
     int kind, index, n = 0, i;
-#ifdef __linux__
+#ifdef SS_LINUX
     struct epoll_event events[WATCH_BATCH];
 #else
     struct pollfd *fds = NULL;
 #endif
 
     if (readable) {
-#ifdef __linux__
+#ifdef SS_LINUX
 	int batches = (queuePtr->numWatched[WATCH_SILENT]
 		+ queuePtr->numWatched[WATCH_PARKED]) / WATCH_BATCH + 1;
 
@@ -2402,7 +2475,8 @@ ForgetReplySocket(
  *
  *	queueLock held: on Linux, while the accept thread runs, adds a reply
  *	socket to its epoll instance for hang-ups only (no events asked:
- *	EPOLLHUP and EPOLLERR always come), or removes it.
+ *	EPOLLHUP and EPOLLERR always come), or removes it. (The portable
+ *	build's WaitIdle polls every reply socket instead.)
  *
  * Results:
  *	None.
@@ -2421,7 +2495,7 @@ WatchHangUp(
     const ReplySocket *socketPtr,
     int watch)
 {
-#ifdef __linux__
+#ifdef SS_LINUX
     struct epoll_event event;
 
     if (queuePtr->pollFd >= 0) {
@@ -3396,7 +3470,7 @@ static int
 WatchReplySocket(
     Receiver *receiverPtr)
 {
-#ifdef __linux__
+#ifdef SS_LINUX
     struct epoll_event event;
     sigset_t all, old;
     int error;
@@ -3451,7 +3525,7 @@ WatchReplySocket(
     return 0;
 }
 
-#ifdef __linux__
+#ifdef SS_LINUX
 /*
  *----------------------------------------------------------------------
  *
@@ -3565,7 +3639,7 @@ static void
 RearmReplySocket(
     Receiver *receiverPtr)
 {
-#ifdef __linux__
+#ifdef SS_LINUX
     struct epoll_event event;
 
     if (receiverPtr->pollFd >= 0) {
@@ -4633,8 +4707,8 @@ CancelCmd(
  *
  * MakeBoard --
  *
- *	Makes a queue's scoreboard: a memfd (a file unlinked at once where
- *	there is none) of BOARD_BYTES zeroes, mapped shared.
+ *	Makes a queue's scoreboard: a memfd (in the portable build a file in
+ *	/tmp, unlinked at once) of BOARD_BYTES zeroes, mapped shared.
  *
  * Results:
  *	The mapping, with its descriptor (close-on-exec) in *fdPtr; or NULL
@@ -4653,15 +4727,21 @@ MakeBoard(
     Slot *board;
     int fd, error;
 
-#ifdef MFD_CLOEXEC
+#ifdef SS_LINUX
     fd = memfd_create("socketserver-board", MFD_CLOEXEC);
 #else
+    /*
+     * Not shm_open(): a chroot or container may have no /dev/shm.
+     */
+
     char path[] = "/tmp/socketserver-boardXXXXXX";
 
-    fd = mkstemp(path);
-    if (fd >= 0) {
-	unlink(path);
-	fcntl(fd, F_SETFD, FD_CLOEXEC);
+    fd = mkostemp(path, O_CLOEXEC);
+    if (fd >= 0 && unlink(path) < 0) {
+	error = errno;
+	close(fd);
+	errno = error;
+	return NULL;
     }
 #endif
     if (fd < 0) {
@@ -6766,6 +6846,7 @@ static int
 IsQueueSocket(
     int fd)
 {
+    struct sockaddr_storage addr;
     int value;
     socklen_t length = sizeof(value);
 
@@ -6773,9 +6854,17 @@ IsQueueSocket(
 	    || value != SOCK_SEQPACKET) {
 	return 0;
     }
-    length = sizeof(value);
-    return (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &value, &length) == 0
-	    && value == AF_UNIX);
+
+    /*
+     * The domain from the address's family, as POSIX has no SO_DOMAIN (an
+     * unnamed socket's address is its family alone).
+     */
+
+    length = sizeof(addr);
+    return (getsockname(fd, (struct sockaddr *) &addr, &length) == 0
+	    && length >= offsetof(struct sockaddr_storage, ss_family)
+		+ sizeof(addr.ss_family)
+	    && addr.ss_family == AF_UNIX);
 }
 
 /*
@@ -6808,8 +6897,6 @@ static void
 AdoptQueues(void)
 {
     const char *value = getenv(SPAWN_ENV);
-    struct ucred peer;
-    socklen_t length = sizeof(peer);
     unsigned long long nonce;
     long spawner;
     struct stat info;
@@ -6822,9 +6909,7 @@ AdoptQueues(void)
 	return;
     }
     if (sscanf(value, "%ld %llu %d", &spawner, &nonce, &deathSignal) < 2
-	    || !IsQueueSocket(0)
-	    || getsockopt(0, SOL_SOCKET, SO_PEERCRED, &peer, &length) < 0
-	    || (long) peer.pid != spawner) {
+	    || !IsQueueSocket(0) || !HandedOverBy(spawner, nonce)) {
 	unsetenv(SPAWN_ENV);
 	return;
     }
@@ -6837,19 +6922,9 @@ AdoptQueues(void)
 
     sigemptyset(&none);
     pthread_sigmask(SIG_SETMASK, &none, NULL);
-#ifdef PR_SET_PDEATHSIG
     if (deathSignal > 0 && deathSignal < NSIG) {
-	/*
-	 * The spawner may have died before this: then it is not our parent
-	 * any more, and the signal is due now.
-	 */
-
-	if (prctl(PR_SET_PDEATHSIG, deathSignal) == 0
-		&& (long) getppid() != spawner) {
-	    raise(deathSignal);
-	}
+	adoptError = WatchParent(spawner, deathSignal);
     }
-#endif
 
     for (;;) {
 	got = ancil_recv_fd(0, &fd, &message, sizeof(message), MSG_DONTWAIT);
@@ -6935,6 +7010,158 @@ AdoptQueues(void)
 	adoptError = errno;
     }
 }
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * HandedOverBy --
+ *
+ *	Whether the queue socket on standard input carries a hand-over from
+ *	process spawner with token nonce. On Linux the spawner must be the
+ *	process that made the socket (SO_PEERCRED). POSIX cannot tell who
+ *	made a socket: there the first message waiting must carry the token
+ *	(it is looked at, not read), or, if none waits (the spawner knew no
+ *	port), the spawner must be this program's parent.
+ *
+ * Results:
+ *	1 if so, else 0.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+HandedOverBy(
+    long spawner,
+    uint64_t nonce)
+{
+#ifdef SS_LINUX
+    struct ucred peer;
+    socklen_t length = sizeof(peer);
+
+    (void) nonce;
+    return (getsockopt(0, SOL_SOCKET, SO_PEERCRED, &peer, &length) == 0
+	    && (long) peer.pid == spawner);
+#else
+    Message message;
+    ssize_t got;
+
+    do {
+	/* No control buffer: a descriptor the message carries stays. */
+	got = recv(0, &message, sizeof(message), MSG_PEEK | MSG_DONTWAIT);
+    } while (got < 0 && errno == EINTR);
+    if (got == 0) {
+	return ((long) getppid() == spawner);
+    }
+    return (got == (ssize_t) sizeof(message)
+	    && message.magic == MESSAGE_MAGIC && message.sequence == nonce);
+#endif
+}
+
+#ifndef SS_LINUX
+static long parentPid;			/* WatchParentLife's: the spawner, */
+static int parentDeathSignal;		/* and the signal its death sends.
+					 * Set once, before the thread
+					 * starts. */
+#endif
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * WatchParent --
+ *
+ *	A program spawned with -parentdeath: has deathSignal sent to this
+ *	process when spawner, its parent, dies, even if that is now. On
+ *	Linux the kernel does it (PR_SET_PDEATHSIG). POSIX has no such
+ *	request: a thread (WatchParentLife) looks every PARENT_POLL_MS
+ *	whether the parent is still the spawner.
+ *
+ * Results:
+ *	0, or an errno value (nothing watches then).
+ *
+ * Side effects:
+ *	See above.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+WatchParent(
+    long spawner,
+    int deathSignal)
+{
+#ifdef SS_LINUX
+    /*
+     * The spawner may have died before this: then it is not our parent
+     * any more, and the signal is due now.
+     */
+
+    if (prctl(PR_SET_PDEATHSIG, deathSignal) == 0
+	    && (long) getppid() != spawner) {
+	raise(deathSignal);
+    }
+    return 0;
+#else
+    pthread_attr_t attr;
+    pthread_t thread;
+    sigset_t all, old;
+    int error;
+
+    parentPid = spawner;
+    parentDeathSignal = deathSignal;
+    error = pthread_attr_init(&attr);
+    if (error != 0) {
+	return error;
+    }
+    error = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (error == 0) {
+	/* Its signals go to the threads that run scripts. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	error = pthread_create(&thread, &attr, WatchParentLife, NULL);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+    }
+    pthread_attr_destroy(&attr);
+    return error;
+#endif
+}
+
+#ifndef SS_LINUX
+/*
+ *----------------------------------------------------------------------
+ *
+ * WatchParentLife --
+ *
+ *	Portable build, a spawned program's thread: once its parent is no
+ *	longer the spawner (a process whose parent dies gets another),
+ *	sends the process the signal, and ends. It never touches Tcl.
+ *
+ * Results:
+ *	NULL.
+ *
+ * Side effects:
+ *	See above. Like the rest of the process's threads, it is not in a
+ *	forked child, nor in a program this one execs.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void *
+WatchParentLife(
+    void *clientData)
+{
+    struct timespec pause = {0, PARENT_POLL_MS * 1000000L};
+
+    (void) clientData;
+    while ((long) getppid() == parentPid) {
+	nanosleep(&pause, NULL);
+    }
+    kill(getpid(), parentDeathSignal);
+    return NULL;
+}
+#endif
 
 /*
  * The signals, as 'kill -l' names them. A script may be set for those
@@ -7835,7 +8062,9 @@ RunasObjCmd(
     struct group *gr;
     uid_t uid;
     gid_t gid;
+#ifdef SS_LINUX
     int deathSignal = 0;
+#endif
 
     (void) clientData;
     if (objc != 2 && objc != 3) {
@@ -7870,10 +8099,11 @@ RunasObjCmd(
 	}
 	gid = gr->gr_gid;
     }
-#ifdef PR_GET_PDEATHSIG
+#ifdef SS_LINUX
     /*
      * A change of credentials clears the signal for the parent's death
-     * ('spawn -parentdeath'): it is set again after.
+     * ('spawn -parentdeath'): it is set again after. (The portable build's
+     * watching thread is not affected.)
      */
 
     if (prctl(PR_GET_PDEATHSIG, &deathSignal) < 0) {
@@ -7893,7 +8123,7 @@ RunasObjCmd(
 	Tcl_SetErrorCode(interp, "SOCKETSERVER", "PRIVILEGES", NULL);
 	return TCL_ERROR;
     }
-#ifdef PR_SET_PDEATHSIG
+#ifdef SS_LINUX
     if (deathSignal > 0) {
 	prctl(PR_SET_PDEATHSIG, deathSignal);
     }
@@ -8082,6 +8312,16 @@ Socketserver_Init(
 	    RunasObjCmd, NULL, NULL);
     Tcl_CreateObjCommand(interp, "::socketserver::wait",
 	    WaitObjCmd, NULL, NULL);
+
+    /*
+     * Which build this is: what the scripts may rely on differs (see the
+     * manual page).
+     */
+
+    if (Tcl_SetVar2(interp, "::socketserver::build", NULL, BUILD_NAME,
+	    TCL_GLOBAL_ONLY | TCL_LEAVE_ERR_MSG) == NULL) {
+	return TCL_ERROR;
+    }
     return Tcl_PkgProvide(interp, PACKAGE_NAME, PACKAGE_VERSION);
 }
 
