@@ -14,6 +14,11 @@ testConstraint tclx [expr {![info exists ::env(SOCKETSERVER_SINGLE_PROCESS)]
 testConstraint ipv6 [expr {![catch {close [socket -server {} -myaddr ::1 0]}]}]
 testConstraint procfs [file isdirectory /proc/self/fd]
 testConstraint prlimit [expr {[auto_execok prlimit] ne ""}]
+# Which build is tested: Linux's own interfaces (epoll, eventfd, memfd,
+# prctl, SO_PEERCRED), or 'make PORTABLE=1', POSIX's alone. A test of what
+# only one of them guarantees names it.
+testConstraint linuxBuild [expr {$::socketserver::build eq "linux"}]
+testConstraint portableBuild [expr {$::socketserver::build eq "portable"}]
 
 set ::testsDir [file dirname [file normalize [info script]]]
 
