@@ -75,11 +75,12 @@ TCL_CFLAGS := $(shell . $(TCL_CONFIG) && echo $$TCL_INCLUDE_SPEC)
 TCL_STUB   := $(shell . $(TCL_CONFIG) && echo $$TCL_STUB_LIB_SPEC)
 endif
 
-# PORTABLE=1 (any value but 0): the portable build. It has the library's
-# usual name, so that pkgIndex.tcl and 'make install' take either; the
-# file .build remembers which build the library is, and a make that asks
-# for the other rebuilds it.
-BUILD     := $(if $(filter-out 0,$(strip $(PORTABLE))),portable,linux)
+# PORTABLE=1 (any value but 0): the portable build (elsewhere than on
+# Linux the default build is portable too). It has the library's usual
+# name, so that pkgIndex.tcl and 'make install' take either; the file
+# .build remembers which build the library is, and a make that asks for
+# the other rebuilds it.
+BUILD     := $(if $(filter-out 0,$(strip $(PORTABLE))),portable,default)
 
 ALL_CFLAGS = $(CFLAGS) $(EXTRA_CFLAGS) -Wall -Wextra -fPIC -pthread \
              -DUSE_TCL_STUBS $(if $(filter portable,$(BUILD)),-DSOCKETSERVER_PORTABLE) \
