@@ -6857,7 +6857,7 @@ IsQueueSocket(
 
     /*
      * The domain from the address's family, as POSIX has no SO_DOMAIN (an
-     * unnamed socket's address is its family alone).
+     * unnamed socket's address has its family too).
      */
 
     length = sizeof(addr);
