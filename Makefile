@@ -3,7 +3,8 @@
 #   make              build libsocketserver2.0.so (stubs-enabled) for the
 #                     Tcl that TCLSH runs; for Tcl 9, libtcl9socketserver2.0.so
 #                     (make TCLSH=tclsh9.0, or plain make where tclsh9.0 is
-#                     the only tclsh, as with Debian 13's tcl9.0-dev)
+#                     the first tclsh whose Tcl has its headers, as with
+#                     Debian 13's tcl9.0-dev); it says which Tcl
 #   make test         run tests/all.tcl against the built library
 #   make stress       load, fault and bad-input scenarios (tests/stress)
 #   make memcheck     the single-process tests under valgrind memcheck
@@ -17,7 +18,7 @@
 #
 # Overridable: PKG_CONFIG, TCL_CONFIG (a tclConfig.sh to take Tcl's
 # flags from), TCLSH (default: the first of tclsh, tclsh9.0, tclsh9.1 and
-# tclsh8.6 on PATH), CC, CFLAGS, EXTRA_CFLAGS (CI passes -Werror), PREFIX,
+# tclsh8.6 on PATH whose Tcl has its headers installed), CC, CFLAGS, EXTRA_CFLAGS (CI passes -Werror), PREFIX,
 # TCL_LIBDIR (the auto_path directory to install under), MANDIR, DESTDIR.
 
 PACKAGE    = socketserver
