@@ -3,7 +3,8 @@
 #   make              build libsocketserver2.0.so (stubs-enabled) for the
 #                     Tcl that TCLSH runs; for Tcl 9, libtcl9socketserver2.0.so
 #                     (make TCLSH=tclsh9.0, or plain make where tclsh9.0 is
-#                     the only tclsh, as with Debian 13's tcl9.0-dev)
+#                     the first tclsh whose Tcl has its headers, as with
+#                     Debian 13's tcl9.0-dev); it says which Tcl
 #   make PORTABLE=1   the same library built with POSIX.1-2024's interfaces
 #                     alone, none of Linux's own (epoll, eventfd, memfd,
 #                     prctl, SO_PEERCRED): what other systems build. Every
@@ -21,9 +22,9 @@
 #
 # Overridable: PKG_CONFIG, TCL_CONFIG (a tclConfig.sh to take Tcl's
 # flags from), TCLSH (default: the first of tclsh, tclsh9.0, tclsh9.1 and
-# tclsh8.6 on PATH), CC, CFLAGS, EXTRA_CFLAGS (CI passes -Werror), PREFIX,
-# TCL_LIBDIR (the auto_path directory to install under), MANDIR, DESTDIR,
-# PORTABLE.
+# tclsh8.6 on PATH whose Tcl has its headers installed), CC, CFLAGS,
+# EXTRA_CFLAGS (CI passes -Werror), PREFIX, TCL_LIBDIR (the auto_path
+# directory to install under), MANDIR, DESTDIR, PORTABLE.
 
 PACKAGE    = socketserver
 VERSION    = 2.0
@@ -33,11 +34,35 @@ CC         ?= cc
 CFLAGS     ?= -O2 -g
 PREFIX     ?= /usr/local
 
-# The first of these on PATH, unless TCLSH is set: Debian 13's tcl9.0-dev
-# installs tclsh9.0 and no tclsh.
+# A Tcl script that prints the tclConfig.sh of the Tcl that runs it: one
+# whose TCL_VERSION is its own (Debian's /usr/lib/tclConfig.sh is the
+# default Tcl's, whichever Tcl asks), looked for in the multiarch directory
+# first, then next to its library and on its package path.
+FIND_TCL_CONFIG = set v [info tclversion]; \
+	foreach d [list {*}[glob -nocomplain /usr/lib/*-*/tcl$$v /usr/lib64/tcl$$v] [info library] [file dirname [info library]] {*}$$tcl_pkgPath /usr/lib /usr/lib64 /usr/local/lib] { \
+	    foreach f [list $$d/tclConfig.sh $$d/tcl$$v/tclConfig.sh] { \
+		if {![catch {open $$f} c]} { \
+		    set text [read $$c]; close $$c; \
+		    if {[string match "*TCL_VERSION=?$$v?*" $$text]} {puts $$f; exit} } } }
+
+# A shell command that succeeds if the headers of the Tcl that tclsh $$t
+# runs are installed: tcl.h where pkg-config's tclX.Y or its tclConfig.sh
+# says.
+HAS_TCL_HEADERS = v=$$(echo 'puts [info tclversion]' | $$t 2>/dev/null) && [ -n "$$v" ] && \
+	if $(PKG_CONFIG) --exists tcl$$v 2>/dev/null; then inc=$$($(PKG_CONFIG) --cflags-only-I tcl$$v); \
+	else c=$$(echo '$(FIND_TCL_CONFIG)' | $$t 2>/dev/null) && [ -n "$$c" ] && \
+	    inc=$$(. "$$c" && echo "$$TCL_INCLUDE_SPEC"); fi && \
+	for i in $$inc; do [ -f "$${i\#-I}/tcl.h" ] && exit 0; done; exit 1
+
+# Unless TCLSH is set, the first of these on PATH whose Tcl's headers are
+# installed, else the first on PATH (the build then names the package that
+# has them): Debian 13's tcl9.0-dev installs tclsh9.0 and no tclsh, and
+# Debian's tcl (8.6), installed beside it, a tclsh without headers.
 TCLSH_NAMES = tclsh tclsh9.0 tclsh9.1 tclsh8.6
 ifeq ($(strip $(TCLSH)),)
-TCLSH      := $(shell for t in $(TCLSH_NAMES); do command -v $$t >/dev/null 2>&1 && { echo $$t; break; }; done)
+TCLSH      := $(shell first=; for t in $(TCLSH_NAMES); do \
+	command -v $$t >/dev/null 2>&1 || continue; [ -n "$$first" ] || first=$$t; \
+	( $(HAS_TCL_HEADERS) ) && { echo $$t; exit 0; }; done; echo $$first)
 endif
 
 # The Tcl that TCLSH runs decides what is built. Tcl 9's convention names
@@ -67,7 +92,7 @@ else ifeq ($(shell $(PKG_CONFIG) --exists tcl$(TCL_VERSION) 2>/dev/null && echo 
 TCL_CFLAGS := $(shell $(PKG_CONFIG) --cflags tcl$(TCL_VERSION))
 TCL_STUB   := $(filter -L% -ltclstub%,$(shell $(PKG_CONFIG) --libs tcl$(TCL_VERSION)))
 else
-TCL_CONFIG := $(shell echo 'set v [info tclversion]; foreach d [list {*}[glob -nocomplain /usr/lib/*-*/tcl$$v /usr/lib64/tcl$$v] [info library] [file dirname [info library]] {*}$$tcl_pkgPath /usr/lib /usr/lib64 /usr/local/lib] {foreach f [list $$d/tclConfig.sh $$d/tcl$$v/tclConfig.sh] {if {[file exists $$f]} {puts $$f; exit}}}' | $(TCLSH))
+TCL_CONFIG := $(shell echo '$(FIND_TCL_CONFIG)' | $(TCLSH))
 endif
 endif
 ifneq ($(TCL_CONFIG),)
@@ -116,6 +141,7 @@ all: $(LIB)
 $(LIB): socketserver.c ancillary.h .build
 	$(CHECK_TCLSH)
 	@test -n "$(TCL_CFLAGS)" || { echo "can't find the headers of Tcl $(TCL_VERSION) ($(TCLSH)): install $(TCL_DEV), or set TCL_CONFIG to its tclConfig.sh" >&2; exit 1; }
+	@echo "building $@ for Tcl $(TCL_VERSION) ($(TCLSH)); for another Tcl: make TCLSH=tclshX.Y"
 	$(CC) $(ALL_CFLAGS) -shared -o $@ socketserver.c $(TCL_STUB) $(LDFLAGS)
 
 test: $(LIB) tests/stress/libinject.so tests/sdharness

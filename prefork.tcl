@@ -42,7 +42,7 @@ namespace eval ::socketserver::prefork {
 	-maxrequests 0      {recycle a worker after N to N+N/10 connections (0: never)}
 	-timeout     0      {kill a worker busy with one connection longer than S seconds (0: never)}
 	-ready       0      {hand a connection to a worker only once it has sent something; close it after S silent seconds (0: hand over at once)}
-	-readyafter  {}     {with -ready: ready once what a connection sent contains this string (\r\n\r\n: a whole HTTP request head)}
+	-readyafter  {}     {with -ready: ready once what a connection sent contains this string, in which \r, \n, \t, \\ and \xHH stand for those characters (\r\n\r\n: a whole HTTP request head)}
 	-keepalive   5      {close a connection a handler released after S seconds without a request}
 	-graceful    30     {seconds stop and reload wait for connections in progress}
 	-log         {}     {command prefix called with each log line (default: stderr)}
@@ -192,8 +192,13 @@ proc ::socketserver::prefork::Validate {optionList} {
 		set want "a number of seconds from 0 to 86400"
 	    }
 	    -readyafter {
-		set ok [regexp {^[\x01-\x7f]{0,32}$} $value]
-		set want "at most 32 ASCII characters"
+		# Typed at a shell, "\r\n\r\n" comes as eight characters.
+		set ok [expr {![catch {Unescape $value} mark]
+		    && [regexp {^[\x01-\x7f]{0,32}$} $mark]}]
+		if {$ok} {
+		    dict set config -readyafter $mark
+		}
+		set want "at most 32 ASCII characters, each as itself or as \\r, \\n, \\t, \\\\ or \\xHH"
 	    }
 	    -log {
 		set ok [expr {$value eq "" || (![catch {llength $value} n] && $n > 0
@@ -211,6 +216,32 @@ proc ::socketserver::prefork::Validate {optionList} {
 	}
     }
     return $config
+}
+
+# Unescape text --
+#	text with the escapes the documentation writes a -readyafter mark
+#	with (\r, \n, \t, \\, \xHH) replaced by the characters they stand
+#	for, as a shell passes them on: "\r\n\r\n" typed at a shell is eight
+#	characters. Any other backslash is an error. (A Tcl caller's own
+#	quoting has made real characters of them already: those have no
+#	backslash and go through unchanged.)
+proc ::socketserver::prefork::Unescape {text} {
+    if {![regexp {^(?:[^\\]|\\[rnt\\]|\\x[0-9A-Fa-f]{2})*$} $text]} {
+	return -code error "bad escape"
+    }
+    set result {}
+    while {[set at [string first \\ $text]] >= 0} {
+	append result [string range $text 0 $at-1]
+	set escape [string index $text $at+1]
+	if {$escape eq "x"} {
+	    append result [format %c 0x[string range $text $at+2 $at+3]]
+	    set text [string range $text $at+4 end]
+	} else {
+	    append result [string map {r \r n \n t \t} $escape]
+	    set text [string range $text $at+2 end]
+	}
+    }
+    append result $text
 }
 
 # Activated --

@@ -87,6 +87,7 @@ set ::pfPrefix {}
 set ::pfScript {}
 proc startApp {args} {
     array unset ::pf
+    set ::pfLog {}
     set ::pf(workers) {}
     set ::pf(exited) {}
     set ::pf(lines) {}
@@ -160,6 +161,8 @@ proc stopApp {} {
     foreach pid [concat $::pf(pid) $::pf(workers)] {
 	catch {::socketserver::kill KILL $pid}
     }
+    catch appOutput
+    set ::pfLog $::pf(lines)
     fconfigure $::pf(chan) -blocking 1
     set status [expr {[catch {close $::pf(chan)} msg opts] ? [dict get $opts -errorcode] : 0}]
     array unset ::pf
@@ -194,4 +197,29 @@ proc logged {pattern} {
 proc watchState {} {
     regexp {(\d+) watched \((\d+) parked\), (\d+) closed unanswered} [queueLine] -> watched parked closed
     list $watched $parked $closed
+}
+
+# test name ?args? --
+#	tcltest's test, which the files that source this one run their tests
+#	with: when a test fails, the log of the last supervisor it ran
+#	(startApp, kept by stopApp) follows the failure report, so that a
+#	failure says what the supervisor said ("timed out waiting for ..."
+#	alone does not). At most its last 200 lines.
+set ::pfLog {}
+proc test {name args} {
+    set ::pfLog {}
+    set failed $::tcltest::numTests(Failed)
+    uplevel 1 [list ::tcltest::test $name {*}$args]
+    if {$::tcltest::numTests(Failed) > $failed} {
+	if {[info exists ::pf(lines)]} {
+	    set ::pfLog $::pf(lines)
+	}
+	set n [llength $::pfLog]
+	if {$n > 0} {
+	    set out [::tcltest::outputChannel]
+	    puts $out "---- $name: the supervisor's log ($n lines[expr {$n > 200 ? ", the last 200" : ""}]):"
+	    puts $out [join [lrange $::pfLog end-199 end] \n]
+	    puts $out "---- end of the supervisor's log"
+	}
+    }
 }
