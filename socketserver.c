@@ -597,7 +597,12 @@ static int watchInThread = 0;		/* 1 where reply sockets are watched
 #define RETRY_MS	10	/* Retry after the kernel refused a send for
 				 * want of resources. */
 #define WATCH_REPLY	0	/* Watcher's epoll tags: the reply socket, */
-#define WATCH_STOP	1	/* and the eventfd that stops it. */
+#define WATCH_STOP	1	/* and the eventfd that stops it. Every
+				 * epoll registration of this file is tagged
+				 * by what it is, never by its descriptor,
+				 * whose number may be any (a worker that
+				 * closed its standard channels gets a reply
+				 * socket at 1). */
 #define ACCEPT_STOP	0	/* The accept thread's epoll tags: its stop */
 #define ACCEPT_LISTEN	1	/* pipe, the listener and the queue. A reply */
 #define ACCEPT_QUEUE	2	/* socket is tagged with its asker's id,
@@ -3413,7 +3418,7 @@ WatchReplySocket(
 	if (error == 0) {
 	    memset(&event, 0, sizeof(event));
 	    event.events = EPOLLIN;
-	    event.data.u32 = WATCH_STOP;
+	    event.data.u64 = WATCH_STOP;
 	    if (epoll_ctl(receiverPtr->pollFd, EPOLL_CTL_ADD,
 		    receiverPtr->stopFd, &event) < 0) {
 		error = errno;
@@ -3421,7 +3426,7 @@ WatchReplySocket(
 	}
 	if (error == 0) {
 	    event.events = EPOLLIN | EPOLLONESHOT;
-	    event.data.u32 = WATCH_REPLY;
+	    event.data.u64 = WATCH_REPLY;
 	    if (epoll_ctl(receiverPtr->pollFd, EPOLL_CTL_ADD,
 		    receiverPtr->replyFd, &event) < 0) {
 		error = errno;
@@ -3500,7 +3505,7 @@ WatchReplies(
 	    nanosleep(&pause, NULL);
 	    continue;
 	}
-	if (event.data.u32 == WATCH_STOP) {
+	if (event.data.u64 == WATCH_STOP) {
 	    return NULL;
 	}
 	eventPtr = (ReceiverEvent *) ckalloc(sizeof(ReceiverEvent));
@@ -3571,7 +3576,7 @@ RearmReplySocket(
     if (receiverPtr->pollFd >= 0) {
 	memset(&event, 0, sizeof(event));
 	event.events = EPOLLIN | EPOLLONESHOT;
-	event.data.fd = receiverPtr->replyFd;
+	event.data.u64 = WATCH_REPLY;
 	if (epoll_ctl(receiverPtr->pollFd, EPOLL_CTL_MOD, receiverPtr->replyFd,
 		&event) < 0) {
 	    /*
