@@ -434,6 +434,14 @@ typedef struct Receiver {
 				 * it to end; else -1. (L) */
     pthread_t watcher;		/* The watcher thread, while pollFd is
 				 * open. */
+    struct ReceiverEvent *readyEventPtr;
+				/* With a watcher thread: the ReplyReadable
+				 * event it queues when the reply socket is
+				 * next readable, allocated by the
+				 * interpreter's thread before each arming
+				 * (so that the watcher, which Tcl never
+				 * finalizes, never allocates), or NULL once
+				 * queued. (L) */
     int watching;		/* 1 from the watcher's start until it is
 				 * told to stop (StopWatcher), which the
 				 * interpreter's thread or the exit handler
@@ -669,6 +677,7 @@ static int		ReplyReadable(Tcl_Event *evPtr, int flags);
 static int		WatchReplySocket(Receiver *receiverPtr);
 #ifdef __linux__
 static void *		WatchReplies(void *clientData);
+static void		PrepareReplyEvent(Receiver *receiverPtr);
 #endif
 static int		DropIfStale(Receiver *receiverPtr);
 static void		DropReceiver(Receiver *receiverPtr);
@@ -3391,8 +3400,9 @@ SendAsk(
  *	0, or an errno value (nothing is watched then).
  *
  * Side effects:
- *	With a watcher: an epoll instance, an eventfd and a thread, which
- *	blocks every signal.
+ *	With a watcher: an epoll instance, an eventfd, the event the
+ *	watcher queues first (PrepareReplyEvent) and a thread, which blocks
+ *	every signal.
  *
  *----------------------------------------------------------------------
  */
@@ -3425,6 +3435,7 @@ WatchReplySocket(
 	    }
 	}
 	if (error == 0) {
+	    PrepareReplyEvent(receiverPtr);
 	    event.events = EPOLLIN | EPOLLONESHOT;
 	    event.data.u64 = WATCH_REPLY;
 	    if (epoll_ctl(receiverPtr->pollFd, EPOLL_CTL_ADD,
@@ -3467,8 +3478,12 @@ WatchReplySocket(
  *	and wakes it. The socket is one-shot in the epoll instance, so the
  *	thread then sleeps until the interpreter has read and re-armed it
  *	(RearmReplySocket). It never reads the socket (no descriptor ever
- *	arrives in this thread, which fork() could copy unrecorded) and
- *	never touches the interpreter.
+ *	arrives in this thread, which fork() could copy unrecorded), never
+ *	touches the interpreter, and never allocates: the event is the one
+ *	the interpreter's thread made before it armed the socket. (Tcl's
+ *	allocator keeps a cache per thread that allocates, freed only by
+ *	Tcl_FinalizeThread, which this thread never calls: about 9 KB a
+ *	receiver on Tcl 8.6.)
  *
  * Results:
  *	NULL, once stopFd is readable.
@@ -3508,13 +3523,14 @@ WatchReplies(
 	if (event.data.u64 == WATCH_STOP) {
 	    return NULL;
 	}
-	eventPtr = (ReceiverEvent *) ckalloc(sizeof(ReceiverEvent));
-	eventPtr->header.proc = ReplyReadable;
-	eventPtr->receiverPtr = receiverPtr;
 	pthread_mutex_lock(&queueLock);
-	Tcl_ThreadQueueEvent(receiverPtr->thread, (Tcl_Event *) eventPtr,
-		TCL_QUEUE_TAIL);
-	Tcl_ThreadAlert(receiverPtr->thread);
+	eventPtr = receiverPtr->readyEventPtr;
+	receiverPtr->readyEventPtr = NULL;
+	if (eventPtr != NULL) {
+	    Tcl_ThreadQueueEvent(receiverPtr->thread, (Tcl_Event *) eventPtr,
+		    TCL_QUEUE_TAIL);
+	    Tcl_ThreadAlert(receiverPtr->thread);
+	}
 	pthread_mutex_unlock(&queueLock);
     }
 }
@@ -3574,6 +3590,7 @@ RearmReplySocket(
     struct epoll_event event;
 
     if (receiverPtr->pollFd >= 0) {
+	PrepareReplyEvent(receiverPtr);
 	memset(&event, 0, sizeof(event));
 	event.events = EPOLLIN | EPOLLONESHOT;
 	event.data.u64 = WATCH_REPLY;
@@ -3594,6 +3611,48 @@ RearmReplySocket(
     (void) receiverPtr;
 #endif
 }
+
+#ifdef __linux__
+/*
+ *----------------------------------------------------------------------
+ *
+ * PrepareReplyEvent --
+ *
+ *	With a watcher thread, before the reply socket is armed: makes the
+ *	ReplyReadable event that the watcher queues when the socket is
+ *	readable, unless it has one. Tcl frees it, in this thread, once it
+ *	has run (or DeleteEventsOf does); CloseReplySocket frees one never
+ *	queued.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	Sets readyEventPtr.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+PrepareReplyEvent(
+    Receiver *receiverPtr)
+{
+    ReceiverEvent *eventPtr;
+
+    pthread_mutex_lock(&queueLock);
+    eventPtr = receiverPtr->readyEventPtr;
+    pthread_mutex_unlock(&queueLock);
+    if (eventPtr != NULL) {
+	return;
+    }
+    eventPtr = (ReceiverEvent *) ckalloc(sizeof(ReceiverEvent));
+    eventPtr->header.proc = ReplyReadable;
+    eventPtr->receiverPtr = receiverPtr;
+    pthread_mutex_lock(&queueLock);
+    receiverPtr->readyEventPtr = eventPtr;
+    pthread_mutex_unlock(&queueLock);
+}
+#endif
 
 /*
  *----------------------------------------------------------------------
@@ -5100,7 +5159,7 @@ StopWatcher(
  * CloseReplySocket --
  *
  *	Stops watching a receiver's reply socket (joining its watcher
- *	thread) and closes it.
+ *	thread) and closes it; frees the event the watcher did not queue.
  *
  * Results:
  *	None.
@@ -5116,6 +5175,8 @@ static void
 CloseReplySocket(
     Receiver *receiverPtr)
 {
+    ReceiverEvent *eventPtr;
+
     if (receiverPtr->retryTimer != NULL) {
 	Tcl_DeleteTimerHandler(receiverPtr->retryTimer);
 	receiverPtr->retryTimer = NULL;
@@ -5128,7 +5189,12 @@ CloseReplySocket(
     CloseFd(&receiverPtr->replyFd);
     CloseFd(&receiverPtr->pollFd);
     CloseFd(&receiverPtr->stopFd);
+    eventPtr = receiverPtr->readyEventPtr;
+    receiverPtr->readyEventPtr = NULL;
     pthread_mutex_unlock(&queueLock);
+    if (eventPtr != NULL) {
+	ckfree((char *) eventPtr);
+    }
 }
 
 /*
