@@ -480,20 +480,20 @@ typedef struct ReceiverEvent {
 } ReceiverEvent;
 
 /*
- * A connection delivered to a handler in this thread, while its channel is
- * open: what 'release' needs to give it back. A close handler on the
- * channel (ForgetDelivered) frees it. Per thread, like channels.
+ * A connection delivered to a handler, while its channel is open: what
+ * 'release' needs to give it back. A close handler on the channel
+ * (ForgetDelivered) frees it. The list is the process's, not a thread's:
+ * a channel may be moved to another thread (thread::transfer,
+ * Tcl_CutChannel and Tcl_SpliceChannel), then closed or released there.
+ * Only the thread that has the channel touches its entry.
  */
 
 typedef struct Delivered {
-    struct Delivered *nextPtr;	/* Next of this thread. */
+    struct Delivered *nextPtr;	/* Next of the process. (L) */
     Tcl_Channel chan;		/* Its channel. */
     Queue *queuePtr;		/* The queue it came from. */
     Message message;		/* Its message: the peer's address. */
 } Delivered;
-
-static Tcl_ThreadDataKey deliveredKey;
-				/* Delivered *: this thread's list. */
 
 /*
  * Per interpreter: its receivers. Touched only in the thread of the
@@ -513,6 +513,9 @@ static Receiver *allReceivers = NULL;	/* Receivers of every interpreter
 static uint32_t receiverCount = 0;	/* Receivers made in this process:
 					 * the low half of the next id. (L) */
 static int defaultPort = -1;		/* Port of the first server. (L) */
+static Delivered *firstDelivered = NULL;/* Delivered connections whose
+					 * channels are open, in any thread.
+					 * (L) */
 static int releaseDummyFd = -1;		/* One end of a socketpair, made at the
 					 * first 'release', that takes the place
 					 * of a released connection's descriptor
@@ -4009,7 +4012,7 @@ DeliverConnection(
     int i, code;
     Tcl_Channel chan;
     Tcl_Obj *cmdObj;
-    Delivered *deliveredPtr, **firstPtrPtr;
+    Delivered *deliveredPtr;
 
     if (getnameinfo((const struct sockaddr *) &messagePtr->addr,
 	    messagePtr->addrLen, host, sizeof(host), service,
@@ -4038,9 +4041,10 @@ DeliverConnection(
     deliveredPtr->chan = chan;
     deliveredPtr->queuePtr = queuePtr;
     deliveredPtr->message = *messagePtr;
-    firstPtrPtr = Tcl_GetThreadData(&deliveredKey, sizeof(Delivered *));
-    deliveredPtr->nextPtr = *firstPtrPtr;
-    *firstPtrPtr = deliveredPtr;
+    pthread_mutex_lock(&queueLock);
+    deliveredPtr->nextPtr = firstDelivered;
+    firstDelivered = deliveredPtr;
+    pthread_mutex_unlock(&queueLock);
     Tcl_CreateCloseHandler(chan, ForgetDelivered, deliveredPtr);
 
     /*
@@ -4088,8 +4092,8 @@ DeliverConnection(
  *
  * ForgetDelivered --
  *
- *	Close handler of a delivered connection's channel: it can no longer
- *	be released.
+ *	Close handler of a delivered connection's channel, in whichever
+ *	thread closes it: it can no longer be released.
  *
  * Results:
  *	None.
@@ -4105,13 +4109,14 @@ ForgetDelivered(
     ClientData clientData)
 {
     Delivered *deliveredPtr = clientData;
-    Delivered **linkPtr = Tcl_GetThreadData(&deliveredKey,
-	    sizeof(Delivered *));
+    Delivered **linkPtr;
 
-    while (*linkPtr != deliveredPtr) {
-	linkPtr = &(*linkPtr)->nextPtr;
+    pthread_mutex_lock(&queueLock);
+    for (linkPtr = &firstDelivered; *linkPtr != deliveredPtr;
+	    linkPtr = &(*linkPtr)->nextPtr) {
     }
     *linkPtr = deliveredPtr->nextPtr;
+    pthread_mutex_unlock(&queueLock);
     ckfree((char *) deliveredPtr);
 }
 
@@ -4128,7 +4133,10 @@ ForgetDelivered(
  *	request (ReadQueue, ServeWatched). Refused, the channel untouched,
  *	for a channel that is not a connection from a queue, has a
  *	transformation stacked on it, or holds unread input or unflushed
- *	output: what Tcl buffered would be lost.
+ *	output: what Tcl buffered would be lost. The channel may have been
+ *	moved to this interpreter's thread from the one it was delivered in
+ *	(thread::transfer): only this interpreter's own receiver may keep it
+ *	(Linger).
  *
  * Results:
  *	TCL_OK with an empty result, or TCL_ERROR: -errorcode {SOCKETSERVER
@@ -4174,10 +4182,11 @@ ReleaseCmd(
     if (chan == NULL) {
 	return TCL_ERROR;
     }
-    for (deliveredPtr = *(Delivered **) Tcl_GetThreadData(&deliveredKey,
-	    sizeof(Delivered *)); deliveredPtr != NULL
+    pthread_mutex_lock(&queueLock);
+    for (deliveredPtr = firstDelivered; deliveredPtr != NULL
 	    && deliveredPtr->chan != chan; deliveredPtr = deliveredPtr->nextPtr) {
     }
+    pthread_mutex_unlock(&queueLock);
     if (deliveredPtr == NULL) {
 	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": not a "
 		"connection from a socketserver queue", name));
