@@ -522,11 +522,15 @@ static int releaseDummyFd = -1;		/* One end of a socketpair, made at the
 					 * in its channel (DetachConnection).
 					 * (L) */
 static int reserveFd = -1;		/* /dev/null, opened with the first
-					 * receiver: the descriptor closed to
-					 * make room when a process out of
-					 * descriptors must send connections
-					 * back up the queue (ReturnReceived).
-					 * (L) */
+					 * receiver or wake pipe: the
+					 * descriptor closed to make room when
+					 * a process out of descriptors must
+					 * send connections back up the queue
+					 * (ReturnReceived), and the one a
+					 * forked child puts in place of its
+					 * copies of the parent's reply sockets
+					 * and wake pipes, with no descriptor
+					 * to spare too (AtForkChild). (L) */
 static unsigned long forkGeneration = 0;/* Counts forks; changed only in
 					 * the child of a fork. */
 static pthread_once_t setupOnce = PTHREAD_ONCE_INIT;
@@ -556,8 +560,10 @@ typedef struct WakePipe {
     int fds[2];			/* Pipe, both ends non-blocking and
 				 * close-on-exec. (S) */
     unsigned long generation;	/* forkGeneration when made: in a forked
-				 * child, fds[0] is /dev/null and fds[1]
-				 * closed. (S) */
+				 * child, fds[0] is /dev/null (or, with no
+				 * /dev/null to put there, still the
+				 * parent's: a copy of a reading end takes
+				 * nothing from it) and fds[1] closed. (S) */
 } WakePipe;
 
 static pthread_mutex_t signalLock = PTHREAD_MUTEX_INITIALIZER;
@@ -578,6 +584,9 @@ static sigset_t forkMask;		/* The forking thread's signal mask,
 					 * put back. (S) */
 static int adoptError = 0;		/* Why adopting the queues handed over
 					 * by 'spawn' failed, or 0; set once by
+					 * SetupProcess. */
+static int atforkError = 0;		/* Why pthread_atfork() refused the
+					 * fork handlers, or 0; set once by
 					 * SetupProcess. */
 static int forkBreaksNotifier = 0;	/* 1 where Tcl's event loop does not
 					 * survive fork() (Tcl 9 on Linux);
@@ -665,6 +674,7 @@ static int		ClaimRefused(Tcl_Interp *interp, Queue *queuePtr);
 static int		CloseCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
 static void		CloseFd(int *fdPtr);
+static int		ReplaceInChild(int fd, int nullFd);
 static void		DeleteInterpData(ClientData clientData,
 			    Tcl_Interp *interp);
 static void		DeliverConnection(Tcl_Interp *interp,
@@ -867,6 +877,36 @@ CloseFd(
 /*
  *----------------------------------------------------------------------
  *
+ * ReplaceInChild --
+ *
+ *	In the child of a fork: puts nullFd (/dev/null) in place of this
+ *	process's copy of fd, a descriptor of its parent's, at the same
+ *	number, so that the number stays taken (a file handler may still
+ *	watch it) while the copy no longer holds what it was a copy of. Only
+ *	async-signal-safe calls.
+ *
+ * Results:
+ *	1 if replaced; 0 if not (no nullFd, or dup3() failed): the copy is
+ *	left as it is, still open, and the caller decides what becomes of
+ *	it.
+ *
+ * Side effects:
+ *	See above.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+ReplaceInChild(
+    int fd,
+    int nullFd)
+{
+    return (nullFd >= 0 && dup3(nullFd, fd, O_CLOEXEC) >= 0);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * SetupProcess --
  *
  *	Runs once per process: installs the fork handlers and the exit
@@ -874,7 +914,9 @@ CloseFd(
  *	fork(), and adopts the queues a spawning process handed over.
  *
  * Results:
- *	None.
+ *	None. If the fork handlers can't be installed, nothing else is done
+ *	and atforkError says why, for Socketserver_Init to refuse: a fork
+ *	would copy the accept threads' descriptors and locks unrecorded.
  *
  * Side effects:
  *	See above.
@@ -905,7 +947,10 @@ SetupProcess(void)
     watchInThread = (major < 9 && threadedTcl);
     pthread_mutex_unlock(&queueLock);
 #endif
-    pthread_atfork(AtForkPrepare, AtForkParent, AtForkChild);
+    atforkError = pthread_atfork(AtForkPrepare, AtForkParent, AtForkChild);
+    if (atforkError != 0) {
+	return;
+    }
     Tcl_CreateExitHandler(FinalizeServers, NULL);
     AdoptQueues();
 }
@@ -940,7 +985,11 @@ SetupProcess(void)
  *	descriptor until the receiver is dropped), so that a connection sent
  *	to the parent never waits in a copy that nobody reads. Once the
  *	serving process exits, workers see end of file on their reply
- *	sockets.
+ *	sockets. The /dev/null is the reserve descriptor, or one opened
+ *	here; with neither (no descriptor to spare, no /dev/null), a copy
+ *	that a file handler may watch is kept until the receiver is dropped,
+ *	and any other is closed and forgotten (-1): a number is never kept
+ *	for a descriptor closed here.
  *
  *----------------------------------------------------------------------
  */
@@ -995,12 +1044,15 @@ AtForkChild(void)
 	queuePtr->lastErrno = 0;
     }
 
-    nullFd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    nullFd = (reserveFd >= 0) ? reserveFd
+	    : open("/dev/null", O_RDONLY | O_CLOEXEC);
     for (receiverPtr = allReceivers; receiverPtr != NULL;
 	    receiverPtr = receiverPtr->nextInProcess) {
-	if (receiverPtr->replyFd >= 0 && (nullFd < 0
-		|| dup3(nullFd, receiverPtr->replyFd, O_CLOEXEC) < 0)) {
-	    close(receiverPtr->replyFd);
+	if (receiverPtr->replyFd >= 0
+		&& !ReplaceInChild(receiverPtr->replyFd, nullFd)
+		&& watchInThread) {
+	    /* Only the watcher thread, gone here, watched it. */
+	    CloseFd(&receiverPtr->replyFd);
 	}
 	CloseFd(&receiverPtr->pollFd);
 	CloseFd(&receiverPtr->stopFd);
@@ -1010,7 +1062,9 @@ AtForkChild(void)
 	receiverPtr->slotPtr = NULL;	/* The parent's. */
     }
     ForgetSignals(nullFd);
-    CloseFd(&nullFd);
+    if (nullFd != reserveFd) {
+	CloseFd(&nullFd);
+    }
     forkGeneration++;
     pthread_sigmask(SIG_SETMASK, &forkMask, NULL);
     pthread_mutex_unlock(&queueLock);
@@ -2787,6 +2841,18 @@ HandOverFirstPending(
 	    int index = FindReplySocket(queuePtr, queuePtr->asks[0]);
 	    int sent;
 
+	    if (index < 0) {
+		/*
+		 * Never so: a receiver's asks are recorded only with its
+		 * socket and dropped with it (ReadQueue, ForgetReplySocket).
+		 * Should that change, the ask goes, not the connection.
+		 */
+
+		queuePtr->numAsks--;
+		memmove(queuePtr->asks, queuePtr->asks + 1,
+			queuePtr->numAsks * sizeof(uint64_t));
+		continue;
+	    }
 	    StampHanded(HandingTo(queuePtr, &queuePtr->replySockets[index]));
 	    sent = ancil_send_fd(queuePtr->replySockets[index].fd,
 		    queuePtr->pending[0].fd, &queuePtr->pending[0].message,
@@ -4208,11 +4274,24 @@ ReleaseCmd(
 		"holds %d bytes of output not flushed yet", name,
 		(int) Tcl_OutputBuffered(chan)));
 	code = "UNFLUSHED";
+    } else if (Tcl_GetChannelHandle(chan, TCL_READABLE, &handle) != TCL_OK
+	    || (intptr_t) handle < 0 || (intptr_t) handle > INT_MAX) {
+	/*
+	 * Never so for the TCP channel made here, whose handle is its
+	 * descriptor in either direction; but a number that comes from Tcl
+	 * is checked before it is sent anywhere.
+	 */
+
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": it "
+		"has no descriptor", name));
+	Tcl_SetErrorCode(interp, "SOCKETSERVER", "NOTCONNECTION", name, NULL);
+	return TCL_ERROR;
     }
     if (code != NULL) {
 	SetPortErrorCode(interp, code, queuePtr->port);
 	return TCL_ERROR;
     }
+    fd = (int) (intptr_t) handle;
 
     /*
      * The descriptor goes up the queue, or is kept for this interpreter's
@@ -4221,8 +4300,6 @@ ReleaseCmd(
      * the port (error -1), the channel's close ends the connection.
      */
 
-    Tcl_GetChannelHandle(chan, TCL_READABLE, &handle);
-    fd = (int) (intptr_t) handle;
     message = deliveredPtr->message;
     receiverPtr = FindReceiver(dataPtr, queuePtr);
     kept = 0;
@@ -7089,7 +7166,9 @@ CatchSignal(
  *	The pipe, or NULL with a POSIX error in interp.
  *
  * Side effects:
- *	See above.
+ *	See above. The process keeps a reserve descriptor from then on
+ *	(KeepReserve), which a forked child puts in place of its copy of the
+ *	pipe.
  *
  *----------------------------------------------------------------------
  */
@@ -7113,6 +7192,9 @@ ThreadWakePipe(
 		"couldn't create the signal pipe: %s", Tcl_PosixError(interp)));
 	return NULL;
     }
+    pthread_mutex_lock(&queueLock);
+    KeepReserve();
+    pthread_mutex_unlock(&queueLock);
     pipePtr = (WakePipe *) ckalloc(sizeof(WakePipe));
     pipePtr->thread = self;
     pipePtr->fds[0] = fds[0];
@@ -7252,7 +7334,8 @@ RemoveSignalScript(
  *	In the child of a fork, queueLock and signalLock held: puts back
  *	every action a script replaced, so the child starts with the
  *	actions it would have had, and replaces the wake pipes' reading
- *	ends by nullFd (a file handler may still watch the number) and
+ *	ends by nullFd (a file handler may still watch the number; without
+ *	nullFd the copy stays, which takes nothing from the parent) and
  *	closes their writing ends, so the child never shares its parent's.
  *	Only async-signal-safe calls.
  *
@@ -7284,10 +7367,7 @@ ForgetSignals(
     for (pipePtr = firstWakePipe; pipePtr != NULL;
 	    pipePtr = pipePtr->nextPtr) {
 	if (pipePtr->generation == forkGeneration) {
-	    if (nullFd < 0
-		    || dup3(nullFd, pipePtr->fds[0], O_CLOEXEC) < 0) {
-		close(pipePtr->fds[0]);
-	    }
+	    ReplaceInChild(pipePtr->fds[0], nullFd);
 	    CloseFd(&pipePtr->fds[1]);
 	}
     }
@@ -8127,6 +8207,13 @@ Socketserver_Init(
 	pthread_mutex_unlock(&queueLock);
     }
     pthread_once(&setupOnce, SetupProcess);
+    if (atforkError != 0) {
+	errno = atforkError;
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't install socketserver's fork handlers: %s",
+		Tcl_PosixError(interp)));
+	return TCL_ERROR;
+    }
     if (adoptError != 0) {
 	errno = adoptError;
 	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
