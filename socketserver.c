@@ -516,6 +516,10 @@ static int defaultPort = -1;		/* Port of the first server. (L) */
 static Delivered *firstDelivered = NULL;/* Delivered connections whose
 					 * channels are open, in any thread.
 					 * (L) */
+static int processExiting = 0;		/* 1 once the exit handler has run
+					 * (FinalizeServers): the thread exit
+					 * handlers that follow leave the
+					 * receivers as it left them. (L) */
 static int releaseDummyFd = -1;		/* One end of a socketpair, made at the
 					 * first 'release', that takes the place
 					 * of a released connection's descriptor
@@ -556,7 +560,10 @@ typedef struct SignalHandler {
 
 typedef struct WakePipe {
     struct WakePipe *nextPtr;	/* Next wake pipe of the process. (S) */
-    Tcl_ThreadId thread;	/* The thread that watches fds[0]. */
+    Tcl_ThreadId thread;	/* The thread that watches fds[0]; the pipe
+				 * is freed when it ends
+				 * (ForgetThreadSignals), since glibc gives
+				 * its id to the next thread made. */
     int fds[2];			/* Pipe, both ends non-blocking and
 				 * close-on-exec. (S) */
     unsigned long generation;	/* forkGeneration when made: in a forked
@@ -569,8 +576,9 @@ typedef struct WakePipe {
 static pthread_mutex_t signalLock = PTHREAD_MUTEX_INITIALIZER;
 static SignalHandler *signalHandlers[NSIG];
 					/* Script per signal number. (S) */
-static WakePipe *firstWakePipe = NULL;	/* One per thread that set a
-					 * script. (S) */
+static WakePipe *firstWakePipe = NULL;	/* One per live thread that set a
+					 * script, and those of a forked
+					 * child's parent, until met. (S) */
 static volatile sig_atomic_t signalCaught[NSIG];
 					/* Set by CatchSignal; cleared by the
 					 * thread that runs the script. */
@@ -675,6 +683,7 @@ static int		CloseCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
 static void		CloseFd(int *fdPtr);
 static int		ReplaceInChild(int fd, int nullFd);
+static void		EndInterpThread(ClientData clientData);
 static void		DeleteInterpData(ClientData clientData,
 			    Tcl_Interp *interp);
 static void		DeliverConnection(Tcl_Interp *interp,
@@ -801,6 +810,8 @@ static int		SpawnCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
 static void		CatchSignal(int signo);
 static void		ForgetSignals(int nullFd);
+static void		ForgetThreadSignals(ClientData clientData);
+static void		FreeWakePipe(WakePipe *pipePtr);
 static void		RemoveSignalScript(int signo);
 static void		RunCaughtSignals(ClientData clientData, int mask);
 static int		ParseSignal(Tcl_Interp *interp, Tcl_Obj *objPtr,
@@ -1085,7 +1096,8 @@ AtForkChild(void)
  * Side effects:
  *	Listeners are closed; queued connections stay with the workers.
  *	Watcher threads end, and connections that came to this process's
- *	requests go back up their queues.
+ *	requests go back up their queues. The receivers stay as they are
+ *	(processExiting), their slots marked exited.
  *
  *----------------------------------------------------------------------
  */
@@ -1099,6 +1111,7 @@ FinalizeServers(
 
     (void) clientData;
     pthread_mutex_lock(&queueLock);
+    processExiting = 1;
     for (queuePtr = firstQueuePtr; queuePtr != NULL;
 	    queuePtr = queuePtr->nextPtr) {
 	if (queuePtr->state != NOT_LISTENING) {
@@ -7160,7 +7173,11 @@ CatchSignal(
  * ThreadWakePipe --
  *
  *	signalLock held: the wake pipe of the calling thread, made and
- *	watched the first time.
+ *	watched the first time, and freed when the thread ends
+ *	(ForgetThreadSignals). The pipes of a forked child's parent are
+ *	freed on the way (FreeWakePipe), but one of this thread that Tcl 9's
+ *	notifier, shared with the parent, may still report: its file
+ *	handler frees it when it runs (RunCaughtSignals).
  *
  * Results:
  *	The pipe, or NULL with a POSIX error in interp.
@@ -7178,14 +7195,21 @@ ThreadWakePipe(
     Tcl_Interp *interp)
 {
     Tcl_ThreadId self = Tcl_GetCurrentThread();
-    WakePipe *pipePtr;
+    WakePipe *pipePtr, *nextPtr, *foundPtr = NULL;
     int fds[2];
 
-    for (pipePtr = firstWakePipe; pipePtr != NULL;
-	    pipePtr = pipePtr->nextPtr) {
-	if (pipePtr->thread == self && pipePtr->generation == forkGeneration) {
-	    return pipePtr;
+    for (pipePtr = firstWakePipe; pipePtr != NULL; pipePtr = nextPtr) {
+	nextPtr = pipePtr->nextPtr;
+	if (pipePtr->generation != forkGeneration) {
+	    if (pipePtr->thread != self || !forkBreaksNotifier) {
+		FreeWakePipe(pipePtr);
+	    }
+	} else if (pipePtr->thread == self) {
+	    foundPtr = pipePtr;
 	}
+    }
+    if (foundPtr != NULL) {
+	return foundPtr;
     }
     if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) {
 	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
@@ -7203,7 +7227,97 @@ ThreadWakePipe(
     pipePtr->nextPtr = firstWakePipe;
     firstWakePipe = pipePtr;
     Tcl_CreateFileHandler(fds[0], TCL_READABLE, RunCaughtSignals, pipePtr);
+    Tcl_CreateThreadExitHandler(ForgetThreadSignals, pipePtr);
     return pipePtr;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * FreeWakePipe --
+ *
+ *	signalLock held: unlinks a wake pipe and frees it. If it is the
+ *	calling thread's, its file handler and thread exit handler go too;
+ *	a stale pipe of another thread, one that does not exist in this
+ *	forked child, has neither here.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	Closes what is open of the pipe in this process.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+FreeWakePipe(
+    WakePipe *pipePtr)
+{
+    WakePipe **linkPtr;
+
+    for (linkPtr = &firstWakePipe; *linkPtr != pipePtr;
+	    linkPtr = &(*linkPtr)->nextPtr) {
+    }
+    *linkPtr = pipePtr->nextPtr;
+    if (pipePtr->thread == Tcl_GetCurrentThread()) {
+	Tcl_DeleteFileHandler(pipePtr->fds[0]);
+	Tcl_DeleteThreadExitHandler(ForgetThreadSignals, pipePtr);
+    }
+    CloseFd(&pipePtr->fds[0]);
+    CloseFd(&pipePtr->fds[1]);
+    ckfree((char *) pipePtr);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ForgetThreadSignals --
+ *
+ *	Thread exit handler of a thread that has a wake pipe: removes the
+ *	scripts it runs (their interpreters end with it, whether or not they
+ *	were deleted: thread::exit leaves them) and frees its pipe, so that
+ *	a later thread with the same id makes a pipe of its own, watched by
+ *	its own event loop, and no signal writes to a closed pipe.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	The actions from before the scripts are back. A stale pipe (this
+ *	thread forked) stays where Tcl 9's notifier, shared with the
+ *	parent, may still report it. Nothing changes when the whole process
+ *	exits (processExiting): its scripts keep catching their signals to
+ *	the end.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+ForgetThreadSignals(
+    ClientData clientData)
+{
+    WakePipe *pipePtr = clientData;
+    int signo, exiting;
+
+    pthread_mutex_lock(&signalLock);
+    pthread_mutex_lock(&queueLock);
+    exiting = processExiting;
+    pthread_mutex_unlock(&queueLock);
+    if (exiting) {
+	pthread_mutex_unlock(&signalLock);
+	return;
+    }
+    for (signo = 1; signo < NSIG; signo++) {
+	if (signalHandlers[signo] != NULL
+		&& signalHandlers[signo]->thread == pipePtr->thread) {
+	    RemoveSignalScript(signo);
+	}
+    }
+    if (pipePtr->generation == forkGeneration || !forkBreaksNotifier) {
+	FreeWakePipe(pipePtr);
+    }
+    pthread_mutex_unlock(&signalLock);
 }
 
 /*
@@ -7238,16 +7352,8 @@ RunCaughtSignals(
     pthread_mutex_lock(&signalLock);
     if (pipePtr->generation != forkGeneration) {
 	/* Made by the parent of a fork; here fds[0] is /dev/null. */
-	WakePipe **linkPtr = &firstWakePipe;
-
-	while (*linkPtr != pipePtr) {
-	    linkPtr = &(*linkPtr)->nextPtr;
-	}
-	*linkPtr = pipePtr->nextPtr;
+	FreeWakePipe(pipePtr);
 	pthread_mutex_unlock(&signalLock);
-	Tcl_DeleteFileHandler(pipePtr->fds[0]);
-	close(pipePtr->fds[0]);
-	ckfree((char *) pipePtr);
 	return;
     }
     pthread_mutex_unlock(&signalLock);
@@ -8137,6 +8243,47 @@ SocketserverObjCmd(
 /*
  *----------------------------------------------------------------------
  *
+ * EndInterpThread --
+ *
+ *	Thread exit handler of the thread of an interpreter that was not
+ *	deleted (thread::exit ends a thread so): drops its receivers as its
+ *	deletion would, so that no watcher thread is left to queue events
+ *	for a thread that is gone (or for the next one, which glibc gives
+ *	the same id), and no connection is left in a reply socket that
+ *	nobody reads. Its signal scripts go with the thread's wake pipe
+ *	(ForgetThreadSignals).
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	See DropReceiver. Nothing changes when the whole process exits
+ *	(processExiting): FinalizeServers has done what must be done.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+EndInterpThread(
+    ClientData clientData)
+{
+    InterpData *dataPtr = clientData;
+    int exiting;
+
+    pthread_mutex_lock(&queueLock);
+    exiting = processExiting;
+    pthread_mutex_unlock(&queueLock);
+    if (exiting) {
+	return;
+    }
+    while (dataPtr->firstReceiverPtr != NULL) {
+	DropReceiver(dataPtr->firstReceiverPtr);
+    }
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * DeleteInterpData --
  *
  *	Interpreter deletion: withdraws its pending requests and removes
@@ -8161,6 +8308,7 @@ DeleteInterpData(
 
     int signo;
 
+    Tcl_DeleteThreadExitHandler(EndInterpThread, dataPtr);
     while (dataPtr->firstReceiverPtr != NULL) {
 	DropReceiver(dataPtr->firstReceiverPtr);
     }
@@ -8186,7 +8334,8 @@ DeleteInterpData(
  *	A standard Tcl result.
  *
  * Side effects:
- *	The first call in a process installs fork and exit handlers.
+ *	The first call in a process installs fork and exit handlers; each
+ *	call a thread exit handler for the interpreter (EndInterpThread).
  *
  *----------------------------------------------------------------------
  */
@@ -8233,6 +8382,7 @@ Socketserver_Init(
     dataPtr->interp = interp;
     dataPtr->firstReceiverPtr = NULL;
     Tcl_SetAssocData(interp, ASSOC_KEY, DeleteInterpData, dataPtr);
+    Tcl_CreateThreadExitHandler(EndInterpThread, dataPtr);
     Tcl_CreateObjCommand(interp, "::socketserver::socket",
 	    SocketserverObjCmd, dataPtr, NULL);
     Tcl_CreateObjCommand(interp, "::socketserver::signal",
