@@ -519,7 +519,8 @@ static Delivered *firstDelivered = NULL;/* Delivered connections whose
 static int processExiting = 0;		/* 1 once the exit handler has run
 					 * (FinalizeServers): the thread exit
 					 * handlers that follow leave the
-					 * receivers as it left them. (L) */
+					 * receivers and the signal scripts
+					 * as they are. (L) */
 static int releaseDummyFd = -1;		/* One end of a socketpair, made at the
 					 * first 'release', that takes the place
 					 * of a released connection's descriptor
@@ -7351,7 +7352,7 @@ RunCaughtSignals(
     (void) mask;
     pthread_mutex_lock(&signalLock);
     if (pipePtr->generation != forkGeneration) {
-	/* Made by the parent of a fork; here fds[0] is /dev/null. */
+	/* Made by the parent of a fork; here fds[0] is its copy's place. */
 	FreeWakePipe(pipePtr);
 	pthread_mutex_unlock(&signalLock);
 	return;
