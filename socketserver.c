@@ -449,6 +449,14 @@ typedef struct Receiver {
 				 * it to end; else -1. (L) */
     pthread_t watcher;		/* The watcher thread, while pollFd is
 				 * open. */
+    struct ReceiverEvent *readyEventPtr;
+				/* With a watcher thread: the ReplyReadable
+				 * event it queues when the reply socket is
+				 * next readable, allocated by the
+				 * interpreter's thread before each arming
+				 * (so that the watcher, which Tcl never
+				 * finalizes, never allocates), or NULL once
+				 * queued. (L) */
     int watching;		/* 1 from the watcher's start until it is
 				 * told to stop (StopWatcher), which the
 				 * interpreter's thread or the exit handler
@@ -487,20 +495,20 @@ typedef struct ReceiverEvent {
 } ReceiverEvent;
 
 /*
- * A connection delivered to a handler in this thread, while its channel is
- * open: what 'release' needs to give it back. A close handler on the
- * channel (ForgetDelivered) frees it. Per thread, like channels.
+ * A connection delivered to a handler, while its channel is open: what
+ * 'release' needs to give it back. A close handler on the channel
+ * (ForgetDelivered) frees it. The list is the process's, not a thread's:
+ * a channel may be moved to another thread (thread::transfer,
+ * Tcl_CutChannel and Tcl_SpliceChannel), then closed or released there.
+ * Only the thread that has the channel touches its entry.
  */
 
 typedef struct Delivered {
-    struct Delivered *nextPtr;	/* Next of this thread. */
+    struct Delivered *nextPtr;	/* Next of the process. (L) */
     Tcl_Channel chan;		/* Its channel. */
     Queue *queuePtr;		/* The queue it came from. */
     Message message;		/* Its message: the peer's address. */
 } Delivered;
-
-static Tcl_ThreadDataKey deliveredKey;
-				/* Delivered *: this thread's list. */
 
 /*
  * Per interpreter: its receivers. Touched only in the thread of the
@@ -520,17 +528,29 @@ static Receiver *allReceivers = NULL;	/* Receivers of every interpreter
 static uint32_t receiverCount = 0;	/* Receivers made in this process:
 					 * the low half of the next id. (L) */
 static int defaultPort = -1;		/* Port of the first server. (L) */
+static Delivered *firstDelivered = NULL;/* Delivered connections whose
+					 * channels are open, in any thread.
+					 * (L) */
+static int processExiting = 0;		/* 1 once the exit handler has run
+					 * (FinalizeServers): the thread exit
+					 * handlers that follow leave the
+					 * receivers and the signal scripts
+					 * as they are. (L) */
 static int releaseDummyFd = -1;		/* One end of a socketpair, made at the
 					 * first 'release', that takes the place
 					 * of a released connection's descriptor
 					 * in its channel (DetachConnection).
 					 * (L) */
 static int reserveFd = -1;		/* /dev/null, opened with the first
-					 * receiver: the descriptor closed to
-					 * make room when a process out of
-					 * descriptors must send connections
-					 * back up the queue (ReturnReceived).
-					 * (L) */
+					 * receiver or wake pipe: the
+					 * descriptor closed to make room when
+					 * a process out of descriptors must
+					 * send connections back up the queue
+					 * (ReturnReceived), and the one a
+					 * forked child puts in place of its
+					 * copies of the parent's reply sockets
+					 * and wake pipes, with no descriptor
+					 * to spare too (AtForkChild). (L) */
 static unsigned long forkGeneration = 0;/* Counts forks; changed only in
 					 * the child of a fork. */
 static pthread_once_t setupOnce = PTHREAD_ONCE_INIT;
@@ -556,19 +576,25 @@ typedef struct SignalHandler {
 
 typedef struct WakePipe {
     struct WakePipe *nextPtr;	/* Next wake pipe of the process. (S) */
-    Tcl_ThreadId thread;	/* The thread that watches fds[0]. */
+    Tcl_ThreadId thread;	/* The thread that watches fds[0]; the pipe
+				 * is freed when it ends
+				 * (ForgetThreadSignals), since glibc gives
+				 * its id to the next thread made. */
     int fds[2];			/* Pipe, both ends non-blocking and
 				 * close-on-exec. (S) */
     unsigned long generation;	/* forkGeneration when made: in a forked
-				 * child, fds[0] is /dev/null and fds[1]
-				 * closed. (S) */
+				 * child, fds[0] is /dev/null (or, with no
+				 * /dev/null to put there, still the
+				 * parent's: a copy of a reading end takes
+				 * nothing from it) and fds[1] closed. (S) */
 } WakePipe;
 
 static pthread_mutex_t signalLock = PTHREAD_MUTEX_INITIALIZER;
 static SignalHandler *signalHandlers[NSIG];
 					/* Script per signal number. (S) */
-static WakePipe *firstWakePipe = NULL;	/* One per thread that set a
-					 * script. (S) */
+static WakePipe *firstWakePipe = NULL;	/* One per live thread that set a
+					 * script, and those of a forked
+					 * child's parent, until met. (S) */
 static volatile sig_atomic_t signalCaught[NSIG];
 					/* Set by CatchSignal; cleared by the
 					 * thread that runs the script. */
@@ -582,6 +608,9 @@ static sigset_t forkMask;		/* The forking thread's signal mask,
 					 * put back. (S) */
 static int adoptError = 0;		/* Why adopting the queues handed over
 					 * by 'spawn' failed, or 0; set once by
+					 * SetupProcess. */
+static int atforkError = 0;		/* Why pthread_atfork() refused the
+					 * fork handlers, or 0; set once by
 					 * SetupProcess. */
 static int forkBreaksNotifier = 0;	/* 1 where Tcl's event loop does not
 					 * survive fork() (Tcl 9 on Linux);
@@ -612,7 +641,12 @@ static int watchInThread = 0;		/* 1 where reply sockets are watched
 #define RETRY_MS	10	/* Retry after the kernel refused a send for
 				 * want of resources. */
 #define WATCH_REPLY	0	/* Watcher's epoll tags: the reply socket, */
-#define WATCH_STOP	1	/* and the eventfd that stops it. */
+#define WATCH_STOP	1	/* and the eventfd that stops it. Every
+				 * epoll registration of this file is tagged
+				 * by what it is, never by its descriptor,
+				 * whose number may be any (a worker that
+				 * closed its standard channels gets a reply
+				 * socket at 1). */
 #define ACCEPT_STOP	0	/* The accept thread's epoll tags: its stop */
 #define ACCEPT_LISTEN	1	/* pipe, the listener and the queue. A reply */
 #define ACCEPT_QUEUE	2	/* socket is tagged with its asker's id,
@@ -666,6 +700,8 @@ static int		ClaimRefused(Tcl_Interp *interp, Queue *queuePtr);
 static int		CloseCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
 static void		CloseFd(int *fdPtr);
+static int		ReplaceInChild(int fd, int nullFd);
+static void		EndInterpThread(ClientData clientData);
 static void		DeleteInterpData(ClientData clientData,
 			    Tcl_Interp *interp);
 static void		DeliverConnection(Tcl_Interp *interp,
@@ -681,6 +717,7 @@ static int		ReplyReadable(Tcl_Event *evPtr, int flags);
 static int		WatchReplySocket(Receiver *receiverPtr);
 #ifdef SS_LINUX
 static void *		WatchReplies(void *clientData);
+static void		PrepareReplyEvent(Receiver *receiverPtr);
 #endif
 static int		DropIfStale(Receiver *receiverPtr);
 static void		DropReceiver(Receiver *receiverPtr);
@@ -796,6 +833,8 @@ static int		SpawnCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
 static void		CatchSignal(int signo);
 static void		ForgetSignals(int nullFd);
+static void		ForgetThreadSignals(ClientData clientData);
+static void		FreeWakePipe(WakePipe *pipePtr);
 static void		RemoveSignalScript(int signo);
 static void		RunCaughtSignals(ClientData clientData, int mask);
 static int		ParseSignal(Tcl_Interp *interp, Tcl_Obj *objPtr,
@@ -872,6 +911,36 @@ CloseFd(
 /*
  *----------------------------------------------------------------------
  *
+ * ReplaceInChild --
+ *
+ *	In the child of a fork: puts nullFd (/dev/null) in place of this
+ *	process's copy of fd, a descriptor of its parent's, at the same
+ *	number, so that the number stays taken (a file handler may still
+ *	watch it) while the copy no longer holds what it was a copy of. Only
+ *	async-signal-safe calls.
+ *
+ * Results:
+ *	1 if replaced; 0 if not (no nullFd, or dup3() failed): the copy is
+ *	left as it is, still open, and the caller decides what becomes of
+ *	it.
+ *
+ * Side effects:
+ *	See above.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+ReplaceInChild(
+    int fd,
+    int nullFd)
+{
+    return (nullFd >= 0 && dup3(nullFd, fd, O_CLOEXEC) >= 0);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * SetupProcess --
  *
  *	Runs once per process: installs the fork handlers and the exit
@@ -879,7 +948,9 @@ CloseFd(
  *	fork(), and adopts the queues a spawning process handed over.
  *
  * Results:
- *	None.
+ *	None. If the fork handlers can't be installed, nothing else is done
+ *	and atforkError says why, for Socketserver_Init to refuse: a fork
+ *	would copy the accept threads' descriptors and locks unrecorded.
  *
  * Side effects:
  *	See above.
@@ -914,7 +985,10 @@ SetupProcess(void)
     watchInThread = (major < 9 && threadedTcl);
     pthread_mutex_unlock(&queueLock);
 #endif
-    pthread_atfork(AtForkPrepare, AtForkParent, AtForkChild);
+    atforkError = pthread_atfork(AtForkPrepare, AtForkParent, AtForkChild);
+    if (atforkError != 0) {
+	return;
+    }
     Tcl_CreateExitHandler(FinalizeServers, NULL);
     AdoptQueues();
 }
@@ -949,7 +1023,11 @@ SetupProcess(void)
  *	descriptor until the receiver is dropped), so that a connection sent
  *	to the parent never waits in a copy that nobody reads. Once the
  *	serving process exits, workers see end of file on their reply
- *	sockets.
+ *	sockets. The /dev/null is the reserve descriptor, or one opened
+ *	here; with neither (no descriptor to spare, no /dev/null), a copy
+ *	that a file handler may watch is kept until the receiver is dropped,
+ *	and any other is closed and forgotten (-1): a number is never kept
+ *	for a descriptor closed here.
  *
  *----------------------------------------------------------------------
  */
@@ -1004,12 +1082,15 @@ AtForkChild(void)
 	queuePtr->lastErrno = 0;
     }
 
-    nullFd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    nullFd = (reserveFd >= 0) ? reserveFd
+	    : open("/dev/null", O_RDONLY | O_CLOEXEC);
     for (receiverPtr = allReceivers; receiverPtr != NULL;
 	    receiverPtr = receiverPtr->nextInProcess) {
-	if (receiverPtr->replyFd >= 0 && (nullFd < 0
-		|| dup3(nullFd, receiverPtr->replyFd, O_CLOEXEC) < 0)) {
-	    close(receiverPtr->replyFd);
+	if (receiverPtr->replyFd >= 0
+		&& !ReplaceInChild(receiverPtr->replyFd, nullFd)
+		&& watchInThread) {
+	    /* Only the watcher thread, gone here, watched it. */
+	    CloseFd(&receiverPtr->replyFd);
 	}
 	CloseFd(&receiverPtr->pollFd);
 	CloseFd(&receiverPtr->stopFd);
@@ -1019,7 +1100,9 @@ AtForkChild(void)
 	receiverPtr->slotPtr = NULL;	/* The parent's. */
     }
     ForgetSignals(nullFd);
-    CloseFd(&nullFd);
+    if (nullFd != reserveFd) {
+	CloseFd(&nullFd);
+    }
     forkGeneration++;
     pthread_sigmask(SIG_SETMASK, &forkMask, NULL);
     pthread_mutex_unlock(&queueLock);
@@ -1040,7 +1123,8 @@ AtForkChild(void)
  * Side effects:
  *	Listeners are closed; queued connections stay with the workers.
  *	Watcher threads end, and connections that came to this process's
- *	requests go back up their queues.
+ *	requests go back up their queues. The receivers stay as they are
+ *	(processExiting), their slots marked exited.
  *
  *----------------------------------------------------------------------
  */
@@ -1054,6 +1138,7 @@ FinalizeServers(
 
     (void) clientData;
     pthread_mutex_lock(&queueLock);
+    processExiting = 1;
     for (queuePtr = firstQueuePtr; queuePtr != NULL;
 	    queuePtr = queuePtr->nextPtr) {
 	if (queuePtr->state != NOT_LISTENING) {
@@ -2844,6 +2929,18 @@ HandOverFirstPending(
 	    int index = FindReplySocket(queuePtr, queuePtr->asks[0]);
 	    int sent;
 
+	    if (index < 0) {
+		/*
+		 * Never so: a receiver's asks are recorded only with its
+		 * socket and dropped with it (ReadQueue, ForgetReplySocket).
+		 * Should that change, the ask goes, not the connection.
+		 */
+
+		queuePtr->numAsks--;
+		memmove(queuePtr->asks, queuePtr->asks + 1,
+			queuePtr->numAsks * sizeof(uint64_t));
+		continue;
+	    }
 	    StampHanded(HandingTo(queuePtr, &queuePtr->replySockets[index]));
 	    sent = ancil_send_fd(queuePtr->replySockets[index].fd,
 		    queuePtr->pending[0].fd, &queuePtr->pending[0].message,
@@ -3460,8 +3557,9 @@ SendAsk(
  *	0, or an errno value (nothing is watched then).
  *
  * Side effects:
- *	With a watcher: an epoll instance, an eventfd and a thread, which
- *	blocks every signal.
+ *	With a watcher: an epoll instance, an eventfd, the event the
+ *	watcher queues first (PrepareReplyEvent) and a thread, which blocks
+ *	every signal.
  *
  *----------------------------------------------------------------------
  */
@@ -3487,15 +3585,16 @@ WatchReplySocket(
 	if (error == 0) {
 	    memset(&event, 0, sizeof(event));
 	    event.events = EPOLLIN;
-	    event.data.u32 = WATCH_STOP;
+	    event.data.u64 = WATCH_STOP;
 	    if (epoll_ctl(receiverPtr->pollFd, EPOLL_CTL_ADD,
 		    receiverPtr->stopFd, &event) < 0) {
 		error = errno;
 	    }
 	}
 	if (error == 0) {
+	    PrepareReplyEvent(receiverPtr);
 	    event.events = EPOLLIN | EPOLLONESHOT;
-	    event.data.u32 = WATCH_REPLY;
+	    event.data.u64 = WATCH_REPLY;
 	    if (epoll_ctl(receiverPtr->pollFd, EPOLL_CTL_ADD,
 		    receiverPtr->replyFd, &event) < 0) {
 		error = errno;
@@ -3536,8 +3635,12 @@ WatchReplySocket(
  *	and wakes it. The socket is one-shot in the epoll instance, so the
  *	thread then sleeps until the interpreter has read and re-armed it
  *	(RearmReplySocket). It never reads the socket (no descriptor ever
- *	arrives in this thread, which fork() could copy unrecorded) and
- *	never touches the interpreter.
+ *	arrives in this thread, which fork() could copy unrecorded), never
+ *	touches the interpreter, and never allocates: the event is the one
+ *	the interpreter's thread made before it armed the socket. (Tcl's
+ *	allocator keeps a cache per thread that allocates, freed only by
+ *	Tcl_FinalizeThread, which this thread never calls: about 9 KB a
+ *	receiver on Tcl 8.6.)
  *
  * Results:
  *	NULL, once stopFd is readable.
@@ -3574,16 +3677,17 @@ WatchReplies(
 	    nanosleep(&pause, NULL);
 	    continue;
 	}
-	if (event.data.u32 == WATCH_STOP) {
+	if (event.data.u64 == WATCH_STOP) {
 	    return NULL;
 	}
-	eventPtr = (ReceiverEvent *) ckalloc(sizeof(ReceiverEvent));
-	eventPtr->header.proc = ReplyReadable;
-	eventPtr->receiverPtr = receiverPtr;
 	pthread_mutex_lock(&queueLock);
-	Tcl_ThreadQueueEvent(receiverPtr->thread, (Tcl_Event *) eventPtr,
-		TCL_QUEUE_TAIL);
-	Tcl_ThreadAlert(receiverPtr->thread);
+	eventPtr = receiverPtr->readyEventPtr;
+	receiverPtr->readyEventPtr = NULL;
+	if (eventPtr != NULL) {
+	    Tcl_ThreadQueueEvent(receiverPtr->thread, (Tcl_Event *) eventPtr,
+		    TCL_QUEUE_TAIL);
+	    Tcl_ThreadAlert(receiverPtr->thread);
+	}
 	pthread_mutex_unlock(&queueLock);
     }
 }
@@ -3643,9 +3747,10 @@ RearmReplySocket(
     struct epoll_event event;
 
     if (receiverPtr->pollFd >= 0) {
+	PrepareReplyEvent(receiverPtr);
 	memset(&event, 0, sizeof(event));
 	event.events = EPOLLIN | EPOLLONESHOT;
-	event.data.fd = receiverPtr->replyFd;
+	event.data.u64 = WATCH_REPLY;
 	if (epoll_ctl(receiverPtr->pollFd, EPOLL_CTL_MOD, receiverPtr->replyFd,
 		&event) < 0) {
 	    /*
@@ -3663,6 +3768,48 @@ RearmReplySocket(
     (void) receiverPtr;
 #endif
 }
+
+#ifdef __linux__
+/*
+ *----------------------------------------------------------------------
+ *
+ * PrepareReplyEvent --
+ *
+ *	With a watcher thread, before the reply socket is armed: makes the
+ *	ReplyReadable event that the watcher queues when the socket is
+ *	readable, unless it has one. Tcl frees it, in this thread, once it
+ *	has run (or DeleteEventsOf does); CloseReplySocket frees one never
+ *	queued.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	Sets readyEventPtr.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+PrepareReplyEvent(
+    Receiver *receiverPtr)
+{
+    ReceiverEvent *eventPtr;
+
+    pthread_mutex_lock(&queueLock);
+    eventPtr = receiverPtr->readyEventPtr;
+    pthread_mutex_unlock(&queueLock);
+    if (eventPtr != NULL) {
+	return;
+    }
+    eventPtr = (ReceiverEvent *) ckalloc(sizeof(ReceiverEvent));
+    eventPtr->header.proc = ReplyReadable;
+    eventPtr->receiverPtr = receiverPtr;
+    pthread_mutex_lock(&queueLock);
+    receiverPtr->readyEventPtr = eventPtr;
+    pthread_mutex_unlock(&queueLock);
+}
+#endif
 
 /*
  *----------------------------------------------------------------------
@@ -4019,7 +4166,7 @@ DeliverConnection(
     int i, code;
     Tcl_Channel chan;
     Tcl_Obj *cmdObj;
-    Delivered *deliveredPtr, **firstPtrPtr;
+    Delivered *deliveredPtr;
 
     if (getnameinfo((const struct sockaddr *) &messagePtr->addr,
 	    messagePtr->addrLen, host, sizeof(host), service,
@@ -4048,9 +4195,10 @@ DeliverConnection(
     deliveredPtr->chan = chan;
     deliveredPtr->queuePtr = queuePtr;
     deliveredPtr->message = *messagePtr;
-    firstPtrPtr = Tcl_GetThreadData(&deliveredKey, sizeof(Delivered *));
-    deliveredPtr->nextPtr = *firstPtrPtr;
-    *firstPtrPtr = deliveredPtr;
+    pthread_mutex_lock(&queueLock);
+    deliveredPtr->nextPtr = firstDelivered;
+    firstDelivered = deliveredPtr;
+    pthread_mutex_unlock(&queueLock);
     Tcl_CreateCloseHandler(chan, ForgetDelivered, deliveredPtr);
 
     /*
@@ -4098,8 +4246,8 @@ DeliverConnection(
  *
  * ForgetDelivered --
  *
- *	Close handler of a delivered connection's channel: it can no longer
- *	be released.
+ *	Close handler of a delivered connection's channel, in whichever
+ *	thread closes it: it can no longer be released.
  *
  * Results:
  *	None.
@@ -4115,13 +4263,14 @@ ForgetDelivered(
     ClientData clientData)
 {
     Delivered *deliveredPtr = clientData;
-    Delivered **linkPtr = Tcl_GetThreadData(&deliveredKey,
-	    sizeof(Delivered *));
+    Delivered **linkPtr;
 
-    while (*linkPtr != deliveredPtr) {
-	linkPtr = &(*linkPtr)->nextPtr;
+    pthread_mutex_lock(&queueLock);
+    for (linkPtr = &firstDelivered; *linkPtr != deliveredPtr;
+	    linkPtr = &(*linkPtr)->nextPtr) {
     }
     *linkPtr = deliveredPtr->nextPtr;
+    pthread_mutex_unlock(&queueLock);
     ckfree((char *) deliveredPtr);
 }
 
@@ -4138,7 +4287,10 @@ ForgetDelivered(
  *	request (ReadQueue, ServeWatched). Refused, the channel untouched,
  *	for a channel that is not a connection from a queue, has a
  *	transformation stacked on it, or holds unread input or unflushed
- *	output: what Tcl buffered would be lost.
+ *	output: what Tcl buffered would be lost. The channel may have been
+ *	moved to this interpreter's thread from the one it was delivered in
+ *	(thread::transfer): only this interpreter's own receiver may keep it
+ *	(Linger).
  *
  * Results:
  *	TCL_OK with an empty result, or TCL_ERROR: -errorcode {SOCKETSERVER
@@ -4184,10 +4336,11 @@ ReleaseCmd(
     if (chan == NULL) {
 	return TCL_ERROR;
     }
-    for (deliveredPtr = *(Delivered **) Tcl_GetThreadData(&deliveredKey,
-	    sizeof(Delivered *)); deliveredPtr != NULL
+    pthread_mutex_lock(&queueLock);
+    for (deliveredPtr = firstDelivered; deliveredPtr != NULL
 	    && deliveredPtr->chan != chan; deliveredPtr = deliveredPtr->nextPtr) {
     }
+    pthread_mutex_unlock(&queueLock);
     if (deliveredPtr == NULL) {
 	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": not a "
 		"connection from a socketserver queue", name));
@@ -4209,11 +4362,24 @@ ReleaseCmd(
 		"holds %d bytes of output not flushed yet", name,
 		(int) Tcl_OutputBuffered(chan)));
 	code = "UNFLUSHED";
+    } else if (Tcl_GetChannelHandle(chan, TCL_READABLE, &handle) != TCL_OK
+	    || (intptr_t) handle < 0 || (intptr_t) handle > INT_MAX) {
+	/*
+	 * Never so for the TCP channel made here, whose handle is its
+	 * descriptor in either direction; but a number that comes from Tcl
+	 * is checked before it is sent anywhere.
+	 */
+
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": it "
+		"has no descriptor", name));
+	Tcl_SetErrorCode(interp, "SOCKETSERVER", "NOTCONNECTION", name, NULL);
+	return TCL_ERROR;
     }
     if (code != NULL) {
 	SetPortErrorCode(interp, code, queuePtr->port);
 	return TCL_ERROR;
     }
+    fd = (int) (intptr_t) handle;
 
     /*
      * The descriptor goes up the queue, or is kept for this interpreter's
@@ -4222,8 +4388,6 @@ ReleaseCmd(
      * the port (error -1), the channel's close ends the connection.
      */
 
-    Tcl_GetChannelHandle(chan, TCL_READABLE, &handle);
-    fd = (int) (intptr_t) handle;
     message = deliveredPtr->message;
     receiverPtr = FindReceiver(dataPtr, queuePtr);
     kept = 0;
@@ -5175,7 +5339,7 @@ StopWatcher(
  * CloseReplySocket --
  *
  *	Stops watching a receiver's reply socket (joining its watcher
- *	thread) and closes it.
+ *	thread) and closes it; frees the event the watcher did not queue.
  *
  * Results:
  *	None.
@@ -5191,6 +5355,8 @@ static void
 CloseReplySocket(
     Receiver *receiverPtr)
 {
+    ReceiverEvent *eventPtr;
+
     if (receiverPtr->retryTimer != NULL) {
 	Tcl_DeleteTimerHandler(receiverPtr->retryTimer);
 	receiverPtr->retryTimer = NULL;
@@ -5203,7 +5369,12 @@ CloseReplySocket(
     CloseFd(&receiverPtr->replyFd);
     CloseFd(&receiverPtr->pollFd);
     CloseFd(&receiverPtr->stopFd);
+    eventPtr = receiverPtr->readyEventPtr;
+    receiverPtr->readyEventPtr = NULL;
     pthread_mutex_unlock(&queueLock);
+    if (eventPtr != NULL) {
+	ckfree((char *) eventPtr);
+    }
 }
 
 /*
@@ -7230,13 +7401,19 @@ CatchSignal(
  * ThreadWakePipe --
  *
  *	signalLock held: the wake pipe of the calling thread, made and
- *	watched the first time.
+ *	watched the first time, and freed when the thread ends
+ *	(ForgetThreadSignals). The pipes of a forked child's parent are
+ *	freed on the way (FreeWakePipe), but one of this thread that Tcl 9's
+ *	notifier, shared with the parent, may still report: its file
+ *	handler frees it when it runs (RunCaughtSignals).
  *
  * Results:
  *	The pipe, or NULL with a POSIX error in interp.
  *
  * Side effects:
- *	See above.
+ *	See above. The process keeps a reserve descriptor from then on
+ *	(KeepReserve), which a forked child puts in place of its copy of the
+ *	pipe.
  *
  *----------------------------------------------------------------------
  */
@@ -7246,20 +7423,30 @@ ThreadWakePipe(
     Tcl_Interp *interp)
 {
     Tcl_ThreadId self = Tcl_GetCurrentThread();
-    WakePipe *pipePtr;
+    WakePipe *pipePtr, *nextPtr, *foundPtr = NULL;
     int fds[2];
 
-    for (pipePtr = firstWakePipe; pipePtr != NULL;
-	    pipePtr = pipePtr->nextPtr) {
-	if (pipePtr->thread == self && pipePtr->generation == forkGeneration) {
-	    return pipePtr;
+    for (pipePtr = firstWakePipe; pipePtr != NULL; pipePtr = nextPtr) {
+	nextPtr = pipePtr->nextPtr;
+	if (pipePtr->generation != forkGeneration) {
+	    if (pipePtr->thread != self || !forkBreaksNotifier) {
+		FreeWakePipe(pipePtr);
+	    }
+	} else if (pipePtr->thread == self) {
+	    foundPtr = pipePtr;
 	}
+    }
+    if (foundPtr != NULL) {
+	return foundPtr;
     }
     if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0) {
 	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
 		"couldn't create the signal pipe: %s", Tcl_PosixError(interp)));
 	return NULL;
     }
+    pthread_mutex_lock(&queueLock);
+    KeepReserve();
+    pthread_mutex_unlock(&queueLock);
     pipePtr = (WakePipe *) ckalloc(sizeof(WakePipe));
     pipePtr->thread = self;
     pipePtr->fds[0] = fds[0];
@@ -7268,7 +7455,97 @@ ThreadWakePipe(
     pipePtr->nextPtr = firstWakePipe;
     firstWakePipe = pipePtr;
     Tcl_CreateFileHandler(fds[0], TCL_READABLE, RunCaughtSignals, pipePtr);
+    Tcl_CreateThreadExitHandler(ForgetThreadSignals, pipePtr);
     return pipePtr;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * FreeWakePipe --
+ *
+ *	signalLock held: unlinks a wake pipe and frees it. If it is the
+ *	calling thread's, its file handler and thread exit handler go too;
+ *	a stale pipe of another thread, one that does not exist in this
+ *	forked child, has neither here.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	Closes what is open of the pipe in this process.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+FreeWakePipe(
+    WakePipe *pipePtr)
+{
+    WakePipe **linkPtr;
+
+    for (linkPtr = &firstWakePipe; *linkPtr != pipePtr;
+	    linkPtr = &(*linkPtr)->nextPtr) {
+    }
+    *linkPtr = pipePtr->nextPtr;
+    if (pipePtr->thread == Tcl_GetCurrentThread()) {
+	Tcl_DeleteFileHandler(pipePtr->fds[0]);
+	Tcl_DeleteThreadExitHandler(ForgetThreadSignals, pipePtr);
+    }
+    CloseFd(&pipePtr->fds[0]);
+    CloseFd(&pipePtr->fds[1]);
+    ckfree((char *) pipePtr);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ForgetThreadSignals --
+ *
+ *	Thread exit handler of a thread that has a wake pipe: removes the
+ *	scripts it runs (their interpreters end with it, whether or not they
+ *	were deleted: thread::exit leaves them) and frees its pipe, so that
+ *	a later thread with the same id makes a pipe of its own, watched by
+ *	its own event loop, and no signal writes to a closed pipe.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	The actions from before the scripts are back. A stale pipe (this
+ *	thread forked) stays where Tcl 9's notifier, shared with the
+ *	parent, may still report it. Nothing changes when the whole process
+ *	exits (processExiting): its scripts keep catching their signals to
+ *	the end.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+ForgetThreadSignals(
+    ClientData clientData)
+{
+    WakePipe *pipePtr = clientData;
+    int signo, exiting;
+
+    pthread_mutex_lock(&signalLock);
+    pthread_mutex_lock(&queueLock);
+    exiting = processExiting;
+    pthread_mutex_unlock(&queueLock);
+    if (exiting) {
+	pthread_mutex_unlock(&signalLock);
+	return;
+    }
+    for (signo = 1; signo < NSIG; signo++) {
+	if (signalHandlers[signo] != NULL
+		&& signalHandlers[signo]->thread == pipePtr->thread) {
+	    RemoveSignalScript(signo);
+	}
+    }
+    if (pipePtr->generation == forkGeneration || !forkBreaksNotifier) {
+	FreeWakePipe(pipePtr);
+    }
+    pthread_mutex_unlock(&signalLock);
 }
 
 /*
@@ -7302,17 +7579,9 @@ RunCaughtSignals(
     (void) mask;
     pthread_mutex_lock(&signalLock);
     if (pipePtr->generation != forkGeneration) {
-	/* Made by the parent of a fork; here fds[0] is /dev/null. */
-	WakePipe **linkPtr = &firstWakePipe;
-
-	while (*linkPtr != pipePtr) {
-	    linkPtr = &(*linkPtr)->nextPtr;
-	}
-	*linkPtr = pipePtr->nextPtr;
+	/* Made by the parent of a fork; here fds[0] is its copy's place. */
+	FreeWakePipe(pipePtr);
 	pthread_mutex_unlock(&signalLock);
-	Tcl_DeleteFileHandler(pipePtr->fds[0]);
-	close(pipePtr->fds[0]);
-	ckfree((char *) pipePtr);
 	return;
     }
     pthread_mutex_unlock(&signalLock);
@@ -7399,7 +7668,8 @@ RemoveSignalScript(
  *	In the child of a fork, queueLock and signalLock held: puts back
  *	every action a script replaced, so the child starts with the
  *	actions it would have had, and replaces the wake pipes' reading
- *	ends by nullFd (a file handler may still watch the number) and
+ *	ends by nullFd (a file handler may still watch the number; without
+ *	nullFd the copy stays, which takes nothing from the parent) and
  *	closes their writing ends, so the child never shares its parent's.
  *	Only async-signal-safe calls.
  *
@@ -7431,10 +7701,7 @@ ForgetSignals(
     for (pipePtr = firstWakePipe; pipePtr != NULL;
 	    pipePtr = pipePtr->nextPtr) {
 	if (pipePtr->generation == forkGeneration) {
-	    if (nullFd < 0
-		    || dup3(nullFd, pipePtr->fds[0], O_CLOEXEC) < 0) {
-		close(pipePtr->fds[0]);
-	    }
+	    ReplaceInChild(pipePtr->fds[0], nullFd);
 	    CloseFd(&pipePtr->fds[1]);
 	}
     }
@@ -8207,6 +8474,47 @@ SocketserverObjCmd(
 /*
  *----------------------------------------------------------------------
  *
+ * EndInterpThread --
+ *
+ *	Thread exit handler of the thread of an interpreter that was not
+ *	deleted (thread::exit ends a thread so): drops its receivers as its
+ *	deletion would, so that no watcher thread is left to queue events
+ *	for a thread that is gone (or for the next one, which glibc gives
+ *	the same id), and no connection is left in a reply socket that
+ *	nobody reads. Its signal scripts go with the thread's wake pipe
+ *	(ForgetThreadSignals).
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	See DropReceiver. Nothing changes when the whole process exits
+ *	(processExiting): FinalizeServers has done what must be done.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+EndInterpThread(
+    ClientData clientData)
+{
+    InterpData *dataPtr = clientData;
+    int exiting;
+
+    pthread_mutex_lock(&queueLock);
+    exiting = processExiting;
+    pthread_mutex_unlock(&queueLock);
+    if (exiting) {
+	return;
+    }
+    while (dataPtr->firstReceiverPtr != NULL) {
+	DropReceiver(dataPtr->firstReceiverPtr);
+    }
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * DeleteInterpData --
  *
  *	Interpreter deletion: withdraws its pending requests and removes
@@ -8231,6 +8539,7 @@ DeleteInterpData(
 
     int signo;
 
+    Tcl_DeleteThreadExitHandler(EndInterpThread, dataPtr);
     while (dataPtr->firstReceiverPtr != NULL) {
 	DropReceiver(dataPtr->firstReceiverPtr);
     }
@@ -8256,7 +8565,8 @@ DeleteInterpData(
  *	A standard Tcl result.
  *
  * Side effects:
- *	The first call in a process installs fork and exit handlers.
+ *	The first call in a process installs fork and exit handlers; each
+ *	call a thread exit handler for the interpreter (EndInterpThread).
  *
  *----------------------------------------------------------------------
  */
@@ -8277,6 +8587,13 @@ Socketserver_Init(
 	pthread_mutex_unlock(&queueLock);
     }
     pthread_once(&setupOnce, SetupProcess);
+    if (atforkError != 0) {
+	errno = atforkError;
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't install socketserver's fork handlers: %s",
+		Tcl_PosixError(interp)));
+	return TCL_ERROR;
+    }
     if (adoptError != 0) {
 	errno = adoptError;
 	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
@@ -8296,6 +8613,7 @@ Socketserver_Init(
     dataPtr->interp = interp;
     dataPtr->firstReceiverPtr = NULL;
     Tcl_SetAssocData(interp, ASSOC_KEY, DeleteInterpData, dataPtr);
+    Tcl_CreateThreadExitHandler(EndInterpThread, dataPtr);
     Tcl_CreateObjCommand(interp, "::socketserver::socket",
 	    SocketserverObjCmd, dataPtr, NULL);
     Tcl_CreateObjCommand(interp, "::socketserver::signal",

@@ -279,6 +279,20 @@ proc fdCount {pid} {
     llength [glob -nocomplain /proc/$pid/fd/*]
 }
 
+# fillDescriptors --
+#	Lowers this process's descriptor limit a little above what it has
+#	open and opens /dev/null until no descriptor is left. Returns the
+#	channels.
+proc fillDescriptors {} {
+    set open [dict get [::socketserver::descriptors] open]
+    exec prlimit --pid [pid] --nofile=[expr {$open + 16}]:
+    set fillers {}
+    while {![catch {open /dev/null} chan]} {
+	lappend fillers $chan
+    }
+    return $fillers
+}
+
 # cpuTicks pid --
 #	User plus system time of pid, in clock ticks.
 proc cpuTicks {pid} {

@@ -22,13 +22,24 @@
  *					finalization (which under Tcl 9 would
  *					touch the epoll set the child shares)
  *
+ *	Preloaded instead (LD_PRELOAD), with INJECT_ATFORK_FAIL=NAME in the
+ *	environment, it makes pthread_atfork() fail with ENOMEM for the
+ *	shared library whose file name contains NAME.
+ *
  * Copyright (c) 2026 The socketserver authors.
  * See the file "LICENSE" for information on usage and redistribution.
  */
 
+/* dladdr() and RTLD_NEXT on glibc. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+
 #include <tcl.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -353,6 +364,58 @@ ExitCmd(
 	return TCL_ERROR;
     }
     _exit(status);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * __register_atfork --
+ *
+ *	What glibc's pthread_atfork(), a stub linked into each library,
+ *	calls. With INJECT_ATFORK_FAIL=NAME, refuses with ENOMEM the fork
+ *	handlers of a library whose file name (the part after the last
+ *	slash) contains NAME; passes on everything else.
+ *
+ * Results:
+ *	0, or an errno value.
+ *
+ * Side effects:
+ *	Those of the C library's.
+ *
+ *----------------------------------------------------------------------
+ */
+
+int
+__register_atfork(
+    void (*prepare)(void),
+    void (*parent)(void),
+    void (*child)(void),
+    void *dsoHandle)
+{
+    static int (*next)(void (*)(void), void (*)(void), void (*)(void),
+	    void *) = NULL;
+    const char *name = getenv("INJECT_ATFORK_FAIL");
+    Dl_info info;
+    void (*handler)(void) = (prepare != NULL) ? prepare
+	    : (parent != NULL) ? parent : child;
+
+    if (name != NULL && handler != NULL
+	    && dladdr((void *) (uintptr_t) handler, &info) != 0
+	    && info.dli_fname != NULL) {
+	const char *slash = strrchr(info.dli_fname, '/');
+
+	if (strstr(slash != NULL ? slash + 1 : info.dli_fname, name) != NULL) {
+	    return ENOMEM;
+	}
+    }
+    if (next == NULL) {
+	next = (int (*)(void (*)(void), void (*)(void), void (*)(void),
+		void *)) (uintptr_t) dlsym(RTLD_NEXT, "__register_atfork");
+	if (next == NULL) {
+	    return ENOSYS;
+	}
+    }
+    return next(prepare, parent, child, dsoHandle);
 }
 
 int
