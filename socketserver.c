@@ -262,11 +262,12 @@ typedef struct Slot {
 #define MARK_MAX	32	/* Longest -readyafter string. */
 
 typedef struct BoardTrailer {
-    uint32_t closed;		/* 1 from 'close' until 'server' listens
-				 * again: 'release' then closes its
-				 * connection, for no accept thread may be
-				 * left to read it. Written by the serving
-				 * process, atomic. */
+    uint32_t closed;		/* 1 from 'close' (or a 'server' whose
+				 * accept thread did not start) until
+				 * 'server' listens again: 'release' then
+				 * closes its connection, for no accept
+				 * thread may be left to read it. Written by
+				 * the serving process, atomic. */
     uint32_t releasing;		/* Workers between their look at closed
 				 * and the end of their send of a released
 				 * connection (SendReleased): 'close' waits
@@ -1116,8 +1117,8 @@ FindQueue(
  *	TCL_OK, or TCL_ERROR with a message in interp.
  *
  * Side effects:
- *	On error listenFd is closed and the state is back to
- *	NOT_LISTENING.
+ *	On error listenFd is closed, the state is back to NOT_LISTENING
+ *	and the scoreboard says closed, as after 'close'.
  *
  *----------------------------------------------------------------------
  */
@@ -1174,8 +1175,20 @@ StartAccepting(
 
   failed:
     close(listenFd);
+
+    /*
+     * Nothing listens: as after 'close', the port is marked closed for
+     * the workers' 'release', and what they released before they saw it
+     * (and any watched connection) is closed, for no accept thread would
+     * read or watch it.
+     */
+
+    __atomic_store_n(&TRAILER(queuePtr->board)->closed, 1, __ATOMIC_SEQ_CST);
+    WaitReleasing(queuePtr);
     pthread_mutex_lock(&queueLock);
     queuePtr->state = NOT_LISTENING;
+    ReadQueue(queuePtr);
+    CloseAllWatched(queuePtr, 1);
     pthread_mutex_unlock(&queueLock);
     errno = error;
     Tcl_SetObjResult(interp, Tcl_ObjPrintf(
