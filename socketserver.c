@@ -224,7 +224,11 @@ typedef struct Watched {
  * slot lives as long as its process: the exit handler marks it exited,
  * with its counts, for whoever collects the process to read; it is freed
  * by its receiver (DropReceiver), or by a reader (or a receiver looking
- * for a slot) that finds its process gone.
+ * for a slot) that finds its process gone: no process of its pid, or one
+ * that started at another time (the pid was reused). Whoever frees a slot
+ * it does not own first swaps asker for its own pid (below 2^32, never an
+ * id), clears state and started, then stores 0: a claimant sees a free
+ * slot only once it is clear.
  */
 
 typedef enum SlotState {
@@ -248,6 +252,9 @@ typedef struct Slot {
     uint16_t family;		/* SERVING: the peer's address family, */
     uint16_t peerPort;		/* port (host order) */
     unsigned char peerAddr[16];	/* and address. */
+    uint32_t started;		/* When its process started (StartMark), 0
+				 * if unknown: with the pid, names the
+				 * process across pid reuse. */
     uint64_t handed;		/* CLOCK_MONOTONIC, ns: when a connection
 				 * was last handed to it (by the accept
 				 * thread, or its own 'client' from the
@@ -273,6 +280,9 @@ typedef struct BoardTrailer {
 				 * connection (SendReleased): 'close' waits
 				 * for none to be left before its last read
 				 * of the queue. Atomic. */
+    uint32_t receivers;		/* Receivers made so far: the low half of
+				 * the next receiver's id, so that ids stay
+				 * unique when a pid is reused. Atomic. */
     uint32_t markLength;	/* -readyafter: a connection is ready (its
 				 * request whole) once the bytes it has sent
 				 * contain mark; 0: once it has sent one.
@@ -281,6 +291,9 @@ typedef struct BoardTrailer {
     char mark[MARK_MAX];	/* The string, markLength bytes. */
 } BoardTrailer;
 
+#define SEQ_TRIES	1000	/* Reads of a slot before a reader gives up
+				 * on a writer that does not finish (killed
+				 * while it wrote). */
 #define BOARD_SLOTS	4096	/* Receivers a queue's scoreboard holds: four
 				 * times the most workers prefork runs. */
 #define BOARD_BYTES	(BOARD_SLOTS * sizeof(Slot) + sizeof(BoardTrailer))
@@ -420,8 +433,9 @@ typedef struct Receiver {
 				/* Next receiver of the process. (L) */
     struct InterpData *dataPtr;	/* The interpreter. */
     Queue *queuePtr;		/* The queue it receives from. */
-    uint64_t id;		/* Names it in its asks: process id and a
-				 * count, unique among live processes. */
+    uint64_t id;		/* Names it in its asks: process id and the
+				 * board's count of receivers, unique even
+				 * across a reuse of the pid. */
     Tcl_ThreadId thread;	/* The interpreter's thread. */
     int replyFd;		/* Receiving end of the reply socket, or -1
 				 * before the first ask. Watched by a
@@ -503,8 +517,6 @@ static pthread_mutex_t queueLock = PTHREAD_MUTEX_INITIALIZER;
 static Queue *firstQueuePtr = NULL;	/* Queues of this process. (L) */
 static Receiver *allReceivers = NULL;	/* Receivers of every interpreter
 					 * of the process. (L) */
-static uint32_t receiverCount = 0;	/* Receivers made in this process:
-					 * the low half of the next id. (L) */
 static int defaultPort = -1;		/* Port of the first server. (L) */
 static int releaseDummyFd = -1;		/* One end of a socketpair, made at the
 					 * first 'release', that takes the place
@@ -726,7 +738,10 @@ static Slot *		MapBoard(int fd);
 static void		ClaimSlot(Receiver *receiverPtr);
 static void		MarkSlot(Receiver *receiverPtr, SlotState state,
 			    const Message *messagePtr);
-static void		FreeSlot(Slot *board, uint64_t asker);
+static int		FreeSlot(Slot *slotPtr, uint64_t owner);
+static pid_t		SlotPid(uint64_t asker);
+static int		OwnerGone(pid_t pid, uint32_t started);
+static uint32_t		StartMark(pid_t pid);
 static Slot *		HandingTo(Queue *queuePtr, ReplySocket *socketPtr);
 static void		StampHanded(Slot *slotPtr);
 static void		PruneReplySockets(Queue *queuePtr);
@@ -4729,8 +4744,9 @@ MapBoard(
  *
  * Side effects:
  *	receiverPtr->slotPtr is the slot, marked SLOT_IDLE with nothing
- *	served; or NULL if every slot is taken (the receiver then works
- *	without one, and 'info' does not list it).
+ *	served and this process's start time; or NULL if every slot is
+ *	taken (the receiver then works without one, and 'info' does not
+ *	list it).
  *
  *----------------------------------------------------------------------
  */
@@ -4740,25 +4756,35 @@ ClaimSlot(
     Receiver *receiverPtr)
 {
     Slot *board = receiverPtr->queuePtr->board;
+    uint32_t started = StartMark(getpid());
     int i, pass;
 
     receiverPtr->slotPtr = NULL;
     for (pass = 0; pass < 2; pass++) {
 	for (i = 0; i < BOARD_SLOTS; i++) {
 	    uint64_t owner = __atomic_load_n(&board[i].asker,
-		    __ATOMIC_RELAXED);
+		    __ATOMIC_ACQUIRE);
 
 	    /*
 	     * A free slot; or, once there is none, one whose process is gone
-	     * and was never read so by anyone.
+	     * and was never read so by anyone: freed first, so that it is
+	     * taken clear.
 	     */
 
-	    if ((owner == 0 || (pass == 1 && kill((pid_t) (owner >> 32), 0) < 0
-		    && errno == ESRCH))
-		    && __atomic_compare_exchange_n(&board[i].asker, &owner,
-			receiverPtr->id, 0, __ATOMIC_ACQ_REL,
-			__ATOMIC_RELAXED)) {
+	    if (pass == 1 && owner != 0) {
+		pid_t pid = SlotPid(owner);
+
+		if ((pid == 0 || OwnerGone(pid, (owner > UINT32_MAX)
+			? __atomic_load_n(&board[i].started, __ATOMIC_RELAXED)
+			: 0)) && FreeSlot(&board[i], owner)) {
+		    owner = 0;
+		}
+	    }
+	    if (owner == 0 && __atomic_compare_exchange_n(&board[i].asker,
+		    &owner, receiverPtr->id, 0, __ATOMIC_ACQ_REL,
+		    __ATOMIC_RELAXED)) {
 		receiverPtr->slotPtr = &board[i];
+		__atomic_store_n(&board[i].started, started, __ATOMIC_RELAXED);
 		__atomic_store_n(&board[i].served, 0, __ATOMIC_RELAXED);
 		__atomic_store_n(&board[i].handed, 0, __ATOMIC_RELAXED);
 		MarkSlot(receiverPtr, SLOT_IDLE, NULL);
@@ -4920,33 +4946,165 @@ StampHanded(
  *
  * FreeSlot --
  *
- *	Frees the scoreboard slot of receiver asker, if it has one.
+ *	Frees a scoreboard slot if owner (its receiver's id, or what a
+ *	reader found there) still holds it: takes it with this process's
+ *	pid (never an id: see Slot), clears its state and start time, then
+ *	makes it free.
  *
  * Results:
- *	None.
+ *	1 if freed, 0 if the slot had changed.
  *
  * Side effects:
- *	The slot's asker becomes 0, unless it changed meanwhile.
+ *	See above.
  *
  *----------------------------------------------------------------------
  */
 
-static void
+static int
 FreeSlot(
-    Slot *board,
+    Slot *slotPtr,
+    uint64_t owner)
+{
+    uint32_t seq;
+
+    if (!__atomic_compare_exchange_n(&slotPtr->asker, &owner,
+	    (uint64_t) getpid(), 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+	return 0;
+    }
+    seq = __atomic_load_n(&slotPtr->seq, __ATOMIC_RELAXED) | 1;
+    __atomic_store_n(&slotPtr->seq, seq, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    __atomic_store_n(&slotPtr->state, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&slotPtr->started, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&slotPtr->seq, seq + 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&slotPtr->asker, 0, __ATOMIC_RELEASE);
+    return 1;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * SlotPid --
+ *
+ *	The process a slot's asker names: a receiver id's high half, or
+ *	below 2^32 the pid of a process freeing the slot.
+ *
+ * Results:
+ *	The pid, or 0 for a free slot or a value no process writes (a pid
+ *	that would be negative).
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static pid_t
+SlotPid(
     uint64_t asker)
 {
-    int i;
+    uint64_t pid = (asker > UINT32_MAX) ? asker >> 32 : asker;
 
-    for (i = 0; i < BOARD_SLOTS; i++) {
-	uint64_t expected = asker;
+    return (pid <= INT_MAX) ? (pid_t) pid : 0;
+}
 
-	if (__atomic_load_n(&board[i].asker, __ATOMIC_RELAXED) == asker) {
-	    __atomic_compare_exchange_n(&board[i].asker, &expected, 0, 0,
-		    __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
-	    return;
-	}
+/*
+ *----------------------------------------------------------------------
+ *
+ * OwnerGone --
+ *
+ *	Whether the process that holds a slot is gone: no process has its
+ *	pid, or the one that has it started at another time than the slot
+ *	says (the pid was reused). A process that exited but is not
+ *	collected yet is not gone: its parent may still read its slot.
+ *
+ * Results:
+ *	1 if gone; 0 if it lives, or where that can't be told.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+OwnerGone(
+    pid_t pid,
+    uint32_t started)
+{
+    uint32_t now;
+
+    if (kill(pid, 0) < 0 && errno == ESRCH) {
+	return 1;
     }
+    if (started == 0) {
+	return 0;
+    }
+    now = StartMark(pid);
+    return (now != 0 && now != started);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * StartMark --
+ *
+ *	When process pid started, as a slot keeps it: on Linux its start
+ *	time in clock ticks since boot (field 22 of /proc/PID/stat), which
+ *	a zombie keeps and a process that reuses its pid does not share,
+ *	folded into 1 .. 2^32-1.
+ *
+ * Results:
+ *	The mark, or 0 if it can't be read (no such process; no /proc;
+ *	elsewhere than Linux).
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static uint32_t
+StartMark(
+    pid_t pid)
+{
+#ifdef __linux__
+    char path[32], text[1024], *p;
+    unsigned long long start;
+    ssize_t got;
+    int fd, field;
+
+    snprintf(path, sizeof(path), "/proc/%ld/stat", (long) pid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+	return 0;
+    }
+    do {
+	got = read(fd, text, sizeof(text) - 1);
+    } while (got < 0 && errno == EINTR);
+    close(fd);
+    if (got <= 0) {
+	return 0;
+    }
+    text[got] = '\0';
+
+    /*
+     * The command name, field 2, is in parentheses and may hold spaces
+     * and parentheses: the fields are counted from its last ')'.
+     */
+
+    p = strrchr(text, ')');
+    for (field = 3; p != NULL && field <= 22; field++) {
+	p = strchr(p + 1, ' ');
+    }
+    if (p == NULL || sscanf(p, " %llu", &start) != 1) {
+	return 0;
+    }
+    return (uint32_t) (start % UINT32_MAX) + 1;
+#else
+    (void) pid;
+    return 0;
+#endif
 }
 
 /*
@@ -4990,7 +5148,8 @@ NewReceiver(
     dataPtr->firstReceiverPtr = receiverPtr;
     pthread_mutex_lock(&queueLock);
     KeepReserve();
-    receiverPtr->id = ((uint64_t) getpid() << 32) | receiverCount++;
+    receiverPtr->id = ((uint64_t) getpid() << 32) | __atomic_fetch_add(
+	    &TRAILER(queuePtr->board)->receivers, 1, __ATOMIC_RELAXED);
     receiverPtr->nextInProcess = allReceivers;
     allReceivers = receiverPtr;
     pthread_mutex_unlock(&queueLock);
@@ -5261,7 +5420,9 @@ DropReceiver(
 	pthread_mutex_lock(&queueLock);
 	ReturnReceived(receiverPtr);
 	pthread_mutex_unlock(&queueLock);
-	FreeSlot(receiverPtr->queuePtr->board, receiverPtr->id);
+	if (receiverPtr->slotPtr != NULL) {
+	    FreeSlot(receiverPtr->slotPtr, receiverPtr->id);
+	}
     }
     CloseReplySocket(receiverPtr);
 
@@ -6489,8 +6650,8 @@ InfoCmd(
  * BoardObj --
  *
  *	What every receiver of a queue is doing, read from its scoreboard.
- *	Slots of processes that are gone (collected after they exited, or
- *	killed) are freed on the way.
+ *	Slots of processes that are gone (collected after they ended, or
+ *	whose pid another process has taken since) are freed on the way.
  *
  * Results:
  *	A new list of dicts, one per receiver: pid, state (waiting, serving,
@@ -6528,7 +6689,9 @@ BoardObj(
 
 	do {
 	    seq = __atomic_load_n(&slotPtr->seq, __ATOMIC_ACQUIRE);
-	    copy.asker = __atomic_load_n(&slotPtr->asker, __ATOMIC_RELAXED);
+	    copy.asker = __atomic_load_n(&slotPtr->asker, __ATOMIC_ACQUIRE);
+	    copy.started = __atomic_load_n(&slotPtr->started,
+		    __ATOMIC_RELAXED);
 	    copy.state = __atomic_load_n(&slotPtr->state, __ATOMIC_RELAXED);
 	    copy.since = __atomic_load_n(&slotPtr->since, __ATOMIC_RELAXED);
 	    copy.served = __atomic_load_n(&slotPtr->served, __ATOMIC_RELAXED);
@@ -6539,15 +6702,26 @@ BoardObj(
 	    __atomic_thread_fence(__ATOMIC_ACQUIRE);
 	} while ((seq % 2 == 1
 		|| seq != __atomic_load_n(&slotPtr->seq, __ATOMIC_RELAXED))
-		&& ++tries < 1000);
+		&& ++tries < SEQ_TRIES);
 	copy.handed = __atomic_load_n(&slotPtr->handed, __ATOMIC_RELAXED);
-	if (copy.asker == 0 || tries == 1000
-		|| copy.state < SLOT_WAITING || copy.state > SLOT_EXITED) {
+	if (copy.asker == 0) {
 	    continue;
 	}
-	pid = (pid_t) (copy.asker >> 32);
-	if (kill(pid, 0) < 0 && errno == ESRCH) {
-	    FreeSlot(queuePtr->board, copy.asker);
+
+	/*
+	 * Whoever wrote the slot may be gone even if it died while writing
+	 * (started is written only with the slot taken: it is its owner's,
+	 * or 0). An asker below 2^32 is a slot being freed.
+	 */
+
+	pid = SlotPid(copy.asker);
+	if (pid == 0 || OwnerGone(pid, (copy.asker > UINT32_MAX)
+		? copy.started : 0)) {
+	    FreeSlot(slotPtr, copy.asker);
+	    continue;
+	}
+	if (tries == SEQ_TRIES || copy.asker <= UINT32_MAX
+		|| copy.state < SLOT_WAITING || copy.state > SLOT_EXITED) {
 	    continue;
 	}
 	workerObj = Tcl_NewObj();
