@@ -228,7 +228,8 @@ typedef struct Watched {
  * that started at another time (the pid was reused). Whoever frees a slot
  * it does not own first swaps asker for its own pid (below 2^32, never an
  * id), clears state and started, then stores 0: a claimant sees a free
- * slot only once it is clear.
+ * slot only once it is clear. Any process of the queue can write every
+ * slot, so every field is checked when read.
  */
 
 typedef enum SlotState {
@@ -283,17 +284,19 @@ typedef struct BoardTrailer {
     uint32_t receivers;		/* Receivers made so far: the low half of
 				 * the next receiver's id, so that ids stay
 				 * unique when a pid is reused. Atomic. */
+    uint32_t markSeq;		/* Odd while 'server' writes markLength and
+				 * mark (a seqlock, as Slot's seq). */
     uint32_t markLength;	/* -readyafter: a connection is ready (its
 				 * request whole) once the bytes it has sent
 				 * contain mark; 0: once it has sent one.
-				 * Written by 'server' before its accept
-				 * thread starts. */
+				 * Written by 'server' before it clears
+				 * closed; read by workers ('release'). */
     char mark[MARK_MAX];	/* The string, markLength bytes. */
 } BoardTrailer;
 
-#define SEQ_TRIES	1000	/* Reads of a slot before a reader gives up
-				 * on a writer that does not finish (killed
-				 * while it wrote). */
+#define SEQ_TRIES	1000	/* Reads of a slot, or of the mark, before a
+				 * reader gives up on a writer that does not
+				 * finish (killed while it wrote). */
 #define BOARD_SLOTS	4096	/* Receivers a queue's scoreboard holds: four
 				 * times the most workers prefork runs. */
 #define BOARD_BYTES	(BOARD_SLOTS * sizeof(Slot) + sizeof(BoardTrailer))
@@ -377,6 +380,10 @@ typedef struct Queue {
 				 * watched, ns: 'server -ready' (0: hand
 				 * every connection over at once) and
 				 * -keepalive. (L) */
+    char mark[MARK_MAX];	/* 'server -readyafter': the accept thread's
+				 * own copy of the trailer's mark, which
+				 * workers can write. (L) */
+    size_t markLength;		/* Its length, at most MARK_MAX. (L) */
     Watched *watched;		/* Entries of watched connections, used and
 				 * free, malloc'd. (L) */
     int watchSpace;		/* How many entries. (L) */
@@ -706,7 +713,10 @@ static int		IsAscii(const char *string, Tcl_Size length);
 static int		GetIntInRange(Tcl_Obj *objPtr, Tcl_WideInt min,
 			    Tcl_WideInt max, int *valuePtr);
 static int		HandOverFirstPending(Queue *queuePtr, int wait);
-static ConnReadiness	Readiness(int fd, const BoardTrailer *trailerPtr);
+static ConnReadiness	Readiness(int fd, const char *mark,
+			    size_t markLength);
+static int		ReadMark(const BoardTrailer *trailerPtr, char *mark,
+			    size_t *lengthPtr);
 static int		MakePending(Queue *queuePtr, int fd,
 			    Message *messagePtr);
 static void		WatchConnection(Queue *queuePtr, int fd,
@@ -1561,7 +1571,8 @@ AcceptOneConnection(
 	 */
 
 	ConnReadiness readiness = (queuePtr->timeoutNs[WATCH_SILENT] > 0)
-		? Readiness(fd, TRAILER(queuePtr->board)) : CONN_HAS_DATA;
+		? Readiness(fd, queuePtr->mark, queuePtr->markLength)
+		: CONN_HAS_DATA;
 
 	if (readiness == CONN_SILENT || readiness == CONN_PARTIAL) {
 	    WatchConnection(queuePtr, fd, &message, WATCH_SILENT);
@@ -1608,9 +1619,9 @@ AcceptOneConnection(
  * Readiness --
  *
  *	Looks, without reading or blocking, at what a connection has for
- *	its reader. With -readyafter (the queue's trailer), bytes are a
- *	whole request once they contain its mark, or fill PEEK_MAX (then
- *	its reader must judge).
+ *	its reader. With a -readyafter mark (markLength bytes, at most
+ *	MARK_MAX), bytes are a whole request once they contain it, or fill
+ *	PEEK_MAX (then its reader must judge).
  *
  * Results:
  *	CONN_SILENT if nothing yet, CONN_PARTIAL if bytes without the mark,
@@ -1626,17 +1637,16 @@ AcceptOneConnection(
 static ConnReadiness
 Readiness(
     int fd,
-    const BoardTrailer *trailerPtr)
+    const char *mark,
+    size_t markLength)
 {
     char bytes[PEEK_MAX];
-    size_t markLength = trailerPtr->markLength;
     ssize_t got = recv(fd, bytes, (markLength == 0) ? 1 : sizeof(bytes),
 	    MSG_PEEK | MSG_DONTWAIT);
 
     if (got > 0) {
 	if (markLength == 0 || got == (ssize_t) sizeof(bytes)
-		|| memmem(bytes, (size_t) got, trailerPtr->mark,
-		    markLength) != NULL) {
+		|| memmem(bytes, (size_t) got, mark, markLength) != NULL) {
 	    return CONN_HAS_DATA;
 	}
 	return CONN_PARTIAL;
@@ -2078,8 +2088,8 @@ ServeWatched(
 	     * One last look: bytes that came with the deadline still count.
 	     */
 
-	    if (Readiness(queuePtr->watched[index].fd,
-		    TRAILER(queuePtr->board)) == CONN_HAS_DATA) {
+	    if (Readiness(queuePtr->watched[index].fd, queuePtr->mark,
+		    queuePtr->markLength) == CONN_HAS_DATA) {
 		HandWatchedOver(queuePtr, index);
 	    } else {
 		ForgetWatched(queuePtr, index, 1);
@@ -2113,7 +2123,7 @@ TakeWatched(
 {
     Watched *entryPtr = &queuePtr->watched[index];
 
-    switch (Readiness(entryPtr->fd, TRAILER(queuePtr->board))) {
+    switch (Readiness(entryPtr->fd, queuePtr->mark, queuePtr->markLength)) {
     case CONN_SILENT:
 	return;
     case CONN_PARTIAL:
@@ -2274,7 +2284,7 @@ ReadQueue(
 		close(fd);
 		break;
 	    }
-	    switch (Readiness(fd, TRAILER(queuePtr->board))) {
+	    switch (Readiness(fd, queuePtr->mark, queuePtr->markLength)) {
 	    case CONN_HAS_DATA:
 		MakePending(queuePtr, fd, &message);
 		break;
@@ -4366,7 +4376,9 @@ WaitReleasing(
  *	queue ends the wait.
  *
  * Results:
- *	1 if the next request is there and nobody waits, else 0.
+ *	1 if the next request is there and nobody waits, else 0 (also if
+ *	the serving process's -readyafter mark can't be read: the serving
+ *	process then judges).
  *
  * Side effects:
  *	None.
@@ -4381,6 +4393,8 @@ Linger(
 {
     struct pollfd fds[2];
     struct timespec wait = {0, LINGER_US * 1000L};
+    char mark[MARK_MAX];
+    size_t markLength;
     int readyBytes = 0;
 
     if (ioctl(queuePtr->readyFds[0], FIONREAD, &readyBytes) < 0
@@ -4393,7 +4407,51 @@ Linger(
     fds[0].revents = fds[1].revents = 0;
     return (ppoll(fds, 2, &wait, NULL) > 0 && fds[1].revents == 0
 	    && (fds[0].revents & POLLIN)
-	    && Readiness(fd, TRAILER(queuePtr->board)) == CONN_HAS_DATA);
+	    && ReadMark(TRAILER(queuePtr->board), mark, &markLength)
+	    && Readiness(fd, mark, markLength) == CONN_HAS_DATA);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ReadMark --
+ *
+ *	Copies the serving process's -readyafter mark from the scoreboard's
+ *	trailer, between two equal even values of markSeq ('server' may be
+ *	writing it). Any process of the queue can write there: a length
+ *	above MARK_MAX is no mark.
+ *
+ * Results:
+ *	1 with the mark in mark (MARK_MAX bytes of room) and its length in
+ *	*lengthPtr; 0 if no whole and valid copy could be read.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+ReadMark(
+    const BoardTrailer *trailerPtr,
+    char *mark,
+    size_t *lengthPtr)
+{
+    uint32_t seq, length;
+    int tries;
+
+    for (tries = 0; tries < SEQ_TRIES; tries++) {
+	seq = __atomic_load_n(&trailerPtr->markSeq, __ATOMIC_ACQUIRE);
+	length = __atomic_load_n(&trailerPtr->markLength, __ATOMIC_RELAXED);
+	memcpy(mark, trailerPtr->mark, MARK_MAX);
+	__atomic_thread_fence(__ATOMIC_ACQUIRE);
+	if (seq % 2 == 0 && seq == __atomic_load_n(&trailerPtr->markSeq,
+		__ATOMIC_RELAXED)) {
+	    *lengthPtr = length;
+	    return length <= MARK_MAX;
+	}
+    }
+    return 0;
 }
 
 /*
@@ -4832,8 +4890,10 @@ MarkSlot(
 	return;
     }
     clock_gettime(CLOCK_MONOTONIC, &now);
-    seq = __atomic_load_n(&slotPtr->seq, __ATOMIC_RELAXED);
-    __atomic_store_n(&slotPtr->seq, seq + 1, __ATOMIC_RELAXED);
+
+    /* Odd while it writes, whatever another process left there. */
+    seq = __atomic_load_n(&slotPtr->seq, __ATOMIC_RELAXED) | 1;
+    __atomic_store_n(&slotPtr->seq, seq, __ATOMIC_RELAXED);
     __atomic_thread_fence(__ATOMIC_RELEASE);
     __atomic_store_n(&slotPtr->state, (uint32_t) state, __ATOMIC_RELAXED);
     __atomic_store_n(&slotPtr->since,
@@ -4864,7 +4924,7 @@ MarkSlot(
 	__atomic_store_n(&slotPtr->served, slotPtr->served + 1,
 		__ATOMIC_RELAXED);
     }
-    __atomic_store_n(&slotPtr->seq, seq + 2, __ATOMIC_RELEASE);
+    __atomic_store_n(&slotPtr->seq, seq + 1, __ATOMIC_RELEASE);
 }
 
 /*
@@ -5487,7 +5547,9 @@ ServerCmd(
     int backlog = SOMAXCONN, port = 0, boundPort, listenFd, i, index;
     int adoptFd = -1, bindOptions = 0;
     int queueFds[2], readyFds[2], boardFd;
+    uint32_t markSeq;
     Slot *board;
+    BoardTrailer *trailerPtr;
     Queue *queuePtr;
 
     /*
@@ -5661,9 +5723,24 @@ ServerCmd(
 	queuePtr->pendingSpace = LIST_MIN;
     }
     queuePtr->state = LISTENING;
-    __atomic_store_n(&TRAILER(queuePtr->board)->closed, 0, __ATOMIC_RELEASE);
-    memcpy(TRAILER(queuePtr->board)->mark, mark, (size_t) markLength);
-    TRAILER(queuePtr->board)->markLength = (uint32_t) markLength;
+    memcpy(queuePtr->mark, mark, (size_t) markLength);
+    queuePtr->markLength = (size_t) markLength;
+
+    /*
+     * The workers' copy of the mark, whole (a seqlock: a worker that
+     * looked at closed before the last 'close' may read it now), before
+     * closed is cleared: one that sees the port open sees its mark.
+     */
+
+    trailerPtr = TRAILER(queuePtr->board);
+    markSeq = __atomic_load_n(&trailerPtr->markSeq, __ATOMIC_RELAXED) | 1;
+    __atomic_store_n(&trailerPtr->markSeq, markSeq, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    memcpy(trailerPtr->mark, mark, (size_t) markLength);
+    __atomic_store_n(&trailerPtr->markLength, (uint32_t) markLength,
+	    __ATOMIC_RELAXED);
+    __atomic_store_n(&trailerPtr->markSeq, markSeq + 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&trailerPtr->closed, 0, __ATOMIC_SEQ_CST);
     memcpy(queuePtr->myaddr, boundAddr, sizeof(queuePtr->myaddr));
     memcpy(queuePtr->timeoutNs, timeoutNs, sizeof(timeoutNs));
 
@@ -6651,7 +6728,8 @@ InfoCmd(
  *
  *	What every receiver of a queue is doing, read from its scoreboard.
  *	Slots of processes that are gone (collected after they ended, or
- *	whose pid another process has taken since) are freed on the way.
+ *	whose pid another process has taken since) are freed on the way;
+ *	one whose fields no receiver would write is left out.
  *
  * Results:
  *	A new list of dicts, one per receiver: pid, state (waiting, serving,
@@ -6711,7 +6789,8 @@ BoardObj(
 	/*
 	 * Whoever wrote the slot may be gone even if it died while writing
 	 * (started is written only with the slot taken: it is its owner's,
-	 * or 0). An asker below 2^32 is a slot being freed.
+	 * or 0). What no receiver writes is not listed: an asker below
+	 * 2^32 (a slot being freed), a state or a count out of range.
 	 */
 
 	pid = SlotPid(copy.asker);
@@ -6721,7 +6800,8 @@ BoardObj(
 	    continue;
 	}
 	if (tries == SEQ_TRIES || copy.asker <= UINT32_MAX
-		|| copy.state < SLOT_WAITING || copy.state > SLOT_EXITED) {
+		|| copy.state < SLOT_WAITING || copy.state > SLOT_EXITED
+		|| copy.served > (uint64_t) INT64_MAX) {
 	    continue;
 	}
 	workerObj = Tcl_NewObj();
@@ -6739,12 +6819,15 @@ BoardObj(
 	}
 	if (copy.state == SLOT_SERVING) {
 	    char text[INET6_ADDRSTRLEN];
+	    Tcl_Obj *peerObj[2];
 
 	    if (inet_ntop(copy.family, copy.peerAddr, text, sizeof(text))
 		    == NULL) {
 		text[0] = '\0';
 	    }
-	    PUT("peer", Tcl_ObjPrintf("%s %u", text, copy.peerPort));
+	    peerObj[0] = Tcl_NewStringObj(text, -1);
+	    peerObj[1] = Tcl_NewIntObj((int) copy.peerPort);
+	    PUT("peer", Tcl_NewListObj(2, peerObj));
 	}
 #undef PUT
 	Tcl_ListObjAppendElement(NULL, listObj, workerObj);
