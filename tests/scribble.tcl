@@ -99,7 +99,7 @@ set client [socket 127.0.0.1 $port]
 fconfigure $client -translation lf -buffering line
 puts $client "GET\n"
 set got eof
-after 20000 {set got timeout}
+after 120000 {set got timeout}
 fileevent $client readable {
     if {[gets $client line] >= 0} {
 	set got [list line $line]
