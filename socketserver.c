@@ -239,7 +239,12 @@ typedef struct Watched {
  * slot lives as long as its process: the exit handler marks it exited,
  * with its counts, for whoever collects the process to read; it is freed
  * by its receiver (DropReceiver), or by a reader (or a receiver looking
- * for a slot) that finds its process gone.
+ * for a slot) that finds its process gone: no process of its pid, or one
+ * that started at another time (the pid was reused). Whoever frees a slot
+ * it does not own first swaps asker for its own pid (below 2^32, never an
+ * id), clears state and started, then stores 0: a claimant sees a free
+ * slot only once it is clear. Any process of the queue can write every
+ * slot, so every field is checked when read.
  */
 
 typedef enum SlotState {
@@ -263,6 +268,9 @@ typedef struct Slot {
     uint16_t family;		/* SERVING: the peer's address family, */
     uint16_t peerPort;		/* port (host order) */
     unsigned char peerAddr[16];	/* and address. */
+    uint32_t started;		/* When its process started (StartMark), 0
+				 * if unknown: with the pid, names the
+				 * process across pid reuse. */
     uint64_t handed;		/* CLOCK_MONOTONIC, ns: when a connection
 				 * was last handed to it (by the accept
 				 * thread, or its own 'client' from the
@@ -277,24 +285,33 @@ typedef struct Slot {
 #define MARK_MAX	32	/* Longest -readyafter string. */
 
 typedef struct BoardTrailer {
-    uint32_t closed;		/* 1 from 'close' until 'server' listens
-				 * again: 'release' then closes its
-				 * connection, for no accept thread may be
-				 * left to read it. Written by the serving
-				 * process, atomic. */
+    uint32_t closed;		/* 1 from 'close' (or a 'server' whose
+				 * accept thread did not start) until
+				 * 'server' listens again: 'release' then
+				 * closes its connection, for no accept
+				 * thread may be left to read it. Written by
+				 * the serving process, atomic. */
     uint32_t releasing;		/* Workers between their look at closed
 				 * and the end of their send of a released
 				 * connection (SendReleased): 'close' waits
 				 * for none to be left before its last read
 				 * of the queue. Atomic. */
+    uint32_t receivers;		/* Receivers made so far: the low half of
+				 * the next receiver's id, so that ids stay
+				 * unique when a pid is reused. Atomic. */
+    uint32_t markSeq;		/* Odd while 'server' writes markLength and
+				 * mark (a seqlock, as Slot's seq). */
     uint32_t markLength;	/* -readyafter: a connection is ready (its
 				 * request whole) once the bytes it has sent
 				 * contain mark; 0: once it has sent one.
-				 * Written by 'server' before its accept
-				 * thread starts. */
+				 * Written by 'server' before it clears
+				 * closed; read by workers ('release'). */
     char mark[MARK_MAX];	/* The string, markLength bytes. */
 } BoardTrailer;
 
+#define SEQ_TRIES	1000	/* Reads of a slot, or of the mark, before a
+				 * reader gives up on a writer that does not
+				 * finish (killed while it wrote). */
 #define BOARD_SLOTS	4096	/* Receivers a queue's scoreboard holds: four
 				 * times the most workers prefork runs. */
 #define BOARD_BYTES	(BOARD_SLOTS * sizeof(Slot) + sizeof(BoardTrailer))
@@ -378,6 +395,10 @@ typedef struct Queue {
 				 * watched, ns: 'server -ready' (0: hand
 				 * every connection over at once) and
 				 * -keepalive. (L) */
+    char mark[MARK_MAX];	/* 'server -readyafter': the accept thread's
+				 * own copy of the trailer's mark, which
+				 * workers can write. (L) */
+    size_t markLength;		/* Its length, at most MARK_MAX. (L) */
     Watched *watched;		/* Entries of watched connections, used and
 				 * free, malloc'd. (L) */
     int watchSpace;		/* How many entries. (L) */
@@ -434,8 +455,9 @@ typedef struct Receiver {
 				/* Next receiver of the process. (L) */
     struct InterpData *dataPtr;	/* The interpreter. */
     Queue *queuePtr;		/* The queue it receives from. */
-    uint64_t id;		/* Names it in its asks: process id and a
-				 * count, unique among live processes. */
+    uint64_t id;		/* Names it in its asks: process id and the
+				 * board's count of receivers, unique even
+				 * across a reuse of the pid. */
     Tcl_ThreadId thread;	/* The interpreter's thread. */
     int replyFd;		/* Receiving end of the reply socket, or -1
 				 * before the first ask. Watched by a
@@ -525,8 +547,6 @@ static pthread_mutex_t queueLock = PTHREAD_MUTEX_INITIALIZER;
 static Queue *firstQueuePtr = NULL;	/* Queues of this process. (L) */
 static Receiver *allReceivers = NULL;	/* Receivers of every interpreter
 					 * of the process. (L) */
-static uint32_t receiverCount = 0;	/* Receivers made in this process:
-					 * the low half of the next id. (L) */
 static int defaultPort = -1;		/* Port of the first server. (L) */
 static Delivered *firstDelivered = NULL;/* Delivered connections whose
 					 * channels are open, in any thread.
@@ -747,7 +767,10 @@ static int		IsAscii(const char *string, Tcl_Size length);
 static int		GetIntInRange(Tcl_Obj *objPtr, Tcl_WideInt min,
 			    Tcl_WideInt max, int *valuePtr);
 static int		HandOverFirstPending(Queue *queuePtr, int wait);
-static ConnReadiness	Readiness(int fd, const BoardTrailer *trailerPtr);
+static ConnReadiness	Readiness(int fd, const char *mark,
+			    size_t markLength);
+static int		ReadMark(const BoardTrailer *trailerPtr, char *mark,
+			    size_t *lengthPtr);
 static int		MakePending(Queue *queuePtr, int fd,
 			    Message *messagePtr);
 static void		WatchConnection(Queue *queuePtr, int fd,
@@ -779,7 +802,10 @@ static Slot *		MapBoard(int fd);
 static void		ClaimSlot(Receiver *receiverPtr);
 static void		MarkSlot(Receiver *receiverPtr, SlotState state,
 			    const Message *messagePtr);
-static void		FreeSlot(Slot *board, uint64_t asker);
+static int		FreeSlot(Slot *slotPtr, uint64_t owner);
+static pid_t		SlotPid(uint64_t asker);
+static int		OwnerGone(pid_t pid, uint32_t started);
+static uint32_t		StartMark(pid_t pid);
 static Slot *		HandingTo(Queue *queuePtr, ReplySocket *socketPtr);
 static void		StampHanded(Slot *slotPtr);
 static void		PruneReplySockets(Queue *queuePtr);
@@ -1227,8 +1253,8 @@ FindQueue(
  *	TCL_OK, or TCL_ERROR with a message in interp.
  *
  * Side effects:
- *	On error listenFd is closed and the state is back to
- *	NOT_LISTENING.
+ *	On error listenFd is closed, the state is back to NOT_LISTENING
+ *	and the scoreboard says closed, as after 'close'.
  *
  *----------------------------------------------------------------------
  */
@@ -1285,8 +1311,20 @@ StartAccepting(
 
   failed:
     close(listenFd);
+
+    /*
+     * Nothing listens: as after 'close', the port is marked closed for
+     * the workers' 'release', and what they released before they saw it
+     * (and any watched connection) is closed, for no accept thread would
+     * read or watch it.
+     */
+
+    __atomic_store_n(&TRAILER(queuePtr->board)->closed, 1, __ATOMIC_SEQ_CST);
+    WaitReleasing(queuePtr);
     pthread_mutex_lock(&queueLock);
     queuePtr->state = NOT_LISTENING;
+    ReadQueue(queuePtr);
+    CloseAllWatched(queuePtr, 1);
     pthread_mutex_unlock(&queueLock);
     errno = error;
     Tcl_SetObjResult(interp, Tcl_ObjPrintf(
@@ -1691,7 +1729,8 @@ AcceptOneConnection(
 	 */
 
 	ConnReadiness readiness = (queuePtr->timeoutNs[WATCH_SILENT] > 0)
-		? Readiness(fd, TRAILER(queuePtr->board)) : CONN_HAS_DATA;
+		? Readiness(fd, queuePtr->mark, queuePtr->markLength)
+		: CONN_HAS_DATA;
 
 	if (readiness == CONN_SILENT || readiness == CONN_PARTIAL) {
 	    WatchConnection(queuePtr, fd, &message, WATCH_SILENT);
@@ -1738,9 +1777,9 @@ AcceptOneConnection(
  * Readiness --
  *
  *	Looks, without reading or blocking, at what a connection has for
- *	its reader. With -readyafter (the queue's trailer), bytes are a
- *	whole request once they contain its mark, or fill PEEK_MAX (then
- *	its reader must judge).
+ *	its reader. With a -readyafter mark (markLength bytes, at most
+ *	MARK_MAX), bytes are a whole request once they contain it, or fill
+ *	PEEK_MAX (then its reader must judge).
  *
  * Results:
  *	CONN_SILENT if nothing yet, CONN_PARTIAL if bytes without the mark,
@@ -1756,17 +1795,16 @@ AcceptOneConnection(
 static ConnReadiness
 Readiness(
     int fd,
-    const BoardTrailer *trailerPtr)
+    const char *mark,
+    size_t markLength)
 {
     char bytes[PEEK_MAX];
-    size_t markLength = trailerPtr->markLength;
     ssize_t got = recv(fd, bytes, (markLength == 0) ? 1 : sizeof(bytes),
 	    MSG_PEEK | MSG_DONTWAIT);
 
     if (got > 0) {
 	if (markLength == 0 || got == (ssize_t) sizeof(bytes)
-		|| memmem(bytes, (size_t) got, trailerPtr->mark,
-		    markLength) != NULL) {
+		|| memmem(bytes, (size_t) got, mark, markLength) != NULL) {
 	    return CONN_HAS_DATA;
 	}
 	return CONN_PARTIAL;
@@ -2208,8 +2246,8 @@ ServeWatched(
 	     * One last look: bytes that came with the deadline still count.
 	     */
 
-	    if (Readiness(queuePtr->watched[index].fd,
-		    TRAILER(queuePtr->board)) == CONN_HAS_DATA) {
+	    if (Readiness(queuePtr->watched[index].fd, queuePtr->mark,
+		    queuePtr->markLength) == CONN_HAS_DATA) {
 		HandWatchedOver(queuePtr, index);
 	    } else {
 		ForgetWatched(queuePtr, index, 1);
@@ -2243,7 +2281,7 @@ TakeWatched(
 {
     Watched *entryPtr = &queuePtr->watched[index];
 
-    switch (Readiness(entryPtr->fd, TRAILER(queuePtr->board))) {
+    switch (Readiness(entryPtr->fd, queuePtr->mark, queuePtr->markLength)) {
     case CONN_SILENT:
 	return;
     case CONN_PARTIAL:
@@ -2404,7 +2442,7 @@ ReadQueue(
 		close(fd);
 		break;
 	    }
-	    switch (Readiness(fd, TRAILER(queuePtr->board))) {
+	    switch (Readiness(fd, queuePtr->mark, queuePtr->markLength)) {
 	    case CONN_HAS_DATA:
 		MakePending(queuePtr, fd, &message);
 		break;
@@ -4576,7 +4614,9 @@ WaitReleasing(
  *	queue ends the wait.
  *
  * Results:
- *	1 if the next request is there and nobody waits, else 0.
+ *	1 if the next request is there and nobody waits, else 0 (also if
+ *	the serving process's -readyafter mark can't be read: the serving
+ *	process then judges).
  *
  * Side effects:
  *	None.
@@ -4591,6 +4631,8 @@ Linger(
 {
     struct pollfd fds[2];
     struct timespec wait = {0, LINGER_US * 1000L};
+    char mark[MARK_MAX];
+    size_t markLength;
     int readyBytes = 0;
 
     if (ioctl(queuePtr->readyFds[0], FIONREAD, &readyBytes) < 0
@@ -4603,7 +4645,51 @@ Linger(
     fds[0].revents = fds[1].revents = 0;
     return (ppoll(fds, 2, &wait, NULL) > 0 && fds[1].revents == 0
 	    && (fds[0].revents & POLLIN)
-	    && Readiness(fd, TRAILER(queuePtr->board)) == CONN_HAS_DATA);
+	    && ReadMark(TRAILER(queuePtr->board), mark, &markLength)
+	    && Readiness(fd, mark, markLength) == CONN_HAS_DATA);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ReadMark --
+ *
+ *	Copies the serving process's -readyafter mark from the scoreboard's
+ *	trailer, between two equal even values of markSeq ('server' may be
+ *	writing it). Any process of the queue can write there: a length
+ *	above MARK_MAX is no mark.
+ *
+ * Results:
+ *	1 with the mark in mark (MARK_MAX bytes of room) and its length in
+ *	*lengthPtr; 0 if no whole and valid copy could be read.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+ReadMark(
+    const BoardTrailer *trailerPtr,
+    char *mark,
+    size_t *lengthPtr)
+{
+    uint32_t seq, length;
+    int tries;
+
+    for (tries = 0; tries < SEQ_TRIES; tries++) {
+	seq = __atomic_load_n(&trailerPtr->markSeq, __ATOMIC_ACQUIRE);
+	length = __atomic_load_n(&trailerPtr->markLength, __ATOMIC_RELAXED);
+	memcpy(mark, trailerPtr->mark, MARK_MAX);
+	__atomic_thread_fence(__ATOMIC_ACQUIRE);
+	if (seq % 2 == 0 && seq == __atomic_load_n(&trailerPtr->markSeq,
+		__ATOMIC_RELAXED)) {
+	    *lengthPtr = length;
+	    return length <= MARK_MAX;
+	}
+    }
+    return 0;
 }
 
 /*
@@ -4960,8 +5046,9 @@ MapBoard(
  *
  * Side effects:
  *	receiverPtr->slotPtr is the slot, marked SLOT_IDLE with nothing
- *	served; or NULL if every slot is taken (the receiver then works
- *	without one, and 'info' does not list it).
+ *	served and this process's start time; or NULL if every slot is
+ *	taken (the receiver then works without one, and 'info' does not
+ *	list it).
  *
  *----------------------------------------------------------------------
  */
@@ -4971,25 +5058,35 @@ ClaimSlot(
     Receiver *receiverPtr)
 {
     Slot *board = receiverPtr->queuePtr->board;
+    uint32_t started = StartMark(getpid());
     int i, pass;
 
     receiverPtr->slotPtr = NULL;
     for (pass = 0; pass < 2; pass++) {
 	for (i = 0; i < BOARD_SLOTS; i++) {
 	    uint64_t owner = __atomic_load_n(&board[i].asker,
-		    __ATOMIC_RELAXED);
+		    __ATOMIC_ACQUIRE);
 
 	    /*
 	     * A free slot; or, once there is none, one whose process is gone
-	     * and was never read so by anyone.
+	     * and was never read so by anyone: freed first, so that it is
+	     * taken clear.
 	     */
 
-	    if ((owner == 0 || (pass == 1 && kill((pid_t) (owner >> 32), 0) < 0
-		    && errno == ESRCH))
-		    && __atomic_compare_exchange_n(&board[i].asker, &owner,
-			receiverPtr->id, 0, __ATOMIC_ACQ_REL,
-			__ATOMIC_RELAXED)) {
+	    if (pass == 1 && owner != 0) {
+		pid_t pid = SlotPid(owner);
+
+		if ((pid == 0 || OwnerGone(pid, (owner > UINT32_MAX)
+			? __atomic_load_n(&board[i].started, __ATOMIC_RELAXED)
+			: 0)) && FreeSlot(&board[i], owner)) {
+		    owner = 0;
+		}
+	    }
+	    if (owner == 0 && __atomic_compare_exchange_n(&board[i].asker,
+		    &owner, receiverPtr->id, 0, __ATOMIC_ACQ_REL,
+		    __ATOMIC_RELAXED)) {
 		receiverPtr->slotPtr = &board[i];
+		__atomic_store_n(&board[i].started, started, __ATOMIC_RELAXED);
 		__atomic_store_n(&board[i].served, 0, __ATOMIC_RELAXED);
 		__atomic_store_n(&board[i].handed, 0, __ATOMIC_RELAXED);
 		MarkSlot(receiverPtr, SLOT_IDLE, NULL);
@@ -5037,8 +5134,10 @@ MarkSlot(
 	return;
     }
     clock_gettime(CLOCK_MONOTONIC, &now);
-    seq = __atomic_load_n(&slotPtr->seq, __ATOMIC_RELAXED);
-    __atomic_store_n(&slotPtr->seq, seq + 1, __ATOMIC_RELAXED);
+
+    /* Odd while it writes, whatever another process left there. */
+    seq = __atomic_load_n(&slotPtr->seq, __ATOMIC_RELAXED) | 1;
+    __atomic_store_n(&slotPtr->seq, seq, __ATOMIC_RELAXED);
     __atomic_thread_fence(__ATOMIC_RELEASE);
     __atomic_store_n(&slotPtr->state, (uint32_t) state, __ATOMIC_RELAXED);
     __atomic_store_n(&slotPtr->since,
@@ -5069,7 +5168,7 @@ MarkSlot(
 	__atomic_store_n(&slotPtr->served, slotPtr->served + 1,
 		__ATOMIC_RELAXED);
     }
-    __atomic_store_n(&slotPtr->seq, seq + 2, __ATOMIC_RELEASE);
+    __atomic_store_n(&slotPtr->seq, seq + 1, __ATOMIC_RELEASE);
 }
 
 /*
@@ -5151,33 +5250,165 @@ StampHanded(
  *
  * FreeSlot --
  *
- *	Frees the scoreboard slot of receiver asker, if it has one.
+ *	Frees a scoreboard slot if owner (its receiver's id, or what a
+ *	reader found there) still holds it: takes it with this process's
+ *	pid (never an id: see Slot), clears its state and start time, then
+ *	makes it free.
  *
  * Results:
- *	None.
+ *	1 if freed, 0 if the slot had changed.
  *
  * Side effects:
- *	The slot's asker becomes 0, unless it changed meanwhile.
+ *	See above.
  *
  *----------------------------------------------------------------------
  */
 
-static void
+static int
 FreeSlot(
-    Slot *board,
+    Slot *slotPtr,
+    uint64_t owner)
+{
+    uint32_t seq;
+
+    if (!__atomic_compare_exchange_n(&slotPtr->asker, &owner,
+	    (uint64_t) getpid(), 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+	return 0;
+    }
+    seq = __atomic_load_n(&slotPtr->seq, __ATOMIC_RELAXED) | 1;
+    __atomic_store_n(&slotPtr->seq, seq, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    __atomic_store_n(&slotPtr->state, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&slotPtr->started, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&slotPtr->seq, seq + 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&slotPtr->asker, 0, __ATOMIC_RELEASE);
+    return 1;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * SlotPid --
+ *
+ *	The process a slot's asker names: a receiver id's high half, or
+ *	below 2^32 the pid of a process freeing the slot.
+ *
+ * Results:
+ *	The pid, or 0 for a free slot or a value no process writes (a pid
+ *	that would be negative).
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static pid_t
+SlotPid(
     uint64_t asker)
 {
-    int i;
+    uint64_t pid = (asker > UINT32_MAX) ? asker >> 32 : asker;
 
-    for (i = 0; i < BOARD_SLOTS; i++) {
-	uint64_t expected = asker;
+    return (pid <= INT_MAX) ? (pid_t) pid : 0;
+}
 
-	if (__atomic_load_n(&board[i].asker, __ATOMIC_RELAXED) == asker) {
-	    __atomic_compare_exchange_n(&board[i].asker, &expected, 0, 0,
-		    __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
-	    return;
-	}
+/*
+ *----------------------------------------------------------------------
+ *
+ * OwnerGone --
+ *
+ *	Whether the process that holds a slot is gone: no process has its
+ *	pid, or the one that has it started at another time than the slot
+ *	says (the pid was reused). A process that exited but is not
+ *	collected yet is not gone: its parent may still read its slot.
+ *
+ * Results:
+ *	1 if gone; 0 if it lives, or where that can't be told.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+OwnerGone(
+    pid_t pid,
+    uint32_t started)
+{
+    uint32_t now;
+
+    if (kill(pid, 0) < 0 && errno == ESRCH) {
+	return 1;
     }
+    if (started == 0) {
+	return 0;
+    }
+    now = StartMark(pid);
+    return (now != 0 && now != started);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * StartMark --
+ *
+ *	When process pid started, as a slot keeps it: on Linux its start
+ *	time in clock ticks since boot (field 22 of /proc/PID/stat), which
+ *	a zombie keeps and a process that reuses its pid does not share,
+ *	folded into 1 .. 2^32-1.
+ *
+ * Results:
+ *	The mark, or 0 if it can't be read (no such process; no /proc;
+ *	elsewhere than Linux).
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static uint32_t
+StartMark(
+    pid_t pid)
+{
+#ifdef __linux__
+    char path[32], text[1024], *p;
+    unsigned long long start;
+    ssize_t got;
+    int fd, field;
+
+    snprintf(path, sizeof(path), "/proc/%ld/stat", (long) pid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+	return 0;
+    }
+    do {
+	got = read(fd, text, sizeof(text) - 1);
+    } while (got < 0 && errno == EINTR);
+    close(fd);
+    if (got <= 0) {
+	return 0;
+    }
+    text[got] = '\0';
+
+    /*
+     * The command name, field 2, is in parentheses and may hold spaces
+     * and parentheses: the fields are counted from its last ')'.
+     */
+
+    p = strrchr(text, ')');
+    for (field = 3; p != NULL && field <= 22; field++) {
+	p = strchr(p + 1, ' ');
+    }
+    if (p == NULL || sscanf(p, " %llu", &start) != 1) {
+	return 0;
+    }
+    return (uint32_t) (start % UINT32_MAX) + 1;
+#else
+    (void) pid;
+    return 0;
+#endif
 }
 
 /*
@@ -5221,7 +5452,8 @@ NewReceiver(
     dataPtr->firstReceiverPtr = receiverPtr;
     pthread_mutex_lock(&queueLock);
     KeepReserve();
-    receiverPtr->id = ((uint64_t) getpid() << 32) | receiverCount++;
+    receiverPtr->id = ((uint64_t) getpid() << 32) | __atomic_fetch_add(
+	    &TRAILER(queuePtr->board)->receivers, 1, __ATOMIC_RELAXED);
     receiverPtr->nextInProcess = allReceivers;
     allReceivers = receiverPtr;
     pthread_mutex_unlock(&queueLock);
@@ -5499,7 +5731,9 @@ DropReceiver(
 	pthread_mutex_lock(&queueLock);
 	ReturnReceived(receiverPtr);
 	pthread_mutex_unlock(&queueLock);
-	FreeSlot(receiverPtr->queuePtr->board, receiverPtr->id);
+	if (receiverPtr->slotPtr != NULL) {
+	    FreeSlot(receiverPtr->slotPtr, receiverPtr->id);
+	}
     }
     CloseReplySocket(receiverPtr);
 
@@ -5564,7 +5798,9 @@ ServerCmd(
     int backlog = SOMAXCONN, port = 0, boundPort, listenFd, i, index;
     int adoptFd = -1, bindOptions = 0;
     int queueFds[2], readyFds[2], boardFd;
+    uint32_t markSeq;
     Slot *board;
+    BoardTrailer *trailerPtr;
     Queue *queuePtr;
 
     /*
@@ -5738,9 +5974,24 @@ ServerCmd(
 	queuePtr->pendingSpace = LIST_MIN;
     }
     queuePtr->state = LISTENING;
-    __atomic_store_n(&TRAILER(queuePtr->board)->closed, 0, __ATOMIC_RELEASE);
-    memcpy(TRAILER(queuePtr->board)->mark, mark, (size_t) markLength);
-    TRAILER(queuePtr->board)->markLength = (uint32_t) markLength;
+    memcpy(queuePtr->mark, mark, (size_t) markLength);
+    queuePtr->markLength = (size_t) markLength;
+
+    /*
+     * The workers' copy of the mark, whole (a seqlock: a worker that
+     * looked at closed before the last 'close' may read it now), before
+     * closed is cleared: one that sees the port open sees its mark.
+     */
+
+    trailerPtr = TRAILER(queuePtr->board);
+    markSeq = __atomic_load_n(&trailerPtr->markSeq, __ATOMIC_RELAXED) | 1;
+    __atomic_store_n(&trailerPtr->markSeq, markSeq, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    memcpy(trailerPtr->mark, mark, (size_t) markLength);
+    __atomic_store_n(&trailerPtr->markLength, (uint32_t) markLength,
+	    __ATOMIC_RELAXED);
+    __atomic_store_n(&trailerPtr->markSeq, markSeq + 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&trailerPtr->closed, 0, __ATOMIC_SEQ_CST);
     memcpy(queuePtr->myaddr, boundAddr, sizeof(queuePtr->myaddr));
     memcpy(queuePtr->timeoutNs, timeoutNs, sizeof(timeoutNs));
 
@@ -6727,8 +6978,9 @@ InfoCmd(
  * BoardObj --
  *
  *	What every receiver of a queue is doing, read from its scoreboard.
- *	Slots of processes that are gone (collected after they exited, or
- *	killed) are freed on the way.
+ *	Slots of processes that are gone (collected after they ended, or
+ *	whose pid another process has taken since) are freed on the way;
+ *	one whose fields no receiver would write is left out.
  *
  * Results:
  *	A new list of dicts, one per receiver: pid, state (waiting, serving,
@@ -6766,7 +7018,9 @@ BoardObj(
 
 	do {
 	    seq = __atomic_load_n(&slotPtr->seq, __ATOMIC_ACQUIRE);
-	    copy.asker = __atomic_load_n(&slotPtr->asker, __ATOMIC_RELAXED);
+	    copy.asker = __atomic_load_n(&slotPtr->asker, __ATOMIC_ACQUIRE);
+	    copy.started = __atomic_load_n(&slotPtr->started,
+		    __ATOMIC_RELAXED);
 	    copy.state = __atomic_load_n(&slotPtr->state, __ATOMIC_RELAXED);
 	    copy.since = __atomic_load_n(&slotPtr->since, __ATOMIC_RELAXED);
 	    copy.served = __atomic_load_n(&slotPtr->served, __ATOMIC_RELAXED);
@@ -6777,15 +7031,28 @@ BoardObj(
 	    __atomic_thread_fence(__ATOMIC_ACQUIRE);
 	} while ((seq % 2 == 1
 		|| seq != __atomic_load_n(&slotPtr->seq, __ATOMIC_RELAXED))
-		&& ++tries < 1000);
+		&& ++tries < SEQ_TRIES);
 	copy.handed = __atomic_load_n(&slotPtr->handed, __ATOMIC_RELAXED);
-	if (copy.asker == 0 || tries == 1000
-		|| copy.state < SLOT_WAITING || copy.state > SLOT_EXITED) {
+	if (copy.asker == 0) {
 	    continue;
 	}
-	pid = (pid_t) (copy.asker >> 32);
-	if (kill(pid, 0) < 0 && errno == ESRCH) {
-	    FreeSlot(queuePtr->board, copy.asker);
+
+	/*
+	 * Whoever wrote the slot may be gone even if it died while writing
+	 * (started is written only with the slot taken: it is its owner's,
+	 * or 0). What no receiver writes is not listed: an asker below
+	 * 2^32 (a slot being freed), a state or a count out of range.
+	 */
+
+	pid = SlotPid(copy.asker);
+	if (pid == 0 || OwnerGone(pid, (copy.asker > UINT32_MAX)
+		? copy.started : 0)) {
+	    FreeSlot(slotPtr, copy.asker);
+	    continue;
+	}
+	if (tries == SEQ_TRIES || copy.asker <= UINT32_MAX
+		|| copy.state < SLOT_WAITING || copy.state > SLOT_EXITED
+		|| copy.served > (uint64_t) INT64_MAX) {
 	    continue;
 	}
 	workerObj = Tcl_NewObj();
@@ -6803,12 +7070,15 @@ BoardObj(
 	}
 	if (copy.state == SLOT_SERVING) {
 	    char text[INET6_ADDRSTRLEN];
+	    Tcl_Obj *peerObj[2];
 
 	    if (inet_ntop(copy.family, copy.peerAddr, text, sizeof(text))
 		    == NULL) {
 		text[0] = '\0';
 	    }
-	    PUT("peer", Tcl_ObjPrintf("%s %u", text, copy.peerPort));
+	    peerObj[0] = Tcl_NewStringObj(text, -1);
+	    peerObj[1] = Tcl_NewIntObj((int) copy.peerPort);
+	    PUT("peer", Tcl_NewListObj(2, peerObj));
 	}
 #undef PUT
 	Tcl_ListObjAppendElement(NULL, listObj, workerObj);

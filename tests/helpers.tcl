@@ -20,6 +20,21 @@ testConstraint prlimit [expr {[auto_execok prlimit] ne ""}]
 testConstraint linuxBuild [expr {$::socketserver::build eq "linux"}]
 testConstraint portableBuild [expr {$::socketserver::build eq "portable"}]
 
+# A pid reused at will: in a new pid namespace, as root, a process may say
+# which pid the next one gets (ns_last_pid). ::pidNamespace goes before a
+# command to run it as the namespace's first process (--kill-child: all of
+# the namespace dies with unshare). --propagation unchanged: unshare makes
+# /proc private itself, and in a chroot / is no mount point. The files
+# that use it set the constraint: testConstraint pidNamespace
+# [pidNamespaceWorks] (root, and util-linux's unshare).
+set ::pidNamespace {unshare --pid --fork --mount-proc --propagation unchanged
+    --kill-child}
+proc pidNamespaceWorks {} {
+    expr {[auto_execok unshare] ne "" && ![catch {
+	exec {*}$::pidNamespace sh -c {echo 1 > /proc/sys/kernel/ns_last_pid}
+    }]}
+}
+
 set ::testsDir [file dirname [file normalize [info script]]]
 
 # The library 'make' builds for this Tcl: Tcl 9's are named "libtcl9...".
