@@ -77,6 +77,8 @@ namespace eval ::socketserver::prefork {
     variable UPGRADE_VERSION 1	;# Of the state an upgrade passes on.
     variable Watchdog 0		;# ms between WATCHDOG=1 pings, 0: none.
     variable Pinged 0		;# When the last one went, in ms.
+    variable Notified 0		;# Notifications sent to systemd,
+    variable NotifyDropped 0	;# and dropped: its socket was full.
 }
 
 # socketserver::prefork ?option value ...? handler --
@@ -239,6 +241,15 @@ proc ::socketserver::prefork::Log {message} {
     }
 }
 
+# Count n noun ?plural? --
+#	"1 worker", "2 workers": n and the noun, plural unless n is 1.
+proc ::socketserver::prefork::Count {n noun {plural {}}} {
+    if {$n == 1} {
+	return "$n $noun"
+    }
+    return "$n [expr {$plural eq "" ? "${noun}s" : $plural}]"
+}
+
 # --- the worker ----------------------------------------------------------
 
 namespace eval ::socketserver::prefork {
@@ -390,7 +401,7 @@ proc ::socketserver::prefork::Supervisor {config} {
     HideSystemdEnv
     set how [Listen]
     CheckDescriptors
-    Log "listening on port $Port, [dict get $config -workers] workers$how"
+    Log "listening on port $Port, [Count [dict get $config -workers] worker]$how"
     ::socketserver::signal CHLD [namespace code Reap]
     ::socketserver::signal TERM [namespace code Stop]
     ::socketserver::signal INT [namespace code Interrupt]
@@ -465,7 +476,7 @@ proc ::socketserver::prefork::Listen {} {
 	    }
 	    lappend errors $Port
 	}
-	Log "couldn't listen: systemd passed $n sockets (LISTEN_FDS), and none\
+	Log "couldn't listen: systemd passed [Count $n socket] (LISTEN_FDS), and none\
 		will do[expr {$port eq "" ? "" : " for -port $port"}]: [join $errors {; }]"
 	exit 1
     }
@@ -495,18 +506,26 @@ proc ::socketserver::prefork::Watching {} {
 proc ::socketserver::prefork::Notify {state} {
     variable NotifyError
     variable SystemdEnv
+    variable Notified
+    variable NotifyDropped
     if {![dict exists $SystemdEnv NOTIFY_SOCKET]} {
 	return
     }
     SetSystemdEnv
-    set failed [catch {::socketserver::notify $state} msg]
+    # It never waits: with systemd's socket full, the message is dropped
+    # (POSIX EAGAIN), and counted for SIGUSR1.
+    set failed [catch {::socketserver::notify $state} msg opts]
     HideSystemdEnv
     if {$failed} {
+	if {[lindex [dict get $opts -errorcode] 1] in {EAGAIN EWOULDBLOCK}} {
+	    incr NotifyDropped
+	}
 	if {$msg ne $NotifyError} {
 	    Log $msg
 	}
 	set NotifyError $msg
     } else {
+	incr Notified
 	set NotifyError {}
     }
 }
@@ -776,7 +795,7 @@ proc ::socketserver::prefork::TakeOver {} {
 	}
     }]
     return " (upgraded in place from generation [lindex $state 1]: descriptor $fd kept,\
-	    [array size Previous] old workers finishing)"
+	    [Count [array size Previous] {old worker}] finishing)"
 }
 
 # StartWorker --
@@ -1015,7 +1034,7 @@ proc ::socketserver::prefork::Watch {} {
 	    incr loaded
 	}
     }
-    set status "[array size Workers] workers[expr {[dict size $counts] ? " ([join [lmap {k v} [lsort -stride 2 $counts] {string cat "$v $k"}] {, }])" : ""}], generation $Generation, $State"
+    set status "[Count [array size Workers] worker][expr {[dict size $counts] ? " ([join [lmap {k v} [lsort -stride 2 $counts] {string cat "$v $k"}] {, }])" : ""}], generation $Generation, $State"
     if {$status ne $Status} {
 	set Status $status
 	Notify STATUS=$status
@@ -1400,13 +1419,25 @@ proc ::socketserver::prefork::Status {} {
 	}
 	Log $line
     }
-    set line "queue: [dict get $info waiting] workers waiting, [dict get $info queued] connections queued,\
-	    [dict get $info watching] watched ([dict get $info parked] parked), [dict get $info closed]\
-	    closed unanswered"
+    # Each number named for what it counts: 'closed' holds kept-alive
+    # connections, answered before, as well as those never answered.
+    set watching [dict get $info watching]
+    set parked [dict get $info parked]
+    set line "queue: [Count [dict get $info waiting] worker] waiting,\
+	    [Count [dict get $info queued] connection] queued,\
+	    [Count $watching connection] watched ([expr {$watching - $parked}] silent,\
+	    $parked kept alive), [dict get $info closed] closed by the supervisor"
     if {[dict get $info lasterror] ne ""} {
 	append line ", last error [dict get $info lasterror]"
     }
     Log $line
+    variable SystemdEnv
+    if {[dict exists $SystemdEnv NOTIFY_SOCKET]} {
+	variable Notified
+	variable NotifyDropped
+	Log "systemd: [Count $Notified notification] sent, $NotifyDropped dropped\
+		(its socket was full)"
+    }
 }
 
 # Stop --

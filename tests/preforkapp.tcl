@@ -126,7 +126,7 @@ proc queueLine {} {
 # queueState --
 #	The supervisor's queue line: workers waiting, connections queued.
 proc queueState {} {
-    regexp {queue: (\d+) workers waiting, (\d+) connections queued} [queueLine] -> waiting queued
+    regexp {queue: (\d+) workers? waiting, (\d+) connections? queued} [queueLine] -> waiting queued
     list $waiting $queued
 }
 
@@ -189,9 +189,9 @@ proc logged {pattern} {
 }
 
 # watchState --
-#	The supervisor's queue line: connections watched, of those parked,
-#	and closed unanswered.
+#	The supervisor's queue line: connections watched, of those parked
+#	(kept alive), and closed by the supervisor.
 proc watchState {} {
-    regexp {(\d+) watched \((\d+) parked\), (\d+) closed unanswered} [queueLine] -> watched parked closed
+    regexp {(\d+) connections? watched \(\d+ silent, (\d+) kept alive\), (\d+) closed} [queueLine] -> watched parked closed
     list $watched $parked $closed
 }
