@@ -415,13 +415,14 @@ proc ::socketserver::prefork::Supervisor {config} {
     interp bgerror {} [list apply {{msg opts} {
 	::socketserver::prefork::Log "supervisor error: [dict get $opts -errorinfo]"
     }}]
-    Watch
     # The first worker alone: if the application does not load, say why
     # and leave rather than start the others.
     set pid [StartWorker]
     if {$pid eq ""} {
 	exit 1
     }
+    # After the start: the first status sent counts the worker starting.
+    Watch
     vwait ::socketserver::prefork::FirstLoaded
     variable FirstLoaded
     if {$FirstLoaded eq "stopped"} {
@@ -701,7 +702,8 @@ proc ::socketserver::prefork::CheckDone {} {
 	    set output [expr {$failed ? $msg : "it exited before its socketserver::prefork call"}]
 	}
 	Log "upgrade failed, the running code keeps serving: the new code did not load:\n$output"
-	Notify "READY=1\nSTATUS=upgrade failed"
+	# No RELOADING=1 went before: READY=1 now would be out of turn.
+	Notify "STATUS=upgrade failed: the new code did not load"
 	return
     }
     Notify "RELOADING=1\nSTATUS=upgrading in place"
