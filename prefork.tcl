@@ -79,6 +79,8 @@ namespace eval ::socketserver::prefork {
     variable Pinged 0		;# When the last one went, in ms.
     variable Notified 0		;# Notifications sent to systemd,
     variable NotifyDropped 0	;# and dropped: its socket was full.
+    variable FirstGeneration 0	;# The generation of the first worker.
+    variable FirstFailure {}	;# Why the application failed to load in it.
 }
 
 # socketserver::prefork ?option value ...? handler --
@@ -400,6 +402,8 @@ proc ::socketserver::prefork::Supervisor {config} {
     set Script [file join $dir $::argv0]
     HideSystemdEnv
     set how [Listen]
+    variable Generation
+    variable FirstGeneration $Generation
     CheckDescriptors
     Log "listening on port $Port, [Count [dict get $config -workers] worker]$how"
     ::socketserver::signal CHLD [namespace code Reap]
@@ -416,9 +420,9 @@ proc ::socketserver::prefork::Supervisor {config} {
 	::socketserver::prefork::Log "supervisor error: [dict get $opts -errorinfo]"
     }}]
     # The first worker alone: if the application does not load, say why
-    # and leave rather than start the others.
-    set pid [StartWorker]
-    if {$pid eq ""} {
+    # and leave rather than start the others. One the supervisor stops
+    # before it loaded (SIGTTOU) is replaced, alone too (Exited, Fill).
+    if {[StartWorker] eq ""} {
 	exit 1
     }
     # After the start: the first status sent counts the worker starting.
@@ -429,7 +433,8 @@ proc ::socketserver::prefork::Supervisor {config} {
 	Finish
     }
     if {$FirstLoaded ne "ok"} {
-	Log "the application failed to load in worker $pid:\n$FirstLoaded"
+	variable FirstFailure
+	Log "the application failed to load $FirstFailure"
 	exit 1
     }
     Fill
@@ -835,17 +840,21 @@ proc ::socketserver::prefork::StartWorker {} {
 
 # Fill --
 #	Starts workers until the current generation has as many as wanted
-#	(not while the last crash's back-off runs). A worker that cannot be
-#	started is treated as one that died at once.
+#	(not while the last crash's back-off runs; one until the application
+#	has loaded once). A worker that cannot be started is treated as one
+#	that died at once.
 proc ::socketserver::prefork::Fill {} {
     variable Workers
     variable Generation
     variable Wanted
     variable State
     variable StartTimer
+    variable FirstLoaded
     if {$State eq "stopping" || $StartTimer ne ""} {
 	return
     }
+    # Until the application has loaded once, one worker at a time.
+    set wanted [expr {[info exists FirstLoaded] && $FirstLoaded eq "ok" ? $Wanted : 1}]
     set have 0
     foreach pid [array names Workers] {
 	if {[dict get $Workers($pid) generation] == $Generation
@@ -853,7 +862,7 @@ proc ::socketserver::prefork::Fill {} {
 	    incr have
 	}
     }
-    for {} {$have < $Wanted} {incr have} {
+    for {} {$have < $wanted} {incr have} {
 	if {[StartWorker] eq ""} {
 	    BackOff "worker not started"
 	    return
@@ -1099,13 +1108,16 @@ proc ::socketserver::prefork::Reap {} {
 }
 
 # Exited pid --
-#	A worker ended: log its last output and how it ended, replace it.
+#	A worker ended: log its last output and how it ended, replace it. A
+#	worker the supervisor stopped itself (retired or killed it) never
+#	counts as one that failed to load the application.
 proc ::socketserver::prefork::Exited {pid} {
     variable Workers
     variable State
     variable Generation
     variable Backoff
     variable FirstLoaded
+    variable FirstGeneration
     variable Config
     set chan [dict get $Workers($pid) chan]
     # What it printed last, within its budget; a line it did not end.
@@ -1140,16 +1152,23 @@ proc ::socketserver::prefork::Exited {pid} {
 	append how " ([dict get $worker reason])"
     }
     Log "worker $pid exited: $how"
+    set stopped [expr {[dict get $worker phase] eq "leaving"
+	|| [dict get $worker reason] ne ""}]
     if {![info exists FirstLoaded] && $State eq "stopping"} {
 	# Stopped before the application had loaded once: not its fault.
 	set FirstLoaded stopped
 	return
     }
-    if {![info exists FirstLoaded]} {
-	set FirstLoaded [join [dict get $worker recent] \n]
-	if {$FirstLoaded eq ""} {
-	    set FirstLoaded $how
+    if {![info exists FirstLoaded] && [dict get $worker generation] == $FirstGeneration} {
+	if {$stopped} {
+	    # Retired (SIGTTOU) while it loaded: another takes its place,
+	    # alone as the first was.
+	    Fill
+	    return
 	}
+	set output [join [dict get $worker recent] \n]
+	variable FirstFailure "in worker $pid:\n[expr {$output eq "" ? $how : $output}]"
+	set FirstLoaded failed
 	return
     }
     if {$State eq "stopping"} {
@@ -1183,25 +1202,35 @@ proc ::socketserver::prefork::Exited {pid} {
 }
 
 # Loaded pid --
-#	A worker loaded the application. During a reload, once every worker of the new generation has, the old
-#	ones are retired.
+#	A worker loaded the application: see Settle.
 proc ::socketserver::prefork::Loaded {pid} {
-    variable Workers
-    variable State
-    variable Generation
     variable FirstLoaded
-    variable Wanted
     if {![info exists FirstLoaded]} {
 	set FirstLoaded ok
     }
+    Settle
+}
+
+# Settle --
+#	Once no worker of the current generation is loading the application
+#	any more (it loaded, or was retired while it loaded): up, if as many
+#	as wanted have loaded; during a reload, the old ones are retired.
+proc ::socketserver::prefork::Settle {} {
+    variable Workers
+    variable State
+    variable Generation
+    variable Wanted
     set loaded 0
     foreach other [array names Workers] {
 	if {[dict get $Workers($other) generation] == $Generation} {
-	    if {[dict get $Workers($other) phase] eq "starting"} {
-		return
+	    switch -- [dict get $Workers($other) phase] {
+		starting {return}
+		ready {incr loaded}
 	    }
-	    incr loaded
 	}
+    }
+    if {$loaded == 0} {
+	return
     }
     if {$loaded >= $Wanted} {
 	Started
@@ -1384,6 +1413,11 @@ proc ::socketserver::prefork::Resize {delta} {
     }
     if {$chosen ne ""} {
 	Retire $chosen
+    }
+    # The one retired may have been the last still loading.
+    variable FirstLoaded
+    if {[info exists FirstLoaded] && $FirstLoaded eq "ok"} {
+	Settle
     }
 }
 

@@ -86,6 +86,16 @@ proc writeApp {version {code {}}} {
 set ::pfPrefix {}
 set ::pfScript {}
 proc startApp {args} {
+    launchApp {*}$args
+    set n [expr {[dict exists $args -workers] ? [dict get $args -workers] : 4}]
+    waitUntil {[info exists ::pf(port)] && [llength $::pf(workers)] == $n}
+    # Loaded: each has asked for a connection.
+    waitUntil {[askers] == $n}
+}
+
+# launchApp ?options? --
+#	Starts the supervisor as startApp does; waits only until it listens.
+proc launchApp {args} {
     array unset ::pf
     set ::pf(workers) {}
     set ::pf(exited) {}
@@ -96,10 +106,7 @@ proc startApp {args} {
     set ::pf(pid) [pid $::pf(chan)]
     fconfigure $::pf(chan) -blocking 0 -buffering line
     fileevent $::pf(chan) readable appOutput
-    set n [expr {[dict exists $args -workers] ? [dict get $args -workers] : 4}]
-    waitUntil {[info exists ::pf(port)] && [llength $::pf(workers)] == $n}
-    # Loaded: each has asked for a connection.
-    waitUntil {[askers] == $n}
+    waitUntil {[info exists ::pf(port)]}
 }
 
 # askers --
