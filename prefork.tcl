@@ -365,10 +365,16 @@ proc ::socketserver::prefork::WorkerError {msg opts} {
 #   partial	the start of an output line not ended yet
 #   cutting	1 while the rest of an over-long line is skipped
 #   recent	its last output lines (the reason a load failed)
-#   budget	characters of output logged in the current second
+#   overhead	characters the log adds to each line it logs of the worker's
+#		("worker PID: ", and on stderr the time stamp, the
+#		supervisor's pid and the newline)
+#   budget	characters of log its output filled in the current second:
+#		each line logged costs its length and the overhead
 #   second	that second
-#   dropped	characters of output not logged since last said, over the
+#   dropped	lines of output not logged since last said, over the
 #		budget
+#   droppedchars
+#		their characters
 #
 # What a worker does comes from the queue's scoreboard, which the worker
 # writes as it asks and as connections come (no message, no wake-up of the
@@ -379,7 +385,8 @@ proc ::socketserver::prefork::WorkerError {msg opts} {
 
 namespace eval ::socketserver::prefork {
     variable MaxLine 4096	;# Longer output lines are logged cut.
-    variable Budget 65536	;# Output characters a worker may log per second.
+    variable Budget 65536	;# Characters of log a worker's output may fill
+				;# per second, what the log adds included.
     variable Script		;# The script that workers run.
 }
 
@@ -830,9 +837,16 @@ proc ::socketserver::prefork::StartWorker {} {
     fconfigure $chan -blocking 0 -buffering none -encoding utf-8
     # Tcl 9 would stop at the first byte that is not UTF-8.
     catch {fconfigure $chan -profile replace}
+    # What the log adds to each line of the worker's: Log's prefix, and
+    # on stderr its time stamp and pid and the newline.
+    set overhead [string length "worker $pid: "]
+    if {[dict get $Config -log] eq ""} {
+	incr overhead [string length "YYYY-MM-DDTHH:MM:SS \[[pid]\] \n"]
+    }
     set Workers($pid) [dict create chan $chan generation $Generation \
 	phase starting started [clock milliseconds] board {} completed 0 \
-	reason {} partial {} cutting 0 recent {} budget 0 second 0 dropped 0]
+	reason {} partial {} cutting 0 recent {} \
+	overhead $overhead budget 0 second 0 dropped 0 droppedchars 0]
     fileevent $chan readable [namespace code [list Output $pid]]
     Log "worker $pid started (generation $Generation)"
     return $pid
@@ -909,22 +923,37 @@ proc ::socketserver::prefork::Output {pid} {
 
 # Take pid data --
 #	Logs the whole lines in data, after what came before of the line;
-#	cuts a line longer than MaxLine.
+#	cuts a line longer than MaxLine. Once the budget of the second has
+#	no room for even an empty line, the rest are counted at once: a
+#	flood of short lines costs a count, not a loop and a log line each.
 proc ::socketserver::prefork::Take {pid data} {
     variable Workers
     variable MaxLine
     variable READY
     set lines [split [dict get $Workers($pid) partial]$data \n]
+    set n [expr {[llength $lines] - 1}]
     dict set Workers($pid) partial [lindex $lines end]
-    foreach line [lrange $lines 0 end-1] {
+    for {set i 0} {$i < $n} {incr i} {
+	set line [lindex $lines $i]
 	if {[dict get $Workers($pid) cutting]} {
 	    # The rest of a line already logged cut.
 	    dict set Workers($pid) cutting 0
 	} elseif {$line eq $READY && [dict get $Workers($pid) phase] eq "starting"} {
 	    dict set Workers($pid) phase ready
 	    Loaded $pid
-	} else {
-	    LogOutput $pid $line
+	} elseif {![LogOutput $pid $line]} {
+	    # Skipped up to the READY line, if a starting worker sent one.
+	    set last [expr {$n - 1}]
+	    if {[dict get $Workers($pid) phase] eq "starting"} {
+		set at [lsearch -exact -start [expr {$i + 1}] $lines $READY]
+		if {$at >= 0 && $at < $n} {
+		    set last [expr {$at - 1}]
+		}
+	    }
+	    set skipped [lrange $lines [expr {$i + 1}] $last]
+	    dict incr Workers($pid) dropped [llength $skipped]
+	    dict incr Workers($pid) droppedchars [string length [join $skipped ""]]
+	    set i $last
 	}
     }
     set partial [dict get $Workers($pid) partial]
@@ -940,7 +969,9 @@ proc ::socketserver::prefork::Take {pid data} {
 
 # LogOutput pid line --
 #	One line a worker printed: logged, within the worker's budget of
-#	bytes a second; what is over it is counted and said once.
+#	characters of log a second, each line charged what it adds to the
+#	log (an empty line is not free); what is over it is counted and said
+#	once. Returns 0 once not even an empty line fits in this second.
 proc ::socketserver::prefork::LogOutput {pid line} {
     variable Workers
     variable Budget
@@ -951,16 +982,19 @@ proc ::socketserver::prefork::LogOutput {pid line} {
 	dict set Workers($pid) budget 0
     }
     set length [string length $line]
-    if {[dict get $Workers($pid) budget] + $length > $Budget} {
-	dict incr Workers($pid) dropped $length
-	return
+    set overhead [dict get $Workers($pid) overhead]
+    if {[dict get $Workers($pid) budget] + $length + $overhead > $Budget} {
+	dict incr Workers($pid) dropped
+	dict incr Workers($pid) droppedchars $length
+	return [expr {[dict get $Workers($pid) budget] + $overhead <= $Budget}]
     }
-    dict incr Workers($pid) budget $length
+    dict incr Workers($pid) budget [expr {$length + $overhead}]
     dict lappend Workers($pid) recent $line
     if {[llength [dict get $Workers($pid) recent]] > 20} {
 	dict set Workers($pid) recent [lrange [dict get $Workers($pid) recent] end-19 end]
     }
     Log "worker $pid: $line"
+    return 1
 }
 
 # Observe --
@@ -994,9 +1028,11 @@ proc ::socketserver::prefork::Dropped {pid} {
     variable Workers
     variable Budget
     if {[dict get $Workers($pid) dropped] > 0} {
-	Log "worker $pid: [dict get $Workers($pid) dropped] characters of output\
-		not logged (over $Budget a second)"
+	Log "worker $pid: [Count [dict get $Workers($pid) dropped] line] of output\
+		([Count [dict get $Workers($pid) droppedchars] character]) not logged\
+		(over $Budget characters of log a second)"
 	dict set Workers($pid) dropped 0
+	dict set Workers($pid) droppedchars 0
     }
 }
 

@@ -14,7 +14,7 @@
 # loop for 6 s once it has asked again, "ids" answers the Uid, Gid and Groups
 # lines of /proc/self/status (separated by "|"), "bind80" tries to listen
 # on port 80, "keep" answers and gives the connection back ('release':
-# keep-alive).
+# keep-alive), "blank N" prints N empty lines first.
 set appCode {
     package require socketserver::prefork
     proc handle {chan addr port} {
@@ -57,6 +57,10 @@ set appCode {
 		puts $chan "[pid]: $line VERSION"
 		::socketserver::socket release $chan
 		return
+	    }
+	    blank* {
+		puts -nonewline [string repeat \n [lindex $line 1]]
+		flush stdout
 	    }
 	}
 	puts $chan "[pid]: $line VERSION"
