@@ -1037,18 +1037,36 @@ proc ::socketserver::prefork::Dropped {pid} {
 }
 
 # Watch --
-#	Every 200 ms: reads the scoreboard. With -timeout, a worker serving
+#	Every 200 ms, whatever happens in it: an error is logged and the
+#	next round comes all the same, or -timeout and the systemd watchdog
+#	would stop for good.
+proc ::socketserver::prefork::Watch {} {
+    try {
+	Survey
+    } on error {msg opts} {
+	Log "supervisor error (checking the workers): [dict get $opts -errorinfo]"
+    } finally {
+	after 200 [namespace code Watch]
+    }
+}
+
+# Survey --
+#	Reads the scoreboard. With -timeout, a worker serving
 #	one connection for longer is killed. Also logs each
 #	new error the accept thread meets: out of descriptors the serving
 #	process stalls (it accepts nothing and can't take a new worker's
 #	first ask until one is free) and would otherwise say nothing.
-proc ::socketserver::prefork::Watch {} {
+proc ::socketserver::prefork::Survey {} {
     variable Workers
     variable Config
     variable LastError
     set info [Observe]
     set timeout [dict get $Config -timeout]
     foreach pid [array names Workers] {
+	# A -log command that runs the event loop may see one reaped.
+	if {![info exists Workers($pid)]} {
+	    continue
+	}
 	set entry [dict get $Workers($pid) board]
 	if {$timeout <= 0 || ![dict exists $entry state]} {
 	    continue
@@ -1107,7 +1125,6 @@ proc ::socketserver::prefork::Watch {} {
 	    }
 	}
     }
-    after 200 [namespace code Watch]
 }
 
 # Reap --
