@@ -260,6 +260,8 @@ namespace eval ::socketserver::prefork {
     variable Leaving 0		;# Set by SIGTERM: leave when idle.
     variable Served 0		;# Connections handled.
     variable Limit 0		;# Leave after this many (0: never).
+    variable Peer {}		;# The client served, for the log.
+    variable Broken 0		;# 1 once the handler broke the Rule.
 }
 
 proc ::socketserver::prefork::Worker {config handler} {
@@ -272,6 +274,7 @@ proc ::socketserver::prefork::Worker {config handler} {
 	set Limit [expr {$n + int(rand() * ($n / 10 + 1))}]
     }
     interp bgerror {} [namespace code WorkerError]
+    trace add execution ::socketserver::socket enter [namespace code Rule]
     ::socketserver::signal TERM [namespace code Leave]
     # Ctrl-C in a terminal reaches the whole process group: the
     # supervisor alone decides what it means (a graceful stop first).
@@ -306,8 +309,11 @@ proc ::socketserver::prefork::Serve {chan addr port} {
     variable Served
     variable Limit
     variable Leaving
+    variable Peer $addr:$port
     try {
 	uplevel #0 [list {*}$Handler $chan $addr $port]
+    } trap {SOCKETSERVER PREFORK RULE} {} {
+	# Said by Rule.
     } on error {msg opts} {
 	catch {
 	    puts stderr "handler error for $addr:$port: [dict get $opts -errorinfo]"
@@ -322,6 +328,40 @@ proc ::socketserver::prefork::Serve {chan addr port} {
 	exit 0
     }
     Ask
+}
+
+# Rule command op --
+#	The enter trace of ::socketserver::socket in a worker. A handler may
+#	read, write, release, leave the channel open or close it; it may not
+#	call 'client' or 'cancel': the worker loop asks for the next
+#	connection itself, and a request the handler made would be the one
+#	pending when the loop asks (a handler pasted from a plain
+#	socketserver worker, examples/http_server.tcl say, does so). Such a
+#	call fails with an error that names the rule, printed once (for the
+#	log) however often it comes; the worker goes on.
+proc ::socketserver::prefork::Rule {command op} {
+    variable Busy
+    variable Peer
+    variable Broken
+    if {!$Busy} {
+	return
+    }
+    set sub [tcl::prefix match -error {} {cancel client close} [lindex $command 1]]
+    if {$sub ni {cancel client}} {
+	return
+    }
+    set message "a socketserver::prefork handler may read, write, release, leave\
+	    the channel open or close it; it may not call\
+	    ::socketserver::socket client or cancel (the worker asks for the\
+	    next connection itself)"
+    if {!$Broken} {
+	set Broken 1
+	catch {
+	    puts stderr "handler for $Peer called ::socketserver::socket $sub: $message"
+	    flush stderr
+	}
+    }
+    return -code error -errorcode [list SOCKETSERVER PREFORK RULE $sub] $message
 }
 
 # Leave --
@@ -1244,10 +1284,15 @@ proc ::socketserver::prefork::Exited {pid} {
     }
     # Died before it served one connection to the end (before it was
     # ready, say): it may do so again at once, so back off. A machine
-    # too busy to start a worker in a second must not hide that.
+    # too busy to start a worker in a second must not hide that. What
+    # it was given is the scoreboard's count, which is exact.
     if {![dict get $worker completed] && !$recycled && [dict get $worker reason] eq ""} {
 	set lived [expr {[clock milliseconds] - [dict get $worker started]}]
-	BackOff "worker $pid died after $lived ms having served no connection"
+	set board [dict get $worker board]
+	set served [expr {[dict exists $board served] ? [dict get $board served] : 0}]
+	BackOff "worker $pid died after $lived ms [expr {$served == 0
+	    ? "having served no connection"
+	    : "given [Count $served connection] and not seen to finish one"}]"
     } else {
 	set Backoff 0
 	Fill

@@ -14,7 +14,9 @@
 # loop for 6 s once it has asked again, "ids" answers the Uid, Gid and Groups
 # lines of /proc/self/status (separated by "|"), "bind80" tries to listen
 # on port 80, "keep" answers and gives the connection back ('release':
-# keep-alive), "blank N" prints N empty lines first.
+# keep-alive), "blank N" prints N empty lines first, "client" and "cancel"
+# answer, close and then call that subcommand, as a handler written for a
+# plain socketserver worker would (which a prefork handler may not).
 set appCode {
     package require socketserver::prefork
     proc handle {chan addr port} {
@@ -61,6 +63,16 @@ set appCode {
 	    blank* {
 		puts -nonewline [string repeat \n [lindex $line 1]]
 		flush stdout
+	    }
+	    client - cancel {
+		puts $chan "[pid]: $line VERSION"
+		close $chan
+		if {$line eq "client"} {
+		    ::socketserver::socket client handle
+		} else {
+		    ::socketserver::socket cancel
+		}
+		return
 	    }
 	}
 	puts $chan "[pid]: $line VERSION"
