@@ -404,7 +404,14 @@ proc ::socketserver::prefork::WorkerError {msg opts} {
 #   reason	why the supervisor sent it KILL, or empty
 #   partial	the start of an output line not ended yet
 #   cutting	1 while the rest of an over-long line is skipped
-#   recent	its last output lines (the reason a load failed)
+#   recent	its last output lines logged (none: a load failure is told
+#		by how it ended)
+#   holding	1 while its output is held, not logged: started by a reload,
+#		until it loads (then it is logged) or ends (if it failed the
+#		reload, its output is the reason, logged once with it)
+#   held	those lines, at most a second's budget (heldsize characters)
+#   quiet	1 once its output is no longer logged (of a generation that
+#		failed to load, whose failure the log has told)
 #   overhead	characters the log adds to each line it logs of the worker's
 #		("worker PID: ", and on stderr the time stamp, the
 #		supervisor's pid and the newline)
@@ -861,6 +868,7 @@ proc ::socketserver::prefork::StartWorker {} {
     variable Script
     variable Config
     variable Dir
+    variable State
     set command [list [info nameofexecutable] $Script {*}$::argv]
     if {[dict get $Config -user] ne ""} {
 	# runas.tcl becomes the user before the application's code runs.
@@ -886,7 +894,8 @@ proc ::socketserver::prefork::StartWorker {} {
     set Workers($pid) [dict create chan $chan generation $Generation \
 	phase starting started [clock milliseconds] board {} completed 0 \
 	reason {} partial {} cutting 0 recent {} \
-	overhead $overhead budget 0 second 0 dropped 0 droppedchars 0]
+	holding [expr {$State eq "reloading"}] held {} heldsize 0 \
+	quiet 0 overhead $overhead budget 0 second 0 dropped 0 droppedchars 0]
     fileevent $chan readable [namespace code [list Output $pid]]
     Log "worker $pid started (generation $Generation)"
     return $pid
@@ -970,6 +979,10 @@ proc ::socketserver::prefork::Take {pid data} {
     variable Workers
     variable MaxLine
     variable READY
+    if {[dict get $Workers($pid) quiet]} {
+	dict set Workers($pid) partial {}
+	return
+    }
     set lines [split [dict get $Workers($pid) partial]$data \n]
     set n [expr {[llength $lines] - 1}]
     dict set Workers($pid) partial [lindex $lines end]
@@ -980,6 +993,7 @@ proc ::socketserver::prefork::Take {pid data} {
 	    dict set Workers($pid) cutting 0
 	} elseif {$line eq $READY && [dict get $Workers($pid) phase] eq "starting"} {
 	    dict set Workers($pid) phase ready
+	    Release $pid
 	    Loaded $pid
 	} elseif {![LogOutput $pid $line]} {
 	    # Skipped up to the READY line, if a starting worker sent one.
@@ -1015,6 +1029,18 @@ proc ::socketserver::prefork::Take {pid data} {
 proc ::socketserver::prefork::LogOutput {pid line} {
     variable Workers
     variable Budget
+    if {[dict get $Workers($pid) holding]} {
+	# Held while a reload's worker loads, within a second's budget.
+	set size [expr {[dict get $Workers($pid) heldsize] + [dict get $Workers($pid) overhead]}]
+	if {$size + [string length $line] > $Budget} {
+	    dict incr Workers($pid) dropped
+	    dict incr Workers($pid) droppedchars [string length $line]
+	    return [expr {$size <= $Budget}]
+	}
+	dict lappend Workers($pid) held $line
+	dict set Workers($pid) heldsize [expr {$size + [string length $line]}]
+	return 1
+    }
     set second [clock seconds]
     if {$second != [dict get $Workers($pid) second]} {
 	Dropped $pid
@@ -1035,6 +1061,22 @@ proc ::socketserver::prefork::LogOutput {pid line} {
     }
     Log "worker $pid: $line"
     return 1
+}
+
+# Release pid --
+#	A worker's output held while it loaded (see Workers): logged now.
+proc ::socketserver::prefork::Release {pid} {
+    variable Workers
+    if {![dict get $Workers($pid) holding]} {
+	return
+    }
+    set held [dict get $Workers($pid) held]
+    dict set Workers($pid) holding 0
+    dict set Workers($pid) held {}
+    dict set Workers($pid) heldsize 0
+    foreach line $held {
+	LogOutput $pid $line
+    }
 }
 
 # Observe --
@@ -1220,6 +1262,11 @@ proc ::socketserver::prefork::Exited {pid} {
     if {[dict get $Workers($pid) partial] ne ""} {
 	Take $pid \n
     }
+    set failed [expr {[dict get $Workers($pid) phase] eq "starting"
+	&& [dict get $Workers($pid) generation] == $Generation && $State eq "reloading"}]
+    if {!$failed} {
+	Release $pid
+    }
     Dropped $pid
     set worker $Workers($pid)
     unset Workers($pid)
@@ -1259,8 +1306,7 @@ proc ::socketserver::prefork::Exited {pid} {
 	    Fill
 	    return
 	}
-	set output [join [dict get $worker recent] \n]
-	variable FirstFailure "in worker $pid:\n[expr {$output eq "" ? $how : $output}]"
+	variable FirstFailure "in worker $pid[LoadFailure $worker $how]"
 	set FirstLoaded failed
 	return
     }
@@ -1270,10 +1316,10 @@ proc ::socketserver::prefork::Exited {pid} {
 	}
 	return
     }
-    if {[dict get $worker phase] eq "starting"
-	    && [dict get $worker generation] == $Generation && $State eq "reloading"} {
-	set output [join [dict get $worker recent] \n]
-	ReloadFailed $pid [expr {$output eq "" ? $how : $output}]
+    if {$failed} {
+	# What it printed was held: the reason, logged once, here.
+	set output [join [dict get $worker held] \n]
+	ReloadFailed $pid [expr {$output eq "" ? ": $how" : " ($how):\n$output"}]
 	return
     }
     if {[dict get $worker generation] != $Generation
@@ -1299,8 +1345,19 @@ proc ::socketserver::prefork::Exited {pid} {
     }
 }
 
+# LoadFailure worker how --
+#	How a worker that did not load the application ended, for the log:
+#	its output has been logged already, as it came, and is not repeated.
+proc ::socketserver::prefork::LoadFailure {worker how} {
+    if {[llength [dict get $worker recent]] == 0} {
+	return ": $how"
+    }
+    return " ($how): its output is above"
+}
+
 # Loaded pid --
-#	A worker loaded the application: see Settle.
+#	A worker loaded the application (its output, held while it loaded
+#	for a reload, was logged just now): see Settle.
 proc ::socketserver::prefork::Loaded {pid} {
     variable FirstLoaded
     if {![info exists FirstLoaded]} {
@@ -1448,18 +1505,23 @@ proc ::socketserver::prefork::Graceful {} {
     expr {int([dict get $Config -graceful] * 1000)}
 }
 
-# ReloadFailed pid output --
+# ReloadFailed pid how --
 #	A worker of the new generation died before it loaded: the old
-#	generation keeps serving, the rest of the new one is stopped.
-proc ::socketserver::prefork::ReloadFailed {pid output} {
+#	generation keeps serving, the rest of the new one is stopped. What
+#	the rest printed is not logged: the same error again, most likely,
+#	which the failed worker's output, in how, tells once.
+proc ::socketserver::prefork::ReloadFailed {pid how} {
     variable Workers
     variable Generation
     variable State running
-    Log "reload failed, the old workers keep serving: worker $pid did not load the application:\n$output"
+    Log "reload failed, the old workers keep serving: worker $pid did not load the application$how"
     Notify "READY=1\nSTATUS=reload failed: generation $Generation did not load"
     foreach other [array names Workers] {
 	if {[dict get $Workers($other) generation] == $Generation} {
 	    dict set Workers($other) phase leaving
+	    dict set Workers($other) quiet 1
+	    dict set Workers($other) holding 0
+	    dict set Workers($other) dropped 0
 	    KillFor $other "of a generation that failed to load"
 	}
     }
