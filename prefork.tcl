@@ -77,6 +77,10 @@ namespace eval ::socketserver::prefork {
     variable UPGRADE_VERSION 1	;# Of the state an upgrade passes on.
     variable Watchdog 0		;# ms between WATCHDOG=1 pings, 0: none.
     variable Pinged 0		;# When the last one went, in ms.
+    variable Notified 0		;# Notifications sent to systemd,
+    variable NotifyDropped 0	;# and dropped: its socket was full.
+    variable FirstGeneration 0	;# The generation of the first worker.
+    variable FirstFailure {}	;# Why the application failed to load in it.
 }
 
 # socketserver::prefork ?option value ...? handler --
@@ -270,6 +274,15 @@ proc ::socketserver::prefork::Log {message} {
     }
 }
 
+# Count n noun ?plural? --
+#	"1 worker", "2 workers": n and the noun, plural unless n is 1.
+proc ::socketserver::prefork::Count {n noun {plural {}}} {
+    if {$n == 1} {
+	return "$n $noun"
+    }
+    return "$n [expr {$plural eq "" ? "${noun}s" : $plural}]"
+}
+
 # --- the worker ----------------------------------------------------------
 
 namespace eval ::socketserver::prefork {
@@ -278,6 +291,8 @@ namespace eval ::socketserver::prefork {
     variable Leaving 0		;# Set by SIGTERM: leave when idle.
     variable Served 0		;# Connections handled.
     variable Limit 0		;# Leave after this many (0: never).
+    variable Peer {}		;# The client served, for the log.
+    variable Broken 0		;# 1 once the handler broke the Rule.
 }
 
 proc ::socketserver::prefork::Worker {config handler} {
@@ -290,6 +305,7 @@ proc ::socketserver::prefork::Worker {config handler} {
 	set Limit [expr {$n + int(rand() * ($n / 10 + 1))}]
     }
     interp bgerror {} [namespace code WorkerError]
+    trace add execution ::socketserver::socket enter [namespace code Rule]
     ::socketserver::signal TERM [namespace code Leave]
     # Ctrl-C in a terminal reaches the whole process group: the
     # supervisor alone decides what it means (a graceful stop first).
@@ -324,8 +340,11 @@ proc ::socketserver::prefork::Serve {chan addr port} {
     variable Served
     variable Limit
     variable Leaving
+    variable Peer $addr:$port
     try {
 	uplevel #0 [list {*}$Handler $chan $addr $port]
+    } trap {SOCKETSERVER PREFORK RULE} {} {
+	# Said by Rule.
     } on error {msg opts} {
 	catch {
 	    puts stderr "handler error for $addr:$port: [dict get $opts -errorinfo]"
@@ -340,6 +359,40 @@ proc ::socketserver::prefork::Serve {chan addr port} {
 	exit 0
     }
     Ask
+}
+
+# Rule command op --
+#	The enter trace of ::socketserver::socket in a worker. A handler may
+#	read, write, release, leave the channel open or close it; it may not
+#	call 'client' or 'cancel': the worker loop asks for the next
+#	connection itself, and a request the handler made would be the one
+#	pending when the loop asks (a handler pasted from a plain
+#	socketserver worker, examples/http_server.tcl say, does so). Such a
+#	call fails with an error that names the rule, printed once (for the
+#	log) however often it comes; the worker goes on.
+proc ::socketserver::prefork::Rule {command op} {
+    variable Busy
+    variable Peer
+    variable Broken
+    if {!$Busy} {
+	return
+    }
+    set sub [tcl::prefix match -error {} {cancel client close} [lindex $command 1]]
+    if {$sub ni {cancel client}} {
+	return
+    }
+    set message "a socketserver::prefork handler may read, write, release, leave\
+	    the channel open or close it; it may not call\
+	    ::socketserver::socket client or cancel (the worker asks for the\
+	    next connection itself)"
+    if {!$Broken} {
+	set Broken 1
+	catch {
+	    puts stderr "handler for $Peer called ::socketserver::socket $sub: $message"
+	    flush stderr
+	}
+    }
+    return -code error -errorcode [list SOCKETSERVER PREFORK RULE $sub] $message
 }
 
 # Leave --
@@ -382,11 +435,24 @@ proc ::socketserver::prefork::WorkerError {msg opts} {
 #   reason	why the supervisor sent it KILL, or empty
 #   partial	the start of an output line not ended yet
 #   cutting	1 while the rest of an over-long line is skipped
-#   recent	its last output lines (the reason a load failed)
-#   budget	characters of output logged in the current second
+#   recent	its last output lines logged (none: a load failure is told
+#		by how it ended)
+#   holding	1 while its output is held, not logged: started by a reload,
+#		until it loads (then it is logged) or ends (if it failed the
+#		reload, its output is the reason, logged once with it)
+#   held	those lines, at most a second's budget (heldsize characters)
+#   quiet	1 once its output is no longer logged (of a generation that
+#		failed to load, whose failure the log has told)
+#   overhead	characters the log adds to each line it logs of the worker's
+#		("worker PID: ", and on stderr the time stamp, the
+#		supervisor's pid and the newline)
+#   budget	characters of log its output filled in the current second:
+#		each line logged costs its length and the overhead
 #   second	that second
-#   dropped	characters of output not logged since last said, over the
+#   dropped	lines of output not logged since last said, over the
 #		budget
+#   droppedchars
+#		their characters
 #
 # What a worker does comes from the queue's scoreboard, which the worker
 # writes as it asks and as connections come (no message, no wake-up of the
@@ -397,7 +463,8 @@ proc ::socketserver::prefork::WorkerError {msg opts} {
 
 namespace eval ::socketserver::prefork {
     variable MaxLine 4096	;# Longer output lines are logged cut.
-    variable Budget 65536	;# Output characters a worker may log per second.
+    variable Budget 65536	;# Characters of log a worker's output may fill
+				;# per second, what the log adds included.
     variable Script		;# The script that workers run.
 }
 
@@ -420,8 +487,10 @@ proc ::socketserver::prefork::Supervisor {config} {
     set Script [file join $dir $::argv0]
     HideSystemdEnv
     set how [Listen]
+    variable Generation
+    variable FirstGeneration $Generation
     CheckDescriptors
-    Log "listening on port $Port, [dict get $config -workers] workers$how"
+    Log "listening on port $Port, [Count [dict get $config -workers] worker]$how"
     ::socketserver::signal CHLD [namespace code Reap]
     ::socketserver::signal TERM [namespace code Stop]
     ::socketserver::signal INT [namespace code Interrupt]
@@ -435,20 +504,22 @@ proc ::socketserver::prefork::Supervisor {config} {
     interp bgerror {} [list apply {{msg opts} {
 	::socketserver::prefork::Log "supervisor error: [dict get $opts -errorinfo]"
     }}]
-    Watch
     # The first worker alone: if the application does not load, say why
-    # and leave rather than start the others.
-    set pid [StartWorker]
-    if {$pid eq ""} {
+    # and leave rather than start the others. One the supervisor stops
+    # before it loaded (SIGTTOU) is replaced, alone too (Exited, Fill).
+    if {[StartWorker] eq ""} {
 	exit 1
     }
+    # After the start: the first status sent counts the worker starting.
+    Watch
     vwait ::socketserver::prefork::FirstLoaded
     variable FirstLoaded
     if {$FirstLoaded eq "stopped"} {
 	Finish
     }
     if {$FirstLoaded ne "ok"} {
-	Log "the application failed to load in worker $pid:\n$FirstLoaded"
+	variable FirstFailure
+	Log "the application failed to load $FirstFailure"
 	exit 1
     }
     Fill
@@ -496,7 +567,7 @@ proc ::socketserver::prefork::Listen {} {
 	    }
 	    lappend errors $Port
 	}
-	Log "couldn't listen: systemd passed $n sockets (LISTEN_FDS), and none\
+	Log "couldn't listen: systemd passed [Count $n socket] (LISTEN_FDS), and none\
 		will do[expr {$port eq "" ? "" : " for -port $port"}]: [join $errors {; }]"
 	exit 1
     }
@@ -526,18 +597,26 @@ proc ::socketserver::prefork::Watching {} {
 proc ::socketserver::prefork::Notify {state} {
     variable NotifyError
     variable SystemdEnv
+    variable Notified
+    variable NotifyDropped
     if {![dict exists $SystemdEnv NOTIFY_SOCKET]} {
 	return
     }
     SetSystemdEnv
-    set failed [catch {::socketserver::notify $state} msg]
+    # It never waits: with systemd's socket full, the message is dropped
+    # (POSIX EAGAIN), and counted for SIGUSR1.
+    set failed [catch {::socketserver::notify $state} msg opts]
     HideSystemdEnv
     if {$failed} {
+	if {[lindex [dict get $opts -errorcode] 1] in {EAGAIN EWOULDBLOCK}} {
+	    incr NotifyDropped
+	}
 	if {$msg ne $NotifyError} {
 	    Log $msg
 	}
 	set NotifyError $msg
     } else {
+	incr Notified
 	set NotifyError {}
     }
 }
@@ -713,7 +792,8 @@ proc ::socketserver::prefork::CheckDone {} {
 	    set output [expr {$failed ? $msg : "it exited before its socketserver::prefork call"}]
 	}
 	Log "upgrade failed, the running code keeps serving: the new code did not load:\n$output"
-	Notify "READY=1\nSTATUS=upgrade failed"
+	# No RELOADING=1 went before: READY=1 now would be out of turn.
+	Notify "STATUS=upgrade failed: the new code did not load"
 	return
     }
     Notify "RELOADING=1\nSTATUS=upgrading in place"
@@ -807,7 +887,7 @@ proc ::socketserver::prefork::TakeOver {} {
 	}
     }]
     return " (upgraded in place from generation [lindex $state 1]: descriptor $fd kept,\
-	    [array size Previous] old workers finishing)"
+	    [Count [array size Previous] {old worker}] finishing)"
 }
 
 # StartWorker --
@@ -819,6 +899,7 @@ proc ::socketserver::prefork::StartWorker {} {
     variable Script
     variable Config
     variable Dir
+    variable State
     set command [list [info nameofexecutable] $Script {*}$::argv]
     if {[dict get $Config -user] ne ""} {
 	# runas.tcl becomes the user before the application's code runs.
@@ -835,9 +916,17 @@ proc ::socketserver::prefork::StartWorker {} {
     fconfigure $chan -blocking 0 -buffering none -encoding utf-8
     # Tcl 9 would stop at the first byte that is not UTF-8.
     catch {fconfigure $chan -profile replace}
+    # What the log adds to each line of the worker's: Log's prefix, and
+    # on stderr its time stamp and pid and the newline.
+    set overhead [string length "worker $pid: "]
+    if {[dict get $Config -log] eq ""} {
+	incr overhead [string length "YYYY-MM-DDTHH:MM:SS \[[pid]\] \n"]
+    }
     set Workers($pid) [dict create chan $chan generation $Generation \
 	phase starting started [clock milliseconds] board {} completed 0 \
-	reason {} partial {} cutting 0 recent {} budget 0 second 0 dropped 0]
+	reason {} partial {} cutting 0 recent {} \
+	holding [expr {$State eq "reloading"}] held {} heldsize 0 \
+	quiet 0 overhead $overhead budget 0 second 0 dropped 0 droppedchars 0]
     fileevent $chan readable [namespace code [list Output $pid]]
     Log "worker $pid started (generation $Generation)"
     return $pid
@@ -845,17 +934,21 @@ proc ::socketserver::prefork::StartWorker {} {
 
 # Fill --
 #	Starts workers until the current generation has as many as wanted
-#	(not while the last crash's back-off runs). A worker that cannot be
-#	started is treated as one that died at once.
+#	(not while the last crash's back-off runs; one until the application
+#	has loaded once). A worker that cannot be started is treated as one
+#	that died at once.
 proc ::socketserver::prefork::Fill {} {
     variable Workers
     variable Generation
     variable Wanted
     variable State
     variable StartTimer
+    variable FirstLoaded
     if {$State eq "stopping" || $StartTimer ne ""} {
 	return
     }
+    # Until the application has loaded once, one worker at a time.
+    set wanted [expr {[info exists FirstLoaded] && $FirstLoaded eq "ok" ? $Wanted : 1}]
     set have 0
     foreach pid [array names Workers] {
 	if {[dict get $Workers($pid) generation] == $Generation
@@ -863,7 +956,7 @@ proc ::socketserver::prefork::Fill {} {
 	    incr have
 	}
     }
-    for {} {$have < $Wanted} {incr have} {
+    for {} {$have < $wanted} {incr have} {
 	if {[StartWorker] eq ""} {
 	    BackOff "worker not started"
 	    return
@@ -910,22 +1003,42 @@ proc ::socketserver::prefork::Output {pid} {
 
 # Take pid data --
 #	Logs the whole lines in data, after what came before of the line;
-#	cuts a line longer than MaxLine.
+#	cuts a line longer than MaxLine. Once the budget of the second has
+#	no room for even an empty line, the rest are counted at once: a
+#	flood of short lines costs a count, not a loop and a log line each.
 proc ::socketserver::prefork::Take {pid data} {
     variable Workers
     variable MaxLine
     variable READY
+    if {[dict get $Workers($pid) quiet]} {
+	dict set Workers($pid) partial {}
+	return
+    }
     set lines [split [dict get $Workers($pid) partial]$data \n]
+    set n [expr {[llength $lines] - 1}]
     dict set Workers($pid) partial [lindex $lines end]
-    foreach line [lrange $lines 0 end-1] {
+    for {set i 0} {$i < $n} {incr i} {
+	set line [lindex $lines $i]
 	if {[dict get $Workers($pid) cutting]} {
 	    # The rest of a line already logged cut.
 	    dict set Workers($pid) cutting 0
 	} elseif {$line eq $READY && [dict get $Workers($pid) phase] eq "starting"} {
 	    dict set Workers($pid) phase ready
+	    Release $pid
 	    Loaded $pid
-	} else {
-	    LogOutput $pid $line
+	} elseif {![LogOutput $pid $line]} {
+	    # Skipped up to the READY line, if a starting worker sent one.
+	    set last [expr {$n - 1}]
+	    if {[dict get $Workers($pid) phase] eq "starting"} {
+		set at [lsearch -exact -start [expr {$i + 1}] $lines $READY]
+		if {$at >= 0 && $at < $n} {
+		    set last [expr {$at - 1}]
+		}
+	    }
+	    set skipped [lrange $lines [expr {$i + 1}] $last]
+	    dict incr Workers($pid) dropped [llength $skipped]
+	    dict incr Workers($pid) droppedchars [string length [join $skipped ""]]
+	    set i $last
 	}
     }
     set partial [dict get $Workers($pid) partial]
@@ -941,10 +1054,24 @@ proc ::socketserver::prefork::Take {pid data} {
 
 # LogOutput pid line --
 #	One line a worker printed: logged, within the worker's budget of
-#	bytes a second; what is over it is counted and said once.
+#	characters of log a second, each line charged what it adds to the
+#	log (an empty line is not free); what is over it is counted and said
+#	once. Returns 0 once not even an empty line fits in this second.
 proc ::socketserver::prefork::LogOutput {pid line} {
     variable Workers
     variable Budget
+    if {[dict get $Workers($pid) holding]} {
+	# Held while a reload's worker loads, within a second's budget.
+	set size [expr {[dict get $Workers($pid) heldsize] + [dict get $Workers($pid) overhead]}]
+	if {$size + [string length $line] > $Budget} {
+	    dict incr Workers($pid) dropped
+	    dict incr Workers($pid) droppedchars [string length $line]
+	    return [expr {$size <= $Budget}]
+	}
+	dict lappend Workers($pid) held $line
+	dict set Workers($pid) heldsize [expr {$size + [string length $line]}]
+	return 1
+    }
     set second [clock seconds]
     if {$second != [dict get $Workers($pid) second]} {
 	Dropped $pid
@@ -952,16 +1079,35 @@ proc ::socketserver::prefork::LogOutput {pid line} {
 	dict set Workers($pid) budget 0
     }
     set length [string length $line]
-    if {[dict get $Workers($pid) budget] + $length > $Budget} {
-	dict incr Workers($pid) dropped $length
-	return
+    set overhead [dict get $Workers($pid) overhead]
+    if {[dict get $Workers($pid) budget] + $length + $overhead > $Budget} {
+	dict incr Workers($pid) dropped
+	dict incr Workers($pid) droppedchars $length
+	return [expr {[dict get $Workers($pid) budget] + $overhead <= $Budget}]
     }
-    dict incr Workers($pid) budget $length
+    dict incr Workers($pid) budget [expr {$length + $overhead}]
     dict lappend Workers($pid) recent $line
     if {[llength [dict get $Workers($pid) recent]] > 20} {
 	dict set Workers($pid) recent [lrange [dict get $Workers($pid) recent] end-19 end]
     }
     Log "worker $pid: $line"
+    return 1
+}
+
+# Release pid --
+#	A worker's output held while it loaded (see Workers): logged now.
+proc ::socketserver::prefork::Release {pid} {
+    variable Workers
+    if {![dict get $Workers($pid) holding]} {
+	return
+    }
+    set held [dict get $Workers($pid) held]
+    dict set Workers($pid) holding 0
+    dict set Workers($pid) held {}
+    dict set Workers($pid) heldsize 0
+    foreach line $held {
+	LogOutput $pid $line
+    }
 }
 
 # Observe --
@@ -995,25 +1141,45 @@ proc ::socketserver::prefork::Dropped {pid} {
     variable Workers
     variable Budget
     if {[dict get $Workers($pid) dropped] > 0} {
-	Log "worker $pid: [dict get $Workers($pid) dropped] characters of output\
-		not logged (over $Budget a second)"
+	Log "worker $pid: [Count [dict get $Workers($pid) dropped] line] of output\
+		([Count [dict get $Workers($pid) droppedchars] character]) not logged\
+		(over $Budget characters of log a second)"
 	dict set Workers($pid) dropped 0
+	dict set Workers($pid) droppedchars 0
     }
 }
 
 # Watch --
-#	Every 200 ms: reads the scoreboard. With -timeout, a worker serving
+#	Every 200 ms, whatever happens in it: an error is logged and the
+#	next round comes all the same, or -timeout and the systemd watchdog
+#	would stop for good.
+proc ::socketserver::prefork::Watch {} {
+    try {
+	Survey
+    } on error {msg opts} {
+	Log "supervisor error (checking the workers): [dict get $opts -errorinfo]"
+    } finally {
+	after 200 [namespace code Watch]
+    }
+}
+
+# Survey --
+#	Reads the scoreboard. With -timeout, a worker serving
 #	one connection for longer is killed. Also logs each
 #	new error the accept thread meets: out of descriptors the serving
 #	process stalls (it accepts nothing and can't take a new worker's
 #	first ask until one is free) and would otherwise say nothing.
-proc ::socketserver::prefork::Watch {} {
+proc ::socketserver::prefork::Survey {} {
     variable Workers
     variable Config
     variable LastError
     set info [Observe]
     set timeout [dict get $Config -timeout]
     foreach pid [array names Workers] {
+	# A -log command that runs the event loop may see one reaped.
+	if {![info exists Workers($pid)]} {
+	    continue
+	}
 	set entry [dict get $Workers($pid) board]
 	if {$timeout <= 0 || ![dict exists $entry state]} {
 	    continue
@@ -1046,7 +1212,7 @@ proc ::socketserver::prefork::Watch {} {
 	    incr loaded
 	}
     }
-    set status "[array size Workers] workers[expr {[dict size $counts] ? " ([join [lmap {k v} [lsort -stride 2 $counts] {string cat "$v $k"}] {, }])" : ""}], generation $Generation, $State"
+    set status "[Count [array size Workers] worker][expr {[dict size $counts] ? " ([join [lmap {k v} [lsort -stride 2 $counts] {string cat "$v $k"}] {, }])" : ""}], generation $Generation, $State"
     if {$status ne $Status} {
 	set Status $status
 	Notify STATUS=$status
@@ -1072,7 +1238,6 @@ proc ::socketserver::prefork::Watch {} {
 	    }
 	}
     }
-    after 200 [namespace code Watch]
 }
 
 # Reap --
@@ -1109,13 +1274,16 @@ proc ::socketserver::prefork::Reap {} {
 }
 
 # Exited pid --
-#	A worker ended: log its last output and how it ended, replace it.
+#	A worker ended: log its last output and how it ended, replace it. A
+#	worker the supervisor stopped itself (retired or killed it) never
+#	counts as one that failed to load the application.
 proc ::socketserver::prefork::Exited {pid} {
     variable Workers
     variable State
     variable Generation
     variable Backoff
     variable FirstLoaded
+    variable FirstGeneration
     variable Config
     set chan [dict get $Workers($pid) chan]
     # What it printed last, within its budget; a line it did not end.
@@ -1124,6 +1292,11 @@ proc ::socketserver::prefork::Exited {pid} {
     }
     if {[dict get $Workers($pid) partial] ne ""} {
 	Take $pid \n
+    }
+    set failed [expr {[dict get $Workers($pid) phase] eq "starting"
+	&& [dict get $Workers($pid) generation] == $Generation && $State eq "reloading"}]
+    if {!$failed} {
+	Release $pid
     }
     Dropped $pid
     set worker $Workers($pid)
@@ -1150,16 +1323,22 @@ proc ::socketserver::prefork::Exited {pid} {
 	append how " ([dict get $worker reason])"
     }
     Log "worker $pid exited: $how"
+    set stopped [expr {[dict get $worker phase] eq "leaving"
+	|| [dict get $worker reason] ne ""}]
     if {![info exists FirstLoaded] && $State eq "stopping"} {
 	# Stopped before the application had loaded once: not its fault.
 	set FirstLoaded stopped
 	return
     }
-    if {![info exists FirstLoaded]} {
-	set FirstLoaded [join [dict get $worker recent] \n]
-	if {$FirstLoaded eq ""} {
-	    set FirstLoaded $how
+    if {![info exists FirstLoaded] && [dict get $worker generation] == $FirstGeneration} {
+	if {$stopped} {
+	    # Retired (SIGTTOU) while it loaded: another takes its place,
+	    # alone as the first was.
+	    Fill
+	    return
 	}
+	variable FirstFailure "in worker $pid[LoadFailure $worker $how]"
+	set FirstLoaded failed
 	return
     }
     if {$State eq "stopping"} {
@@ -1168,10 +1347,10 @@ proc ::socketserver::prefork::Exited {pid} {
 	}
 	return
     }
-    if {[dict get $worker phase] eq "starting"
-	    && [dict get $worker generation] == $Generation && $State eq "reloading"} {
-	set output [join [dict get $worker recent] \n]
-	ReloadFailed $pid [expr {$output eq "" ? $how : $output}]
+    if {$failed} {
+	# What it printed was held: the reason, logged once, here.
+	set output [join [dict get $worker held] \n]
+	ReloadFailed $pid [expr {$output eq "" ? ": $how" : " ($how):\n$output"}]
 	return
     }
     if {[dict get $worker generation] != $Generation
@@ -1182,36 +1361,62 @@ proc ::socketserver::prefork::Exited {pid} {
     }
     # Died before it served one connection to the end (before it was
     # ready, say): it may do so again at once, so back off. A machine
-    # too busy to start a worker in a second must not hide that.
+    # too busy to start a worker in a second must not hide that. What
+    # it was given is the scoreboard's count, which is exact.
     if {![dict get $worker completed] && !$recycled && [dict get $worker reason] eq ""} {
 	set lived [expr {[clock milliseconds] - [dict get $worker started]}]
-	BackOff "worker $pid died after $lived ms having served no connection"
+	set board [dict get $worker board]
+	set served [expr {[dict exists $board served] ? [dict get $board served] : 0}]
+	BackOff "worker $pid died after $lived ms [expr {$served == 0
+	    ? "having served no connection"
+	    : "given [Count $served connection] and not seen to finish one"}]"
     } else {
 	set Backoff 0
 	Fill
     }
 }
 
+# LoadFailure worker how --
+#	How a worker that did not load the application ended, for the log:
+#	its output has been logged already, as it came, and is not repeated.
+proc ::socketserver::prefork::LoadFailure {worker how} {
+    if {[llength [dict get $worker recent]] == 0} {
+	return ": $how"
+    }
+    return " ($how): its output is above"
+}
+
 # Loaded pid --
-#	A worker loaded the application. During a reload, once every worker of the new generation has, the old
-#	ones are retired.
+#	A worker loaded the application (its output, held while it loaded
+#	for a reload, was logged just now): see Settle.
 proc ::socketserver::prefork::Loaded {pid} {
-    variable Workers
-    variable State
-    variable Generation
     variable FirstLoaded
-    variable Wanted
     if {![info exists FirstLoaded]} {
 	set FirstLoaded ok
     }
+    Settle
+}
+
+# Settle --
+#	Once no worker of the current generation is loading the application
+#	any more (it loaded, or was retired while it loaded): up, if as many
+#	as wanted have loaded; during a reload, the old ones are retired.
+proc ::socketserver::prefork::Settle {} {
+    variable Workers
+    variable State
+    variable Generation
+    variable Wanted
     set loaded 0
     foreach other [array names Workers] {
 	if {[dict get $Workers($other) generation] == $Generation} {
-	    if {[dict get $Workers($other) phase] eq "starting"} {
-		return
+	    switch -- [dict get $Workers($other) phase] {
+		starting {return}
+		ready {incr loaded}
 	    }
-	    incr loaded
 	}
+    }
+    if {$loaded == 0} {
+	return
     }
     if {$loaded >= $Wanted} {
 	Started
@@ -1331,18 +1536,23 @@ proc ::socketserver::prefork::Graceful {} {
     expr {int([dict get $Config -graceful] * 1000)}
 }
 
-# ReloadFailed pid output --
+# ReloadFailed pid how --
 #	A worker of the new generation died before it loaded: the old
-#	generation keeps serving, the rest of the new one is stopped.
-proc ::socketserver::prefork::ReloadFailed {pid output} {
+#	generation keeps serving, the rest of the new one is stopped. What
+#	the rest printed is not logged: the same error again, most likely,
+#	which the failed worker's output, in how, tells once.
+proc ::socketserver::prefork::ReloadFailed {pid how} {
     variable Workers
     variable Generation
     variable State running
-    Log "reload failed, the old workers keep serving: worker $pid did not load the application:\n$output"
+    Log "reload failed, the old workers keep serving: worker $pid did not load the application$how"
     Notify "READY=1\nSTATUS=reload failed: generation $Generation did not load"
     foreach other [array names Workers] {
 	if {[dict get $Workers($other) generation] == $Generation} {
 	    dict set Workers($other) phase leaving
+	    dict set Workers($other) quiet 1
+	    dict set Workers($other) holding 0
+	    dict set Workers($other) dropped 0
 	    KillFor $other "of a generation that failed to load"
 	}
     }
@@ -1395,6 +1605,11 @@ proc ::socketserver::prefork::Resize {delta} {
     if {$chosen ne ""} {
 	Retire $chosen
     }
+    # The one retired may have been the last still loading.
+    variable FirstLoaded
+    if {[info exists FirstLoaded] && $FirstLoaded eq "ok"} {
+	Settle
+    }
 }
 
 # Status --
@@ -1431,13 +1646,25 @@ proc ::socketserver::prefork::Status {} {
 	}
 	Log $line
     }
-    set line "queue: [dict get $info waiting] workers waiting, [dict get $info queued] connections queued,\
-	    [dict get $info watching] watched ([dict get $info parked] parked), [dict get $info closed]\
-	    closed unanswered"
+    # Each number named for what it counts: 'closed' holds kept-alive
+    # connections, answered before, as well as those never answered.
+    set watching [dict get $info watching]
+    set parked [dict get $info parked]
+    set line "queue: [Count [dict get $info waiting] worker] waiting,\
+	    [Count [dict get $info queued] connection] queued,\
+	    [Count $watching connection] watched ([expr {$watching - $parked}] silent,\
+	    $parked kept alive), [dict get $info closed] closed by the supervisor"
     if {[dict get $info lasterror] ne ""} {
 	append line ", last error [dict get $info lasterror]"
     }
     Log $line
+    variable SystemdEnv
+    if {[dict exists $SystemdEnv NOTIFY_SOCKET]} {
+	variable Notified
+	variable NotifyDropped
+	Log "systemd: [Count $Notified notification] sent, $NotifyDropped dropped\
+		(its socket was full)"
+    }
 }
 
 # Stop --

@@ -8465,10 +8465,14 @@ DescriptorsObjCmd(
  *	one datagram to the Unix socket named by NOTIFY_SOCKET (a leading @
  *	names an abstract socket). A state with a line RELOADING=1 gets
  *	MONOTONIC_USEC= added, which systemd's Type=notify-reload requires
- *	and Tcl cannot read (CLOCK_MONOTONIC).
+ *	and Tcl cannot read (CLOCK_MONOTONIC). Never blocks: a manager that
+ *	stops reading fills its socket, and a process that waited for room
+ *	(a supervisor pinging the watchdog) would stop for good; the message
+ *	that does not fit is dropped instead, and said so.
  *
  * Results:
- *	TCL_OK with 1 if sent, 0 if NOTIFY_SOCKET is not set; or TCL_ERROR.
+ *	TCL_OK with 1 if sent, 0 if NOTIFY_SOCKET is not set; or TCL_ERROR
+ *	(POSIX EAGAIN: the manager's socket is full, the message dropped).
  *
  * Side effects:
  *	The datagram.
@@ -8546,7 +8550,8 @@ NotifyObjCmd(
 	sent = -1;
     } else {
 	do {
-	    sent = sendto(fd, message, (size_t) length, MSG_NOSIGNAL,
+	    sent = sendto(fd, message, (size_t) length,
+		    MSG_NOSIGNAL | MSG_DONTWAIT,
 		    (struct sockaddr *) &address, addressLength);
 	} while (sent < 0 && errno == EINTR);
 	error = errno;
@@ -8555,9 +8560,12 @@ NotifyObjCmd(
     }
     Tcl_DecrRefCount(messageObj);
     if (sent < 0) {
+	int full = (errno == EAGAIN || errno == EWOULDBLOCK);
+
 	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		"couldn't notify the service manager at %s: %s", path,
-		Tcl_PosixError(interp)));
+		"couldn't notify the service manager at %s: %s%s", path,
+		Tcl_PosixError(interp), full ? " (its socket is full: it "
+		"reads no more; the message is dropped)" : ""));
 	return TCL_ERROR;
     }
     Tcl_SetObjResult(interp, Tcl_NewBooleanObj(1));

@@ -14,7 +14,9 @@
 # loop for 6 s once it has asked again, "ids" answers the Uid, Gid and Groups
 # lines of /proc/self/status (separated by "|"), "bind80" tries to listen
 # on port 80, "keep" answers and gives the connection back ('release':
-# keep-alive).
+# keep-alive), "blank N" prints N empty lines first, "client" and "cancel"
+# answer, close and then call that subcommand, as a handler written for a
+# plain socketserver worker would (which a prefork handler may not).
 set appCode {
     package require socketserver::prefork
     proc handle {chan addr port} {
@@ -58,6 +60,20 @@ set appCode {
 		::socketserver::socket release $chan
 		return
 	    }
+	    blank* {
+		puts -nonewline [string repeat \n [lindex $line 1]]
+		flush stdout
+	    }
+	    client - cancel {
+		puts $chan "[pid]: $line VERSION"
+		close $chan
+		if {$line eq "client"} {
+		    ::socketserver::socket client handle
+		} else {
+		    ::socketserver::socket cancel
+		}
+		return
+	    }
 	}
 	puts $chan "[pid]: $line VERSION"
     }
@@ -86,6 +102,16 @@ proc writeApp {version {code {}}} {
 set ::pfPrefix {}
 set ::pfScript {}
 proc startApp {args} {
+    launchApp {*}$args
+    set n [expr {[dict exists $args -workers] ? [dict get $args -workers] : 4}]
+    waitUntil {[info exists ::pf(port)] && [llength $::pf(workers)] == $n}
+    # Loaded: each has asked for a connection.
+    waitUntil {[askers] == $n}
+}
+
+# launchApp ?options? --
+#	Starts the supervisor as startApp does; waits only until it listens.
+proc launchApp {args} {
     array unset ::pf
     set ::pfLog {}
     set ::pf(workers) {}
@@ -97,10 +123,7 @@ proc startApp {args} {
     set ::pf(pid) [pid $::pf(chan)]
     fconfigure $::pf(chan) -blocking 0 -buffering line
     fileevent $::pf(chan) readable appOutput
-    set n [expr {[dict exists $args -workers] ? [dict get $args -workers] : 4}]
-    waitUntil {[info exists ::pf(port)] && [llength $::pf(workers)] == $n}
-    # Loaded: each has asked for a connection.
-    waitUntil {[askers] == $n}
+    waitUntil {[info exists ::pf(port)]}
 }
 
 # askers --
@@ -127,7 +150,7 @@ proc queueLine {} {
 # queueState --
 #	The supervisor's queue line: workers waiting, connections queued.
 proc queueState {} {
-    regexp {queue: (\d+) workers waiting, (\d+) connections queued} [queueLine] -> waiting queued
+    regexp {queue: (\d+) workers? waiting, (\d+) connections? queued} [queueLine] -> waiting queued
     list $waiting $queued
 }
 
@@ -192,10 +215,10 @@ proc logged {pattern} {
 }
 
 # watchState --
-#	The supervisor's queue line: connections watched, of those parked,
-#	and closed unanswered.
+#	The supervisor's queue line: connections watched, of those parked
+#	(kept alive), and closed by the supervisor.
 proc watchState {} {
-    regexp {(\d+) watched \((\d+) parked\), (\d+) closed unanswered} [queueLine] -> watched parked closed
+    regexp {(\d+) connections? watched \(\d+ silent, (\d+) kept alive\), (\d+) closed} [queueLine] -> watched parked closed
     list $watched $parked $closed
 }
 

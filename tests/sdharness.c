@@ -14,6 +14,10 @@
  *		that comes on one line, its newlines written as spaces, until
  *		standard input ends (the test closes it), as systemd's
  *		NOTIFY_SOCKET receives sd_notify(3) messages.
+ *	    sdharness deaf PATH
+ *		The same socket, never read: a service manager that stopped
+ *		reading. Its queue fills, and a sender that waits for room
+ *		waits for ever.
  *
  * Copyright (c) 2026 The socketserver authors.
  * See the file "LICENSE" for information on usage and redistribution.
@@ -78,7 +82,8 @@ Activate(
 
 static int
 Notify(
-    const char *path)
+    const char *path,
+    int deaf)
 {
     struct sockaddr_un sun;
     struct pollfd fds[2];
@@ -100,7 +105,7 @@ Notify(
     }
     printf("bound\n");
     fflush(stdout);
-    fds[0].fd = fd;
+    fds[0].fd = deaf ? -1 : fd;
     fds[0].events = POLLIN;
     fds[1].fd = 0;
     fds[1].events = POLLIN;
@@ -141,9 +146,12 @@ main(
 	return Activate(argv[2], atoi(argv[3]), argv + 4);
     }
     if (argc == 3 && strcmp(argv[1], "notify") == 0) {
-	return Notify(argv[2]);
+	return Notify(argv[2], 0);
+    }
+    if (argc == 3 && strcmp(argv[1], "deaf") == 0) {
+	return Notify(argv[2], 1);
     }
     fprintf(stderr, "usage: sdharness activate ADDR PORT COMMAND ?ARG ...?"
-	    " | sdharness notify PATH\n");
+	    " | sdharness notify PATH | sdharness deaf PATH\n");
     return 2;
 }
