@@ -272,6 +272,14 @@ typedef struct BoardTrailer {
 				 * connection (SendReleased): 'close' waits
 				 * for none to be left before its last read
 				 * of the queue. Atomic. */
+    uint32_t replaced;		/* 1 from the start of 'reexec' (0 again if
+				 * the exec fails): the serving process's
+				 * program is being replaced, and the queue's
+				 * reading end crosses to the new one.
+				 * 'release' then waits for no next request
+				 * (Linger) but sends the connection up at
+				 * once, for the new program. Written by the
+				 * serving process, atomic. */
     uint32_t markLength;	/* -readyafter: a connection is ready (its
 				 * request whole) once the bytes it has sent
 				 * contain mark; 0: once it has sent one.
@@ -295,6 +303,10 @@ typedef struct BoardTrailer {
 				 * thread hands over what is pending, then
 				 * ends, detached (NOT_LISTENING). */
 #define STOPPING	3	/* The accept thread is being joined. */
+
+#define OLD_QUEUES	8	/* Most queues of replaced programs a queue
+				 * reads (oldAskFds): one per upgrade in
+				 * place whose old workers are still there. */
 
 /*
  * One queue per port, process-wide, never freed: workers forked earlier
@@ -382,6 +394,13 @@ typedef struct Queue {
 				 * handing them over: silent to the end of
 				 * -ready or -keepalive, gone while parked,
 				 * closed for room, or by 'close'. (L) */
+    int oldAskFds[OLD_QUEUES];	/* Reading ends of the queues of the
+				 * programs this one replaced ('reexec'), or
+				 * -1: their workers, still finishing, send
+				 * released and returned connections up
+				 * them. Read with askFds[0], for those
+				 * only, until their last worker is gone
+				 * (end of file) or 'close'. (L) */
     int boardFd;		/* The scoreboard's memfd, kept to hand to
 				 * spawned programs; fixed. */
     Slot *board;		/* The scoreboard, BOARD_SLOTS slots, mapped
@@ -737,6 +756,7 @@ static void		WatchHangUp(Queue *queuePtr,
 static int		SendAsk(Receiver *receiverPtr);
 static void		WaitForRoom(Queue *queuePtr);
 static int		ReadQueue(Queue *queuePtr);
+static void		ForgetOldQueue(Queue *queuePtr, int index);
 static int		TakeReady(Queue *queuePtr, int *fdPtr,
 			    Message *messagePtr);
 static int		PendingAfterDrain(Queue *queuePtr);
@@ -906,7 +926,8 @@ SetupProcess(void)
  *	actions (ForgetSignals), instead of going to the parent's script,
  *	whose C handler would swallow it. The child, which has no accept
  *	thread, closes what belongs to the serving process alone: listeners,
- *	the reading ends of the queues, the writing ends of the ready
+ *	the reading ends of the queues (and of those of replaced programs),
+ *	the writing ends of the ready
  *	queues, the stop pipes, the reply sockets' sending ends and every
  *	connection accepted but not handed over; and its copies of ready
  *	connections that requests took but have not delivered.
@@ -959,6 +980,9 @@ AtForkChild(void)
 	CloseFd(&queuePtr->listenFd);
 	CloseFd(&queuePtr->pollFd);
 	CloseFd(&queuePtr->askFds[0]);
+	for (i = 0; i < OLD_QUEUES; i++) {
+	    CloseFd(&queuePtr->oldAskFds[i]);
+	}
 	CloseFd(&queuePtr->readyFds[1]);
 	CloseFd(&queuePtr->wakeFds[0]);
 	CloseFd(&queuePtr->wakeFds[1]);
@@ -1190,8 +1214,9 @@ StartAccepting(
  * MakeAcceptPoll --
  *
  *	queueLock held: on Linux, makes the epoll instance the accept thread
- *	waits with (WaitIdle): the stop pipe, the listener, the queue and the
- *	epoll instance of the watched connections (made here if need be) for
+ *	waits with (WaitIdle): the stop pipe, the listener, the queue (and
+ *	those of replaced programs, which read as the queue) and the epoll
+ *	instance of the watched connections (made here if need be) for
  *	reading, and every reply socket known so far for hang-ups.
  *
  * Results:
@@ -1230,6 +1255,17 @@ MakeAcceptPoll(
 	event.events = EPOLLIN;
 	event.data.u64 = i;
 	if (epoll_ctl(queuePtr->pollFd, EPOLL_CTL_ADD, fds[i], &event) < 0) {
+	    error = errno;
+	    CloseFd(&queuePtr->pollFd);
+	    return error;
+	}
+    }
+    for (i = 0; i < OLD_QUEUES; i++) {
+	memset(&event, 0, sizeof(event));
+	event.events = EPOLLIN;
+	event.data.u64 = ACCEPT_QUEUE;
+	if (queuePtr->oldAskFds[i] >= 0 && epoll_ctl(queuePtr->pollFd,
+		EPOLL_CTL_ADD, queuePtr->oldAskFds[i], &event) < 0) {
 	    error = errno;
 	    CloseFd(&queuePtr->pollFd);
 	    return error;
@@ -1389,18 +1425,24 @@ WaitIdle(
     }
     return 1;
 #else
-    struct pollfd fds[3];
-    int timeoutMs;
+    struct pollfd fds[3 + OLD_QUEUES];
+    int i, timeoutMs;
 
     fds[0].fd = queuePtr->wakeFds[0];
     fds[1].fd = queuePtr->listenFd;
     fds[2].fd = queuePtr->askFds[0];
-    fds[0].events = fds[1].events = fds[2].events = POLLIN;
-    fds[0].revents = fds[1].revents = fds[2].revents = 0;
     pthread_mutex_lock(&queueLock);
+    for (i = 0; i < OLD_QUEUES; i++) {
+	/* A negative fd is ignored. */
+	fds[3 + i].fd = queuePtr->oldAskFds[i];
+    }
     timeoutMs = WatchWaitMs(queuePtr);
     pthread_mutex_unlock(&queueLock);
-    if (poll(fds, 3, timeoutMs) < 0 && errno != EINTR) {
+    for (i = 0; i < 3 + OLD_QUEUES; i++) {
+	fds[i].events = POLLIN;
+	fds[i].revents = 0;
+    }
+    if (poll(fds, 3 + OLD_QUEUES, timeoutMs) < 0 && errno != EINTR) {
 	return WaitFor(queuePtr, -1, 0, -1, 0, PAUSE_MS);
     }
     if (timeoutMs >= 0) {
@@ -1409,7 +1451,12 @@ WaitIdle(
 	pthread_mutex_unlock(&queueLock);
     }
     *listenReadyPtr = (fds[1].revents != 0);
-    *askReadyPtr = (fds[2].revents != 0);
+    *askReadyPtr = 0;
+    for (i = 2; i < 3 + OLD_QUEUES; i++) {
+	if (fds[i].revents != 0) {
+	    *askReadyPtr = 1;
+	}
+    }
     return (fds[0].revents == 0 || !ToldToStop(queuePtr));
 #endif
 }
@@ -2149,10 +2196,15 @@ HandWatchedOver(
  *	queue is drained into that list so that the returned one goes out
  *	before them; a released connection is parked (watched) until its
  *	next request, or pending at once if that has come. Anything else is
- *	discarded.
+ *	discarded. Then the queues of the programs this one replaced
+ *	(oldAskFds), whose workers finish what they had: what they release
+ *	or return is taken as released here; their asks and withdrawals are
+ *	discarded, which closes the reply socket a first ask carries (its
+ *	worker sees the serving process gone, as it is). At end of file,
+ *	when the last of those workers is gone, such a queue is closed.
  *
  * Results:
- *	1 once the queue is empty; 0 if a message has to stay queued because
+ *	1 once the queues are empty; 0 if a message has to stay queued because
  *	this process has no room for its descriptor (EMFILE): the caller
  *	pauses before it looks again.
  *
@@ -2171,11 +2223,11 @@ ReadQueue(
 {
     Message message;
     ssize_t got;
-    int fd, index;
+    int fd, index, old = -1, sock = queuePtr->askFds[0];
 
     for (;;) {
-	got = ancil_recv_fd(queuePtr->askFds[0], &fd, &message,
-		sizeof(message), MSG_DONTWAIT);
+	got = ancil_recv_fd(sock, &fd, &message, sizeof(message),
+		MSG_DONTWAIT);
 	if (got < 0 && errno == EMFILE) {
 	    queuePtr->lastErrno = EMFILE;
 	    if (CloseOldestWatched(queuePtr)) {
@@ -2184,8 +2236,30 @@ ReadQueue(
 	    }
 	    return 0;
 	}
-	if (got < 0 && errno != EBADMSG) {
-	    return 1;
+	if (got == 0 && old >= 0) {
+	    /* Nobody can write to it any more. */
+	    ForgetOldQueue(queuePtr, old);
+	}
+	if ((got < 0 && errno != EBADMSG) || (got == 0 && old >= 0)) {
+	    /* Empty: on to the next old queue, if any. */
+	    do {
+		old++;
+	    } while (old < OLD_QUEUES && queuePtr->oldAskFds[old] < 0);
+	    if (old == OLD_QUEUES) {
+		return 1;
+	    }
+	    sock = queuePtr->oldAskFds[old];
+	    continue;
+	}
+	if (old >= 0) {
+	    if (got != sizeof(message) || message.magic != MESSAGE_MAGIC
+		    || fd < 0 || (message.kind != KIND_RELEASE
+			&& message.kind != KIND_RETURN)) {
+		/* An ask or a withdrawal: the program it was for is gone. */
+		CloseFd(&fd);
+		continue;
+	    }
+	    message.kind = KIND_RELEASE;
 	}
 	if (got <= 0 || (size_t) got != sizeof(message)
 		|| message.magic != MESSAGE_MAGIC
@@ -2272,6 +2346,38 @@ ReadQueue(
 	    break;
 	}
     }
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ForgetOldQueue --
+ *
+ *	queueLock held: closes the reading end of the queue of a replaced
+ *	program (oldAskFds[index]), at its end of file or at 'close'.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	Its messages are gone; a worker that sends on it later is told the
+ *	serving process is gone (EPIPE).
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+ForgetOldQueue(
+    Queue *queuePtr,
+    int index)
+{
+#ifdef __linux__
+    if (queuePtr->pollFd >= 0) {
+	epoll_ctl(queuePtr->pollFd, EPOLL_CTL_DEL, queuePtr->oldAskFds[index],
+		NULL);
+    }
+#endif
+    CloseFd(&queuePtr->oldAskFds[index]);
 }
 
 /*
@@ -2900,7 +3006,7 @@ static int
 Drained(
     Queue *queuePtr)
 {
-    int drained;
+    int i, drained;
 
     pthread_mutex_lock(&queueLock);
     drained = (queuePtr->state == DRAINING);
@@ -2920,6 +3026,11 @@ Drained(
 	drained = (queuePtr->numPending == 0);
     }
     if (drained) {
+	for (i = 0; i < OLD_QUEUES; i++) {
+	    if (queuePtr->oldAskFds[i] >= 0) {
+		ForgetOldQueue(queuePtr, i);
+	    }
+	}
 	CloseFd(&queuePtr->pollFd);
 	CloseFd(&queuePtr->wakeFds[0]);
 	CloseFd(&queuePtr->wakeFds[1]);
@@ -4158,8 +4269,16 @@ ReleaseCmd(
 	/* Nobody would serve the next request: no wait for it. */
 	error = -1;
     } else {
+	/*
+	 * No linger while the serving process is being replaced: the next
+	 * request is the new program's (see ReexecCmd).
+	 */
+
 	if (receiverPtr != NULL && receiverPtr->state == NO_REQUEST
-		&& receiverPtr->keptFd < 0 && Linger(queuePtr, fd)) {
+		&& receiverPtr->keptFd < 0
+		&& !__atomic_load_n(&TRAILER(queuePtr->board)->replaced,
+		    __ATOMIC_ACQUIRE)
+		&& Linger(queuePtr, fd)) {
 	    pthread_mutex_lock(&queueLock);
 	    receiverPtr->keptFd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
 	    pthread_mutex_unlock(&queueLock);
@@ -5819,15 +5938,19 @@ OpenNewListener(
  *
  *	queueLock held, 'server -fd fd': if 'reexec' passed fd (LISTENER_ENV
  *	names it), takes the connections it passed with it into the pending
- *	list, first in line, in the order they were accepted.
+ *	list, first in line, in the order they were accepted, or watches
+ *	them again; and reads the queues it passed ("qFD": its own and those
+ *	of the programs it replaced) as the queues of replaced programs
+ *	(oldAskFds), for what their workers release or give back.
  *
  * Results:
  *	None.
  *
  * Side effects:
- *	LISTENER_ENV is removed from the environment. Each connection
- *	becomes close-on-exec; one whose client is gone is closed, and a
- *	descriptor that is no stream socket left alone.
+ *	LISTENER_ENV is removed from the environment. Each descriptor taken
+ *	becomes close-on-exec; a connection whose client is gone is closed,
+ *	one queue more than OLD_QUEUES too, and a descriptor that is not of
+ *	the type named left alone.
  *
  *----------------------------------------------------------------------
  */
@@ -5853,13 +5976,16 @@ AdoptPassed(
 	return;
     }
     for (;;) {
-	int kind = -1;
+	int kind = -1, isQueue = 0, i;
 
 	while (*end == ' ') {
 	    end++;
 	}
 	if (*end == 's' || *end == 'p') {
 	    kind = (*end == 's') ? WATCH_SILENT : WATCH_PARKED;
+	    end++;
+	} else if (*end == 'q') {
+	    isQueue = 1;
 	    end++;
 	}
 	if (!isdigit((unsigned char) *end)) {
@@ -5870,7 +5996,19 @@ AdoptPassed(
 	length = sizeof(type);
 	if (fd < 0 || fd > INT_MAX
 		|| getsockopt((int) fd, SOL_SOCKET, SO_TYPE, &type, &length) < 0
-		|| type != SOCK_STREAM) {
+		|| type != (isQueue ? SOCK_SEQPACKET : SOCK_STREAM)) {
+	    continue;
+	}
+	if (isQueue) {
+	    fcntl((int) fd, F_SETFD, FD_CLOEXEC);
+	    for (i = 0; i < OLD_QUEUES && queuePtr->oldAskFds[i] >= 0; i++) {
+	    }
+	    if (i < OLD_QUEUES) {
+		queuePtr->oldAskFds[i] = (int) fd;
+	    } else {
+		/* Its workers' releases close their connections. */
+		close((int) fd);
+	    }
 	    continue;
 	}
 	length = sizeof(message.addr);
@@ -6067,6 +6205,9 @@ AddQueue(
     for (i = 0; i < WATCH_KINDS; i++) {
 	queuePtr->firstWatched[i] = queuePtr->lastWatched[i] = -1;
     }
+    for (i = 0; i < OLD_QUEUES; i++) {
+	queuePtr->oldAskFds[i] = -1;
+    }
     while (*linkPtr != NULL) {
 	linkPtr = &(*linkPtr)->nextPtr;
     }
@@ -6137,8 +6278,10 @@ ClaimRefused(
  *	The listener is closed: new connections are refused. Those accepted
  *	and not handed over yet go to the next receivers that ask, here or
  *	in any worker (the accept thread drains them, then ends); watched
- *	ones are closed. The queue stays: a later 'server port' resumes into
- *	it, with what is still pending then going first.
+ *	ones are closed, and so are the queues of replaced programs (their
+ *	workers' releases then close their connections). The queue stays: a
+ *	later 'server port' resumes into it, with what is still pending then
+ *	going first.
  *
  *----------------------------------------------------------------------
  */
@@ -6151,6 +6294,7 @@ CloseCmd(
 {
     Queue *queuePtr;
     ssize_t written;
+    int i;
 
     if (objc != 3) {
 	Tcl_WrongNumArgs(interp, 2, objv, "port");
@@ -6187,6 +6331,11 @@ CloseCmd(
 	pthread_mutex_lock(&queueLock);
 	ReadQueue(queuePtr);
 	CloseAllWatched(queuePtr, 1);
+	for (i = 0; i < OLD_QUEUES; i++) {
+	    if (queuePtr->oldAskFds[i] >= 0) {
+		ForgetOldQueue(queuePtr, i);
+	    }
+	}
 	pthread_mutex_unlock(&queueLock);
 	Tcl_ResetResult(interp);
 	return TCL_OK;
@@ -6207,7 +6356,8 @@ CloseCmd(
  * KeepAcrossExec --
  *
  *	queueLock held, 'reexec': makes every connection not handed over
- *	yet, pending or watched, stay open across an exec (keep 1), or no
+ *	yet, pending or watched, and the reading ends of the queue and of
+ *	those of replaced programs, stay open across an exec (keep 1), or no
  *	longer (keep 0, the exec failed).
  *
  * Results:
@@ -6241,6 +6391,14 @@ KeepAcrossExec(
 	    }
 	}
     }
+    for (i = -1; i < OLD_QUEUES; i++) {
+	int fd = (i < 0) ? queuePtr->askFds[0] : queuePtr->oldAskFds[i];
+
+	if (fd >= 0 && fcntl(fd, F_SETFD, keep ? 0 : FD_CLOEXEC) < 0
+		&& error == 0) {
+	    error = errno;
+	}
+    }
     return error;
 }
 
@@ -6254,13 +6412,17 @@ KeepAcrossExec(
  *	children and service manager's view) without closing port's
  *	listener: connections that come meanwhile wait in its backlog until
  *	the new program adopts it ('server -fd'), which LISTENER_ENV tells
- *	it as "PORT FD CONNECTION ...". The accept thread is stopped first;
- *	every connection it had accepted that no worker took yet (from the
- *	ready queue too) crosses the exec with the listener, and goes first
- *	in the new program. Signals with scripts are blocked across the
- *	exec, until the new program sets its own. Every other descriptor of the extension is close-on-exec: the
- *	queue ends with the exec, and its workers with it, once they have
- *	finished what they have.
+ *	it as "PORT FD CONNECTION ... qQUEUE ...". The accept thread is
+ *	stopped first; every connection it had accepted that no worker took
+ *	yet (from the ready queue too) crosses the exec with the listener,
+ *	and goes first in the new program. So does the queue's reading end
+ *	(and those of the programs this one replaced, whose workers may
+ *	still be there): the workers of now finish what they have, and
+ *	what they release or give back after (or were sending at) the exec
+ *	is the new program's to serve (ReadQueue); their next ask finds the
+ *	serving process gone, and they leave. Signals with scripts are
+ *	blocked across the exec, until the new program sets its own. Every
+ *	other descriptor of the extension is close-on-exec.
  *
  * Results:
  *	Does not return on success. TCL_ERROR, POSIX, if the exec failed:
@@ -6292,6 +6454,17 @@ ReexecCmd(
 	return TCL_ERROR;
     }
     port = queuePtr->port;
+
+    /*
+     * From here on workers send what they release up the queue at once
+     * (ReleaseCmd): the queue crosses the exec and the new program reads
+     * it (ReadQueue), so a connection released after the exec is served
+     * there, while one kept for the worker's own next request could keep
+     * an old worker serving a fast client for ever.
+     */
+
+    __atomic_store_n(&TRAILER(queuePtr->board)->replaced, 1,
+	    __ATOMIC_SEQ_CST);
     StopAccepting(queuePtr, &listenFd);
 
     /*
@@ -6316,6 +6489,13 @@ ReexecCmd(
 	    Tcl_AppendPrintfToObj(valueObj, " %c%d",
 		    (kind == WATCH_SILENT) ? 's' : 'p',
 		    queuePtr->watched[index].fd);
+	}
+    }
+    for (i = -1; i < OLD_QUEUES; i++) {
+	int fd = (i < 0) ? queuePtr->askFds[0] : queuePtr->oldAskFds[i];
+
+	if (fd >= 0) {
+	    Tcl_AppendPrintfToObj(valueObj, " q%d", fd);
 	}
     }
     queuePtr->state = LISTENING;
@@ -6361,6 +6541,8 @@ ReexecCmd(
     pthread_mutex_unlock(&queueLock);
     Tcl_UnsetVar2(interp, "env", LISTENER_ENV, TCL_GLOBAL_ONLY);
     ckfree((char *) argv);
+    __atomic_store_n(&TRAILER(queuePtr->board)->replaced, 0,
+	    __ATOMIC_SEQ_CST);
     if (StartAccepting(interp, queuePtr, listenFd) != TCL_OK) {
 	return TCL_ERROR;
     }
