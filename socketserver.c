@@ -469,7 +469,11 @@ typedef struct Receiver {
 				 * receiver's next 'client' takes it, or it
 				 * goes up the queue when the event loop is
 				 * next idle (SendKept); else -1. (L) */
-    Message keptMessage;	/* Its message. */
+    Message keptMessage;	/* Its message. (L) */
+    uint64_t keptUntil;		/* With keptFd: CLOCK_MONOTONIC, ns, when
+				 * the keeper sends it up (ExpireKept);
+				 * UINT64_MAX while 'release' makes it
+				 * ready. (L) */
     Message takenMessage;	/* TAKEN: its message. */
     unsigned long generation;	/* forkGeneration when made: a receiver
 				 * copied into a forked child is stale. */
@@ -538,6 +542,32 @@ static int reserveFd = -1;		/* /dev/null, opened with the first
 static unsigned long forkGeneration = 0;/* Counts forks; changed only in
 					 * the child of a fork. */
 static pthread_once_t setupOnce = PTHREAD_ONCE_INIT;
+
+/*
+ * The keeper: a thread of the process, started by the first 'release'
+ * that keeps a connection (Linger), that sends a kept connection up the
+ * queue after all (SendKept) when its interpreter has not asked for it
+ * within KEEP_NS: a handler that works on after 'release' (logging, a
+ * commit) would otherwise hold a request that another worker could serve
+ * at once. It sleeps until the first kept connection's deadline; with
+ * none kept, it sleeps KEEP_NS more if one was kept meanwhile, and
+ * otherwise waits on keeperCond until a keep signals it. So under load a
+ * keep costs no system call and the keeper wakes at most once per
+ * KEEP_NS; an idle worker's keeper does not wake at all.
+ */
+
+#define KEEPER_NONE	0	/* No keeper thread in this process. */
+#define KEEPER_AWAKE	1	/* It runs, or sleeps until a deadline. */
+#define KEEPER_IDLE	2	/* It waits on keeperCond: nothing kept. */
+#define KEEPER_STOP	3	/* Told to end (the exit handler). */
+#define KEEPER_FAILED	4	/* keeperCond could not be made: none. */
+
+static int keeperState = KEEPER_NONE;	/* KEEPER_*. (L) */
+static pthread_t keeper;		/* The thread, unless KEEPER_NONE. */
+static pthread_cond_t keeperCond;	/* Wakes it: a keep while it is
+					 * idle, or the exit handler. Its
+					 * clock is CLOCK_MONOTONIC. (L) */
+static uint64_t keepCount = 0;		/* Connections kept so far. (L) */
 
 /*
  * Signals: ::socketserver::signal. The C handler (CatchSignal) only sets
@@ -637,6 +667,9 @@ static int watchInThread = 0;		/* 1 where reply sockets are watched
 				 * good as whole. */
 #define LINGER_US	1000	/* How long 'release' waits for the next
 				 * request while nobody else waits. */
+#define KEEP_NS		5000000u/* How long a connection kept by 'release'
+				 * waits for its interpreter's next 'client'
+				 * before the keeper sends it up. */
 #define RELEASING_WAIT_MS 200	/* Longest 'close' waits for releases in
 				 * flight (a worker killed in the middle of
 				 * one never ends it). */
@@ -779,6 +812,10 @@ static int		SendReleased(Queue *queuePtr, int fd,
 static void		WaitReleasing(Queue *queuePtr);
 static void		SendKept(Receiver *receiverPtr);
 static void		SendKeptWhenIdle(ClientData clientData);
+static void		KeepFor(Receiver *receiverPtr);
+static void *		ExpireKept(void *clientData);
+static void		StopKeeper(void);
+static void		InitKeeperCond(void);
 static void		RefuseRequest(Receiver *receiverPtr,
 			    Tcl_Obj *messageObj, const char *code);
 static void		SetPortErrorCode(Tcl_Interp *interp,
@@ -908,6 +945,9 @@ SetupProcess(void)
     watchInThread = (major < 9 && threadedTcl);
     pthread_mutex_unlock(&queueLock);
 #endif
+    pthread_mutex_lock(&queueLock);
+    InitKeeperCond();
+    pthread_mutex_unlock(&queueLock);
     pthread_atfork(AtForkPrepare, AtForkParent, AtForkChild);
     Tcl_CreateExitHandler(FinalizeServers, NULL);
     AdoptQueues();
@@ -1018,6 +1058,14 @@ AtForkChild(void)
     }
     ForgetSignals(nullFd);
     CloseFd(&nullFd);
+
+    /*
+     * The keeper is not in the child, which makes its own if it keeps;
+     * the parent's keeper may have been waiting on the condition.
+     */
+
+    keeperState = KEEPER_NONE;
+    InitKeeperCond();
     forkGeneration++;
     pthread_sigmask(SIG_SETMASK, &forkMask, NULL);
     pthread_mutex_unlock(&queueLock);
@@ -1086,6 +1134,7 @@ FinalizeServers(
      * request pending must not take a connection with it.
      */
 
+    StopKeeper();
     pthread_mutex_lock(&queueLock);
     for (receiverPtr = allReceivers; receiverPtr != NULL;
 	    receiverPtr = receiverPtr->nextInProcess) {
@@ -4191,7 +4240,8 @@ ForgetDelivered(
  *	within LINGER_US (Linger): then the connection is kept for this
  *	interpreter's next 'client', which takes it without a round trip
  *	through the serving process; when the event loop is next idle
- *	without one, it goes up the queue after all (SendKept).
+ *	without one, or KEEP_NS has passed (the handler works on after
+ *	'release': ExpireKept), it goes up the queue after all (SendKept).
  *
  *----------------------------------------------------------------------
  */
@@ -4279,17 +4329,22 @@ ReleaseCmd(
 		&& !__atomic_load_n(&TRAILER(queuePtr->board)->replaced,
 		    __ATOMIC_ACQUIRE)
 		&& Linger(queuePtr, fd)) {
+	    /* The keeper leaves it alone until it is detached. */
 	    pthread_mutex_lock(&queueLock);
 	    receiverPtr->keptFd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	    receiverPtr->keptMessage = message;
+	    receiverPtr->keptUntil = UINT64_MAX;
 	    pthread_mutex_unlock(&queueLock);
 	    kept = (receiverPtr->keptFd >= 0 && DetachConnection(fd) == 0);
+	    pthread_mutex_lock(&queueLock);
 	    if (kept) {
-		receiverPtr->keptMessage = message;
-		Tcl_DoWhenIdle(SendKeptWhenIdle, receiverPtr);
+		KeepFor(receiverPtr);
 	    } else {
-		pthread_mutex_lock(&queueLock);
 		CloseFd(&receiverPtr->keptFd);
-		pthread_mutex_unlock(&queueLock);
+	    }
+	    pthread_mutex_unlock(&queueLock);
+	    if (kept) {
+		Tcl_DoWhenIdle(SendKeptWhenIdle, receiverPtr);
 	    }
 	}
 	error = kept ? 0 : SendReleased(queuePtr, fd, &message, 1);
@@ -4550,6 +4605,189 @@ SendKeptWhenIdle(
     pthread_mutex_lock(&queueLock);
     SendKept(clientData);
     pthread_mutex_unlock(&queueLock);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * KeepFor --
+ *
+ *	queueLock held: 'release' has kept a connection for receiverPtr's
+ *	next 'client': it waits KEEP_NS for it, then the keeper sends it
+ *	up the queue (ExpireKept). Starts the keeper, or signals it if it
+ *	waits for a keep; an awake keeper finds the deadline by itself.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	The first keep of a process makes its keeper thread, which blocks
+ *	every signal. If it can't, the connection waits for the event loop
+ *	to be idle as before (ENOMEM or EAGAIN in lastErrno).
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+KeepFor(
+    Receiver *receiverPtr)
+{
+    struct timespec now;
+    sigset_t all, old;
+    int error;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    receiverPtr->keptUntil = (uint64_t) now.tv_sec * 1000000000u
+	    + (uint64_t) now.tv_nsec + KEEP_NS;
+    keepCount++;
+    if (keeperState == KEEPER_IDLE) {
+	keeperState = KEEPER_AWAKE;
+	pthread_cond_signal(&keeperCond);
+    } else if (keeperState == KEEPER_NONE) {
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	error = pthread_create(&keeper, NULL, ExpireKept, NULL);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (error != 0) {
+	    receiverPtr->queuePtr->lastErrno = error;
+	} else {
+	    keeperState = KEEPER_AWAKE;
+	}
+    }
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ExpireKept --
+ *
+ *	The keeper thread: sends up the queue every kept connection whose
+ *	interpreter has not asked for it by its deadline (SendKept), then
+ *	sleeps until the next deadline; see keeperState. It never touches
+ *	an interpreter.
+ *
+ * Results:
+ *	NULL, once told to stop (StopKeeper).
+ *
+ * Side effects:
+ *	See SendKept.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void *
+ExpireKept(
+    void *clientData)
+{
+    Receiver *receiverPtr;
+    struct timespec now, until;
+    uint64_t nowNs, first, seen = 0;
+
+    (void) clientData;
+    pthread_mutex_lock(&queueLock);
+    while (keeperState != KEEPER_STOP) {
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	nowNs = (uint64_t) now.tv_sec * 1000000000u + (uint64_t) now.tv_nsec;
+	first = 0;
+	for (receiverPtr = allReceivers; receiverPtr != NULL;
+		receiverPtr = receiverPtr->nextInProcess) {
+	    if (receiverPtr->keptFd < 0) {
+		continue;
+	    }
+	    if (receiverPtr->keptUntil <= nowNs) {
+		SendKept(receiverPtr);
+	    } else if (first == 0 || receiverPtr->keptUntil < first) {
+		first = receiverPtr->keptUntil;
+	    }
+	}
+	if (first == 0 && seen == keepCount) {
+	    /* Nothing kept, none since the last look: until a keep. */
+	    keeperState = KEEPER_IDLE;
+	    pthread_cond_wait(&keeperCond, &queueLock);
+	    if (keeperState == KEEPER_IDLE) {
+		keeperState = KEEPER_AWAKE;
+	    }
+	    continue;
+	}
+	seen = keepCount;
+	if (first == 0 || first == UINT64_MAX) {
+	    first = nowNs + KEEP_NS;
+	}
+	until.tv_sec = (time_t) (first / 1000000000u);
+	until.tv_nsec = (long) (first % 1000000000u);
+	pthread_cond_timedwait(&keeperCond, &queueLock, &until);
+    }
+    pthread_mutex_unlock(&queueLock);
+    return NULL;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * StopKeeper --
+ *
+ *	queueLock not held: ends and joins the keeper thread, if the
+ *	process has one.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	Kept connections wait for their interpreters (or ReturnReceived).
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+StopKeeper(void)
+{
+    pthread_mutex_lock(&queueLock);
+    if (keeperState == KEEPER_NONE || keeperState == KEEPER_FAILED) {
+	pthread_mutex_unlock(&queueLock);
+	return;
+    }
+    keeperState = KEEPER_STOP;
+    pthread_cond_signal(&keeperCond);
+    pthread_mutex_unlock(&queueLock);
+    pthread_join(keeper, NULL);
+    pthread_mutex_lock(&queueLock);
+    keeperState = KEEPER_NONE;
+    pthread_mutex_unlock(&queueLock);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * InitKeeperCond --
+ *
+ *	queueLock held: makes keeperCond, whose timed waits count on
+ *	CLOCK_MONOTONIC: at setup, and again in a forked child, where the
+ *	parent's keeper may have left it with a waiter that is not there.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	If it can't (no memory), the process has no keeper (KEEPER_FAILED):
+ *	its kept connections wait for the event loop to be idle.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+InitKeeperCond(void)
+{
+    pthread_condattr_t attr;
+
+    if (pthread_condattr_init(&attr) != 0) {
+	keeperState = KEEPER_FAILED;
+	return;
+    }
+    if (pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) != 0
+	    || pthread_cond_init(&keeperCond, &attr) != 0) {
+	keeperState = KEEPER_FAILED;
+    }
+    pthread_condattr_destroy(&attr);
 }
 
 /*

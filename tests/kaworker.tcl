@@ -22,6 +22,10 @@
 #	    after PATH	answers, waits until file PATH exists (at most 60 s),
 #			releases, and prints "released PID SEQ" (if its
 #			output is still there).
+#	    sleepafter MS
+#			answers, waits until the next request has come,
+#			releases, then sleeps MS ms (work after 'release')
+#			and prints "slept PID SEQ" before it asks again.
 #
 #	Prints "ready PID" once it has asked; background errors go to
 #	stdout as "bgerror MESSAGE ERRORCODE"; it leaves on SOCKETSERVER
@@ -86,6 +90,17 @@ proc serve {chan addr peerport} {
 	evented {
 	    puts $chan "$me $line"
 	    fileevent $chan readable {set ::never 1}
+	}
+	{sleepafter *} {
+	    puts $chan "$me $line"
+	    fileevent $chan readable {set ::arrived 1}
+	    vwait ::arrived
+	    fileevent $chan readable {}
+	    ::socketserver::socket release $chan
+	    after [lindex $line 1]
+	    puts "slept $me"
+	    flush stdout
+	    return [ask]
 	}
 	{after *} {
 	    puts $chan "$me $line"
