@@ -14,7 +14,8 @@
 # loop for 6 s once it has asked again, "ids" answers the Uid, Gid and Groups
 # lines of /proc/self/status (separated by "|"), "bind80" tries to listen
 # on port 80, "keep" answers and gives the connection back ('release':
-# keep-alive).
+# keep-alive), "keepafter PATH" answers and gives it back once file PATH
+# exists (at most 60 s).
 set appCode {
     package require socketserver::prefork
     proc handle {chan addr port} {
@@ -55,6 +56,16 @@ set appCode {
 	    }
 	    keep {
 		puts $chan "[pid]: $line VERSION"
+		::socketserver::socket release $chan
+		return
+	    }
+	    {keepafter *} {
+		puts $chan "[pid]: $line VERSION"
+		set deadline [expr {[clock milliseconds] + 60000}]
+		while {![file exists [lindex $line 1]]
+			&& [clock milliseconds] < $deadline} {
+		    after 10
+		}
 		::socketserver::socket release $chan
 		return
 	    }
