@@ -694,9 +694,10 @@ proc ::socketserver::prefork::CheckDescriptors {} {
 # accepting, hands what was accepted to the workers, and execs the same
 # command line; the listener's number goes in SOCKETSERVER_LISTENER, and
 # SOCKETSERVER_UPGRADE carries "VERSION GENERATION HIGHEST PID ..." (the workers,
-# which are the new program's children too). The old queue ends with the
-# exec: each old worker finishes its connection, serves what waits in the
-# ready queue, and exits; the new program starts its own workers and
+# which are the new program's children too). The old workers get no new
+# connection after the exec: each finishes its connection (one it gives
+# back with 'release' goes to the new program, which reads the old queue
+# for those) and exits; the new program starts its own workers and
 # collects the old ones (retiring any still there after -graceful).
 
 # Upgrade --

@@ -301,6 +301,14 @@ typedef struct BoardTrailer {
 				 * unique when a pid is reused. Atomic. */
     uint32_t markSeq;		/* Odd while 'server' writes markLength and
 				 * mark (a seqlock, as Slot's seq). */
+    uint32_t replaced;		/* 1 from the start of 'reexec' (0 again if
+				 * the exec fails): the serving process's
+				 * program is being replaced, and the queue's
+				 * reading end crosses to the new one.
+				 * 'release' then waits for no next request
+				 * (Linger) but sends the connection up at
+				 * once, for the new program. Written by the
+				 * serving process, atomic. */
     uint32_t markLength;	/* -readyafter: a connection is ready (its
 				 * request whole) once the bytes it has sent
 				 * contain mark; 0: once it has sent one.
@@ -327,6 +335,14 @@ typedef struct BoardTrailer {
 				 * thread hands over what is pending, then
 				 * ends, detached (NOT_LISTENING). */
 #define STOPPING	3	/* The accept thread is being joined. */
+
+#define OLD_QUEUES	8	/* Most queues of replaced programs a queue
+				 * reads (oldAskFds): one per upgrade in
+				 * place whose old workers are still there. */
+#define FIXED_FDS	(3 + OLD_QUEUES)
+				/* Without epoll: what the accept thread
+				 * polls before the reply sockets (WaitIdle):
+				 * stop pipe, listener, queue, old queues. */
 
 /*
  * One queue per port, process-wide, never freed: workers forked earlier
@@ -418,6 +434,13 @@ typedef struct Queue {
 				 * handing them over: silent to the end of
 				 * -ready or -keepalive, gone while parked,
 				 * closed for room, or by 'close'. (L) */
+    int oldAskFds[OLD_QUEUES];	/* Reading ends of the queues of the
+				 * programs this one replaced ('reexec'), or
+				 * -1: their workers, still finishing, send
+				 * released and returned connections up
+				 * them. Read with askFds[0], for those
+				 * only, until their last worker is gone
+				 * (end of file) or 'close'. (L) */
     int boardFd;		/* The scoreboard's memfd, kept to hand to
 				 * spawned programs; fixed. */
     Slot *board;		/* The scoreboard, BOARD_SLOTS slots, mapped
@@ -495,7 +518,11 @@ typedef struct Receiver {
 				 * receiver's next 'client' takes it, or it
 				 * goes up the queue when the event loop is
 				 * next idle (SendKept); else -1. (L) */
-    Message keptMessage;	/* Its message. */
+    Message keptMessage;	/* Its message. (L) */
+    uint64_t keptUntil;		/* With keptFd: CLOCK_MONOTONIC, ns, when
+				 * the keeper sends it up (ExpireKept);
+				 * UINT64_MAX while 'release' makes it
+				 * ready. (L) */
     Message takenMessage;	/* TAKEN: its message. */
     unsigned long generation;	/* forkGeneration when made: a receiver
 				 * copied into a forked child is stale. */
@@ -574,6 +601,32 @@ static int reserveFd = -1;		/* /dev/null, opened with the first
 static unsigned long forkGeneration = 0;/* Counts forks; changed only in
 					 * the child of a fork. */
 static pthread_once_t setupOnce = PTHREAD_ONCE_INIT;
+
+/*
+ * The keeper: a thread of the process, started by the first 'release'
+ * that keeps a connection (Linger), that sends a kept connection up the
+ * queue after all (SendKept) when its interpreter has not asked for it
+ * within KEEP_NS: a handler that works on after 'release' (logging, a
+ * commit) would otherwise hold a request that another worker could serve
+ * at once. It sleeps until the first kept connection's deadline; with
+ * none kept, it sleeps KEEP_NS more if one was kept meanwhile, and
+ * otherwise waits on keeperCond until a keep signals it. So under load a
+ * keep costs no system call and the keeper wakes at most once per
+ * KEEP_NS; an idle worker's keeper does not wake at all.
+ */
+
+#define KEEPER_NONE	0	/* No keeper thread in this process. */
+#define KEEPER_AWAKE	1	/* It runs, or sleeps until a deadline. */
+#define KEEPER_IDLE	2	/* It waits on keeperCond: nothing kept. */
+#define KEEPER_STOP	3	/* Told to end (the exit handler). */
+#define KEEPER_FAILED	4	/* keeperCond could not be made: none. */
+
+static int keeperState = KEEPER_NONE;	/* KEEPER_*. (L) */
+static pthread_t keeper;		/* The thread, unless KEEPER_NONE. */
+static pthread_cond_t keeperCond;	/* Wakes it: a keep while it is
+					 * idle, or the exit handler. Its
+					 * clock is CLOCK_MONOTONIC. (L) */
+static uint64_t keepCount = 0;		/* Connections kept so far. (L) */
 
 /*
  * Signals: ::socketserver::signal. The C handler (CatchSignal) only sets
@@ -687,6 +740,9 @@ static int watchInThread = 0;		/* 1 where reply sockets are watched
 				 * good as whole. */
 #define LINGER_US	1000	/* How long 'release' waits for the next
 				 * request while nobody else waits. */
+#define KEEP_NS		5000000u/* How long a connection kept by 'release'
+				 * waits for its interpreter's next 'client'
+				 * before the keeper sends it up. */
 #define RELEASING_WAIT_MS 200	/* Longest 'close' waits for releases in
 				 * flight (a worker killed in the middle of
 				 * one never ends it). */
@@ -817,6 +873,7 @@ static void		WatchHangUp(Queue *queuePtr,
 static int		SendAsk(Receiver *receiverPtr);
 static void		WaitForRoom(Queue *queuePtr);
 static int		ReadQueue(Queue *queuePtr);
+static void		ForgetOldQueue(Queue *queuePtr, int index);
 static int		TakeReady(Queue *queuePtr, int *fdPtr,
 			    Message *messagePtr);
 static int		PendingAfterDrain(Queue *queuePtr);
@@ -839,6 +896,10 @@ static int		SendReleased(Queue *queuePtr, int fd,
 static void		WaitReleasing(Queue *queuePtr);
 static void		SendKept(Receiver *receiverPtr);
 static void		SendKeptWhenIdle(ClientData clientData);
+static void		KeepFor(Receiver *receiverPtr);
+static void *		ExpireKept(void *clientData);
+static void		StopKeeper(void);
+static void		InitKeeperCond(void);
 static void		RefuseRequest(Receiver *receiverPtr,
 			    Tcl_Obj *messageObj, const char *code);
 static void		SetPortErrorCode(Tcl_Interp *interp,
@@ -1011,6 +1072,9 @@ SetupProcess(void)
     watchInThread = (major < 9 && threadedTcl);
     pthread_mutex_unlock(&queueLock);
 #endif
+    pthread_mutex_lock(&queueLock);
+    InitKeeperCond();
+    pthread_mutex_unlock(&queueLock);
     atforkError = pthread_atfork(AtForkPrepare, AtForkParent, AtForkChild);
     if (atforkError != 0) {
 	return;
@@ -1032,7 +1096,8 @@ SetupProcess(void)
  *	actions (ForgetSignals), instead of going to the parent's script,
  *	whose C handler would swallow it. The child, which has no accept
  *	thread, closes what belongs to the serving process alone: listeners,
- *	the reading ends of the queues, the writing ends of the ready
+ *	the reading ends of the queues (and of those of replaced programs),
+ *	the writing ends of the ready
  *	queues, the stop pipes, the reply sockets' sending ends and every
  *	connection accepted but not handed over; and its copies of ready
  *	connections that requests took but have not delivered.
@@ -1089,6 +1154,9 @@ AtForkChild(void)
 	CloseFd(&queuePtr->listenFd);
 	CloseFd(&queuePtr->pollFd);
 	CloseFd(&queuePtr->askFds[0]);
+	for (i = 0; i < OLD_QUEUES; i++) {
+	    CloseFd(&queuePtr->oldAskFds[i]);
+	}
 	CloseFd(&queuePtr->readyFds[1]);
 	CloseFd(&queuePtr->wakeFds[0]);
 	CloseFd(&queuePtr->wakeFds[1]);
@@ -1129,6 +1197,14 @@ AtForkChild(void)
     if (nullFd != reserveFd) {
 	CloseFd(&nullFd);
     }
+
+    /*
+     * The keeper is not in the child, which makes its own if it keeps;
+     * the parent's keeper may have been waiting on the condition.
+     */
+
+    keeperState = KEEPER_NONE;
+    InitKeeperCond();
     forkGeneration++;
     pthread_sigmask(SIG_SETMASK, &forkMask, NULL);
     pthread_mutex_unlock(&queueLock);
@@ -1199,6 +1275,7 @@ FinalizeServers(
      * request pending must not take a connection with it.
      */
 
+    StopKeeper();
     pthread_mutex_lock(&queueLock);
     for (receiverPtr = allReceivers; receiverPtr != NULL;
 	    receiverPtr = receiverPtr->nextInProcess) {
@@ -1339,8 +1416,9 @@ StartAccepting(
  * MakeAcceptPoll --
  *
  *	queueLock held: on Linux, makes the epoll instance the accept thread
- *	waits with (WaitIdle): the stop pipe, the listener, the queue and the
- *	epoll instance of the watched connections (made here if need be) for
+ *	waits with (WaitIdle): the stop pipe, the listener, the queue (and
+ *	those of replaced programs, which read as the queue) and the epoll
+ *	instance of the watched connections (made here if need be) for
  *	reading, and every reply socket known so far for hang-ups.
  *
  * Results:
@@ -1379,6 +1457,17 @@ MakeAcceptPoll(
 	event.events = EPOLLIN;
 	event.data.u64 = i;
 	if (epoll_ctl(queuePtr->pollFd, EPOLL_CTL_ADD, fds[i], &event) < 0) {
+	    error = errno;
+	    CloseFd(&queuePtr->pollFd);
+	    return error;
+	}
+    }
+    for (i = 0; i < OLD_QUEUES; i++) {
+	memset(&event, 0, sizeof(event));
+	event.events = EPOLLIN;
+	event.data.u64 = ACCEPT_QUEUE;
+	if (queuePtr->oldAskFds[i] >= 0 && epoll_ctl(queuePtr->pollFd,
+		EPOLL_CTL_ADD, queuePtr->oldAskFds[i], &event) < 0) {
 	    error = errno;
 	    CloseFd(&queuePtr->pollFd);
 	    return error;
@@ -1538,14 +1627,16 @@ WaitIdle(
     }
     return 1;
 #else
-    struct pollfd few[3], *fds = few;
+    struct pollfd few[FIXED_FDS], *fds = few;
     uint64_t *askers = NULL;
     int i, n, index, timeoutMs, stop;
 
     /*
-     * The reply sockets too, for hang-ups only (no events asked: POLLHUP
-     * and POLLERR always come), as the epoll instance holds them on Linux;
-     * without the memory for that, not this time.
+     * The stop pipe, the listener, the queue and the queues of replaced
+     * programs (a negative fd is ignored), then the reply sockets, for
+     * hang-ups only (no events asked: POLLHUP and POLLERR always come), as
+     * the epoll instance holds them on Linux; without the memory for that,
+     * not this time.
      */
 
     *listenReadyPtr = *askReadyPtr = 0;
@@ -1553,7 +1644,7 @@ WaitIdle(
     timeoutMs = WatchWaitMs(queuePtr);
     n = queuePtr->numReplySockets;
     if (n > 0) {
-	fds = malloc((3 + n) * sizeof(struct pollfd));
+	fds = malloc((FIXED_FDS + n) * sizeof(struct pollfd));
 	askers = malloc(n * sizeof(uint64_t));
 	if (fds == NULL || askers == NULL) {
 	    free(fds);
@@ -1563,21 +1654,24 @@ WaitIdle(
 	    n = 0;
 	}
     }
+    for (i = 0; i < OLD_QUEUES; i++) {
+	fds[3 + i].fd = queuePtr->oldAskFds[i];
+    }
     for (i = 0; i < n; i++) {
-	fds[3 + i].fd = queuePtr->replySockets[i].fd;
-	fds[3 + i].events = 0;
-	fds[3 + i].revents = 0;
+	fds[FIXED_FDS + i].fd = queuePtr->replySockets[i].fd;
+	fds[FIXED_FDS + i].events = 0;
+	fds[FIXED_FDS + i].revents = 0;
 	askers[i] = queuePtr->replySockets[i].asker;
     }
     pthread_mutex_unlock(&queueLock);
     fds[0].fd = queuePtr->wakeFds[0];
     fds[1].fd = queuePtr->listenFd;
     fds[2].fd = queuePtr->askFds[0];
-    for (i = 0; i < 3; i++) {
+    for (i = 0; i < FIXED_FDS; i++) {
 	fds[i].events = POLLIN;
 	fds[i].revents = 0;
     }
-    if (poll(fds, 3 + n, timeoutMs) < 0 && errno != EINTR) {
+    if (poll(fds, FIXED_FDS + n, timeoutMs) < 0 && errno != EINTR) {
 	if (fds != few) {
 	    free(fds);
 	}
@@ -1589,18 +1683,22 @@ WaitIdle(
 	ServeWatched(queuePtr, 1);
     }
     for (i = 0; i < n; i++) {
-	if (fds[3 + i].revents & (POLLHUP | POLLERR)) {
+	if (fds[FIXED_FDS + i].revents & (POLLHUP | POLLERR)) {
 	    /* Unless another thread forgot it meanwhile. */
 	    index = FindReplySocket(queuePtr, askers[i]);
-	    if (index >= 0
-		    && queuePtr->replySockets[index].fd == fds[3 + i].fd) {
+	    if (index >= 0 && queuePtr->replySockets[index].fd
+		    == fds[FIXED_FDS + i].fd) {
 		ForgetReplySocket(queuePtr, index);
 	    }
 	}
     }
     pthread_mutex_unlock(&queueLock);
     *listenReadyPtr = (fds[1].revents != 0);
-    *askReadyPtr = (fds[2].revents != 0);
+    for (i = 2; i < FIXED_FDS; i++) {
+	if (fds[i].revents != 0) {
+	    *askReadyPtr = 1;
+	}
+    }
     stop = (fds[0].revents != 0);
     if (fds != few) {
 	free(fds);
@@ -2345,10 +2443,15 @@ HandWatchedOver(
  *	queue is drained into that list so that the returned one goes out
  *	before them; a released connection is parked (watched) until its
  *	next request, or pending at once if that has come. Anything else is
- *	discarded.
+ *	discarded. Then the queues of the programs this one replaced
+ *	(oldAskFds), whose workers finish what they had: what they release
+ *	or return is taken as released here; their asks and withdrawals are
+ *	discarded, which closes the reply socket a first ask carries (its
+ *	worker sees the serving process gone, as it is). At end of file,
+ *	when the last of those workers is gone, such a queue is closed.
  *
  * Results:
- *	1 once the queue is empty; 0 if a message has to stay queued because
+ *	1 once the queues are empty; 0 if a message has to stay queued because
  *	this process has no room for its descriptor (EMFILE): the caller
  *	pauses before it looks again.
  *
@@ -2367,11 +2470,11 @@ ReadQueue(
 {
     Message message;
     ssize_t got;
-    int fd, index;
+    int fd, index, old = -1, sock = queuePtr->askFds[0];
 
     for (;;) {
-	got = ancil_recv_fd(queuePtr->askFds[0], &fd, &message,
-		sizeof(message), MSG_DONTWAIT);
+	got = ancil_recv_fd(sock, &fd, &message, sizeof(message),
+		MSG_DONTWAIT);
 	if (got < 0 && errno == EMFILE) {
 	    queuePtr->lastErrno = EMFILE;
 	    if (CloseOldestWatched(queuePtr)) {
@@ -2380,8 +2483,30 @@ ReadQueue(
 	    }
 	    return 0;
 	}
-	if (got < 0 && errno != EBADMSG) {
-	    return 1;
+	if (got == 0 && old >= 0) {
+	    /* Nobody can write to it any more. */
+	    ForgetOldQueue(queuePtr, old);
+	}
+	if ((got < 0 && errno != EBADMSG) || (got == 0 && old >= 0)) {
+	    /* Empty: on to the next old queue, if any. */
+	    do {
+		old++;
+	    } while (old < OLD_QUEUES && queuePtr->oldAskFds[old] < 0);
+	    if (old == OLD_QUEUES) {
+		return 1;
+	    }
+	    sock = queuePtr->oldAskFds[old];
+	    continue;
+	}
+	if (old >= 0) {
+	    if (got != sizeof(message) || message.magic != MESSAGE_MAGIC
+		    || fd < 0 || (message.kind != KIND_RELEASE
+			&& message.kind != KIND_RETURN)) {
+		/* An ask or a withdrawal: the program it was for is gone. */
+		CloseFd(&fd);
+		continue;
+	    }
+	    message.kind = KIND_RELEASE;
 	}
 	if (got <= 0 || (size_t) got != sizeof(message)
 		|| message.magic != MESSAGE_MAGIC
@@ -2468,6 +2593,38 @@ ReadQueue(
 	    break;
 	}
     }
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ForgetOldQueue --
+ *
+ *	queueLock held: closes the reading end of the queue of a replaced
+ *	program (oldAskFds[index]), at its end of file or at 'close'.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	Its messages are gone; a worker that sends on it later is told the
+ *	serving process is gone (EPIPE).
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+ForgetOldQueue(
+    Queue *queuePtr,
+    int index)
+{
+#ifdef __linux__
+    if (queuePtr->pollFd >= 0) {
+	epoll_ctl(queuePtr->pollFd, EPOLL_CTL_DEL, queuePtr->oldAskFds[index],
+		NULL);
+    }
+#endif
+    CloseFd(&queuePtr->oldAskFds[index]);
 }
 
 /*
@@ -3109,7 +3266,7 @@ static int
 Drained(
     Queue *queuePtr)
 {
-    int drained;
+    int i, drained;
 
     pthread_mutex_lock(&queueLock);
     drained = (queuePtr->state == DRAINING);
@@ -3129,6 +3286,11 @@ Drained(
 	drained = (queuePtr->numPending == 0);
     }
     if (drained) {
+	for (i = 0; i < OLD_QUEUES; i++) {
+	    if (queuePtr->oldAskFds[i] >= 0) {
+		ForgetOldQueue(queuePtr, i);
+	    }
+	}
 	CloseFd(&queuePtr->pollFd);
 	CloseFd(&queuePtr->wakeFds[0]);
 	CloseFd(&queuePtr->wakeFds[1]);
@@ -4344,7 +4506,8 @@ ForgetDelivered(
  *	within LINGER_US (Linger): then the connection is kept for this
  *	interpreter's next 'client', which takes it without a round trip
  *	through the serving process; when the event loop is next idle
- *	without one, it goes up the queue after all (SendKept).
+ *	without one, or KEEP_NS has passed (the handler works on after
+ *	'release': ExpireKept), it goes up the queue after all (SendKept).
  *
  *----------------------------------------------------------------------
  */
@@ -4434,19 +4597,32 @@ ReleaseCmd(
 	/* Nobody would serve the next request: no wait for it. */
 	error = -1;
     } else {
+	/*
+	 * No linger while the serving process is being replaced: the next
+	 * request is the new program's (see ReexecCmd).
+	 */
+
 	if (receiverPtr != NULL && receiverPtr->state == NO_REQUEST
-		&& receiverPtr->keptFd < 0 && Linger(queuePtr, fd)) {
+		&& receiverPtr->keptFd < 0
+		&& !__atomic_load_n(&TRAILER(queuePtr->board)->replaced,
+		    __ATOMIC_ACQUIRE)
+		&& Linger(queuePtr, fd)) {
+	    /* The keeper leaves it alone until it is detached. */
 	    pthread_mutex_lock(&queueLock);
 	    receiverPtr->keptFd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	    receiverPtr->keptMessage = message;
+	    receiverPtr->keptUntil = UINT64_MAX;
 	    pthread_mutex_unlock(&queueLock);
 	    kept = (receiverPtr->keptFd >= 0 && DetachConnection(fd) == 0);
+	    pthread_mutex_lock(&queueLock);
 	    if (kept) {
-		receiverPtr->keptMessage = message;
-		Tcl_DoWhenIdle(SendKeptWhenIdle, receiverPtr);
+		KeepFor(receiverPtr);
 	    } else {
-		pthread_mutex_lock(&queueLock);
 		CloseFd(&receiverPtr->keptFd);
-		pthread_mutex_unlock(&queueLock);
+	    }
+	    pthread_mutex_unlock(&queueLock);
+	    if (kept) {
+		Tcl_DoWhenIdle(SendKeptWhenIdle, receiverPtr);
 	    }
 	}
 	error = kept ? 0 : SendReleased(queuePtr, fd, &message, 1);
@@ -4755,6 +4931,189 @@ SendKeptWhenIdle(
     pthread_mutex_lock(&queueLock);
     SendKept(clientData);
     pthread_mutex_unlock(&queueLock);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * KeepFor --
+ *
+ *	queueLock held: 'release' has kept a connection for receiverPtr's
+ *	next 'client': it waits KEEP_NS for it, then the keeper sends it
+ *	up the queue (ExpireKept). Starts the keeper, or signals it if it
+ *	waits for a keep; an awake keeper finds the deadline by itself.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	The first keep of a process makes its keeper thread, which blocks
+ *	every signal. If it can't, the connection waits for the event loop
+ *	to be idle as before (ENOMEM or EAGAIN in lastErrno).
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+KeepFor(
+    Receiver *receiverPtr)
+{
+    struct timespec now;
+    sigset_t all, old;
+    int error;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    receiverPtr->keptUntil = (uint64_t) now.tv_sec * 1000000000u
+	    + (uint64_t) now.tv_nsec + KEEP_NS;
+    keepCount++;
+    if (keeperState == KEEPER_IDLE) {
+	keeperState = KEEPER_AWAKE;
+	pthread_cond_signal(&keeperCond);
+    } else if (keeperState == KEEPER_NONE) {
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	error = pthread_create(&keeper, NULL, ExpireKept, NULL);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (error != 0) {
+	    receiverPtr->queuePtr->lastErrno = error;
+	} else {
+	    keeperState = KEEPER_AWAKE;
+	}
+    }
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ExpireKept --
+ *
+ *	The keeper thread: sends up the queue every kept connection whose
+ *	interpreter has not asked for it by its deadline (SendKept), then
+ *	sleeps until the next deadline; see keeperState. It never touches
+ *	an interpreter.
+ *
+ * Results:
+ *	NULL, once told to stop (StopKeeper).
+ *
+ * Side effects:
+ *	See SendKept.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void *
+ExpireKept(
+    void *clientData)
+{
+    Receiver *receiverPtr;
+    struct timespec now, until;
+    uint64_t nowNs, first, seen = 0;
+
+    (void) clientData;
+    pthread_mutex_lock(&queueLock);
+    while (keeperState != KEEPER_STOP) {
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	nowNs = (uint64_t) now.tv_sec * 1000000000u + (uint64_t) now.tv_nsec;
+	first = 0;
+	for (receiverPtr = allReceivers; receiverPtr != NULL;
+		receiverPtr = receiverPtr->nextInProcess) {
+	    if (receiverPtr->keptFd < 0) {
+		continue;
+	    }
+	    if (receiverPtr->keptUntil <= nowNs) {
+		SendKept(receiverPtr);
+	    } else if (first == 0 || receiverPtr->keptUntil < first) {
+		first = receiverPtr->keptUntil;
+	    }
+	}
+	if (first == 0 && seen == keepCount) {
+	    /* Nothing kept, none since the last look: until a keep. */
+	    keeperState = KEEPER_IDLE;
+	    pthread_cond_wait(&keeperCond, &queueLock);
+	    if (keeperState == KEEPER_IDLE) {
+		keeperState = KEEPER_AWAKE;
+	    }
+	    continue;
+	}
+	seen = keepCount;
+	if (first == 0 || first == UINT64_MAX) {
+	    first = nowNs + KEEP_NS;
+	}
+	until.tv_sec = (time_t) (first / 1000000000u);
+	until.tv_nsec = (long) (first % 1000000000u);
+	pthread_cond_timedwait(&keeperCond, &queueLock, &until);
+    }
+    pthread_mutex_unlock(&queueLock);
+    return NULL;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * StopKeeper --
+ *
+ *	queueLock not held: ends and joins the keeper thread, if the
+ *	process has one.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	Kept connections wait for their interpreters (or ReturnReceived).
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+StopKeeper(void)
+{
+    pthread_mutex_lock(&queueLock);
+    if (keeperState == KEEPER_NONE || keeperState == KEEPER_FAILED) {
+	pthread_mutex_unlock(&queueLock);
+	return;
+    }
+    keeperState = KEEPER_STOP;
+    pthread_cond_signal(&keeperCond);
+    pthread_mutex_unlock(&queueLock);
+    pthread_join(keeper, NULL);
+    pthread_mutex_lock(&queueLock);
+    keeperState = KEEPER_NONE;
+    pthread_mutex_unlock(&queueLock);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * InitKeeperCond --
+ *
+ *	queueLock held: makes keeperCond, whose timed waits count on
+ *	CLOCK_MONOTONIC: at setup, and again in a forked child, where the
+ *	parent's keeper may have left it with a waiter that is not there.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	If it can't (no memory), the process has no keeper (KEEPER_FAILED):
+ *	its kept connections wait for the event loop to be idle.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+InitKeeperCond(void)
+{
+    pthread_condattr_t attr;
+
+    if (pthread_condattr_init(&attr) != 0) {
+	keeperState = KEEPER_FAILED;
+	return;
+    }
+    if (pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) != 0
+	    || pthread_cond_init(&keeperCond, &attr) != 0) {
+	keeperState = KEEPER_FAILED;
+    }
+    pthread_condattr_destroy(&attr);
 }
 
 /*
@@ -6321,15 +6680,19 @@ OpenNewListener(
  *
  *	queueLock held, 'server -fd fd': if 'reexec' passed fd (LISTENER_ENV
  *	names it), takes the connections it passed with it into the pending
- *	list, first in line, in the order they were accepted.
+ *	list, first in line, in the order they were accepted, or watches
+ *	them again; and reads the queues it passed ("qFD": its own and those
+ *	of the programs it replaced) as the queues of replaced programs
+ *	(oldAskFds), for what their workers release or give back.
  *
  * Results:
  *	None.
  *
  * Side effects:
- *	LISTENER_ENV is removed from the environment. Each connection
- *	becomes close-on-exec; one whose client is gone is closed, and a
- *	descriptor that is no stream socket left alone.
+ *	LISTENER_ENV is removed from the environment. Each descriptor taken
+ *	becomes close-on-exec; a connection whose client is gone is closed,
+ *	one queue more than OLD_QUEUES too, and a descriptor that is not of
+ *	the type named left alone.
  *
  *----------------------------------------------------------------------
  */
@@ -6355,13 +6718,16 @@ AdoptPassed(
 	return;
     }
     for (;;) {
-	int kind = -1;
+	int kind = -1, isQueue = 0, i;
 
 	while (*end == ' ') {
 	    end++;
 	}
 	if (*end == 's' || *end == 'p') {
 	    kind = (*end == 's') ? WATCH_SILENT : WATCH_PARKED;
+	    end++;
+	} else if (*end == 'q') {
+	    isQueue = 1;
 	    end++;
 	}
 	if (!isdigit((unsigned char) *end)) {
@@ -6372,7 +6738,19 @@ AdoptPassed(
 	length = sizeof(type);
 	if (fd < 0 || fd > INT_MAX
 		|| getsockopt((int) fd, SOL_SOCKET, SO_TYPE, &type, &length) < 0
-		|| type != SOCK_STREAM) {
+		|| type != (isQueue ? SOCK_SEQPACKET : SOCK_STREAM)) {
+	    continue;
+	}
+	if (isQueue) {
+	    fcntl((int) fd, F_SETFD, FD_CLOEXEC);
+	    for (i = 0; i < OLD_QUEUES && queuePtr->oldAskFds[i] >= 0; i++) {
+	    }
+	    if (i < OLD_QUEUES) {
+		queuePtr->oldAskFds[i] = (int) fd;
+	    } else {
+		/* Its workers' releases close their connections. */
+		close((int) fd);
+	    }
 	    continue;
 	}
 	length = sizeof(message.addr);
@@ -6569,6 +6947,9 @@ AddQueue(
     for (i = 0; i < WATCH_KINDS; i++) {
 	queuePtr->firstWatched[i] = queuePtr->lastWatched[i] = -1;
     }
+    for (i = 0; i < OLD_QUEUES; i++) {
+	queuePtr->oldAskFds[i] = -1;
+    }
     while (*linkPtr != NULL) {
 	linkPtr = &(*linkPtr)->nextPtr;
     }
@@ -6639,8 +7020,10 @@ ClaimRefused(
  *	The listener is closed: new connections are refused. Those accepted
  *	and not handed over yet go to the next receivers that ask, here or
  *	in any worker (the accept thread drains them, then ends); watched
- *	ones are closed. The queue stays: a later 'server port' resumes into
- *	it, with what is still pending then going first.
+ *	ones are closed, and so are the queues of replaced programs (their
+ *	workers' releases then close their connections). The queue stays: a
+ *	later 'server port' resumes into it, with what is still pending then
+ *	going first.
  *
  *----------------------------------------------------------------------
  */
@@ -6653,6 +7036,7 @@ CloseCmd(
 {
     Queue *queuePtr;
     ssize_t written;
+    int i;
 
     if (objc != 3) {
 	Tcl_WrongNumArgs(interp, 2, objv, "port");
@@ -6689,6 +7073,11 @@ CloseCmd(
 	pthread_mutex_lock(&queueLock);
 	ReadQueue(queuePtr);
 	CloseAllWatched(queuePtr, 1);
+	for (i = 0; i < OLD_QUEUES; i++) {
+	    if (queuePtr->oldAskFds[i] >= 0) {
+		ForgetOldQueue(queuePtr, i);
+	    }
+	}
 	pthread_mutex_unlock(&queueLock);
 	Tcl_ResetResult(interp);
 	return TCL_OK;
@@ -6709,7 +7098,8 @@ CloseCmd(
  * KeepAcrossExec --
  *
  *	queueLock held, 'reexec': makes every connection not handed over
- *	yet, pending or watched, stay open across an exec (keep 1), or no
+ *	yet, pending or watched, and the reading ends of the queue and of
+ *	those of replaced programs, stay open across an exec (keep 1), or no
  *	longer (keep 0, the exec failed).
  *
  * Results:
@@ -6743,6 +7133,14 @@ KeepAcrossExec(
 	    }
 	}
     }
+    for (i = -1; i < OLD_QUEUES; i++) {
+	int fd = (i < 0) ? queuePtr->askFds[0] : queuePtr->oldAskFds[i];
+
+	if (fd >= 0 && fcntl(fd, F_SETFD, keep ? 0 : FD_CLOEXEC) < 0
+		&& error == 0) {
+	    error = errno;
+	}
+    }
     return error;
 }
 
@@ -6756,13 +7154,17 @@ KeepAcrossExec(
  *	children and service manager's view) without closing port's
  *	listener: connections that come meanwhile wait in its backlog until
  *	the new program adopts it ('server -fd'), which LISTENER_ENV tells
- *	it as "PORT FD CONNECTION ...". The accept thread is stopped first;
- *	every connection it had accepted that no worker took yet (from the
- *	ready queue too) crosses the exec with the listener, and goes first
- *	in the new program. Signals with scripts are blocked across the
- *	exec, until the new program sets its own. Every other descriptor of the extension is close-on-exec: the
- *	queue ends with the exec, and its workers with it, once they have
- *	finished what they have.
+ *	it as "PORT FD CONNECTION ... qQUEUE ...". The accept thread is
+ *	stopped first; every connection it had accepted that no worker took
+ *	yet (from the ready queue too) crosses the exec with the listener,
+ *	and goes first in the new program. So does the queue's reading end
+ *	(and those of the programs this one replaced, whose workers may
+ *	still be there): the workers of now finish what they have, and
+ *	what they release or give back after (or were sending at) the exec
+ *	is the new program's to serve (ReadQueue); their next ask finds the
+ *	serving process gone, and they leave. Signals with scripts are
+ *	blocked across the exec, until the new program sets its own. Every
+ *	other descriptor of the extension is close-on-exec.
  *
  * Results:
  *	Does not return on success. TCL_ERROR, POSIX, if the exec failed:
@@ -6794,6 +7196,17 @@ ReexecCmd(
 	return TCL_ERROR;
     }
     port = queuePtr->port;
+
+    /*
+     * From here on workers send what they release up the queue at once
+     * (ReleaseCmd): the queue crosses the exec and the new program reads
+     * it (ReadQueue), so a connection released after the exec is served
+     * there, while one kept for the worker's own next request could keep
+     * an old worker serving a fast client for ever.
+     */
+
+    __atomic_store_n(&TRAILER(queuePtr->board)->replaced, 1,
+	    __ATOMIC_SEQ_CST);
     StopAccepting(queuePtr, &listenFd);
 
     /*
@@ -6818,6 +7231,13 @@ ReexecCmd(
 	    Tcl_AppendPrintfToObj(valueObj, " %c%d",
 		    (kind == WATCH_SILENT) ? 's' : 'p',
 		    queuePtr->watched[index].fd);
+	}
+    }
+    for (i = -1; i < OLD_QUEUES; i++) {
+	int fd = (i < 0) ? queuePtr->askFds[0] : queuePtr->oldAskFds[i];
+
+	if (fd >= 0) {
+	    Tcl_AppendPrintfToObj(valueObj, " q%d", fd);
 	}
     }
     queuePtr->state = LISTENING;
@@ -6863,6 +7283,8 @@ ReexecCmd(
     pthread_mutex_unlock(&queueLock);
     Tcl_UnsetVar2(interp, "env", LISTENER_ENV, TCL_GLOBAL_ONLY);
     ckfree((char *) argv);
+    __atomic_store_n(&TRAILER(queuePtr->board)->replaced, 0,
+	    __ATOMIC_SEQ_CST);
     if (StartAccepting(interp, queuePtr, listenFd) != TCL_OK) {
 	return TCL_ERROR;
     }

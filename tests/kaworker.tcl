@@ -19,6 +19,13 @@
 #			then releases.
 #	    evented	answers, and releases with a readable fileevent still
 #			set on the channel.
+#	    after PATH	answers, waits until file PATH exists (at most 60 s),
+#			releases, and prints "released PID SEQ" (if its
+#			output is still there).
+#	    sleepafter MS
+#			answers, waits until the next request has come,
+#			releases, then sleeps MS ms (work after 'release')
+#			and prints "slept PID SEQ" before it asks again.
 #
 #	Prints "ready PID" once it has asked; background errors go to
 #	stdout as "bgerror MESSAGE ERRORCODE"; it leaves on SOCKETSERVER
@@ -53,7 +60,7 @@ proc serve {chan addr peerport} {
 	return [ask]
     }
     set me "[pid] $::seq"
-    switch -- $line {
+    switch -glob -- $line {
 	close {
 	    puts $chan "$me $line"
 	    close $chan
@@ -83,6 +90,31 @@ proc serve {chan addr peerport} {
 	evented {
 	    puts $chan "$me $line"
 	    fileevent $chan readable {set ::never 1}
+	}
+	{sleepafter *} {
+	    puts $chan "$me $line"
+	    fileevent $chan readable {set ::arrived 1}
+	    vwait ::arrived
+	    fileevent $chan readable {}
+	    ::socketserver::socket release $chan
+	    after [lindex $line 1]
+	    puts "slept $me"
+	    flush stdout
+	    return [ask]
+	}
+	{after *} {
+	    puts $chan "$me $line"
+	    set deadline [expr {[clock milliseconds] + 60000}]
+	    while {![file exists [lindex $line 1]]
+		    && [clock milliseconds] < $deadline} {
+		after 10
+	    }
+	    ::socketserver::socket release $chan
+	    catch {
+		puts "released $me"
+		flush stdout
+	    }
+	    return [ask]
 	}
 	waitnext {
 	    puts $chan "$me $line"

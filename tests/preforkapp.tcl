@@ -14,9 +14,10 @@
 # loop for 6 s once it has asked again, "ids" answers the Uid, Gid and Groups
 # lines of /proc/self/status (separated by "|"), "bind80" tries to listen
 # on port 80, "keep" answers and gives the connection back ('release':
-# keep-alive), "blank N" prints N empty lines first, "client" and "cancel"
-# answer, close and then call that subcommand, as a handler written for a
-# plain socketserver worker would (which a prefork handler may not).
+# keep-alive), "keepafter PATH" answers and gives it back once file PATH
+# exists (at most 60 s), "blank N" prints N empty lines first, "client" and
+# "cancel" answer, close and then call that subcommand, as a handler written
+# for a plain socketserver worker would (which a prefork handler may not).
 set appCode {
     package require socketserver::prefork
     proc handle {chan addr port} {
@@ -57,6 +58,16 @@ set appCode {
 	    }
 	    keep {
 		puts $chan "[pid]: $line VERSION"
+		::socketserver::socket release $chan
+		return
+	    }
+	    {keepafter *} {
+		puts $chan "[pid]: $line VERSION"
+		set deadline [expr {[clock milliseconds] + 60000}]
+		while {![file exists [lindex $line 1]]
+			&& [clock milliseconds] < $deadline} {
+		    after 10
+		}
 		::socketserver::socket release $chan
 		return
 	    }
