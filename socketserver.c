@@ -2618,7 +2618,7 @@ ForgetOldQueue(
     Queue *queuePtr,
     int index)
 {
-#ifdef __linux__
+#ifdef SS_LINUX
     if (queuePtr->pollFd >= 0) {
 	epoll_ctl(queuePtr->pollFd, EPOLL_CTL_DEL, queuePtr->oldAskFds[index],
 		NULL);
@@ -3969,7 +3969,7 @@ RearmReplySocket(
 #endif
 }
 
-#ifdef __linux__
+#ifdef SS_LINUX
 /*
  *----------------------------------------------------------------------
  *
@@ -5731,7 +5731,7 @@ static uint32_t
 StartMark(
     pid_t pid)
 {
-#ifdef __linux__
+#ifdef SS_LINUX
     char path[32], text[1024], *p;
     unsigned long long start;
     ssize_t got;
