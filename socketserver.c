@@ -3987,11 +3987,12 @@ DeliverConnection(
     Tcl_RegisterChannel(NULL, chan);
 
     /*
-     * The descriptor is blocking already, but say so through Tcl so the
-     * channel and the descriptor agree whatever the system did.
+     * No -blocking 1 here (an fcntl pair per request): the descriptor is
+     * blocking, as the channel believes. Nothing in socketserver makes a
+     * connection non-blocking (accept4 without SOCK_NONBLOCK, the serving
+     * process peeks with MSG_DONTWAIT), and 'release' gives it back
+     * blocking when a handler made it non-blocking (ReleaseCmd).
      */
-
-    Tcl_SetChannelOption(NULL, chan, "-blocking", "1");
 
     cmdObj = Tcl_DuplicateObj(handlerObj);
     Tcl_IncrRefCount(cmdObj);
@@ -4099,6 +4100,7 @@ ReleaseCmd(
     ClientData handle;
     const char *name, *code = NULL;
     Queue *queuePtr;
+    Tcl_DString blockingDs;
     int error, fd, kept;
 
     if (objc != 3) {
@@ -4140,6 +4142,21 @@ ReleaseCmd(
 	SetPortErrorCode(interp, code, queuePtr->port);
 	return TCL_ERROR;
     }
+
+    /*
+     * Whoever takes the connection next trusts it to be blocking
+     * (DeliverConnection): undo a handler's -blocking 0. Asking Tcl costs
+     * no system call; setting it is refused as any failed fconfigure.
+     */
+
+    Tcl_DStringInit(&blockingDs);
+    if (Tcl_GetChannelOption(NULL, chan, "-blocking", &blockingDs) == TCL_OK
+	    && strcmp(Tcl_DStringValue(&blockingDs), "0") == 0
+	    && Tcl_SetChannelOption(interp, chan, "-blocking", "1") != TCL_OK) {
+	Tcl_DStringFree(&blockingDs);
+	return TCL_ERROR;
+    }
+    Tcl_DStringFree(&blockingDs);
 
     /*
      * The descriptor goes up the queue, or is kept for this interpreter's
