@@ -2006,6 +2006,17 @@ ServeWatched(
 		    /* For a connection closed in this batch already. */
 		    continue;
 		}
+		if (events[i].events == EPOLLIN
+			&& TRAILER(queuePtr->board)->markLength == 0) {
+		    /*
+		     * Readable, and no hang-up (EPOLLRDHUP): it has bytes,
+		     * all a connection without -readyafter needs, so no
+		     * peek (TakeWatched).
+		     */
+
+		    HandWatchedOver(queuePtr, index);
+		    continue;
+		}
 		TakeWatched(queuePtr, index, (events[i].events
 			& (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0);
 	    }
@@ -4379,10 +4390,22 @@ Linger(
     fds[0].fd = fd;
     fds[1].fd = queuePtr->readyFds[0];
     fds[0].events = fds[1].events = POLLIN;
+#ifdef POLLRDHUP
+    fds[0].events |= POLLRDHUP;
+#endif
     fds[0].revents = fds[1].revents = 0;
-    return (ppoll(fds, 2, &wait, NULL) > 0 && fds[1].revents == 0
-	    && (fds[0].revents & POLLIN)
-	    && Readiness(fd, TRAILER(queuePtr->board)) == CONN_HAS_DATA);
+    if (ppoll(fds, 2, &wait, NULL) <= 0 || fds[1].revents != 0
+	    || !(fds[0].revents & POLLIN)) {
+	return 0;
+    }
+#ifdef POLLRDHUP
+    if (fds[0].revents == POLLIN
+	    && TRAILER(queuePtr->board)->markLength == 0) {
+	/* Readable without a hang-up: bytes, all that is asked. No peek. */
+	return 1;
+    }
+#endif
+    return Readiness(fd, TRAILER(queuePtr->board)) == CONN_HAS_DATA;
 }
 
 /*
