@@ -571,6 +571,11 @@ static int adoptError = 0;		/* Why adopting the queues handed over
 static int forkBreaksNotifier = 0;	/* 1 where Tcl's event loop does not
 					 * survive fork() (Tcl 9 on Linux);
 					 * set once by SetupProcess. */
+static int closeShutsDown = 1;		/* 1 where closing a socket channel
+					 * shuts its reading side down first
+					 * (every Tcl but 8.6): see
+					 * DetachConnection; set once by
+					 * SetupProcess. */
 static int selectNotifier = 0;		/* 1 where Tcl's notifier watches file
 					 * handlers with select() (Tcl 8), so
 					 * not a descriptor from FD_SETSIZE
@@ -868,10 +873,11 @@ CloseFd(
 static void
 SetupProcess(void)
 {
-    int major;
+    int major, minor;
 
-    Tcl_GetVersion(&major, NULL, NULL, NULL);
+    Tcl_GetVersion(&major, &minor, NULL, NULL);
     selectNotifier = (major < 9);
+    closeShutsDown = !(major == 8 && minor <= 6);
 #ifdef __linux__
     /*
      * Tcl 9 waits with one epoll instance per thread and nothing makes a
@@ -4235,7 +4241,9 @@ ReleaseCmd(
  *	0, or an errno value.
  *
  * Side effects:
- *	Makes the socketpair at the first call (releaseDummyFd).
+ *	Makes the socketpair at the first call (releaseDummyFd). Tcl 8.6
+ *	closes a socket channel with close() alone, which drops only this
+ *	process's copy: there the descriptor stays (no dup3 per release).
  *
  *----------------------------------------------------------------------
  */
@@ -4252,6 +4260,9 @@ DetachConnection(
      */
 
     Tcl_DeleteFileHandler(fd);
+    if (!closeShutsDown) {
+	return 0;
+    }
     pthread_mutex_lock(&queueLock);
     if (releaseDummyFd < 0) {
 	int pair[2];
