@@ -278,6 +278,20 @@ typedef struct BoardTrailer {
 				 * Written by 'server' before its accept
 				 * thread starts. */
     char mark[MARK_MAX];	/* The string, markLength bytes. */
+    int32_t readyCount;		/* Connections in the ready queue, as a
+				 * hint that spares a read of it when it is
+				 * empty: the serving process adds 1 before
+				 * each send into it (and takes it back if
+				 * the send fails), a taker subtracts 1
+				 * after each message it took (TakeReady).
+				 * So it is never below what the queue
+				 * holds; above only for a taker killed
+				 * between its take and its subtraction:
+				 * then readers read as before. Atomic. */
+    int32_t queuedCount;	/* Messages on the ask queue, likewise: each
+				 * sender adds 1 before its send (SendUp),
+				 * the accept thread subtracts 1 per message
+				 * it reads (ReadQueue). Atomic. */
 } BoardTrailer;
 
 #define BOARD_SLOTS	4096	/* Receivers a queue's scoreboard holds: four
@@ -742,6 +756,10 @@ static void		WatchHangUp(Queue *queuePtr,
 static int		SendAsk(Receiver *receiverPtr);
 static void		WaitForRoom(Queue *queuePtr);
 static int		ReadQueue(Queue *queuePtr);
+static int		SendUp(Queue *queuePtr, int fd,
+			    Message *messagePtr);
+static int		SendReady(Queue *queuePtr, int fd,
+			    Message *messagePtr);
 static int		TakeReady(Queue *queuePtr, int *fdPtr,
 			    Message *messagePtr);
 static int		PendingAfterDrain(Queue *queuePtr);
@@ -2188,9 +2206,19 @@ ReadQueue(
 {
     Message message;
     ssize_t got;
-    int fd, index;
+    int fd, index, taken = 0;
+    int32_t *countPtr = &TRAILER(queuePtr->board)->queuedCount;
 
     for (;;) {
+	if (taken > 0 && __atomic_load_n(countPtr, __ATOMIC_SEQ_CST) <= 0) {
+	    /*
+	     * The count is never below what the queue holds: it is empty,
+	     * no read needs to find that. (The first read is always made:
+	     * the caller was told the queue is readable, or must know.)
+	     */
+
+	    return 1;
+	}
 	got = ancil_recv_fd(queuePtr->askFds[0], &fd, &message,
 		sizeof(message), MSG_DONTWAIT);
 	if (got < 0 && errno == EMFILE) {
@@ -2204,6 +2232,8 @@ ReadQueue(
 	if (got < 0 && errno != EBADMSG) {
 	    return 1;
 	}
+	taken++;
+	__atomic_sub_fetch(countPtr, 1, __ATOMIC_SEQ_CST);
 	if (got <= 0 || (size_t) got != sizeof(message)
 		|| message.magic != MESSAGE_MAGIC
 		|| !((message.kind == KIND_ASK && message.asker > UINT32_MAX)
@@ -2602,6 +2632,85 @@ RemoveFirstPending(
 /*
  *----------------------------------------------------------------------
  *
+ * SendUp --
+ *
+ *	Sends a message (with a descriptor, or none: fd -1) up the ask
+ *	queue without blocking, counted in the board's queuedCount from
+ *	before the send, so that the count is never below what the queue
+ *	holds: the accept thread stops reading when it reaches 0
+ *	(ReadQueue).
+ *
+ * Results:
+ *	0 if sent, else -1 and errno.
+ *
+ * Side effects:
+ *	None here: the caller closes its copy.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+SendUp(
+    Queue *queuePtr,
+    int fd,
+    Message *messagePtr)
+{
+    int32_t *countPtr = &TRAILER(queuePtr->board)->queuedCount;
+    int error;
+
+    __atomic_add_fetch(countPtr, 1, __ATOMIC_SEQ_CST);
+    if (ancil_send_fd(queuePtr->askFds[1], fd, messagePtr,
+	    sizeof(Message), MSG_DONTWAIT) == 0) {
+	return 0;
+    }
+    error = errno;
+    __atomic_sub_fetch(countPtr, 1, __ATOMIC_SEQ_CST);
+    errno = error;
+    return -1;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * SendReady --
+ *
+ *	queueLock held, serving process: sends a connection into the ready
+ *	queue without blocking, counted in the board's readyCount from
+ *	before the send, so that the count is never below what the queue
+ *	holds: a 'client' that sees 0 skips the read (ClientCmd).
+ *
+ * Results:
+ *	0 if sent, else -1 and errno.
+ *
+ * Side effects:
+ *	None here: the caller closes its copy.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+SendReady(
+    Queue *queuePtr,
+    int fd,
+    Message *messagePtr)
+{
+    int32_t *countPtr = &TRAILER(queuePtr->board)->readyCount;
+    int error;
+
+    __atomic_add_fetch(countPtr, 1, __ATOMIC_SEQ_CST);
+    if (ancil_send_fd(queuePtr->readyFds[1], fd, messagePtr,
+	    sizeof(Message), MSG_DONTWAIT) == 0) {
+	return 0;
+    }
+    error = errno;
+    __atomic_sub_fetch(countPtr, 1, __ATOMIC_SEQ_CST);
+    errno = error;
+    return -1;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * DrainReady --
  *
  *	queueLock held, serving process: takes every connection the ready
@@ -2632,8 +2741,7 @@ DrainReady(
 	    if (!AddPending(queuePtr, fd, &message)) {
 		/* Put it back behind the others rather than lose it. */
 		queuePtr->lastErrno = ENOMEM;
-		if (ancil_send_fd(queuePtr->readyFds[1], fd, &message,
-			sizeof(message), MSG_DONTWAIT) < 0) {
+		if (SendReady(queuePtr, fd, &message) < 0) {
 		    queuePtr->lastErrno = errno;
 		}
 		close(fd);
@@ -2726,6 +2834,10 @@ TakeReady(
 	close(room);
 	got = ancil_take_fd(queuePtr->readyFds[0], fdPtr, messagePtr,
 		sizeof(Message), MSG_DONTWAIT);
+	if (got > 0) {
+	    __atomic_sub_fetch(&TRAILER(queuePtr->board)->readyCount, 1,
+		    __ATOMIC_SEQ_CST);
+	}
 	if (got > 0 && IsConnection(got, *fdPtr, messagePtr)) {
 	    return 1;
 	}
@@ -2772,7 +2884,9 @@ HandOverFirstPending(
 	int error = 0, emptied = 1;
 
 	pthread_mutex_lock(&queueLock);
-	if (queuePtr->numAsks == 0) {
+	if (queuePtr->numAsks == 0 && __atomic_load_n(
+		&TRAILER(queuePtr->board)->queuedCount, __ATOMIC_SEQ_CST) > 0) {
+	    /* An ask may be queued (the count says none is, else). */
 	    emptied = ReadQueue(queuePtr);
 	}
 	if (queuePtr->numAsks > 0) {
@@ -2826,9 +2940,8 @@ HandOverFirstPending(
 	     * take, if the ready queue has room.
 	     */
 
-	    if (ancil_send_fd(queuePtr->readyFds[1], queuePtr->pending[0].fd,
-		    &queuePtr->pending[0].message, sizeof(Message),
-		    MSG_DONTWAIT) == 0) {
+	    if (SendReady(queuePtr, queuePtr->pending[0].fd,
+		    &queuePtr->pending[0].message) == 0) {
 		RemoveFirstPending(queuePtr);
 		queuePtr->readyMayHold = 1;
 		pthread_mutex_unlock(&queueLock);
@@ -3163,8 +3276,9 @@ ClientCmd(
 	receiverPtr->takenMessage = receiverPtr->keptMessage;
 	Tcl_CancelIdleCall(SendKeptWhenIdle, receiverPtr);
     }
-    if (fd >= 0
-	    || TakeReady(queuePtr, &fd, &receiverPtr->takenMessage) == 1) {
+    if (fd >= 0 || (__atomic_load_n(&TRAILER(queuePtr->board)->readyCount,
+	    __ATOMIC_SEQ_CST) > 0
+	    && TakeReady(queuePtr, &fd, &receiverPtr->takenMessage) == 1)) {
 	/*
 	 * A connection is ready: take it without asking, and deliver it
 	 * from the event loop.
@@ -3371,8 +3485,7 @@ SendAsk(
 	    return -1;
 	}
     }
-    if (ancil_send_fd(receiverPtr->queuePtr->askFds[1], pair[1], &message,
-	    sizeof(message), MSG_DONTWAIT) < 0) {
+    if (SendUp(receiverPtr->queuePtr, pair[1], &message) < 0) {
 	error = errno;
 	CloseFd(&pair[0]);
     }
@@ -4319,8 +4432,7 @@ SendReleased(
 	if (__atomic_load_n(&trailerPtr->closed, __ATOMIC_SEQ_CST)) {
 	    error = -1;
 	} else {
-	    error = (ancil_send_fd(queuePtr->askFds[1], fd, messagePtr,
-		    sizeof(Message), MSG_DONTWAIT) == 0) ? 0 : errno;
+	    error = (SendUp(queuePtr, fd, messagePtr) == 0) ? 0 : errno;
 	}
 	__atomic_sub_fetch(&trailerPtr->releasing, 1, __ATOMIC_SEQ_CST);
 	if (wait && tries == 0 && (error == EAGAIN || error == EWOULDBLOCK)) {
@@ -4394,8 +4506,15 @@ Linger(
     struct timespec wait = {0, LINGER_US * 1000L};
     int readyBytes = 0;
 
-    if (ioctl(queuePtr->readyFds[0], FIONREAD, &readyBytes) < 0
-	    || readyBytes > 0) {
+    /*
+     * A count of 0 says the ready queue is empty (it is never below what
+     * the queue holds); above 0, ask the queue itself.
+     */
+
+    if (__atomic_load_n(&TRAILER(queuePtr->board)->readyCount,
+	    __ATOMIC_SEQ_CST) > 0
+	    && (ioctl(queuePtr->readyFds[0], FIONREAD, &readyBytes) < 0
+	    || readyBytes > 0)) {
 	return 0;
     }
     fds[0].fd = fd;
@@ -4574,8 +4693,7 @@ WithdrawRequest(
 	message.asker = receiverPtr->id;
 	for (tries = 0; tries < 2; tries++) {
 	    /* No descriptor: no need for the lock. */
-	    error = (ancil_send_fd(queuePtr->askFds[1], -1, &message,
-		    sizeof(message), MSG_DONTWAIT) == 0) ? 0 : errno;
+	    error = (SendUp(queuePtr, -1, &message) == 0) ? 0 : errno;
 	    if (tries == 0 && (error == EAGAIN || error == EWOULDBLOCK)) {
 		WaitForRoom(queuePtr);
 	    } else {
@@ -4628,8 +4746,7 @@ ReturnConnections(
 
     do {
 	message.kind = KIND_RETURN;
-	if (ancil_send_fd(queuePtr->askFds[1], fd, &message, sizeof(Message),
-		MSG_DONTWAIT) < 0) {
+	if (SendUp(queuePtr, fd, &message) < 0) {
 	    queuePtr->lastErrno = errno;
 	}
 	close(fd);
