@@ -315,6 +315,20 @@ typedef struct BoardTrailer {
 				 * Written by 'server' before it clears
 				 * closed; read by workers ('release'). */
     char mark[MARK_MAX];	/* The string, markLength bytes. */
+    int32_t readyCount;		/* Connections in the ready queue, as a
+				 * hint that spares a read of it when it is
+				 * empty: the serving process adds 1 before
+				 * each send into it (and takes it back if
+				 * the send fails), a taker subtracts 1
+				 * after each message it took (TakeReady).
+				 * So it is never below what the queue
+				 * holds; above only for a taker killed
+				 * between its take and its subtraction:
+				 * then readers read as before. Atomic. */
+    int32_t queuedCount;	/* Messages on the ask queue, likewise: each
+				 * sender adds 1 before its send (SendUp),
+				 * the accept thread subtracts 1 per message
+				 * it reads (ReadQueue). Atomic. */
 } BoardTrailer;
 
 #define SEQ_TRIES	1000	/* Reads of a slot, or of the mark, before a
@@ -688,6 +702,11 @@ static int atforkError = 0;		/* Why pthread_atfork() refused the
 static int forkBreaksNotifier = 0;	/* 1 where Tcl's event loop does not
 					 * survive fork() (Tcl 9 on Linux);
 					 * set once by SetupProcess. */
+static int closeShutsDown = 1;		/* 1 where closing a socket channel
+					 * shuts its reading side down first
+					 * (every Tcl but 8.6): see
+					 * DetachConnection; set once by
+					 * SetupProcess. */
 static int selectNotifier = 0;		/* 1 where Tcl's notifier watches file
 					 * handlers with select() (Tcl 8), so
 					 * not a descriptor from FD_SETSIZE
@@ -874,6 +893,10 @@ static int		SendAsk(Receiver *receiverPtr);
 static void		WaitForRoom(Queue *queuePtr);
 static int		ReadQueue(Queue *queuePtr);
 static void		ForgetOldQueue(Queue *queuePtr, int index);
+static int		SendUp(Queue *queuePtr, int fd,
+			    Message *messagePtr);
+static int		SendReady(Queue *queuePtr, int fd,
+			    Message *messagePtr);
 static int		TakeReady(Queue *queuePtr, int *fdPtr,
 			    Message *messagePtr);
 static int		PendingAfterDrain(Queue *queuePtr);
@@ -1048,10 +1071,11 @@ ReplaceInChild(
 static void
 SetupProcess(void)
 {
-    int major;
+    int major, minor;
 
-    Tcl_GetVersion(&major, NULL, NULL, NULL);
+    Tcl_GetVersion(&major, &minor, NULL, NULL);
     selectNotifier = (major < 9);
+    closeShutsDown = !(major == 8 && minor <= 6);
 #if defined(__linux__) || defined(__FreeBSD__) || defined(__NetBSD__) \
 	|| defined(__OpenBSD__) || defined(__DragonFly__)
     /*
@@ -2300,6 +2324,17 @@ ServeWatched(
 		    /* For a connection closed in this batch already. */
 		    continue;
 		}
+		if (events[i].events == EPOLLIN
+			&& TRAILER(queuePtr->board)->markLength == 0) {
+		    /*
+		     * Readable, and no hang-up (EPOLLRDHUP): it has bytes,
+		     * all a connection without -readyafter needs, so no
+		     * peek (TakeWatched).
+		     */
+
+		    HandWatchedOver(queuePtr, index);
+		    continue;
+		}
 		TakeWatched(queuePtr, index, (events[i].events
 			& (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) != 0);
 	    }
@@ -2470,11 +2505,25 @@ ReadQueue(
 {
     Message message;
     ssize_t got;
-    int fd, index, old = -1, sock = queuePtr->askFds[0];
+    int fd, index, old = -1, sock = queuePtr->askFds[0], taken = 0;
+    int32_t *countPtr = &TRAILER(queuePtr->board)->queuedCount;
 
     for (;;) {
-	got = ancil_recv_fd(sock, &fd, &message, sizeof(message),
-		MSG_DONTWAIT);
+	if (old < 0 && taken > 0
+		&& __atomic_load_n(countPtr, __ATOMIC_SEQ_CST) <= 0) {
+	    /*
+	     * The count is never below what the queue holds: it is empty,
+	     * no read needs to find that. (The first read is always made:
+	     * the caller was told the queue is readable, or must know.)
+	     * The old queues' messages are counted on their own boards.
+	     */
+
+	    got = -1;
+	    errno = EAGAIN;
+	} else {
+	    got = ancil_recv_fd(sock, &fd, &message, sizeof(message),
+		    MSG_DONTWAIT);
+	}
 	if (got < 0 && errno == EMFILE) {
 	    queuePtr->lastErrno = EMFILE;
 	    if (CloseOldestWatched(queuePtr)) {
@@ -2507,6 +2556,10 @@ ReadQueue(
 		continue;
 	    }
 	    message.kind = KIND_RELEASE;
+	}
+	if (old < 0) {
+	    taken++;
+	    __atomic_sub_fetch(countPtr, 1, __ATOMIC_SEQ_CST);
 	}
 	if (got <= 0 || (size_t) got != sizeof(message)
 		|| message.magic != MESSAGE_MAGIC
@@ -2939,6 +2992,85 @@ RemoveFirstPending(
 /*
  *----------------------------------------------------------------------
  *
+ * SendUp --
+ *
+ *	Sends a message (with a descriptor, or none: fd -1) up the ask
+ *	queue without blocking, counted in the board's queuedCount from
+ *	before the send, so that the count is never below what the queue
+ *	holds: the accept thread stops reading when it reaches 0
+ *	(ReadQueue).
+ *
+ * Results:
+ *	0 if sent, else -1 and errno.
+ *
+ * Side effects:
+ *	None here: the caller closes its copy.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+SendUp(
+    Queue *queuePtr,
+    int fd,
+    Message *messagePtr)
+{
+    int32_t *countPtr = &TRAILER(queuePtr->board)->queuedCount;
+    int error;
+
+    __atomic_add_fetch(countPtr, 1, __ATOMIC_SEQ_CST);
+    if (ancil_send_fd(queuePtr->askFds[1], fd, messagePtr,
+	    sizeof(Message), MSG_DONTWAIT) == 0) {
+	return 0;
+    }
+    error = errno;
+    __atomic_sub_fetch(countPtr, 1, __ATOMIC_SEQ_CST);
+    errno = error;
+    return -1;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * SendReady --
+ *
+ *	queueLock held, serving process: sends a connection into the ready
+ *	queue without blocking, counted in the board's readyCount from
+ *	before the send, so that the count is never below what the queue
+ *	holds: a 'client' that sees 0 skips the read (ClientCmd).
+ *
+ * Results:
+ *	0 if sent, else -1 and errno.
+ *
+ * Side effects:
+ *	None here: the caller closes its copy.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+SendReady(
+    Queue *queuePtr,
+    int fd,
+    Message *messagePtr)
+{
+    int32_t *countPtr = &TRAILER(queuePtr->board)->readyCount;
+    int error;
+
+    __atomic_add_fetch(countPtr, 1, __ATOMIC_SEQ_CST);
+    if (ancil_send_fd(queuePtr->readyFds[1], fd, messagePtr,
+	    sizeof(Message), MSG_DONTWAIT) == 0) {
+	return 0;
+    }
+    error = errno;
+    __atomic_sub_fetch(countPtr, 1, __ATOMIC_SEQ_CST);
+    errno = error;
+    return -1;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * DrainReady --
  *
  *	queueLock held, serving process: takes every connection the ready
@@ -2969,8 +3101,7 @@ DrainReady(
 	    if (!AddPending(queuePtr, fd, &message)) {
 		/* Put it back behind the others rather than lose it. */
 		queuePtr->lastErrno = ENOMEM;
-		if (ancil_send_fd(queuePtr->readyFds[1], fd, &message,
-			sizeof(message), MSG_DONTWAIT) < 0) {
+		if (SendReady(queuePtr, fd, &message) < 0) {
 		    queuePtr->lastErrno = errno;
 		}
 		close(fd);
@@ -3063,6 +3194,10 @@ TakeReady(
 	close(room);
 	got = ancil_take_fd(queuePtr->readyFds[0], fdPtr, messagePtr,
 		sizeof(Message), MSG_DONTWAIT);
+	if (got > 0) {
+	    __atomic_sub_fetch(&TRAILER(queuePtr->board)->readyCount, 1,
+		    __ATOMIC_SEQ_CST);
+	}
 	if (got > 0 && IsConnection(got, *fdPtr, messagePtr)) {
 	    return 1;
 	}
@@ -3109,7 +3244,9 @@ HandOverFirstPending(
 	int error = 0, emptied = 1;
 
 	pthread_mutex_lock(&queueLock);
-	if (queuePtr->numAsks == 0) {
+	if (queuePtr->numAsks == 0 && __atomic_load_n(
+		&TRAILER(queuePtr->board)->queuedCount, __ATOMIC_SEQ_CST) > 0) {
+	    /* An ask may be queued (the count says none is, else). */
 	    emptied = ReadQueue(queuePtr);
 	}
 	if (queuePtr->numAsks > 0) {
@@ -3175,9 +3312,8 @@ HandOverFirstPending(
 	     * take, if the ready queue has room.
 	     */
 
-	    if (ancil_send_fd(queuePtr->readyFds[1], queuePtr->pending[0].fd,
-		    &queuePtr->pending[0].message, sizeof(Message),
-		    MSG_DONTWAIT) == 0) {
+	    if (SendReady(queuePtr, queuePtr->pending[0].fd,
+		    &queuePtr->pending[0].message) == 0) {
 		RemoveFirstPending(queuePtr);
 		queuePtr->readyMayHold = 1;
 		pthread_mutex_unlock(&queueLock);
@@ -3517,8 +3653,9 @@ ClientCmd(
 	receiverPtr->takenMessage = receiverPtr->keptMessage;
 	Tcl_CancelIdleCall(SendKeptWhenIdle, receiverPtr);
     }
-    if (fd >= 0
-	    || TakeReady(queuePtr, &fd, &receiverPtr->takenMessage) == 1) {
+    if (fd >= 0 || (__atomic_load_n(&TRAILER(queuePtr->board)->readyCount,
+	    __ATOMIC_SEQ_CST) > 0
+	    && TakeReady(queuePtr, &fd, &receiverPtr->takenMessage) == 1)) {
 	/*
 	 * A connection is ready: take it without asking, and deliver it
 	 * from the event loop.
@@ -3725,8 +3862,7 @@ SendAsk(
 	    return -1;
 	}
     }
-    if (ancil_send_fd(receiverPtr->queuePtr->askFds[1], pair[1], &message,
-	    sizeof(message), MSG_DONTWAIT) < 0) {
+    if (SendUp(receiverPtr->queuePtr, pair[1], &message) < 0) {
 	error = errno;
 	CloseFd(&pair[0]);
     }
@@ -4409,11 +4545,12 @@ DeliverConnection(
     Tcl_RegisterChannel(NULL, chan);
 
     /*
-     * The descriptor is blocking already, but say so through Tcl so the
-     * channel and the descriptor agree whatever the system did.
+     * No -blocking 1 here (an fcntl pair per request): the descriptor is
+     * blocking, as the channel believes. Nothing in socketserver makes a
+     * connection non-blocking (accept4 without SOCK_NONBLOCK, the serving
+     * process peeks with MSG_DONTWAIT), and 'release' gives it back
+     * blocking when a handler made it non-blocking (ReleaseCmd).
      */
-
-    Tcl_SetChannelOption(NULL, chan, "-blocking", "1");
 
     cmdObj = Tcl_DuplicateObj(handlerObj);
     Tcl_IncrRefCount(cmdObj);
@@ -4526,6 +4663,7 @@ ReleaseCmd(
     ClientData handle;
     const char *name, *code = NULL;
     Queue *queuePtr;
+    Tcl_DString blockingDs;
     int error, fd, kept;
 
     if (objc != 3) {
@@ -4581,6 +4719,21 @@ ReleaseCmd(
 	return TCL_ERROR;
     }
     fd = (int) (intptr_t) handle;
+
+    /*
+     * Whoever takes the connection next trusts it to be blocking
+     * (DeliverConnection): undo a handler's -blocking 0. Asking Tcl costs
+     * no system call; setting it is refused as any failed fconfigure.
+     */
+
+    Tcl_DStringInit(&blockingDs);
+    if (Tcl_GetChannelOption(NULL, chan, "-blocking", &blockingDs) == TCL_OK
+	    && strcmp(Tcl_DStringValue(&blockingDs), "0") == 0
+	    && Tcl_SetChannelOption(interp, chan, "-blocking", "1") != TCL_OK) {
+	Tcl_DStringFree(&blockingDs);
+	return TCL_ERROR;
+    }
+    Tcl_DStringFree(&blockingDs);
 
     /*
      * The descriptor goes up the queue, or is kept for this interpreter's
@@ -4659,7 +4812,9 @@ ReleaseCmd(
  *	0, or an errno value.
  *
  * Side effects:
- *	Makes the socketpair at the first call (releaseDummyFd).
+ *	Makes the socketpair at the first call (releaseDummyFd). Tcl 8.6
+ *	closes a socket channel with close() alone, which drops only this
+ *	process's copy: there the descriptor stays (no dup3 per release).
  *
  *----------------------------------------------------------------------
  */
@@ -4676,6 +4831,9 @@ DetachConnection(
      */
 
     Tcl_DeleteFileHandler(fd);
+    if (!closeShutsDown) {
+	return 0;
+    }
     pthread_mutex_lock(&queueLock);
     if (releaseDummyFd < 0) {
 	int pair[2];
@@ -4732,8 +4890,7 @@ SendReleased(
 	if (__atomic_load_n(&trailerPtr->closed, __ATOMIC_SEQ_CST)) {
 	    error = -1;
 	} else {
-	    error = (ancil_send_fd(queuePtr->askFds[1], fd, messagePtr,
-		    sizeof(Message), MSG_DONTWAIT) == 0) ? 0 : errno;
+	    error = (SendUp(queuePtr, fd, messagePtr) == 0) ? 0 : errno;
 	}
 	__atomic_sub_fetch(&trailerPtr->releasing, 1, __ATOMIC_SEQ_CST);
 	if (wait && tries == 0 && (error == EAGAIN || error == EWOULDBLOCK)) {
@@ -4811,18 +4968,36 @@ Linger(
     size_t markLength;
     int readyBytes = 0;
 
-    if (ioctl(queuePtr->readyFds[0], FIONREAD, &readyBytes) < 0
-	    || readyBytes > 0) {
+    /*
+     * A count of 0 says the ready queue is empty (it is never below what
+     * the queue holds); above 0, ask the queue itself.
+     */
+
+    if (__atomic_load_n(&TRAILER(queuePtr->board)->readyCount,
+	    __ATOMIC_SEQ_CST) > 0
+	    && (ioctl(queuePtr->readyFds[0], FIONREAD, &readyBytes) < 0
+	    || readyBytes > 0)) {
 	return 0;
     }
     fds[0].fd = fd;
     fds[1].fd = queuePtr->readyFds[0];
     fds[0].events = fds[1].events = POLLIN;
+#ifdef POLLRDHUP
+    fds[0].events |= POLLRDHUP;
+#endif
     fds[0].revents = fds[1].revents = 0;
-    return (ppoll(fds, 2, &wait, NULL) > 0 && fds[1].revents == 0
-	    && (fds[0].revents & POLLIN)
-	    && ReadMark(TRAILER(queuePtr->board), mark, &markLength)
-	    && Readiness(fd, mark, markLength) == CONN_HAS_DATA);
+    if (ppoll(fds, 2, &wait, NULL) <= 0 || fds[1].revents != 0
+	    || !(fds[0].revents & POLLIN)
+	    || !ReadMark(TRAILER(queuePtr->board), mark, &markLength)) {
+	return 0;
+    }
+#ifdef POLLRDHUP
+    if (fds[0].revents == POLLIN && markLength == 0) {
+	/* Readable without a hang-up: bytes, all that is asked. No peek. */
+	return 1;
+    }
+#endif
+    return Readiness(fd, mark, markLength) == CONN_HAS_DATA;
 }
 
 /*
@@ -5206,8 +5381,7 @@ WithdrawRequest(
 	message.asker = receiverPtr->id;
 	for (tries = 0; tries < 2; tries++) {
 	    /* No descriptor: no need for the lock. */
-	    error = (ancil_send_fd(queuePtr->askFds[1], -1, &message,
-		    sizeof(message), MSG_DONTWAIT) == 0) ? 0 : errno;
+	    error = (SendUp(queuePtr, -1, &message) == 0) ? 0 : errno;
 	    if (tries == 0 && (error == EAGAIN || error == EWOULDBLOCK)) {
 		WaitForRoom(queuePtr);
 	    } else {
@@ -5260,8 +5434,7 @@ ReturnConnections(
 
     do {
 	message.kind = KIND_RETURN;
-	if (ancil_send_fd(queuePtr->askFds[1], fd, &message, sizeof(Message),
-		MSG_DONTWAIT) < 0) {
+	if (SendUp(queuePtr, fd, &message) < 0) {
 	    queuePtr->lastErrno = errno;
 	}
 	close(fd);

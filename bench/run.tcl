@@ -15,8 +15,10 @@
 #	BENCH_BASELINE directories (a list) each holding another
 #	build of the package (pkgIndex.tcl and library), measured in rows of
 #	their own beside this one: to compare a change with what it
-#	replaces (not in the keepalive and slowclient scenarios, which need
-#	::socketserver::socket release and -ready).
+#	replaces (not in the slowclient scenario; in the keepalive
+#	scenario only a build with ::socketserver::socket release and
+#	-ready, else its rows are left out), BENCH_SYSCALLS seconds of the
+#	load whose system calls are counted per row (default 1; 0: none).
 #
 #	The handoff scenario measures the hand-off alone: one client, one
 #	connection at a time, 8 idle workers, and per thread role the CPU
@@ -79,6 +81,18 @@
 #	load, divided by the requests wrk completed. (/proc/PID/stat counts
 #	whole clock ticks per process, which under-reports many workers that
 #	each use a little CPU and so flatters multi-process servers.)
+#
+#	System calls per request (every row, if strace is installed): after
+#	the measured load, strace -f -c attaches to every process of the
+#	server's process group (and so to their threads and any child they
+#	start), the row's wrk load runs again for BENCH_SYSCALLS seconds,
+#	strace is stopped with SIGINT and its counts are divided by the
+#	requests wrk completed. strace slows the server many times, so this
+#	load is apart from the one that measures time; the count per request
+#	hardly depends on speed, and on a virtual machine every call is dear.
+#	A table gives the calls of each row by name. The targets end with,
+#	for each BENCH_BASELINE build, the row where this build's system
+#	calls, and its CPU, per request are highest against the baseline's.
 
 set here [file dirname [file normalize [info script]]]
 source [file join $here procstat.tcl]
@@ -95,6 +109,15 @@ if {![string is integer -strict $silentClients] || $silentClients < 1 || $silent
     exit 2
 }
 set baselines [expr {[info exists env(BENCH_BASELINE)] ? [lmap dir $env(BENCH_BASELINE) {file normalize $dir}] : {}}]
+set syscallSeconds [expr {[info exists env(BENCH_SYSCALLS)] ? $env(BENCH_SYSCALLS) : 1}]
+if {![string is integer -strict $syscallSeconds] || $syscallSeconds < 0 || $syscallSeconds > 60} {
+    puts stderr "BENCH_SYSCALLS must be a number of seconds from 0 to 60"
+    exit 2
+}
+set strace [expr {$syscallSeconds > 0 ? [auto_execok strace] : ""}]
+if {$syscallSeconds > 0 && $strace eq ""} {
+    puts stderr "no system call counts: strace is missing (Debian: apt-get install strace)"
+}
 
 # groupProcesses pgid --
 #	A dict from the pid of every process in process group pgid to its
@@ -223,17 +246,16 @@ proc listenQueue {port} {
     return 0
 }
 
-# runWrk arguments port --
-#	Runs wrk with those arguments; meanwhile, every 100 ms after the
-#	first 500, reads how many connections wait unaccepted in the queue
-#	of port's listener (wrk itself counts no request that is never
-#	answered). Returns {output waiting}: wrk's output (with its errors:
-#	it fails when it cannot connect at all) and the median of those
-#	readings. wrk stops after its duration whatever the server does;
-#	should it not have exited 30 s later, it is killed.
-proc runWrk {arguments port} {
-    global duration
-    set pipe [open |[list wrk {*}$arguments 2>@1] r]
+# runWrk arguments port seconds --
+#	Runs wrk with those arguments for seconds; meanwhile, every 100 ms
+#	after the first 500, reads how many connections wait unaccepted in
+#	the queue of port's listener (wrk itself counts no request that is
+#	never answered). Returns {output waiting}: wrk's output (with its
+#	errors: it fails when it cannot connect at all) and the median of
+#	those readings. wrk stops after its duration whatever the server
+#	does; should it not have exited 30 s later, it is killed.
+proc runWrk {arguments port seconds} {
+    set pipe [open |[list wrk -d ${seconds}s {*}$arguments 2>@1] r]
     fconfigure $pipe -blocking 0
     set ::wrkOutput ""
     set ::wrkDone 0
@@ -245,13 +267,13 @@ proc runWrk {arguments port} {
     }} $pipe]
     set readings {}
     set start [clock milliseconds]
-    set limit [expr {$start + ($duration + 30) * 1000}]
+    set limit [expr {$start + ($seconds + 30) * 1000}]
     while {!$::wrkDone && [clock milliseconds] < $limit} {
 	set timer [after 100 {set ::wrkDone $::wrkDone}]
 	vwait ::wrkDone
 	after cancel $timer
 	set now [clock milliseconds]
-	if {!$::wrkDone && $now >= $start + 500 && $now <= $start + $duration * 1000} {
+	if {!$::wrkDone && $now >= $start + 500 && $now <= $start + $seconds * 1000} {
 	    lappend readings [listenQueue $port]
 	}
     }
@@ -260,11 +282,120 @@ proc runWrk {arguments port} {
 	foreach process [pid $pipe] {
 	    catch {::socketserver::kill KILL $process}
 	}
-	append ::wrkOutput "\nwrk killed: still running [expr {$duration + 30}] s after it started"
+	append ::wrkOutput "\nwrk killed: still running [expr {$seconds + 30}] s after it started"
     }
     fconfigure $pipe -blocking 1
     catch {close $pipe}
     list $::wrkOutput [expr {[llength $readings] ? [median $readings] : 0}]
+}
+
+# alive pid --
+#	Whether process pid is running (not gone, not a zombie).
+proc alive {pid} {
+    if {[catch {
+	set f [open /proc/$pid/stat]
+	set text [read $f]
+	close $f
+    }]} {
+	return 0
+    }
+    expr {[lindex [string range $text [string last ) $text]+2 end] 0] ne "Z"}
+}
+
+# tracedBy pids tracer --
+#	Whether every thread of every process in pids that still runs is
+#	traced by process tracer.
+proc tracedBy {pids tracer} {
+    foreach pid $pids {
+	foreach task [glob -nocomplain /proc/$pid/task/*] {
+	    if {[catch {
+		set f [open $task/status]
+		set text [read $f]
+		close $f
+	    }]} {
+		continue
+	    }
+	    if {[regexp {TracerPid:\s+(\d+)} $text -> by] && $by != $tracer} {
+		return 0
+	    }
+	}
+    }
+    return 1
+}
+
+# countSyscalls pgid arguments port --
+#	Counts the system calls of every process of process group pgid
+#	(their threads, and any child they start) while wrk loads port
+#	with those arguments for BENCH_SYSCALLS seconds: strace -f -c
+#	attached to each process before the load, stopped with SIGINT after
+#	it. Returns a dict: total, the calls per request wrk completed, and
+#	calls, a dict from each call's name to its calls per request; or an
+#	empty dict, with the reason on stderr, if strace could not count or
+#	wrk completed nothing. Bounded in time: strace must attach within
+#	10 s and end within 10 s of its SIGINT, or it is killed.
+proc countSyscalls {pgid arguments port} {
+    global strace syscallSeconds
+    set pids [dict keys [dict filter [groupProcesses $pgid] script {pid fields} {
+	expr {[lindex $fields 0] ne "Z"}
+    }]]
+    set out [file join [expr {[info exists ::env(TMPDIR)] ? $::env(TMPDIR) : "/tmp"}] \
+	socketserver-bench-strace-[pid]]
+    file delete $out
+    set pipe [open |[list {*}$strace -q -f -c -o $out \
+	{*}[concat {*}[lmap pid $pids {list -p $pid}]] 2>@1] r]
+    fconfigure $pipe -blocking 0
+    set tracer [pid $pipe]
+    set wrk ""
+    set problem ""
+    try {
+	set deadline [expr {[clock milliseconds] + 10000}]
+	while {[alive $tracer] && ![tracedBy $pids $tracer]
+		&& [clock milliseconds] < $deadline} {
+	    after 20
+	}
+	if {![alive $tracer] || ![tracedBy $pids $tracer]} {
+	    set problem "strace did not attach to every thread within 10 s"
+	} else {
+	    lassign [runWrk $arguments $port $syscallSeconds] wrk
+	}
+    } finally {
+	catch {::socketserver::kill INT $tracer}
+	for {set i 0} {$i < 500 && [alive $tracer]} {incr i} {
+	    after 20
+	}
+	if {[alive $tracer]} {
+	    catch {::socketserver::kill KILL $tracer}
+	    set problem "strace still ran 10 s after its SIGINT"
+	}
+	fconfigure $pipe -blocking 1
+	set said [string trim [read $pipe]]
+	catch {close $pipe}
+    }
+    set calls {}
+    set total 0
+    if {![catch {open $out} f]} {
+	foreach line [split [read $f] \n] {
+	    # % time, seconds, usecs/call, calls, errors (if any), name.
+	    if {[regexp {^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$} \
+		    $line -> n name] && $name ne "total"} {
+		dict incr calls $name $n
+		incr total $n
+	    }
+	}
+	close $f
+	file delete $out
+    }
+    set requests 0
+    regexp {(\d+) requests in} $wrk -> requests
+    if {$problem eq "" && ($total == 0 || $requests == 0)} {
+	set problem "nothing counted ([expr {$said ne "" ? $said : "$requests requests"}])"
+    }
+    if {$problem ne ""} {
+	puts stderr "  no system call count: $problem"
+	return {}
+    }
+    dict create total [expr {double($total) / $requests}] \
+	calls [dict map {name n} $calls {expr {double($n) / $requests}}]
 }
 
 # measure scenario design workers work connections ?silent? --
@@ -272,7 +403,7 @@ proc runWrk {arguments port} {
 #	connections to it), loads it with wrk, stops it all (on an error
 #	too); returns a row dict.
 proc measure {scenario design workers work connections {silent 0}} {
-    global here duration
+    global here duration strace
     # The servers' handlers: HTTP/1.0 one-shot, or HTTP/1.1 keep-alive.
     set http [expr {$scenario in {keepalive slowclient} ? "keepalive" : "oneshot"}]
     if {$design eq "c"} {
@@ -293,7 +424,7 @@ proc measure {scenario design workers work connections {silent 0}} {
     } elseif {[regexp {^base(\d+)(-supervised)?$} $design -> i supervised]} {
 	set command [list env TCLLIBPATH=[lindex $::baselines $i] [info nameofexecutable] \
 	    [file join $here tcl_server.tcl] \
-	    [expr {$supervised eq "" ? "socketserver" : "supervised"}] $workers 0 $work]
+	    [expr {$supervised eq "" ? "socketserver" : "supervised"}] $workers 0 $work $http]
     } else {
 	set command [list [info nameofexecutable] [file join $here tcl_server.tcl] \
 	    $design $workers 0 $work $http]
@@ -317,11 +448,15 @@ proc measure {scenario design workers work connections {silent 0}} {
 		$port $silent [expr {$duration + 60}]]] silentPipe silentPgid
 	    after 200
 	}
+	set wrkArguments [list -t [expr {min(2, $connections)}] -c $connections \
+	    --latency -s [file join $here p999.lua] {*}$options http://127.0.0.1:$port/]
 	set threadsBefore [threadsOfGroup $pgid]
-	lassign [runWrk [list -t [expr {min(2, $connections)}] -c $connections \
-	    -d ${duration}s --latency -s [file join $here p999.lua] {*}$options \
-	    http://127.0.0.1:$port/] $port] wrk waiting
+	lassign [runWrk $wrkArguments $port $duration] wrk waiting
 	set threadsAfter [threadsOfGroup $pgid]
+	set counted {}
+	if {$strace ne ""} {
+	    set counted [countSyscalls $pgid $wrkArguments $port]
+	}
     } finally {
 	if {[info exists silentPipe]} {
 	    stopServer $silentPipe $silentPgid
@@ -353,12 +488,15 @@ proc measure {scenario design workers work connections {silent 0}} {
     regexp {p99.9: (\d+)} $wrk -> p999
     set cpu [expr {$requests > 0
 	? ([totalNs $threadsAfter] - [totalNs $threadsBefore]) / 1e3 / $requests : 0}]
-    puts stderr [format "  %-10s %-12s W=%-3s %8.0f req/s %6.1f us/req%s" \
+    puts stderr [format "  %-10s %-12s W=%-3s %8.0f req/s %6.1f us/req%s%s" \
 	$scenario $design $workers $rps $cpu \
+	[expr {[dict size $counted] ? [format " %5.1f calls/req" [dict get $counted total]] : ""}] \
 	[expr {$silent > 0 ? " ($silent silent)" : ""}][expr {$errors > 0 ? " $errors errors" : ""}]]
     set row [dict create scenario $scenario design $design workers $workers silent $silent \
 	rps $rps requests $requests errors $errors timeouts $timeouts waiting $waiting cpu $cpu \
-	p50 [toMs $p50] p99 [toMs $p99] p999 [expr {$p999 / 1000.0}]]
+	p50 [toMs $p50] p99 [toMs $p99] p999 [expr {$p999 / 1000.0}] \
+	syscalls [expr {[dict size $counted] ? [dict get $counted total] : -1}] \
+	calls [expr {[dict size $counted] ? [dict get $counted calls] : {}}]]
     # Per thread role: microseconds and voluntary context switches per
     # request.
     foreach role {serving accept worker "worker helpers"} {
@@ -439,7 +577,7 @@ foreach scenario $scenarios {
 	    # pre-fork design with 4 and 16 workers.
 	    lappend plan {keepalive single 1 none 64}
 	    foreach w {4 16} {
-		foreach design [list socketserver {*}[expr {$forks ? "prefork" : ""}] \
+		foreach design [list socketserver {*}$bases {*}[expr {$forks ? "prefork" : ""}] \
 			{*}[expr {$rivet ? "rivet" : ""}]] {
 		    lappend plan [list keepalive $design $w none 64]
 		}
@@ -482,19 +620,43 @@ set results {}
 for {set round 1} {$round <= $rounds} {incr round} {
     puts stderr "round $round"
     foreach item $plan {
-	dict lappend results $item [measure {*}$item]
+	# A server that does not start (a baseline build without release
+	# or -ready, in the keepalive scenario) leaves its row out.
+	if {[catch {measure {*}$item} measured]} {
+	    puts stderr "  [lrange $item 0 2]: left out: $measured"
+	    continue
+	}
+	dict lappend results $item $measured
     }
 }
 set rows {}
 dict for {item measured} $results {
     set row [lindex $measured 0]
     foreach key [dict keys $row] {
-	if {$key in {scenario design workers silent}} {
+	if {$key in {scenario design workers silent syscalls calls}} {
 	    continue
 	}
 	dict set row $key [median [lmap m $measured {dict get $m $key}]]
     }
+    # System calls: the median of the rounds that counted them (-1 if
+    # none did), and so for each call (0 in a round without it).
+    set counted [lmap m $measured {expr {[dict get $m syscalls] >= 0 ? $m : [continue]}}]
+    dict set row syscalls [expr {[llength $counted]
+	? [median [lmap m $counted {dict get $m syscalls}]] : -1}]
+    set calls {}
+    foreach name [lsort -unique [concat {*}[lmap m $counted {dict keys [dict get $m calls]}]]] {
+	dict set calls $name [median [lmap m $counted {
+	    expr {[dict exists $m calls $name] ? [dict get $m calls $name] : 0}
+	}]]
+    }
+    dict set row calls $calls
     lappend rows $row
+}
+
+# callsCell row --
+#	The system calls per request of a row, or "–" if none were counted.
+proc callsCell {row} {
+    expr {[dict get $row syscalls] >= 0 ? [format %.1f [dict get $row syscalls]] : "–"}
 }
 
 # Ratios for socketserver rows: against the C ceiling with the same
@@ -522,8 +684,8 @@ proc rowsOf {rows scenarios} {
 }
 set others [rowsOf $rows {overhead blocking cpu supervisor}]
 if {[llength $others]} {
-    puts "| scenario | server | W | req/s | errors | CPU µs/req | p50 ms | p99 ms | CPU vs C | CPU vs best Tcl |"
-    puts "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    puts "| scenario | server | W | req/s | errors | CPU µs/req | calls/req | p50 ms | p99 ms | CPU vs C | CPU vs best Tcl |"
+    puts "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 }
 foreach row $others {
     dict with row {
@@ -544,35 +706,38 @@ foreach row $others {
 		set vsTcl [format %.2f [expr {$cpu / $best}]]
 	    }
 	}
-	puts [format "| %s | %s | %s | %.0f | %d | %.0f | %.2f | %.2f | %s | %s |" \
+	puts [format "| %s | %s | %s | %.0f | %d | %.0f | %s | %.2f | %.2f | %s | %s |" \
 	    $scenario [dict get $names $design] [expr {$design eq "single" ? 1 : $workers}] \
-	    $rps $errors $cpu $p50 $p99 $vsC $vsTcl]
+	    $rps $errors $cpu [callsCell $row] $p50 $p99 $vsC $vsTcl]
     }
 }
 
 # The uneven scenario: latency is what it is about.
 if {[llength [rowsOf $rows uneven]]} {
     puts ""
-    puts "| uneven work, W=8, 16 clients | req/s | errors | p50 ms | p99 ms | p99.9 ms |"
-    puts "|---|---:|---:|---:|---:|---:|"
+    puts "| uneven work, W=8, 16 clients | req/s | errors | p50 ms | p99 ms | p99.9 ms | calls/req |"
+    puts "|---|---:|---:|---:|---:|---:|---:|"
     foreach row [rowsOf $rows uneven] {
 	dict with row {
-	    puts [format "| %s | %.0f | %d | %.2f | %.2f | %.2f |" \
-		[dict get $names $design] $rps $errors $p50 $p99 $p999]
+	    puts [format "| %s | %.0f | %d | %.2f | %.2f | %.2f | %s |" \
+		[dict get $names $design] $rps $errors $p50 $p99 $p999 [callsCell $row]]
 	}
     }
 }
 
 # loadCells row --
-#	The req/s, waiting, timeouts, CPU, p50 and p99 cells of a keepalive
-#	or slowclient row: a row that answered nothing says so in the first
-#	cell.
+#	The req/s, waiting, timeouts, CPU, system calls, p50 and p99 cells of
+#	a keepalive or slowclient row: a row that answered nothing says so in
+#	the first cell.
 proc loadCells {row} {
+    set callCell [callsCell $row]
     dict with row {
 	if {$requests == 0} {
-	    return [format "stalled: 0 answered | %d | %d | – | – | –" $waiting $timeouts]
+	    return [format "stalled: 0 answered | %d | %d | – | %s | – | –" $waiting $timeouts \
+		$callCell]
 	}
-	format "%.0f | %d | %d | %.0f | %.2f | %.2f" $rps $waiting $timeouts $cpu $p50 $p99
+	format "%.0f | %d | %d | %.0f | %s | %.2f | %.2f" $rps $waiting $timeouts $cpu $callCell \
+	    $p50 $p99
     }
 }
 
@@ -580,8 +745,8 @@ proc loadCells {row} {
 # connections.
 if {[llength [rowsOf $rows keepalive]]} {
     puts ""
-    puts "| keep-alive, 64 connections | W | req/s | waiting | timeouts | CPU µs/req | p50 ms | p99 ms |"
-    puts "|---|---:|---:|---:|---:|---:|---:|---:|"
+    puts "| keep-alive, 64 connections | W | req/s | waiting | timeouts | CPU µs/req | calls/req | p50 ms | p99 ms |"
+    puts "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     foreach row [rowsOf $rows keepalive] {
 	puts [format "| %s | %s | %s |" [dict get $names [dict get $row design]] \
 	    [dict get $row workers] [loadCells $row]]
@@ -591,8 +756,8 @@ if {[llength [rowsOf $rows keepalive]]} {
 # Silent clients beside the load.
 if {[llength [rowsOf $rows slowclient]]} {
     puts ""
-    puts "| slow clients: silent connections + 16 clients, one request per connection | W | silent | req/s | waiting | timeouts | CPU µs/req | p50 ms | p99 ms |"
-    puts "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    puts "| slow clients: silent connections + 16 clients, one request per connection | W | silent | req/s | waiting | timeouts | CPU µs/req | calls/req | p50 ms | p99 ms |"
+    puts "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     foreach row [rowsOf $rows slowclient] {
 	puts [format "| %s | %s | %s | %s |" [dict get $names [dict get $row design]] \
 	    [dict get $row workers] [dict get $row silent] [loadCells $row]]
@@ -607,14 +772,47 @@ if {[llength [rowsOf $rows {keepalive slowclient}]] && !$rivet} {
 # thread.
 if {[llength [rowsOf $rows handoff]]} {
     puts ""
-    puts "| one hand-off to an idle worker (W=8, 1 client) | conn/s | CPU µs/conn | accept thread µs / switches | worker's main thread µs / switches | worker's other threads µs / switches |"
-    puts "|---|---:|---:|---:|---:|---:|"
+    puts "| one hand-off to an idle worker (W=8, 1 client) | conn/s | CPU µs/conn | calls/conn | accept thread µs / switches | worker's main thread µs / switches | worker's other threads µs / switches |"
+    puts "|---|---:|---:|---:|---:|---:|---:|"
     foreach row [rowsOf $rows handoff] {
-	puts [format "| %s | %.0f | %.1f | %.1f / %.2f | %.1f / %.2f | %.1f / %.2f |" \
+	puts [format "| %s | %.0f | %.1f | %s | %.1f / %.2f | %.1f / %.2f | %.1f / %.2f |" \
 	    [dict get $names [dict get $row design]] [dict get $row rps] [dict get $row cpu] \
+	    [callsCell $row] \
 	    [dict get $row "accept us"] [dict get $row "accept cs"] \
 	    [dict get $row "worker us"] [dict get $row "worker cs"] \
 	    [dict get $row "worker helpers us"] [dict get $row "worker helpers cs"]]
+    }
+}
+
+# Every row's system calls by name, the calls that make at least 0.05
+# per request, most first.
+set countedRows [lmap row $rows {expr {[dict get $row syscalls] >= 0 ? $row : [continue]}}]
+if {[llength $countedRows]} {
+    puts ""
+    puts "| system calls per request (strace -f -c, $syscallSeconds s of load) | server | W | total | by call |"
+    puts "|---|---|---:|---:|---|"
+    foreach row $countedRows {
+	set named {}
+	foreach {name n} [lsort -stride 2 -index 1 -real -decreasing [dict get $row calls]] {
+	    if {$n >= 0.05} {
+		lappend named [format "%s %.2f" $name $n]
+	    }
+	}
+	puts [format "| %s | %s | %s | %.1f | %s |" [dict get $row scenario] \
+	    [dict get $names [dict get $row design]] \
+	    [expr {[dict get $row design] eq "single" ? 1 : [dict get $row workers]}] \
+	    [dict get $row syscalls] [join $named ", "]]
+    }
+}
+if {[llength $rows] && [llength $countedRows] < [llength $rows]} {
+    puts ""
+    if {$syscallSeconds == 0} {
+	puts "No system calls counted: BENCH_SYSCALLS is 0."
+    } elseif {$strace eq ""} {
+	puts "No system calls counted: strace is missing."
+    } else {
+	puts "Rows with calls/req \"–\": strace could not count them, or the load had no answer\
+	    (see the messages above)."
     }
 }
 
@@ -639,6 +837,15 @@ proc p99Of {rows scenario design workers silent} {
     }
     expr {$requests > 0 ? [valueOf $rows $scenario $design $workers p99 $silent] : "Inf"}
 }
+# callsOf rows scenario design workers --
+#	The system calls per request of that row, "" if there is no such
+#	row or its calls were not counted.
+proc callsOf {rows scenario design workers} {
+    set calls [valueOf $rows $scenario $design $workers syscalls]
+    expr {$calls ne "" && $calls >= 0 ? $calls : ""}
+}
+# Where Tcl 9's own server makes fewer calls, the same aims allow more.
+set tcl9 [package vsatisfies [info patchlevel] 9-]
 set lines {}
 foreach {label a b op limit} [list \
 	"overhead W=2: CPU, socketserver / Tcl socket -server" \
@@ -668,9 +875,19 @@ foreach {label a b op limit} [list \
 	"keepalive W=16: req/s, socketserver / Tcl socket -server" \
 	    [valueOf $rows keepalive socketserver 16 rps] [valueOf $rows keepalive single * rps] >= 1.0 \
 	"keepalive W=4: req/s, socketserver / Apache prefork + mod_rivet" \
-	    [valueOf $rows keepalive socketserver 4 rps] [valueOf $rows keepalive rivet 4 rps] >= 1.0 \
+	    [valueOf $rows keepalive socketserver 4 rps] [valueOf $rows keepalive rivet 4 rps] >= 1.3 \
 	"keepalive W=16: req/s, socketserver / Apache prefork + mod_rivet" \
-	    [valueOf $rows keepalive socketserver 16 rps] [valueOf $rows keepalive rivet 16 rps] >= 1.0 \
+	    [valueOf $rows keepalive socketserver 16 rps] [valueOf $rows keepalive rivet 16 rps] >= 1.3 \
+	"keepalive W=4: system calls per request, socketserver" \
+	    [callsOf $rows keepalive socketserver 4] 1.0 <= 10 \
+	"keepalive W=16: system calls per request, socketserver" \
+	    [callsOf $rows keepalive socketserver 16] 1.0 <= 10 \
+	"keepalive W=4: CPU, socketserver / Tcl socket -server" \
+	    [valueOf $rows keepalive socketserver 4 cpu] [valueOf $rows keepalive single * cpu] \
+	    <= [expr {$tcl9 ? 1.2 : 2.5}] \
+	"overhead W=8: system calls per request, socketserver / Tcl socket -server" \
+	    [callsOf $rows overhead socketserver 8] [callsOf $rows overhead single *] \
+	    <= [expr {$tcl9 ? 1.5 : 1.15}] \
 	"slowclient W=4: p99, socketserver with $silentClients silent connections / without" \
 	    [p99Of $rows slowclient socketserver 4 $silentClients] \
 	    [p99Of $rows slowclient socketserver 4 0] <= 1.25] {
@@ -679,6 +896,38 @@ foreach {label a b op limit} [list \
 	set met [expr [list $ratio $op $limit]]
 	lappend lines [format "- %s: %.2f (target %s %s: %s)" $label $ratio $op $limit \
 	    [expr {$met ? "met" : "missed"}]]
+    }
+}
+# No row dearer than a baseline build: of the rows this build and the
+# baseline both have, the one where this build's system calls, and its
+# CPU, per request are highest against the baseline's.
+foreach base $bases dir $baselines {
+    foreach {key what} {syscalls "system calls per request" cpu "CPU per request"} {
+	set worst {}
+	foreach row $rows {
+	    set design [dict get $row design]
+	    if {$design ni {socketserver supervised}} {
+		continue
+	    }
+	    set a [dict get $row $key]
+	    set b [valueOf $rows [dict get $row scenario] \
+		[expr {$design eq "socketserver" ? $base : "$base-supervised"}] \
+		[dict get $row workers] $key [dict get $row silent]]
+	    if {$b eq "" || $a < 0 || $b <= 0} {
+		continue
+	    }
+	    set ratio [expr {double($a) / $b}]
+	    if {![llength $worst] || $ratio > [lindex $worst 0]} {
+		set worst [list $ratio "[dict get $row scenario] [dict get $names $design]\
+		    W=[dict get $row workers]"]
+	    }
+	}
+	if {[llength $worst]} {
+	    lassign $worst ratio where
+	    lappend lines [format "- every row: %s, this build / %s, highest: %.2f, %s\
+		(target <= 1.0: %s)" $what [file tail $dir] $ratio $where \
+		[expr {$ratio <= 1.0 ? "met" : "missed"}]]
+	}
     }
 }
 if {[llength $lines]} {
