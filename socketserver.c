@@ -70,6 +70,7 @@ typedef int Tcl_Size;
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -498,6 +499,29 @@ typedef struct InterpData {
 				 * asked from. */
 } InterpData;
 
+/*
+ * What 'spawn' needs of Tcl's internal platform stubs (Unix and macOS, Tcl
+ * 8.6 and 9): the head of the table, up to TclpCreateCommandChannel, which
+ * makes Tcl's own command channel for a process already started. A TclFile
+ * is a descriptor's number + 1. See CommandChannelMaker.
+ */
+
+typedef Tcl_Channel (CommandChannelProc)(void *readFile, void *writeFile,
+	void *errorFile, int numPids, Tcl_Pid *pidPtr);
+
+struct TclIntPlatStubs {
+    int magic;			/* TCL_STUB_MAGIC. */
+    void *hooks;		/* Unused. */
+    void (*getAndDetachPids)(Tcl_Interp *interp, Tcl_Channel chan);
+				/* Slot 0: unused. */
+    int (*closeFile)(void *file);
+				/* Slot 1: unused. */
+    CommandChannelProc *createCommandChannel;
+				/* Slot 2: TclpCreateCommandChannel. */
+};
+
+extern char **environ;		/* What 'spawn' gives its program. */
+
 static pthread_mutex_t queueLock = PTHREAD_MUTEX_INITIALIZER;
 static Queue *firstQueuePtr = NULL;	/* Queues of this process. (L) */
 static Receiver *allReceivers = NULL;	/* Receivers of every interpreter
@@ -770,6 +794,8 @@ static int		ServerCmd(Tcl_Interp *interp, int objc,
 static int		KeepAcrossExec(Queue *queuePtr, int keep);
 static int		ReexecCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
+static int		AboveStandard(int *fdPtr);
+static CommandChannelProc * CommandChannelMaker(void);
 static int		SpawnCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
 static void		CatchSignal(int signo);
@@ -6573,25 +6599,31 @@ BoardObj(
  *	$cmd spawn ?-parentdeath signal? command ?arg ...?
  *	Starts command as a new program (no shell; PATH searched as 'exec'
  *	does) that adopts the queues of every port this process knows when
- *	it loads the package. With -parentdeath, the program gets signal if
+ *	it loads the package. Every word reaches the program as one argument,
+ *	whatever it looks like: none is read as 'exec' reads "<", ">", "2>",
+ *	"|" or "&" (posix_spawnp(), not Tcl_OpenCommandChannel, which has
+ *	no quoting for them). With -parentdeath, the program gets signal if
  *	this process dies (Linux: PR_SET_PDEATHSIG, set when it adopts the
- *	queues, so even while it loads its code; elsewhere ignored). The hand-over travels on a fresh SOCK_SEQPACKET
- *	socketpair: every message is queued on it before the program
- *	exists, the sending end is closed, and the program gets the
- *	receiving end as its standard input (the pipeline's "<@"
- *	redirection dup2()s it there); SPAWN_ENV tells it that a hand-over
- *	waits and with which token. Every descriptor stays close-on-exec
- *	throughout, so a program another thread starts meanwhile inherits
- *	none; descriptors in flight are in no process's table.
+ *	queues, so even while it loads its code; elsewhere ignored). The
+ *	hand-over travels on a fresh SOCK_SEQPACKET socketpair: every message
+ *	is queued on it before the program exists, the sending end is
+ *	closed, and the program gets the receiving end as its standard
+ *	input; SPAWN_ENV, in the environment given to the program only,
+ *	tells it that a hand-over waits and with which token. Every
+ *	descriptor stays close-on-exec throughout, so a program another
+ *	thread starts meanwhile inherits none; descriptors in flight are in
+ *	no process's table. The program starts with every signal at its
+ *	default action and none blocked.
  *
  * Results:
  *	TCL_OK with a readable channel carrying the program's standard
- *	output and error, as from 'open |command 2>@1' ('pid' gives its
- *	process id, 'close' its exit status); or TCL_ERROR, with no process
- *	left behind.
+ *	output and error: Tcl's own command channel, as from 'open |command
+ *	2>@1' ('pid' gives its process id, a blocking 'close' its exit
+ *	status, a non-blocking one leaves it to Tcl to collect); or
+ *	TCL_ERROR, POSIX, with no process left behind.
  *
  * Side effects:
- *	SPAWN_ENV is set in the environment while the program starts.
+ *	None but the program.
  *
  *----------------------------------------------------------------------
  */
@@ -6602,13 +6634,20 @@ SpawnCmd(
     int objc,
     Tcl_Obj *const objv[])
 {
-    Tcl_Channel handOverChan, chan;
+    Tcl_Channel chan;
+    Tcl_DString *words;
+    Tcl_Pid *pidPtr;
     Queue *queuePtr;
     Message message;
-    const char **argv;
-    char token[3 * TCL_INTEGER_SPACE + 3];
+    posix_spawn_file_actions_t actions;
+    posix_spawnattr_t attributes;
+    sigset_t none, all;
+    pid_t pid;
+    char **argv, **envp;
+    char token[sizeof(SPAWN_ENV) + 3 * TCL_INTEGER_SPACE + 3];
     uint64_t nonce;
-    int pair[2], argc, i, error = 0, deathSignal = 0;
+    int pair[2], output[2], argc, numEnv, i, j, error = 0;
+    int deathSignal = 0;
 
     if (objc >= 3 && strcmp(Tcl_GetString(objv[2]), "-parentdeath") == 0) {
 	if (objc < 5) {
@@ -6624,6 +6663,13 @@ SpawnCmd(
     }
     if (objc < 3) {
 	Tcl_WrongNumArgs(interp, 2, objv, "?-parentdeath signal? command ?arg ...?");
+	return TCL_ERROR;
+    }
+    if (CommandChannelMaker() == NULL) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't spawn \"%s\": this Tcl has no command channel to "
+		"give (TclpCreateCommandChannel)", Tcl_GetString(objv[2])));
+	Tcl_SetErrorCode(interp, "SOCKETSERVER", "SPAWN", NULL);
 	return TCL_ERROR;
     }
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
@@ -6673,39 +6719,195 @@ SpawnCmd(
 	return TCL_ERROR;
     }
 
-    handOverChan = Tcl_MakeFileChannel((ClientData) (intptr_t) pair[1],
-	    TCL_READABLE);
-    Tcl_RegisterChannel(interp, handOverChan);
-    argc = objc - 2 + 3;
-    argv = (const char **) ckalloc((argc + 1) * sizeof(char *));
-    for (i = 2; i < objc; i++) {
-	argv[i - 2] = Tcl_GetString(objv[i]);
-    }
-    argv[objc - 2] = "<@";
-    argv[objc - 1] = Tcl_GetChannelName(handOverChan);
-    argv[objc] = "2>@1";
-    argv[argc] = NULL;
-
-    snprintf(token, sizeof(token), "%ld %llu %d", (long) getpid(),
-	    (unsigned long long) nonce, deathSignal);
-    Tcl_SetVar2(interp, "env", SPAWN_ENV, token, TCL_GLOBAL_ONLY);
-    chan = Tcl_OpenCommandChannel(interp, argc, argv, TCL_STDOUT);
-    Tcl_UnsetVar2(interp, "env", SPAWN_ENV, TCL_GLOBAL_ONLY);
-    ckfree((char *) argv);
-
     /*
-     * The program has its copy; ours goes, and with it the queued hand-
-     * over if the program could not be started.
+     * The program's output. The ends it gets are moved above 2 if this
+     * process had closed a standard descriptor: the dup2() of one onto
+     * 0, 1 or 2 must not overwrite another.
      */
 
-    Tcl_DetachChannel(interp, handOverChan);
-    Tcl_Close(NULL, handOverChan);
-    if (chan == NULL) {
+    output[0] = output[1] = -1;
+    if (pipe2(output, O_CLOEXEC) < 0 || AboveStandard(&pair[1]) < 0
+	    || AboveStandard(&output[1]) < 0) {
+	error = errno;
+	close(pair[1]);
+	for (i = 0; i < 2; i++) {
+	    if (output[i] >= 0) {
+		close(output[i]);
+	    }
+	}
+	errno = error;
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't spawn \"%s\": %s", Tcl_GetString(objv[2]),
+		Tcl_PosixError(interp)));
 	return TCL_ERROR;
     }
+
+    /*
+     * The words in the system's encoding, as 'exec' gives them; the
+     * environment is this process's, with SPAWN_ENV (replacing one it may
+     * have inherited).
+     */
+
+    argc = objc - 2;
+    words = (Tcl_DString *) ckalloc(argc * sizeof(Tcl_DString));
+    argv = (char **) ckalloc((argc + 1) * sizeof(char *));
+    for (i = 0; i < argc; i++) {
+	argv[i] = Tcl_UtfToExternalDString(NULL, Tcl_GetString(objv[i + 2]),
+		-1, &words[i]);
+    }
+    argv[argc] = NULL;
+    for (numEnv = 0; environ[numEnv] != NULL; numEnv++) {
+	/* Counting. */
+    }
+    envp = (char **) ckalloc((numEnv + 2) * sizeof(char *));
+    for (i = j = 0; i < numEnv; i++) {
+	if (strncmp(environ[i], SPAWN_ENV "=", sizeof(SPAWN_ENV)) != 0) {
+	    envp[j++] = environ[i];
+	}
+    }
+    snprintf(token, sizeof(token), SPAWN_ENV "=%ld %llu %d", (long) getpid(),
+	    (unsigned long long) nonce, deathSignal);
+    envp[j++] = token;
+    envp[j] = NULL;
+
+    /*
+     * Every signal's action back to the default, those that this process
+     * ignores too (PIPE under Tcl). Not with sigfillset(): glibc leaves
+     * out of it the two signals it keeps for itself, which its
+     * posix_spawn() then leaves ignored in the program. KILL and STOP
+     * have no action to set (FreeBSD's posix_spawn() fails on them).
+     */
+
+    sigemptyset(&none);
+    memset(&all, 0xff, sizeof(all));
+    sigdelset(&all, SIGKILL);
+    sigdelset(&all, SIGSTOP);
+    error = posix_spawn_file_actions_init(&actions);
+    if (error == 0) {
+	error = posix_spawnattr_init(&attributes);
+	if (error == 0) {
+	    if ((error = posix_spawn_file_actions_adddup2(&actions, pair[1],
+		    0)) == 0
+		    && (error = posix_spawn_file_actions_adddup2(&actions,
+			    output[1], 1)) == 0
+		    && (error = posix_spawn_file_actions_adddup2(&actions,
+			    output[1], 2)) == 0
+		    && (error = posix_spawnattr_setsigmask(&attributes,
+			    &none)) == 0
+		    && (error = posix_spawnattr_setsigdefault(&attributes,
+			    &all)) == 0
+		    && (error = posix_spawnattr_setflags(&attributes,
+			    POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+			    == 0) {
+		error = posix_spawnp(&pid, argv[0], &actions, &attributes,
+			argv, envp);
+	    }
+	    posix_spawnattr_destroy(&attributes);
+	}
+	posix_spawn_file_actions_destroy(&actions);
+    }
+    for (i = 0; i < argc; i++) {
+	Tcl_DStringFree(&words[i]);
+    }
+    ckfree((char *) words);
+    ckfree((char *) argv);
+    ckfree((char *) envp);
+
+    /*
+     * The program has its copies; ours go, and with them the queued
+     * hand-over if the program could not be started.
+     */
+
+    close(pair[1]);
+    close(output[1]);
+    if (error != 0) {
+	close(output[0]);
+	errno = error;
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't execute \"%s\": %s", Tcl_GetString(objv[2]),
+		Tcl_PosixError(interp)));
+	return TCL_ERROR;
+    }
+
+    /*
+     * Tcl's command channel owns the pid (ckalloc()ed, freed with the
+     * channel) and takes the descriptor as Tcl's TclFile: its number + 1.
+     */
+
+    pidPtr = (Tcl_Pid *) ckalloc(sizeof(Tcl_Pid));
+    pidPtr[0] = (Tcl_Pid) (intptr_t) pid;
+    chan = CommandChannelMaker()((void *) (intptr_t) (output[0] + 1), NULL,
+	    NULL, 1, pidPtr);
     Tcl_RegisterChannel(interp, chan);
     Tcl_SetObjResult(interp, Tcl_NewStringObj(Tcl_GetChannelName(chan), -1));
     return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * AboveStandard --
+ *
+ *	Moves *fdPtr, if it is 0, 1 or 2 (this process closed a standard
+ *	descriptor), to a new close-on-exec number above 2.
+ *
+ * Results:
+ *	0, or -1 with errno set and *fdPtr unchanged.
+ *
+ * Side effects:
+ *	The old number is closed.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+AboveStandard(
+    int *fdPtr)
+{
+    int fd;
+
+    if (*fdPtr > 2) {
+	return 0;
+    }
+    if ((fd = fcntl(*fdPtr, F_DUPFD_CLOEXEC, 3)) < 0) {
+	return -1;
+    }
+    close(*fdPtr);
+    *fdPtr = fd;
+    return 0;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * CommandChannelMaker --
+ *
+ *	Tcl's own command channel (type "pipe", the one 'pid' and 'close'
+ *	know) is made public only by Tcl_OpenCommandChannel, which reads its
+ *	words as a pipeline. TclpCreateCommandChannel makes one for a
+ *	process already started: it is slot 2 of Tcl's internal platform
+ *	stubs on Unix and macOS, in Tcl 8.6 and 9 alike (TclIntPlatStubs
+ *	below declares no more of the table than that).
+ *
+ * Results:
+ *	TclpCreateCommandChannel, or NULL if this Tcl has no such table.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static CommandChannelProc *
+CommandChannelMaker(void)
+{
+    const struct TclIntPlatStubs *stubsPtr = (tclStubsPtr->hooks == NULL)
+	    ? NULL : tclStubsPtr->hooks->tclIntPlatStubs;
+
+    if (stubsPtr == NULL || stubsPtr->magic != TCL_STUB_MAGIC) {
+	return NULL;
+    }
+    return stubsPtr->createCommandChannel;
 }
 
 /*
