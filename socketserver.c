@@ -383,6 +383,12 @@ typedef struct Queue {
 				 * handing them over: silent to the end of
 				 * -ready or -keepalive, gone while parked,
 				 * closed for room, or by 'close'. (L) */
+    int passed;			/* Connections the last 'server -fd'
+				 * took over from a 'reexec' (AdoptPassed).
+				 * (L) */
+    int ignored;		/* Entries of LISTENER_ENV it did not take:
+				 * malformed, repeated, or no connection that
+				 * crossed the exec. (L) */
     int boardFd;		/* The scoreboard's memfd, kept to hand to
 				 * spawned programs; fixed. */
     Slot *board;		/* The scoreboard, BOARD_SLOTS slots, mapped
@@ -609,11 +615,24 @@ static int watchInThread = 0;		/* 1 where reply sockets are watched
 
 #define ASSOC_KEY	"socketserver"
 #define LISTENER_ENV	"SOCKETSERVER_LISTENER"
-				/* "PORT FD CONN...": 'reexec' kept port's
+				/* "PORT FD list=LIST": 'reexec' kept port's
 				 * listener open as FD, and the connections
-				 * not handed over yet: pending as numbers,
-				 * watched as "sN" (silent) and "pN"
-				 * (parked). */
+				 * not handed over yet, whose numbers are in
+				 * the file open as LIST: PASSED_MAGIC, then
+				 * each connection, pending as "N", watched
+				 * as "sN" (silent) and "pN" (parked).
+				 * Before version 2, the connections followed
+				 * FD in the variable itself. */
+#define PASSED_MAGIC	"socketserver-passed"
+				/* LIST's first line: this, then the version,
+				 * PORT, FD and how many connections, each
+				 * after a space. */
+#define PASSED_VERSION	2	/* The list's version; 1 was the list in
+				 * the variable. */
+#define PASSED_MAX	(16 << 20)
+				/* Longest list read, in bytes: room for far
+				 * more than WATCH_MAX connections and the
+				 * pending ones. */
 #define SPAWN_ENV	"SOCKETSERVER_SPAWN"
 				/* "PID NONCE": a hand-over from process PID
 				 * waits on standard input. */
@@ -706,6 +725,14 @@ static int		OpenListener(Tcl_Interp *interp, const char *myaddr,
 			    int *boundPortPtr, char *boundAddr);
 static int		MakeQueueSockets(int askFds[2], int readyFds[2]);
 static void		AdoptPassed(Queue *queuePtr, int adoptFd);
+static int		AdoptEntries(Queue *queuePtr, const char *entries,
+			    Tcl_HashTable *seenPtr);
+static int		CrossedExec(int fd, struct sockaddr_storage *addrPtr,
+			    socklen_t *lengthPtr);
+static char *		ReadPassedList(int listFd, int port, int listenFd,
+			    int *countPtr);
+static int		ParseDecimal(const char **textPtr, int *valuePtr);
+static int		WritePassedList(Queue *queuePtr, int listenFd);
 static int		AdoptListener(Tcl_Interp *interp, int fd, int port,
 			    int *fdPtr, int *boundPortPtr, char *boundAddr);
 static int		OpenNewListener(Tcl_Interp *interp,
@@ -5518,6 +5545,7 @@ ServerCmd(
     TRAILER(queuePtr->board)->markLength = (uint32_t) markLength;
     memcpy(queuePtr->myaddr, boundAddr, sizeof(queuePtr->myaddr));
     memcpy(queuePtr->timeoutNs, timeoutNs, sizeof(timeoutNs));
+    queuePtr->passed = queuePtr->ignored = 0;
 
     /*
      * Watched connections may take half the descriptors this process can
@@ -5844,16 +5872,24 @@ OpenNewListener(
  * AdoptPassed --
  *
  *	queueLock held, 'server -fd fd': if 'reexec' passed fd (LISTENER_ENV
- *	names it), takes the connections it passed with it into the pending
- *	list, first in line, in the order they were accepted.
+ *	names it with this port), takes the connections it passed with it
+ *	into the pending list, first in line, in the order they were
+ *	accepted, or watches them again. Their numbers come in a file that
+ *	the variable names ("list=N", version 2) or, from a program of
+ *	version 1, in the variable itself. Neither is trusted: an entry is
+ *	taken only if it is a decimal number, not listed before, not the
+ *	listener's nor the list's, and names a TCP socket that does not
+ *	listen and crossed the exec (not close-on-exec); every other is
+ *	counted in queuePtr->ignored and left alone, as is a list that is
+ *	refused whole (counted once).
  *
  * Results:
  *	None.
  *
  * Side effects:
- *	LISTENER_ENV is removed from the environment. Each connection
- *	becomes close-on-exec; one whose client is gone is closed, and a
- *	descriptor that is no stream socket left alone.
+ *	LISTENER_ENV is removed from the environment, the list's file
+ *	closed. Each connection taken becomes close-on-exec and is counted
+ *	in queuePtr->passed; one whose client is gone is closed.
  *
  *----------------------------------------------------------------------
  */
@@ -5864,60 +5900,362 @@ AdoptPassed(
     int adoptFd)
 {
     const char *value = getenv(LISTENER_ENV);
-    char *end;
-    long port, fd;
-    int type;
-    socklen_t length;
+    Tcl_HashTable seen;
+    char *list;
+    int port, fd, listFd, count, numEntries, isNew;
+
+    if (value == NULL || !ParseDecimal(&value, &port) || *value++ != ' '
+	    || !ParseDecimal(&value, &fd) || port != queuePtr->port
+	    || fd != adoptFd) {
+	/* Not the hand-over of this listener. */
+	return;
+    }
+    Tcl_InitHashTable(&seen, TCL_ONE_WORD_KEYS);
+    Tcl_CreateHashEntry(&seen, (void *) (intptr_t) adoptFd, &isNew);
+    if (strncmp(value, " list=", 6) != 0) {
+	AdoptEntries(queuePtr, value, &seen);
+    } else {
+	value += 6;
+	list = NULL;
+	if (ParseDecimal(&value, &listFd) && *value == '\0'
+		&& listFd != adoptFd) {
+	    list = ReadPassedList(listFd, port, adoptFd, &count);
+	}
+	if (list == NULL) {
+	    queuePtr->ignored++;
+	} else {
+	    Tcl_CreateHashEntry(&seen, (void *) (intptr_t) listFd, &isNew);
+	    numEntries = AdoptEntries(queuePtr, strchr(list, '\n') + 1,
+		    &seen);
+
+	    /* Entries lost or added on the way. */
+	    queuePtr->ignored += abs(count - numEntries);
+	    ckfree(list);
+	}
+    }
+    Tcl_DeleteHashTable(&seen);
+    unsetenv(LISTENER_ENV);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * AdoptEntries --
+ *
+ *	queueLock held: AdoptPassed's work on a list of entries, separated
+ *	by spaces and ended by a newline or the end of the string. seenPtr
+ *	holds the numbers that may not be taken (again).
+ *
+ * Results:
+ *	How many entries there were.
+ *
+ * Side effects:
+ *	As AdoptPassed; every number read is added to seenPtr.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+AdoptEntries(
+    Queue *queuePtr,
+    const char *entries,
+    Tcl_HashTable *seenPtr)
+{
+    const char *p = entries;
     Message message;
+    socklen_t length;
+    int fd, kind, isNew, numEntries = 0;
 
-    if (value == NULL) {
-	return;
-    }
-    port = strtol(value, &end, 10);
-    fd = strtol(end, &end, 10);
-    if (port != queuePtr->port || fd != adoptFd) {
-	return;
-    }
-    for (;;) {
-	int kind = -1;
-
-	while (*end == ' ') {
-	    end++;
+    for (;; numEntries++) {
+	while (*p == ' ') {
+	    p++;
 	}
-	if (*end == 's' || *end == 'p') {
-	    kind = (*end == 's') ? WATCH_SILENT : WATCH_PARKED;
-	    end++;
+	if (*p == '\0' || *p == '\n') {
+	    return numEntries;
 	}
-	if (!isdigit((unsigned char) *end)) {
-	    break;
+	kind = -1;
+	if (*p == 's' || *p == 'p') {
+	    kind = (*p == 's') ? WATCH_SILENT : WATCH_PARKED;
+	    p++;
 	}
-	fd = strtol(end, &end, 10);
+	if (!ParseDecimal(&p, &fd)
+		|| (*p != ' ' && *p != '\n' && *p != '\0')) {
+	    queuePtr->ignored++;
+	    while (*p != ' ' && *p != '\n' && *p != '\0') {
+		p++;
+	    }
+	    continue;
+	}
+	Tcl_CreateHashEntry(seenPtr, (void *) (intptr_t) fd, &isNew);
 	memset(&message, 0, sizeof(message));
-	length = sizeof(type);
-	if (fd < 0 || fd > INT_MAX
-		|| getsockopt((int) fd, SOL_SOCKET, SO_TYPE, &type, &length) < 0
-		|| type != SOCK_STREAM) {
-	    continue;
-	}
 	length = sizeof(message.addr);
-	if (getpeername((int) fd, (struct sockaddr *) &message.addr,
-		&length) < 0) {
+	switch (isNew ? CrossedExec(fd, &message.addr, &length) : 0) {
+	case 0:
+	    /* Not a connection of ours: someone else's to close. */
+	    queuePtr->ignored++;
+	    continue;
+	case -1:
 	    /* Ours, but its client is gone. */
-	    close((int) fd);
+	    close(fd);
 	    continue;
 	}
-	fcntl((int) fd, F_SETFD, FD_CLOEXEC);
+	fcntl(fd, F_SETFD, FD_CLOEXEC);
+	queuePtr->passed++;
 	message.magic = MESSAGE_MAGIC;
 	message.addrLen = length;
 	if (kind < 0 || (kind == WATCH_SILENT
 		&& queuePtr->timeoutNs[WATCH_SILENT] == 0)) {
 	    /* Pending, or silent where this program hands over at once. */
-	    MakePending(queuePtr, (int) fd, &message);
+	    MakePending(queuePtr, fd, &message);
 	} else {
-	    WatchConnection(queuePtr, (int) fd, &message, (WatchKind) kind);
+	    WatchConnection(queuePtr, fd, &message, (WatchKind) kind);
 	}
     }
-    unsetenv(LISTENER_ENV);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * CrossedExec --
+ *
+ *	Whether fd, a number a hand-over lists, is a TCP connection that
+ *	crossed the exec: open and not close-on-exec ('reexec' cleared the
+ *	flag; whatever this program opened itself has it), a stream socket
+ *	of IPv4 or IPv6 that does not listen.
+ *
+ * Results:
+ *	1 if it is and has a peer, whose address is put in *addrPtr and its
+ *	length in *lengthPtr; -1 if it is but its client is gone; 0 if it
+ *	is not.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+CrossedExec(
+    int fd,
+    struct sockaddr_storage *addrPtr,
+    socklen_t *lengthPtr)
+{
+    struct sockaddr_storage local;
+    socklen_t length = sizeof(int);
+    int flags = fcntl(fd, F_GETFD), type = 0, listening = 1;
+
+    if (flags < 0 || (flags & FD_CLOEXEC)
+	    || getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) < 0
+	    || type != SOCK_STREAM
+	    || (length = sizeof(int), getsockopt(fd, SOL_SOCKET,
+		SO_ACCEPTCONN, &listening, &length)) < 0
+	    || listening
+	    || (length = sizeof(local), getsockname(fd,
+		(struct sockaddr *) &local, &length)) < 0
+	    || (local.ss_family != AF_INET && local.ss_family != AF_INET6)) {
+	return 0;
+    }
+    if (getpeername(fd, (struct sockaddr *) addrPtr, lengthPtr) < 0) {
+	return (errno == ENOTCONN) ? -1 : 0;
+    }
+    return 1;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ReadPassedList --
+ *
+ *	Reads the list of connections that 'reexec' wrote for the listener
+ *	listenFd of port (WritePassedList) from listFd, which must be a
+ *	regular file that crossed the exec, of at most PASSED_MAX bytes,
+ *	whose first line is PASSED_MAGIC, PASSED_VERSION, port, listenFd and
+ *	the number of entries.
+ *
+ * Results:
+ *	The list, ckalloc()ed and NUL-terminated, its first line included,
+ *	with the number of entries in *countPtr; or NULL if it is not such
+ *	a list.
+ *
+ * Side effects:
+ *	listFd is closed if it is a regular file that crossed the exec.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static char *
+ReadPassedList(
+    int listFd,
+    int port,
+    int listenFd,
+    int *countPtr)
+{
+    const char *p;
+    struct stat info;
+    char *list;
+    ssize_t got;
+    size_t size = 0;
+    int flags = fcntl(listFd, F_GETFD), version, listedPort, listedFd;
+
+    if (flags < 0 || (flags & FD_CLOEXEC) || fstat(listFd, &info) < 0
+	    || !S_ISREG(info.st_mode)) {
+	return NULL;
+    }
+    if (info.st_size > PASSED_MAX) {
+	close(listFd);
+	return NULL;
+    }
+    list = ckalloc((size_t) info.st_size + 1);
+    while (size < (size_t) info.st_size) {
+	got = pread(listFd, list + size, (size_t) info.st_size - size,
+		(off_t) size);
+	if (got < 0 && errno == EINTR) {
+	    continue;
+	}
+	if (got <= 0) {
+	    break;
+	}
+	size += (size_t) got;
+    }
+    close(listFd);
+    list[size] = '\0';
+    p = list;
+    if (strncmp(p, PASSED_MAGIC " ", sizeof(PASSED_MAGIC)) != 0
+	    || (p += sizeof(PASSED_MAGIC), !ParseDecimal(&p, &version))
+	    || version != PASSED_VERSION || *p++ != ' '
+	    || !ParseDecimal(&p, &listedPort) || listedPort != port
+	    || *p++ != ' ' || !ParseDecimal(&p, &listedFd)
+	    || listedFd != listenFd || *p++ != ' '
+	    || !ParseDecimal(&p, countPtr) || *p != '\n') {
+	ckfree(list);
+	return NULL;
+    }
+    return list;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ParseDecimal --
+ *
+ *	Reads a decimal number from 0 to INT_MAX at *textPtr: digits only,
+ *	no sign, space or leading zero (but for 0 itself).
+ *
+ * Results:
+ *	1 with the number in *valuePtr and *textPtr past it, or 0 with both
+ *	unchanged.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+ParseDecimal(
+    const char **textPtr,
+    int *valuePtr)
+{
+    const char *p = *textPtr;
+    long long value = 0;
+
+    if (!isdigit((unsigned char) p[0])
+	    || (p[0] == '0' && isdigit((unsigned char) p[1]))) {
+	return 0;
+    }
+    while (isdigit((unsigned char) *p)) {
+	value = value * 10 + (*p++ - '0');
+	if (value > INT_MAX) {
+	    return 0;
+	}
+    }
+    *valuePtr = (int) value;
+    *textPtr = p;
+    return 1;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * WritePassedList --
+ *
+ *	queueLock held, 'reexec': writes the numbers of the connections not
+ *	handed over yet, pending and watched, to a new anonymous file, as
+ *	ReadPassedList reads them. One environment string would hold at
+ *	most 128 KiB on Linux (MAX_ARG_STRLEN): some 18,000 connections, and
+ *	an exec with more failed (E2BIG).
+ *
+ * Results:
+ *	The file's descriptor, close-on-exec; or -1 with errno set and
+ *	nothing left open.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+WritePassedList(
+    Queue *queuePtr,
+    int listenFd)
+{
+    Tcl_Obj *listObj;
+    const char *bytes;
+    Tcl_Size length, done = 0;
+    ssize_t written;
+    int fd, i, kind, index, error = 0;
+
+#ifdef MFD_CLOEXEC
+    fd = memfd_create("socketserver-passed", MFD_CLOEXEC);
+#else
+    char path[] = "/tmp/socketserver-passedXXXXXX";
+
+    fd = mkstemp(path);
+    if (fd >= 0) {
+	unlink(path);
+	fcntl(fd, F_SETFD, FD_CLOEXEC);
+    }
+#endif
+    if (fd < 0) {
+	return -1;
+    }
+    listObj = Tcl_ObjPrintf(PASSED_MAGIC " %d %d %d %d\n", PASSED_VERSION,
+	    queuePtr->port, listenFd, queuePtr->numPending
+	    + queuePtr->numWatched[WATCH_SILENT]
+	    + queuePtr->numWatched[WATCH_PARKED]);
+    Tcl_IncrRefCount(listObj);
+    for (i = 0; i < queuePtr->numPending; i++) {
+	Tcl_AppendPrintfToObj(listObj, "%d ", queuePtr->pending[i].fd);
+    }
+    for (kind = 0; kind < WATCH_KINDS; kind++) {
+	for (index = queuePtr->firstWatched[kind]; index >= 0;
+		index = queuePtr->watched[index].next) {
+	    Tcl_AppendPrintfToObj(listObj, "%c%d ",
+		    (kind == WATCH_SILENT) ? 's' : 'p',
+		    queuePtr->watched[index].fd);
+	}
+    }
+    Tcl_AppendToObj(listObj, "\n", 1);
+    bytes = Tcl_GetStringFromObj(listObj, &length);
+    while (done < length) {
+	written = write(fd, bytes + done, (size_t) (length - done));
+	if (written < 0 && errno == EINTR) {
+	    continue;
+	}
+	if (written < 0) {
+	    error = errno;
+	    break;
+	}
+	done += written;
+    }
+    Tcl_DecrRefCount(listObj);
+    if (error != 0) {
+	close(fd);
+	errno = error;
+	return -1;
+    }
+    return fd;
 }
 
 /*
@@ -6280,17 +6618,18 @@ KeepAcrossExec(
  *	children and service manager's view) without closing port's
  *	listener: connections that come meanwhile wait in its backlog until
  *	the new program adopts it ('server -fd'), which LISTENER_ENV tells
- *	it as "PORT FD CONNECTION ...". The accept thread is stopped first;
+ *	it as "PORT FD list=LIST". The accept thread is stopped first;
  *	every connection it had accepted that no worker took yet (from the
- *	ready queue too) crosses the exec with the listener, and goes first
- *	in the new program. Signals with scripts are blocked across the
- *	exec, until the new program sets its own. Every other descriptor of the extension is close-on-exec: the
- *	queue ends with the exec, and its workers with it, once they have
- *	finished what they have.
+ *	ready queue too) crosses the exec with the listener, its number in
+ *	the file open as LIST (WritePassedList), and goes first in the new
+ *	program. Signals with scripts are blocked across the exec, until
+ *	the new program sets its own. Every other descriptor of the
+ *	extension is close-on-exec: the queue ends with the exec, and its
+ *	workers with it, once they have finished what they have.
  *
  * Results:
- *	Does not return on success. TCL_ERROR, POSIX, if the exec failed:
- *	the process serves on as before.
+ *	Does not return on success. TCL_ERROR, POSIX, if the list could not
+ *	be written or the exec failed: the process serves on as before.
  *
  * Side effects:
  *	See above.
@@ -6306,9 +6645,9 @@ ReexecCmd(
 {
     Queue *queuePtr;
     const char **argv;
-    Tcl_Obj *valueObj;
+    char value[3 * TCL_INTEGER_SPACE + 8];
     sigset_t scripted, oldMask;
-    int port, listenFd, i, error, kind, index;
+    int port, listenFd, listFd, i, error;
 
     if (objc < 4) {
 	Tcl_WrongNumArgs(interp, 2, objv, "port command ?arg ...?");
@@ -6329,21 +6668,10 @@ ReexecCmd(
      * LISTENING).
      */
 
-    valueObj = Tcl_ObjPrintf("%d %d", port, listenFd);
-    Tcl_IncrRefCount(valueObj);
     pthread_mutex_lock(&queueLock);
     DrainReady(queuePtr);
-    for (i = 0; i < queuePtr->numPending; i++) {
-	Tcl_AppendPrintfToObj(valueObj, " %d", queuePtr->pending[i].fd);
-    }
-    for (kind = 0; kind < WATCH_KINDS; kind++) {
-	for (index = queuePtr->firstWatched[kind]; index >= 0;
-		index = queuePtr->watched[index].next) {
-	    Tcl_AppendPrintfToObj(valueObj, " %c%d",
-		    (kind == WATCH_SILENT) ? 's' : 'p',
-		    queuePtr->watched[index].fd);
-	}
-    }
+    listFd = WritePassedList(queuePtr, listenFd);
+    error = (listFd < 0) ? errno : 0;
     queuePtr->state = LISTENING;
     pthread_mutex_unlock(&queueLock);
 
@@ -6352,9 +6680,8 @@ ReexecCmd(
 	argv[i - 3] = Tcl_GetString(objv[i]);
     }
     argv[objc - 3] = NULL;
-    Tcl_SetVar2(interp, "env", LISTENER_ENV, Tcl_GetString(valueObj),
-	    TCL_GLOBAL_ONLY);
-    Tcl_DecrRefCount(valueObj);
+    snprintf(value, sizeof(value), "%d %d list=%d", port, listenFd, listFd);
+    Tcl_SetVar2(interp, "env", LISTENER_ENV, value, TCL_GLOBAL_ONLY);
 
     /*
      * A signal this process has a script for would take its default
@@ -6371,14 +6698,18 @@ ReexecCmd(
     }
     pthread_mutex_unlock(&signalLock);
     pthread_sigmask(SIG_BLOCK, &scripted, &oldMask);
-    pthread_mutex_lock(&queueLock);
-    error = KeepAcrossExec(queuePtr, 1);
-    pthread_mutex_unlock(&queueLock);
-    if (error == 0 && fcntl(listenFd, F_SETFD, 0) == 0) {
-	execvp(argv[0], (char *const *) argv);
-    }
     if (error == 0) {
-	error = errno;
+	pthread_mutex_lock(&queueLock);
+	error = KeepAcrossExec(queuePtr, 1);
+	pthread_mutex_unlock(&queueLock);
+	if (error == 0 && fcntl(listenFd, F_SETFD, 0) == 0
+		&& fcntl(listFd, F_SETFD, 0) == 0) {
+	    execvp(argv[0], (char *const *) argv);
+	}
+	if (error == 0) {
+	    error = errno;
+	}
+	close(listFd);
     }
     pthread_sigmask(SIG_SETMASK, &oldMask, NULL);
     fcntl(listenFd, F_SETFD, FD_CLOEXEC);
@@ -6487,6 +6818,8 @@ InfoCmd(
     PUT("parked", Tcl_NewIntObj(queuePtr->numWatched[WATCH_PARKED]));
     PUT("closed", Tcl_NewLongObj(queuePtr->closed));
     PUT("watchlimit", Tcl_NewIntObj(queuePtr->watchLimit));
+    PUT("passed", Tcl_NewIntObj(queuePtr->passed));
+    PUT("ignored", Tcl_NewIntObj(queuePtr->ignored));
     errno = queuePtr->lastErrno;
     PUT("lasterror", Tcl_NewStringObj(errno ? Tcl_ErrnoId() : "", -1));
     pthread_mutex_unlock(&queueLock);
