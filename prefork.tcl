@@ -75,6 +75,7 @@ namespace eval ::socketserver::prefork {
     variable Previous		;# Array: workers of the program this process
 				;# was before an upgrade, pid -> 1.
     variable UPGRADE_VERSION 1	;# Of the state an upgrade passes on.
+    variable MAX_LISTEN_FDS 1024	;# Most sockets taken from systemd.
     variable Watchdog 0		;# ms between WATCHDOG=1 pings, 0: none.
     variable Pinged 0		;# When the last one went, in ms.
     variable Notified 0		;# Notifications sent to systemd,
@@ -254,6 +255,16 @@ proc ::socketserver::prefork::Unescape {text} {
 proc ::socketserver::prefork::Activated {} {
     expr {[info exists ::env(LISTEN_PID)] && [info exists ::env(LISTEN_FDS)]
 	&& $::env(LISTEN_PID) eq [pid]}
+}
+
+# Clip text --
+#	text for a log line: its first 40 characters, and "..." if it has
+#	more (a value from the environment may be any length).
+proc ::socketserver::prefork::Clip {text} {
+    if {[string length $text] > 40} {
+	return "[string range $text 0 39]..."
+    }
+    return $text
 }
 
 # Log message --
@@ -546,6 +557,7 @@ proc ::socketserver::prefork::Started {} {
 proc ::socketserver::prefork::Listen {} {
     variable Config
     variable Port
+    variable MAX_LISTEN_FDS
     set port [dict get $Config -port]
     if {[info exists ::env(SOCKETSERVER_UPGRADE)]} {
 	return [TakeOver]
@@ -558,14 +570,24 @@ proc ::socketserver::prefork::Listen {} {
 	foreach name {LISTEN_PID LISTEN_FDS LISTEN_FDNAMES} {
 	    unset -nocomplain ::env($name)
 	}
+	# A decimal count from 1 to MAX_LISTEN_FDS, or nothing is tried
+	# (100000 made one 5 MB line of errors).
+	if {![regexp {^[1-9][0-9]{0,3}$} $n] || $n > $MAX_LISTEN_FDS} {
+	    Log "couldn't listen: LISTEN_FDS is \"[Clip $n]\", expected a number of\
+		    sockets from 1 to $MAX_LISTEN_FDS"
+	    exit 1
+	}
 	set errors {}
-	for {set i 0} {[string is integer -strict $n] && $i < $n} {incr i} {
+	for {set i 0} {$i < $n} {incr i} {
 	    set fd [expr {3 + $i}]
 	    if {![catch {::socketserver::socket server {*}[Watching] -fd $fd {*}[expr {$port eq "" ? "" : [list $port]}]} Port]} {
 		set name [lindex $names $i]
 		return " (socket activation: descriptor $fd[expr {$name eq "" ? "" : ", $name"}])"
 	    }
 	    lappend errors $Port
+	}
+	if {[llength $errors] > 3} {
+	    set errors [list {*}[lrange $errors 0 2] "and [expr {[llength $errors] - 3}] more"]
 	}
 	Log "couldn't listen: systemd passed [Count $n socket] (LISTEN_FDS), and none\
 		will do[expr {$port eq "" ? "" : " for -port $port"}]: [join $errors {; }]"
@@ -859,14 +881,19 @@ proc ::socketserver::prefork::TakeOver {} {
     set state $::env(SOCKETSERVER_UPGRADE)
     set listener [expr {[info exists ::env(SOCKETSERVER_LISTENER)] ? $::env(SOCKETSERVER_LISTENER) : ""}]
     unset ::env(SOCKETSERVER_UPGRADE)
-    if {[lindex $state 0] ne $UPGRADE_VERSION || [llength $listener] < 2} {
+    # Both come from the previous program: whole numbers (no leading zero,
+    # which Tcl 8.6 reads as octal), or nothing is taken.
+    set n {(?:0|[1-9][0-9]{0,9})}
+    if {![regexp "^($n)((?: $n){2,})\$" $state -> version numbers]
+	    || $version ne $UPGRADE_VERSION
+	    || ![regexp "^($n) ($n)(?: |\$)" $listener -> port fd]} {
 	Log "couldn't take over after an upgrade: the state passed on is\
-		\"$state\" (version [lindex $state 0]), this version reads version\
-		$UPGRADE_VERSION with SOCKETSERVER_LISTENER set"
+		\"[Clip $state]\" with SOCKETSERVER_LISTENER \"[Clip $listener]\",\
+		this version reads version $UPGRADE_VERSION with \"PORT FD ...\""
 	exit 1
     }
+    set state [list $version {*}$numbers]
     # 'server -fd' also takes the connections passed with the listener.
-    lassign $listener port fd
     if {[catch {::socketserver::socket server {*}[Watching] -fd $fd $port} Port]} {
 	Log "couldn't take over after an upgrade: $Port"
 	exit 1
@@ -887,7 +914,11 @@ proc ::socketserver::prefork::TakeOver {} {
 	    Kill KILL $pid
 	}
     }]
-    return " (upgraded in place from generation [lindex $state 1]: descriptor $fd kept,\
+    set info [::socketserver::socket info $Port]
+    set ignored [dict get $info ignored]
+    return " (upgraded in place from generation [lindex $state 1]: descriptor $fd kept\
+	    with [Count [dict get $info passed] connection][expr {$ignored == 0 ? ""
+		: ", [Count $ignored {entry} entries] of SOCKETSERVER_LISTENER ignored"}],\
 	    [Count [array size Previous] {old worker}] finishing)"
 }
 

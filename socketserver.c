@@ -70,6 +70,7 @@ typedef int Tcl_Size;
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -455,6 +456,12 @@ typedef struct Queue {
 				 * them. Read with askFds[0], for those
 				 * only, until their last worker is gone
 				 * (end of file) or 'close'. (L) */
+    int passed;			/* Connections the last 'server -fd'
+				 * took over from a 'reexec' (AdoptPassed).
+				 * (L) */
+    int ignored;		/* Entries of LISTENER_ENV it did not take:
+				 * malformed, repeated, or no connection that
+				 * crossed the exec. (L) */
     int boardFd;		/* The scoreboard's memfd, kept to hand to
 				 * spawned programs; fixed. */
     Slot *board;		/* The scoreboard, BOARD_SLOTS slots, mapped
@@ -583,6 +590,29 @@ typedef struct InterpData {
     Receiver *firstReceiverPtr;	/* Its receivers, one per queue it has
 				 * asked from. */
 } InterpData;
+
+/*
+ * What 'spawn' needs of Tcl's internal platform stubs (Unix and macOS, Tcl
+ * 8.6 and 9): the head of the table, up to TclpCreateCommandChannel, which
+ * makes Tcl's own command channel for a process already started. A TclFile
+ * is a descriptor's number + 1. See CommandChannelMaker.
+ */
+
+typedef Tcl_Channel (CommandChannelProc)(void *readFile, void *writeFile,
+	void *errorFile, int numPids, Tcl_Pid *pidPtr);
+
+struct TclIntPlatStubs {
+    int magic;			/* TCL_STUB_MAGIC. */
+    void *hooks;		/* Unused. */
+    void (*getAndDetachPids)(Tcl_Interp *interp, Tcl_Channel chan);
+				/* Slot 0: unused. */
+    int (*closeFile)(void *file);
+				/* Slot 1: unused. */
+    CommandChannelProc *createCommandChannel;
+				/* Slot 2: TclpCreateCommandChannel. */
+};
+
+extern char **environ;		/* What 'spawn' gives its program. */
 
 static pthread_mutex_t queueLock = PTHREAD_MUTEX_INITIALIZER;
 static Queue *firstQueuePtr = NULL;	/* Queues of this process. (L) */
@@ -721,11 +751,24 @@ static int watchInThread = 0;		/* 1 where reply sockets are watched
 
 #define ASSOC_KEY	"socketserver"
 #define LISTENER_ENV	"SOCKETSERVER_LISTENER"
-				/* "PORT FD CONN...": 'reexec' kept port's
+				/* "PORT FD list=LIST": 'reexec' kept port's
 				 * listener open as FD, and the connections
-				 * not handed over yet: pending as numbers,
-				 * watched as "sN" (silent) and "pN"
-				 * (parked). */
+				 * not handed over yet, whose numbers are in
+				 * the file open as LIST: PASSED_MAGIC, then
+				 * each connection, pending as "N", watched
+				 * as "sN" (silent) and "pN" (parked).
+				 * Before version 2, the connections followed
+				 * FD in the variable itself. */
+#define PASSED_MAGIC	"socketserver-passed"
+				/* LIST's first line: this, then the version,
+				 * PORT, FD and how many connections, each
+				 * after a space. */
+#define PASSED_VERSION	2	/* The list's version; 1 was the list in
+				 * the variable. */
+#define PASSED_MAX	(16 << 20)
+				/* Longest list read, in bytes: room for far
+				 * more than WATCH_MAX connections and the
+				 * pending ones. */
 #define SPAWN_ENV	"SOCKETSERVER_SPAWN"
 				/* "PID NONCE": a hand-over from process PID
 				 * waits on standard input. */
@@ -831,6 +874,15 @@ static int		OpenListener(Tcl_Interp *interp, const char *myaddr,
 			    int *boundPortPtr, char *boundAddr);
 static int		MakeQueueSockets(int askFds[2], int readyFds[2]);
 static void		AdoptPassed(Queue *queuePtr, int adoptFd);
+static int		AdoptEntries(Queue *queuePtr, const char *entries,
+			    Tcl_HashTable *seenPtr);
+static int		CrossedExecAsQueue(int fd);
+static int		CrossedExec(int fd, struct sockaddr_storage *addrPtr,
+			    socklen_t *lengthPtr);
+static char *		ReadPassedList(int listFd, int port, int listenFd,
+			    int *countPtr);
+static int		ParseDecimal(const char **textPtr, int *valuePtr);
+static int		WritePassedList(Queue *queuePtr, int listenFd);
 static int		AdoptListener(Tcl_Interp *interp, int fd, int port,
 			    int *fdPtr, int *boundPortPtr, char *boundAddr);
 static int		OpenNewListener(Tcl_Interp *interp,
@@ -939,6 +991,8 @@ static int		ServerCmd(Tcl_Interp *interp, int objc,
 static int		KeepAcrossExec(Queue *queuePtr, int keep);
 static int		ReexecCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
+static int		AboveStandard(int *fdPtr);
+static CommandChannelProc * CommandChannelMaker(void);
 static int		SpawnCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
 static void		CatchSignal(int signo);
@@ -6526,6 +6580,7 @@ ServerCmd(
     __atomic_store_n(&trailerPtr->closed, 0, __ATOMIC_SEQ_CST);
     memcpy(queuePtr->myaddr, boundAddr, sizeof(queuePtr->myaddr));
     memcpy(queuePtr->timeoutNs, timeoutNs, sizeof(timeoutNs));
+    queuePtr->passed = queuePtr->ignored = 0;
 
     /*
      * Watched connections may take half the descriptors this process can
@@ -6852,20 +6907,28 @@ OpenNewListener(
  * AdoptPassed --
  *
  *	queueLock held, 'server -fd fd': if 'reexec' passed fd (LISTENER_ENV
- *	names it), takes the connections it passed with it into the pending
- *	list, first in line, in the order they were accepted, or watches
- *	them again; and reads the queues it passed ("qFD": its own and those
- *	of the programs it replaced) as the queues of replaced programs
- *	(oldAskFds), for what their workers release or give back.
+ *	names it with this port), takes the connections it passed with it
+ *	into the pending list, first in line, in the order they were
+ *	accepted, or watches them again; and reads the queues it passed
+ *	("qFD": its own and those of the programs it replaced) as the
+ *	queues of replaced programs (oldAskFds), for what their workers
+ *	release or give back. The numbers come in a file that the variable
+ *	names ("list=N", version 2) or, from a program of version 1, in the
+ *	variable itself. Neither is trusted: an entry is taken only if it
+ *	is a decimal number, not listed before, not the listener's nor the
+ *	list's, and names a socket of the right type (a TCP connection, or
+ *	for a queue a SOCK_SEQPACKET socket) that crossed the exec (not
+ *	close-on-exec); every other is counted in queuePtr->ignored and left
+ *	alone, as is a list that is refused whole (counted once).
  *
  * Results:
  *	None.
  *
  * Side effects:
- *	LISTENER_ENV is removed from the environment. Each descriptor taken
- *	becomes close-on-exec; a connection whose client is gone is closed,
- *	one queue more than OLD_QUEUES too, and a descriptor that is not of
- *	the type named left alone.
+ *	LISTENER_ENV is removed from the environment, the list's file
+ *	closed. Each descriptor taken becomes close-on-exec; each connection
+ *	taken is counted in queuePtr->passed; one whose client is gone is
+ *	closed, one queue more than OLD_QUEUES too.
  *
  *----------------------------------------------------------------------
  */
@@ -6876,75 +6939,427 @@ AdoptPassed(
     int adoptFd)
 {
     const char *value = getenv(LISTENER_ENV);
-    char *end;
-    long port, fd;
-    int type;
-    socklen_t length;
+    Tcl_HashTable seen;
+    char *list;
+    int port, fd, listFd, count, numEntries, isNew;
+
+    if (value == NULL || !ParseDecimal(&value, &port) || *value++ != ' '
+	    || !ParseDecimal(&value, &fd) || port != queuePtr->port
+	    || fd != adoptFd) {
+	/* Not the hand-over of this listener. */
+	return;
+    }
+    Tcl_InitHashTable(&seen, TCL_ONE_WORD_KEYS);
+    Tcl_CreateHashEntry(&seen, (void *) (intptr_t) adoptFd, &isNew);
+    if (strncmp(value, " list=", 6) != 0) {
+	AdoptEntries(queuePtr, value, &seen);
+    } else {
+	value += 6;
+	list = NULL;
+	if (ParseDecimal(&value, &listFd) && *value == '\0'
+		&& listFd != adoptFd) {
+	    list = ReadPassedList(listFd, port, adoptFd, &count);
+	}
+	if (list == NULL) {
+	    queuePtr->ignored++;
+	} else {
+	    Tcl_CreateHashEntry(&seen, (void *) (intptr_t) listFd, &isNew);
+	    numEntries = AdoptEntries(queuePtr, strchr(list, '\n') + 1,
+		    &seen);
+
+	    /* Entries lost or added on the way. */
+	    queuePtr->ignored += abs(count - numEntries);
+	    ckfree(list);
+	}
+    }
+    Tcl_DeleteHashTable(&seen);
+    unsetenv(LISTENER_ENV);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * AdoptEntries --
+ *
+ *	queueLock held: AdoptPassed's work on a list of entries, separated
+ *	by spaces and ended by a newline or the end of the string. seenPtr
+ *	holds the numbers that may not be taken (again).
+ *
+ * Results:
+ *	How many entries there were.
+ *
+ * Side effects:
+ *	As AdoptPassed; every number read is added to seenPtr.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+AdoptEntries(
+    Queue *queuePtr,
+    const char *entries,
+    Tcl_HashTable *seenPtr)
+{
+    const char *p = entries;
     Message message;
+    socklen_t length;
+    int fd, kind, isQueue, isNew, i, numEntries = 0;
 
-    if (value == NULL) {
-	return;
-    }
-    port = strtol(value, &end, 10);
-    fd = strtol(end, &end, 10);
-    if (port != queuePtr->port || fd != adoptFd) {
-	return;
-    }
-    for (;;) {
-	int kind = -1, isQueue = 0, i;
-
-	while (*end == ' ') {
-	    end++;
+    for (;; numEntries++) {
+	while (*p == ' ') {
+	    p++;
 	}
-	if (*end == 's' || *end == 'p') {
-	    kind = (*end == 's') ? WATCH_SILENT : WATCH_PARKED;
-	    end++;
-	} else if (*end == 'q') {
+	if (*p == '\0' || *p == '\n') {
+	    return numEntries;
+	}
+	kind = -1;
+	isQueue = 0;
+	if (*p == 's' || *p == 'p') {
+	    kind = (*p == 's') ? WATCH_SILENT : WATCH_PARKED;
+	    p++;
+	} else if (*p == 'q') {
 	    isQueue = 1;
-	    end++;
+	    p++;
 	}
-	if (!isdigit((unsigned char) *end)) {
-	    break;
-	}
-	fd = strtol(end, &end, 10);
-	memset(&message, 0, sizeof(message));
-	length = sizeof(type);
-	if (fd < 0 || fd > INT_MAX
-		|| getsockopt((int) fd, SOL_SOCKET, SO_TYPE, &type, &length) < 0
-		|| type != (isQueue ? SOCK_SEQPACKET : SOCK_STREAM)) {
+	if (!ParseDecimal(&p, &fd)
+		|| (*p != ' ' && *p != '\n' && *p != '\0')) {
+	    queuePtr->ignored++;
+	    while (*p != ' ' && *p != '\n' && *p != '\0') {
+		p++;
+	    }
 	    continue;
 	}
+	Tcl_CreateHashEntry(seenPtr, (void *) (intptr_t) fd, &isNew);
+	memset(&message, 0, sizeof(message));
 	if (isQueue) {
-	    fcntl((int) fd, F_SETFD, FD_CLOEXEC);
+	    if (!isNew || !CrossedExecAsQueue(fd)) {
+		queuePtr->ignored++;
+		continue;
+	    }
+	    fcntl(fd, F_SETFD, FD_CLOEXEC);
 	    for (i = 0; i < OLD_QUEUES && queuePtr->oldAskFds[i] >= 0; i++) {
 	    }
 	    if (i < OLD_QUEUES) {
-		queuePtr->oldAskFds[i] = (int) fd;
+		queuePtr->oldAskFds[i] = fd;
 	    } else {
 		/* Its workers' releases close their connections. */
-		close((int) fd);
+		close(fd);
 	    }
 	    continue;
 	}
 	length = sizeof(message.addr);
-	if (getpeername((int) fd, (struct sockaddr *) &message.addr,
-		&length) < 0) {
+	switch (isNew ? CrossedExec(fd, &message.addr, &length) : 0) {
+	case 0:
+	    /* Not a connection of ours: someone else's to close. */
+	    queuePtr->ignored++;
+	    continue;
+	case -1:
 	    /* Ours, but its client is gone. */
-	    close((int) fd);
+	    close(fd);
 	    continue;
 	}
-	fcntl((int) fd, F_SETFD, FD_CLOEXEC);
+	fcntl(fd, F_SETFD, FD_CLOEXEC);
+	queuePtr->passed++;
 	message.magic = MESSAGE_MAGIC;
 	message.addrLen = length;
 	if (kind < 0 || (kind == WATCH_SILENT
 		&& queuePtr->timeoutNs[WATCH_SILENT] == 0)) {
 	    /* Pending, or silent where this program hands over at once. */
-	    MakePending(queuePtr, (int) fd, &message);
+	    MakePending(queuePtr, fd, &message);
 	} else {
-	    WatchConnection(queuePtr, (int) fd, &message, (WatchKind) kind);
+	    WatchConnection(queuePtr, fd, &message, (WatchKind) kind);
 	}
     }
-    unsetenv(LISTENER_ENV);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * CrossedExec --
+ *
+ *	Whether fd, a number a hand-over lists, is a TCP connection that
+ *	crossed the exec: open and not close-on-exec ('reexec' cleared the
+ *	flag; whatever this program opened itself has it), a stream socket
+ *	of IPv4 or IPv6 that does not listen.
+ *
+ * Results:
+ *	1 if it is and has a peer, whose address is put in *addrPtr and its
+ *	length in *lengthPtr; -1 if it is but its client is gone; 0 if it
+ *	is not.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+CrossedExec(
+    int fd,
+    struct sockaddr_storage *addrPtr,
+    socklen_t *lengthPtr)
+{
+    struct sockaddr_storage local;
+    socklen_t length = sizeof(int);
+    int flags = fcntl(fd, F_GETFD), type = 0, listening = 1;
+
+    if (flags < 0 || (flags & FD_CLOEXEC)
+	    || getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) < 0
+	    || type != SOCK_STREAM
+	    || (length = sizeof(int), getsockopt(fd, SOL_SOCKET,
+		SO_ACCEPTCONN, &listening, &length)) < 0
+	    || listening
+	    || (length = sizeof(local), getsockname(fd,
+		(struct sockaddr *) &local, &length)) < 0
+	    || (local.ss_family != AF_INET && local.ss_family != AF_INET6)) {
+	return 0;
+    }
+    if (getpeername(fd, (struct sockaddr *) addrPtr, lengthPtr) < 0) {
+	return (errno == ENOTCONN) ? -1 : 0;
+    }
+    return 1;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * CrossedExecAsQueue --
+ *
+ *	Whether descriptor fd, named in LISTENER_ENV's list as a queue, is
+ *	one that crossed the exec (not close-on-exec): a SOCK_SEQPACKET
+ *	socket of the Unix domain.
+ *
+ * Results:
+ *	1 if it is, 0 if it is not.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+CrossedExecAsQueue(
+    int fd)
+{
+    struct sockaddr_storage local;
+    socklen_t length = sizeof(int);
+    int flags = fcntl(fd, F_GETFD), type = 0;
+
+    return !(flags < 0 || (flags & FD_CLOEXEC)
+	    || getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) < 0
+	    || type != SOCK_SEQPACKET
+	    || (length = sizeof(local), getsockname(fd,
+		(struct sockaddr *) &local, &length)) < 0
+	    || local.ss_family != AF_UNIX);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ReadPassedList --
+ *
+ *	Reads the list of connections that 'reexec' wrote for the listener
+ *	listenFd of port (WritePassedList) from listFd, which must be a
+ *	regular file that crossed the exec, of at most PASSED_MAX bytes,
+ *	whose first line is PASSED_MAGIC, PASSED_VERSION, port, listenFd and
+ *	the number of entries.
+ *
+ * Results:
+ *	The list, ckalloc()ed and NUL-terminated, its first line included,
+ *	with the number of entries in *countPtr; or NULL if it is not such
+ *	a list.
+ *
+ * Side effects:
+ *	listFd is closed if it is a regular file that crossed the exec.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static char *
+ReadPassedList(
+    int listFd,
+    int port,
+    int listenFd,
+    int *countPtr)
+{
+    const char *p;
+    struct stat info;
+    char *list;
+    ssize_t got;
+    size_t size = 0;
+    int flags = fcntl(listFd, F_GETFD), version, listedPort, listedFd;
+
+    if (flags < 0 || (flags & FD_CLOEXEC) || fstat(listFd, &info) < 0
+	    || !S_ISREG(info.st_mode)) {
+	return NULL;
+    }
+    if (info.st_size > PASSED_MAX) {
+	close(listFd);
+	return NULL;
+    }
+    list = ckalloc((size_t) info.st_size + 1);
+    while (size < (size_t) info.st_size) {
+	got = pread(listFd, list + size, (size_t) info.st_size - size,
+		(off_t) size);
+	if (got < 0 && errno == EINTR) {
+	    continue;
+	}
+	if (got <= 0) {
+	    break;
+	}
+	size += (size_t) got;
+    }
+    close(listFd);
+    list[size] = '\0';
+    p = list;
+    if (strncmp(p, PASSED_MAGIC " ", sizeof(PASSED_MAGIC)) != 0
+	    || (p += sizeof(PASSED_MAGIC), !ParseDecimal(&p, &version))
+	    || version != PASSED_VERSION || *p++ != ' '
+	    || !ParseDecimal(&p, &listedPort) || listedPort != port
+	    || *p++ != ' ' || !ParseDecimal(&p, &listedFd)
+	    || listedFd != listenFd || *p++ != ' '
+	    || !ParseDecimal(&p, countPtr) || *p != '\n') {
+	ckfree(list);
+	return NULL;
+    }
+    return list;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ParseDecimal --
+ *
+ *	Reads a decimal number from 0 to INT_MAX at *textPtr: digits only,
+ *	no sign, space or leading zero (but for 0 itself).
+ *
+ * Results:
+ *	1 with the number in *valuePtr and *textPtr past it, or 0 with both
+ *	unchanged.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+ParseDecimal(
+    const char **textPtr,
+    int *valuePtr)
+{
+    const char *p = *textPtr;
+    long long value = 0;
+
+    if (!isdigit((unsigned char) p[0])
+	    || (p[0] == '0' && isdigit((unsigned char) p[1]))) {
+	return 0;
+    }
+    while (isdigit((unsigned char) *p)) {
+	value = value * 10 + (*p++ - '0');
+	if (value > INT_MAX) {
+	    return 0;
+	}
+    }
+    *valuePtr = (int) value;
+    *textPtr = p;
+    return 1;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * WritePassedList --
+ *
+ *	queueLock held, 'reexec': writes the numbers of the connections not
+ *	handed over yet, pending and watched, to a new anonymous file, as
+ *	ReadPassedList reads them. One environment string would hold at
+ *	most 128 KiB on Linux (MAX_ARG_STRLEN): some 18,000 connections, and
+ *	an exec with more failed (E2BIG).
+ *
+ * Results:
+ *	The file's descriptor, close-on-exec; or -1 with errno set and
+ *	nothing left open.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+WritePassedList(
+    Queue *queuePtr,
+    int listenFd)
+{
+    Tcl_Obj *listObj;
+    const char *bytes;
+    Tcl_Size length, done = 0;
+    ssize_t written;
+    int fd, i, kind, index, numQueues, error = 0;
+
+#ifdef SS_LINUX
+    fd = memfd_create("socketserver-passed", MFD_CLOEXEC);
+#else
+    char path[] = "/tmp/socketserver-passedXXXXXX";
+
+    fd = mkstemp(path);
+    if (fd >= 0) {
+	unlink(path);
+	fcntl(fd, F_SETFD, FD_CLOEXEC);
+    }
+#endif
+    if (fd < 0) {
+	return -1;
+    }
+    numQueues = (queuePtr->askFds[0] >= 0);
+    for (i = 0; i < OLD_QUEUES; i++) {
+	numQueues += (queuePtr->oldAskFds[i] >= 0);
+    }
+    listObj = Tcl_ObjPrintf(PASSED_MAGIC " %d %d %d %d\n", PASSED_VERSION,
+	    queuePtr->port, listenFd, queuePtr->numPending
+	    + queuePtr->numWatched[WATCH_SILENT]
+	    + queuePtr->numWatched[WATCH_PARKED] + numQueues);
+    Tcl_IncrRefCount(listObj);
+    for (i = 0; i < queuePtr->numPending; i++) {
+	Tcl_AppendPrintfToObj(listObj, "%d ", queuePtr->pending[i].fd);
+    }
+    for (kind = 0; kind < WATCH_KINDS; kind++) {
+	for (index = queuePtr->firstWatched[kind]; index >= 0;
+		index = queuePtr->watched[index].next) {
+	    Tcl_AppendPrintfToObj(listObj, "%c%d ",
+		    (kind == WATCH_SILENT) ? 's' : 'p',
+		    queuePtr->watched[index].fd);
+	}
+    }
+    for (i = -1; i < OLD_QUEUES; i++) {
+	int queueFd = (i < 0) ? queuePtr->askFds[0] : queuePtr->oldAskFds[i];
+
+	if (queueFd >= 0) {
+	    Tcl_AppendPrintfToObj(listObj, "q%d ", queueFd);
+	}
+    }
+    Tcl_AppendToObj(listObj, "\n", 1);
+    bytes = Tcl_GetStringFromObj(listObj, &length);
+    while (done < length) {
+	written = write(fd, bytes + done, (size_t) (length - done));
+	if (written < 0 && errno == EINTR) {
+	    continue;
+	}
+	if (written < 0) {
+	    error = errno;
+	    break;
+	}
+	done += written;
+    }
+    Tcl_DecrRefCount(listObj);
+    if (error != 0) {
+	close(fd);
+	errno = error;
+	return -1;
+    }
+    return fd;
 }
 
 /*
@@ -7327,21 +7742,22 @@ KeepAcrossExec(
  *	children and service manager's view) without closing port's
  *	listener: connections that come meanwhile wait in its backlog until
  *	the new program adopts it ('server -fd'), which LISTENER_ENV tells
- *	it as "PORT FD CONNECTION ... qQUEUE ...". The accept thread is
- *	stopped first; every connection it had accepted that no worker took
- *	yet (from the ready queue too) crosses the exec with the listener,
- *	and goes first in the new program. So does the queue's reading end
- *	(and those of the programs this one replaced, whose workers may
- *	still be there): the workers of now finish what they have, and
- *	what they release or give back after (or were sending at) the exec
- *	is the new program's to serve (ReadQueue); their next ask finds the
- *	serving process gone, and they leave. Signals with scripts are
- *	blocked across the exec, until the new program sets its own. Every
- *	other descriptor of the extension is close-on-exec.
+ *	it as "PORT FD list=LIST". The accept thread is stopped first;
+ *	every connection it had accepted that no worker took yet (from the
+ *	ready queue too) crosses the exec with the listener, its number in
+ *	the file open as LIST (WritePassedList), and goes first in the new
+ *	program. So does the queue's reading end (and those of the programs
+ *	this one replaced, whose workers may still be there), listed as
+ *	"qFD": the workers of now finish what they have, and what they
+ *	release or give back after (or were sending at) the exec is the new
+ *	program's to serve (ReadQueue); their next ask finds the serving
+ *	process gone, and they leave. Signals with scripts are blocked
+ *	across the exec, until the new program sets its own. Every other
+ *	descriptor of the extension is close-on-exec.
  *
  * Results:
- *	Does not return on success. TCL_ERROR, POSIX, if the exec failed:
- *	the process serves on as before.
+ *	Does not return on success. TCL_ERROR, POSIX, if the list could not
+ *	be written or the exec failed: the process serves on as before.
  *
  * Side effects:
  *	See above.
@@ -7357,9 +7773,9 @@ ReexecCmd(
 {
     Queue *queuePtr;
     const char **argv;
-    Tcl_Obj *valueObj;
+    char value[3 * TCL_INTEGER_SPACE + 8];
     sigset_t scripted, oldMask;
-    int port, listenFd, i, error, kind, index;
+    int port, listenFd, listFd, i, error;
 
     if (objc < 4) {
 	Tcl_WrongNumArgs(interp, 2, objv, "port command ?arg ...?");
@@ -7391,28 +7807,10 @@ ReexecCmd(
      * LISTENING).
      */
 
-    valueObj = Tcl_ObjPrintf("%d %d", port, listenFd);
-    Tcl_IncrRefCount(valueObj);
     pthread_mutex_lock(&queueLock);
     DrainReady(queuePtr);
-    for (i = 0; i < queuePtr->numPending; i++) {
-	Tcl_AppendPrintfToObj(valueObj, " %d", queuePtr->pending[i].fd);
-    }
-    for (kind = 0; kind < WATCH_KINDS; kind++) {
-	for (index = queuePtr->firstWatched[kind]; index >= 0;
-		index = queuePtr->watched[index].next) {
-	    Tcl_AppendPrintfToObj(valueObj, " %c%d",
-		    (kind == WATCH_SILENT) ? 's' : 'p',
-		    queuePtr->watched[index].fd);
-	}
-    }
-    for (i = -1; i < OLD_QUEUES; i++) {
-	int fd = (i < 0) ? queuePtr->askFds[0] : queuePtr->oldAskFds[i];
-
-	if (fd >= 0) {
-	    Tcl_AppendPrintfToObj(valueObj, " q%d", fd);
-	}
-    }
+    listFd = WritePassedList(queuePtr, listenFd);
+    error = (listFd < 0) ? errno : 0;
     queuePtr->state = LISTENING;
     pthread_mutex_unlock(&queueLock);
 
@@ -7421,9 +7819,8 @@ ReexecCmd(
 	argv[i - 3] = Tcl_GetString(objv[i]);
     }
     argv[objc - 3] = NULL;
-    Tcl_SetVar2(interp, "env", LISTENER_ENV, Tcl_GetString(valueObj),
-	    TCL_GLOBAL_ONLY);
-    Tcl_DecrRefCount(valueObj);
+    snprintf(value, sizeof(value), "%d %d list=%d", port, listenFd, listFd);
+    Tcl_SetVar2(interp, "env", LISTENER_ENV, value, TCL_GLOBAL_ONLY);
 
     /*
      * A signal this process has a script for would take its default
@@ -7440,14 +7837,18 @@ ReexecCmd(
     }
     pthread_mutex_unlock(&signalLock);
     pthread_sigmask(SIG_BLOCK, &scripted, &oldMask);
-    pthread_mutex_lock(&queueLock);
-    error = KeepAcrossExec(queuePtr, 1);
-    pthread_mutex_unlock(&queueLock);
-    if (error == 0 && fcntl(listenFd, F_SETFD, 0) == 0) {
-	execvp(argv[0], (char *const *) argv);
-    }
     if (error == 0) {
-	error = errno;
+	pthread_mutex_lock(&queueLock);
+	error = KeepAcrossExec(queuePtr, 1);
+	pthread_mutex_unlock(&queueLock);
+	if (error == 0 && fcntl(listenFd, F_SETFD, 0) == 0
+		&& fcntl(listFd, F_SETFD, 0) == 0) {
+	    execvp(argv[0], (char *const *) argv);
+	}
+	if (error == 0) {
+	    error = errno;
+	}
+	close(listFd);
     }
     pthread_sigmask(SIG_SETMASK, &oldMask, NULL);
     fcntl(listenFd, F_SETFD, FD_CLOEXEC);
@@ -7558,6 +7959,8 @@ InfoCmd(
     PUT("parked", Tcl_NewIntObj(queuePtr->numWatched[WATCH_PARKED]));
     PUT("closed", Tcl_NewLongObj(queuePtr->closed));
     PUT("watchlimit", Tcl_NewIntObj(queuePtr->watchLimit));
+    PUT("passed", Tcl_NewIntObj(queuePtr->passed));
+    PUT("ignored", Tcl_NewIntObj(queuePtr->ignored));
     errno = queuePtr->lastErrno;
     PUT("lasterror", Tcl_NewStringObj(errno ? Tcl_ErrnoId() : "", -1));
     pthread_mutex_unlock(&queueLock);
@@ -7689,25 +8092,31 @@ BoardObj(
  *	$cmd spawn ?-parentdeath signal? command ?arg ...?
  *	Starts command as a new program (no shell; PATH searched as 'exec'
  *	does) that adopts the queues of every port this process knows when
- *	it loads the package. With -parentdeath, the program gets signal if
+ *	it loads the package. Every word reaches the program as one argument,
+ *	whatever it looks like: none is read as 'exec' reads "<", ">", "2>",
+ *	"|" or "&" (posix_spawnp(), not Tcl_OpenCommandChannel, which has
+ *	no quoting for them). With -parentdeath, the program gets signal if
  *	this process dies (Linux: PR_SET_PDEATHSIG, set when it adopts the
- *	queues, so even while it loads its code; elsewhere ignored). The hand-over travels on a fresh SOCK_SEQPACKET
- *	socketpair: every message is queued on it before the program
- *	exists, the sending end is closed, and the program gets the
- *	receiving end as its standard input (the pipeline's "<@"
- *	redirection dup2()s it there); SPAWN_ENV tells it that a hand-over
- *	waits and with which token. Every descriptor stays close-on-exec
- *	throughout, so a program another thread starts meanwhile inherits
- *	none; descriptors in flight are in no process's table.
+ *	queues, so even while it loads its code; elsewhere ignored). The
+ *	hand-over travels on a fresh SOCK_SEQPACKET socketpair: every message
+ *	is queued on it before the program exists, the sending end is
+ *	closed, and the program gets the receiving end as its standard
+ *	input; SPAWN_ENV, in the environment given to the program only,
+ *	tells it that a hand-over waits and with which token. Every
+ *	descriptor stays close-on-exec throughout, so a program another
+ *	thread starts meanwhile inherits none; descriptors in flight are in
+ *	no process's table. The program starts with every signal at its
+ *	default action and none blocked.
  *
  * Results:
  *	TCL_OK with a readable channel carrying the program's standard
- *	output and error, as from 'open |command 2>@1' ('pid' gives its
- *	process id, 'close' its exit status); or TCL_ERROR, with no process
- *	left behind.
+ *	output and error: Tcl's own command channel, as from 'open |command
+ *	2>@1' ('pid' gives its process id, a blocking 'close' its exit
+ *	status, a non-blocking one leaves it to Tcl to collect); or
+ *	TCL_ERROR, POSIX, with no process left behind.
  *
  * Side effects:
- *	SPAWN_ENV is set in the environment while the program starts.
+ *	None but the program.
  *
  *----------------------------------------------------------------------
  */
@@ -7718,13 +8127,20 @@ SpawnCmd(
     int objc,
     Tcl_Obj *const objv[])
 {
-    Tcl_Channel handOverChan, chan;
+    Tcl_Channel chan;
+    Tcl_DString *words;
+    Tcl_Pid *pidPtr;
     Queue *queuePtr;
     Message message;
-    const char **argv;
-    char token[3 * TCL_INTEGER_SPACE + 3];
+    posix_spawn_file_actions_t actions;
+    posix_spawnattr_t attributes;
+    sigset_t none, all;
+    pid_t pid;
+    char **argv, **envp;
+    char token[sizeof(SPAWN_ENV) + 3 * TCL_INTEGER_SPACE + 3];
     uint64_t nonce;
-    int pair[2], argc, i, error = 0, deathSignal = 0;
+    int pair[2], output[2], argc, numEnv, i, j, error = 0;
+    int deathSignal = 0;
 
     if (objc >= 3 && strcmp(Tcl_GetString(objv[2]), "-parentdeath") == 0) {
 	if (objc < 5) {
@@ -7740,6 +8156,13 @@ SpawnCmd(
     }
     if (objc < 3) {
 	Tcl_WrongNumArgs(interp, 2, objv, "?-parentdeath signal? command ?arg ...?");
+	return TCL_ERROR;
+    }
+    if (CommandChannelMaker() == NULL) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't spawn \"%s\": this Tcl has no command channel to "
+		"give (TclpCreateCommandChannel)", Tcl_GetString(objv[2])));
+	Tcl_SetErrorCode(interp, "SOCKETSERVER", "SPAWN", NULL);
 	return TCL_ERROR;
     }
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
@@ -7789,39 +8212,195 @@ SpawnCmd(
 	return TCL_ERROR;
     }
 
-    handOverChan = Tcl_MakeFileChannel((ClientData) (intptr_t) pair[1],
-	    TCL_READABLE);
-    Tcl_RegisterChannel(interp, handOverChan);
-    argc = objc - 2 + 3;
-    argv = (const char **) ckalloc((argc + 1) * sizeof(char *));
-    for (i = 2; i < objc; i++) {
-	argv[i - 2] = Tcl_GetString(objv[i]);
-    }
-    argv[objc - 2] = "<@";
-    argv[objc - 1] = Tcl_GetChannelName(handOverChan);
-    argv[objc] = "2>@1";
-    argv[argc] = NULL;
-
-    snprintf(token, sizeof(token), "%ld %llu %d", (long) getpid(),
-	    (unsigned long long) nonce, deathSignal);
-    Tcl_SetVar2(interp, "env", SPAWN_ENV, token, TCL_GLOBAL_ONLY);
-    chan = Tcl_OpenCommandChannel(interp, argc, argv, TCL_STDOUT);
-    Tcl_UnsetVar2(interp, "env", SPAWN_ENV, TCL_GLOBAL_ONLY);
-    ckfree((char *) argv);
-
     /*
-     * The program has its copy; ours goes, and with it the queued hand-
-     * over if the program could not be started.
+     * The program's output. The ends it gets are moved above 2 if this
+     * process had closed a standard descriptor: the dup2() of one onto
+     * 0, 1 or 2 must not overwrite another.
      */
 
-    Tcl_DetachChannel(interp, handOverChan);
-    Tcl_Close(NULL, handOverChan);
-    if (chan == NULL) {
+    output[0] = output[1] = -1;
+    if (pipe2(output, O_CLOEXEC) < 0 || AboveStandard(&pair[1]) < 0
+	    || AboveStandard(&output[1]) < 0) {
+	error = errno;
+	close(pair[1]);
+	for (i = 0; i < 2; i++) {
+	    if (output[i] >= 0) {
+		close(output[i]);
+	    }
+	}
+	errno = error;
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't spawn \"%s\": %s", Tcl_GetString(objv[2]),
+		Tcl_PosixError(interp)));
 	return TCL_ERROR;
     }
+
+    /*
+     * The words in the system's encoding, as 'exec' gives them; the
+     * environment is this process's, with SPAWN_ENV (replacing one it may
+     * have inherited).
+     */
+
+    argc = objc - 2;
+    words = (Tcl_DString *) ckalloc(argc * sizeof(Tcl_DString));
+    argv = (char **) ckalloc((argc + 1) * sizeof(char *));
+    for (i = 0; i < argc; i++) {
+	argv[i] = Tcl_UtfToExternalDString(NULL, Tcl_GetString(objv[i + 2]),
+		-1, &words[i]);
+    }
+    argv[argc] = NULL;
+    for (numEnv = 0; environ[numEnv] != NULL; numEnv++) {
+	/* Counting. */
+    }
+    envp = (char **) ckalloc((numEnv + 2) * sizeof(char *));
+    for (i = j = 0; i < numEnv; i++) {
+	if (strncmp(environ[i], SPAWN_ENV "=", sizeof(SPAWN_ENV)) != 0) {
+	    envp[j++] = environ[i];
+	}
+    }
+    snprintf(token, sizeof(token), SPAWN_ENV "=%ld %llu %d", (long) getpid(),
+	    (unsigned long long) nonce, deathSignal);
+    envp[j++] = token;
+    envp[j] = NULL;
+
+    /*
+     * Every signal's action back to the default, those that this process
+     * ignores too (PIPE under Tcl). Not with sigfillset(): glibc leaves
+     * out of it the two signals it keeps for itself, which its
+     * posix_spawn() then leaves ignored in the program. KILL and STOP
+     * have no action to set (FreeBSD's posix_spawn() fails on them).
+     */
+
+    sigemptyset(&none);
+    memset(&all, 0xff, sizeof(all));
+    sigdelset(&all, SIGKILL);
+    sigdelset(&all, SIGSTOP);
+    error = posix_spawn_file_actions_init(&actions);
+    if (error == 0) {
+	error = posix_spawnattr_init(&attributes);
+	if (error == 0) {
+	    if ((error = posix_spawn_file_actions_adddup2(&actions, pair[1],
+		    0)) == 0
+		    && (error = posix_spawn_file_actions_adddup2(&actions,
+			    output[1], 1)) == 0
+		    && (error = posix_spawn_file_actions_adddup2(&actions,
+			    output[1], 2)) == 0
+		    && (error = posix_spawnattr_setsigmask(&attributes,
+			    &none)) == 0
+		    && (error = posix_spawnattr_setsigdefault(&attributes,
+			    &all)) == 0
+		    && (error = posix_spawnattr_setflags(&attributes,
+			    POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+			    == 0) {
+		error = posix_spawnp(&pid, argv[0], &actions, &attributes,
+			argv, envp);
+	    }
+	    posix_spawnattr_destroy(&attributes);
+	}
+	posix_spawn_file_actions_destroy(&actions);
+    }
+    for (i = 0; i < argc; i++) {
+	Tcl_DStringFree(&words[i]);
+    }
+    ckfree((char *) words);
+    ckfree((char *) argv);
+    ckfree((char *) envp);
+
+    /*
+     * The program has its copies; ours go, and with them the queued
+     * hand-over if the program could not be started.
+     */
+
+    close(pair[1]);
+    close(output[1]);
+    if (error != 0) {
+	close(output[0]);
+	errno = error;
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't execute \"%s\": %s", Tcl_GetString(objv[2]),
+		Tcl_PosixError(interp)));
+	return TCL_ERROR;
+    }
+
+    /*
+     * Tcl's command channel owns the pid (ckalloc()ed, freed with the
+     * channel) and takes the descriptor as Tcl's TclFile: its number + 1.
+     */
+
+    pidPtr = (Tcl_Pid *) ckalloc(sizeof(Tcl_Pid));
+    pidPtr[0] = (Tcl_Pid) (intptr_t) pid;
+    chan = CommandChannelMaker()((void *) (intptr_t) (output[0] + 1), NULL,
+	    NULL, 1, pidPtr);
     Tcl_RegisterChannel(interp, chan);
     Tcl_SetObjResult(interp, Tcl_NewStringObj(Tcl_GetChannelName(chan), -1));
     return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * AboveStandard --
+ *
+ *	Moves *fdPtr, if it is 0, 1 or 2 (this process closed a standard
+ *	descriptor), to a new close-on-exec number above 2.
+ *
+ * Results:
+ *	0, or -1 with errno set and *fdPtr unchanged.
+ *
+ * Side effects:
+ *	The old number is closed.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+AboveStandard(
+    int *fdPtr)
+{
+    int fd;
+
+    if (*fdPtr > 2) {
+	return 0;
+    }
+    if ((fd = fcntl(*fdPtr, F_DUPFD_CLOEXEC, 3)) < 0) {
+	return -1;
+    }
+    close(*fdPtr);
+    *fdPtr = fd;
+    return 0;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * CommandChannelMaker --
+ *
+ *	Tcl's own command channel (type "pipe", the one 'pid' and 'close'
+ *	know) is made public only by Tcl_OpenCommandChannel, which reads its
+ *	words as a pipeline. TclpCreateCommandChannel makes one for a
+ *	process already started: it is slot 2 of Tcl's internal platform
+ *	stubs on Unix and macOS, in Tcl 8.6 and 9 alike (TclIntPlatStubs
+ *	below declares no more of the table than that).
+ *
+ * Results:
+ *	TclpCreateCommandChannel, or NULL if this Tcl has no such table.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static CommandChannelProc *
+CommandChannelMaker(void)
+{
+    const struct TclIntPlatStubs *stubsPtr = (tclStubsPtr->hooks == NULL)
+	    ? NULL : tclStubsPtr->hooks->tclIntPlatStubs;
+
+    if (stubsPtr == NULL || stubsPtr->magic != TCL_STUB_MAGIC) {
+	return NULL;
+    }
+    return stubsPtr->createCommandChannel;
 }
 
 /*
