@@ -70,7 +70,6 @@ typedef int Tcl_Size;
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -992,6 +991,8 @@ static int		KeepAcrossExec(Queue *queuePtr, int keep);
 static int		ReexecCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
 static int		AboveStandard(int *fdPtr);
+static int		StartProgram(char **argv, char **envp, int in,
+			    int out, pid_t *pidPtr, int *failedExecPtr);
 static CommandChannelProc * CommandChannelMaker(void);
 static int		SpawnCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
@@ -8094,8 +8095,8 @@ BoardObj(
  *	does) that adopts the queues of every port this process knows when
  *	it loads the package. Every word reaches the program as one argument,
  *	whatever it looks like: none is read as 'exec' reads "<", ">", "2>",
- *	"|" or "&" (posix_spawnp(), not Tcl_OpenCommandChannel, which has
- *	no quoting for them). With -parentdeath, the program gets signal if
+ *	"|" or "&" (StartProgram, not Tcl_OpenCommandChannel, which has no
+ *	quoting for them). With -parentdeath, the program gets signal if
  *	this process dies (Linux: PR_SET_PDEATHSIG, set when it adopts the
  *	queues, so even while it loads its code; elsewhere ignored). The
  *	hand-over travels on a fresh SOCK_SEQPACKET socketpair: every message
@@ -8132,15 +8133,12 @@ SpawnCmd(
     Tcl_Pid *pidPtr;
     Queue *queuePtr;
     Message message;
-    posix_spawn_file_actions_t actions;
-    posix_spawnattr_t attributes;
-    sigset_t none, all;
-    pid_t pid;
+    pid_t pid = 0;
     char **argv, **envp;
     char token[sizeof(SPAWN_ENV) + 3 * TCL_INTEGER_SPACE + 3];
     uint64_t nonce;
     int pair[2], output[2], argc, numEnv, i, j, error = 0;
-    int deathSignal = 0;
+    int deathSignal = 0, failedExec;
 
     if (objc >= 3 && strcmp(Tcl_GetString(objv[2]), "-parentdeath") == 0) {
 	if (objc < 5) {
@@ -8263,42 +8261,7 @@ SpawnCmd(
     envp[j++] = token;
     envp[j] = NULL;
 
-    /*
-     * Every signal's action back to the default, those that this process
-     * ignores too (PIPE under Tcl). Not with sigfillset(): glibc leaves
-     * out of it the two signals it keeps for itself, which its
-     * posix_spawn() then leaves ignored in the program. KILL and STOP
-     * have no action to set (FreeBSD's posix_spawn() fails on them).
-     */
-
-    sigemptyset(&none);
-    memset(&all, 0xff, sizeof(all));
-    sigdelset(&all, SIGKILL);
-    sigdelset(&all, SIGSTOP);
-    error = posix_spawn_file_actions_init(&actions);
-    if (error == 0) {
-	error = posix_spawnattr_init(&attributes);
-	if (error == 0) {
-	    if ((error = posix_spawn_file_actions_adddup2(&actions, pair[1],
-		    0)) == 0
-		    && (error = posix_spawn_file_actions_adddup2(&actions,
-			    output[1], 1)) == 0
-		    && (error = posix_spawn_file_actions_adddup2(&actions,
-			    output[1], 2)) == 0
-		    && (error = posix_spawnattr_setsigmask(&attributes,
-			    &none)) == 0
-		    && (error = posix_spawnattr_setsigdefault(&attributes,
-			    &all)) == 0
-		    && (error = posix_spawnattr_setflags(&attributes,
-			    POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-			    == 0) {
-		error = posix_spawnp(&pid, argv[0], &actions, &attributes,
-			argv, envp);
-	    }
-	    posix_spawnattr_destroy(&attributes);
-	}
-	posix_spawn_file_actions_destroy(&actions);
-    }
+    error = StartProgram(argv, envp, pair[1], output[1], &pid, &failedExec);
     for (i = 0; i < argc; i++) {
 	Tcl_DStringFree(&words[i]);
     }
@@ -8316,8 +8279,8 @@ SpawnCmd(
     if (error != 0) {
 	close(output[0]);
 	errno = error;
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		"couldn't execute \"%s\": %s", Tcl_GetString(objv[2]),
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf("couldn't %s \"%s\": %s",
+		failedExec ? "execute" : "spawn", Tcl_GetString(objv[2]),
 		Tcl_PosixError(interp)));
 	return TCL_ERROR;
     }
@@ -8367,6 +8330,102 @@ AboveStandard(
     }
     close(*fdPtr);
     *fdPtr = fd;
+    return 0;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * StartProgram --
+ *
+ *	Forks; the child runs argv (PATH searched, as execvp() does) with
+ *	the environment envp, standard input in and standard output and
+ *	error out (both above 2), every signal at its default action, those
+ *	this process ignores too (PIPE under Tcl), and none blocked. A
+ *	failed exec is reported on a close-on-exec pipe, so that the caller
+ *	gets its errno, as Tcl's own exec does: posix_spawn() need not
+ *	report it (it does not under valgrind, nor on some systems).
+ *
+ * Results:
+ *	0 with the child's pid in *pidPtr; else an errno value, and
+ *	*failedExecPtr 1 if the exec failed (the child is collected) or 0
+ *	if no child was made.
+ *
+ * Side effects:
+ *	The child. The fork handlers (AtForkChild) run in it.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+StartProgram(
+    char **argv,
+    char **envp,
+    int in,
+    int out,
+    pid_t *pidPtr,
+    int *failedExecPtr)
+{
+    struct sigaction action;
+    sigset_t none;
+    ssize_t got;
+    pid_t pid;
+    int report[2], error, signo;
+
+    *failedExecPtr = 0;
+    if (pipe2(report, O_CLOEXEC) < 0) {
+	return errno;
+    }
+    if (AboveStandard(&report[1]) < 0) {
+	error = errno;
+	close(report[0]);
+	close(report[1]);
+	return error;
+    }
+    pid = fork();
+    if (pid == 0) {
+	/*
+	 * The child: only async-signal-safe calls until the exec. KILL,
+	 * STOP and the C library's own signals refuse an action: no matter.
+	 */
+
+	memset(&action, 0, sizeof(action));
+	action.sa_handler = SIG_DFL;
+	for (signo = 1; signo < NSIG; signo++) {
+	    sigaction(signo, &action, NULL);
+	}
+	sigemptyset(&none);
+	if (dup2(in, 0) >= 0 && dup2(out, 1) >= 0 && dup2(out, 2) >= 0
+		&& sigprocmask(SIG_SETMASK, &none, NULL) == 0) {
+	    environ = envp;
+	    execvp(argv[0], argv);
+	}
+	error = errno;
+	while (write(report[1], &error, sizeof(error)) < 0 && errno == EINTR) {
+	    /* Again. */
+	}
+	_exit(127);
+    }
+    error = errno;
+    close(report[1]);
+    if (pid < 0) {
+	close(report[0]);
+	return error;
+    }
+
+    /* End of file once the exec closed the child's end. */
+    do {
+	got = read(report[0], &error, sizeof(error));
+    } while (got < 0 && errno == EINTR);
+    close(report[0]);
+    if (got == (ssize_t) sizeof(error)) {
+	while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+	    /* Again. */
+	}
+	*failedExecPtr = 1;
+	return error;
+    }
+    *pidPtr = pid;
     return 0;
 }
 

@@ -112,7 +112,8 @@ set ::passChans {}
 #	the sh code case rewrites (passwrap.sh). Returns the new program's
 #	info line {watching queued passed ignored} and ready line, and if
 #	serve is 1, what each client got for a line, and the new program's
-#	last line and end.
+#	last line and end. Waits up to a minute for each (three programs
+#	start one after the other: slow under valgrind).
 proc passOn {case {serve 1}} {
     set ::env(CASE) $case
     set ::env(TCLSH) [interpreter]
@@ -121,21 +122,21 @@ proc passOn {case {serve 1}} {
 	$::passWrap 2>@1] r]
     unset ::env(CASE) ::env(TCLSH) ::env(ADOPT)
     set chan [lindex $::passChans end]
-    regexp {^line \{port (\d+)\}$} [readLine $chan] -> port
+    regexp {^line \{port (\d+)\}$} [readLine $chan 60000] -> port
     set clients [lmap n {1 2 3} {connect $port}]
     lappend ::passChans {*}$clients
-    set info [lrange [lindex [readLine $chan] 1] 1 end]
-    readLine $chan
-    set ready [readLine $chan]
+    set info [lrange [lindex [readLine $chan 60000] 1] 1 end]
+    readLine $chan 60000
+    set ready [readLine $chan 60000]
     if {!$serve} {
 	return [list $info $ready]
     }
     set n 0
     set replies [lmap client $clients {
 	puts $client "hello [incr n]"
-	readLine $client
+	readLine $client 60000
     }]
-    list $info $ready $replies [readLine $chan] [readLine $chan]
+    list $info $ready $replies [readLine $chan 60000] [readLine $chan 60000]
 }
 
 # passMany n ?prefix? --
@@ -148,18 +149,19 @@ proc passMany {n {prefix {}}} {
     lappend ::passChans [open |[list {*}$prefix [interpreter] $::passServe \
 	$n [interpreter] $::passAdopt 2>@1] r]
     set chan [lindex $::passChans end]
-    regexp {^line \{port (\d+)\}$} [readLine $chan] -> port
+    regexp {^line \{port (\d+)\}$} [readLine $chan 60000] -> port
     lappend ::passChans [open |[list {*}$prefix [interpreter] $::passHold \
 	$port $n 2>@1] r+]
     set hold [lindex $::passChans end]
     set held [readLine $hold 300000]
     set info [lrange [lindex [readLine $chan 300000] 1] 1 end]
-    set var [lrange [lindex [readLine $chan] 1] 1 end]
-    set ready [readLine $chan]
+    set var [lrange [lindex [readLine $chan 60000] 1] 1 end]
+    set ready [readLine $chan 60000]
     puts $hold [list 0 [expr {$n / 2}] [expr {$n - 1}]]
     flush $hold
     set replies [lindex [readLine $hold 60000] 1]
-    list $held $info $var $ready $replies [readLine $chan 300000] [readLine $chan]
+    list $held $info $var $ready $replies [readLine $chan 300000] \
+	[readLine $chan 60000]
 }
 
 # passCleanup --
