@@ -221,6 +221,11 @@ typedef struct Watched {
     uint64_t deadline;		/* CLOCK_MONOTONIC, ns: closed then if still
 				 * silent. */
     Message message;		/* Its KIND_CONNECTION message. */
+    int lookLater;		/* 1 once it was readable but not ready (a
+				 * part of a request): the portable build's
+				 * wait (WaitIdle) then leaves it out, as
+				 * poll() would wake for it at once again,
+				 * and it is looked at every WATCH_POLL_MS. */
 } Watched;
 
 /*
@@ -627,7 +632,8 @@ static int watchInThread = 0;		/* 1 where reply sockets are watched
 #define WATCH_BATCH	64	/* Watched connections' events read at
 				 * once. */
 #define WATCH_POLL_MS	10	/* Without epoll: how often the watched
-				 * connections are polled. */
+				 * connections are looked at all the same
+				 * (a part of a request only then). */
 #define PEEK_MAX	8192	/* With -readyafter, bytes Readiness looks
 				 * at: a request head that fills them is as
 				 * good as whole. */
@@ -1417,27 +1423,31 @@ WaitIdle(
 #else
     struct pollfd few[3], *fds = few;
     uint64_t *askers = NULL;
-    int i, n, index, timeoutMs, stop;
+    int i, n, m, index, kind, timeoutMs, stop;
 
     /*
      * The reply sockets too, for hang-ups only (no events asked: POLLHUP
-     * and POLLERR always come), as the epoll instance holds them on Linux;
-     * without the memory for that, not this time.
+     * and POLLERR always come), and the watched connections, to be woken
+     * as one becomes readable, as the epoll instance holds them on Linux;
+     * without the memory for that, not this time (the watched connections
+     * are looked at every WATCH_POLL_MS all the same).
      */
 
     *listenReadyPtr = *askReadyPtr = 0;
     pthread_mutex_lock(&queueLock);
     timeoutMs = WatchWaitMs(queuePtr);
     n = queuePtr->numReplySockets;
-    if (n > 0) {
-	fds = malloc((3 + n) * sizeof(struct pollfd));
-	askers = malloc(n * sizeof(uint64_t));
+    m = queuePtr->numWatched[WATCH_SILENT]
+	    + queuePtr->numWatched[WATCH_PARKED];
+    if (n + m > 0) {
+	fds = malloc((3 + n + m) * sizeof(struct pollfd));
+	askers = malloc((n + 1) * sizeof(uint64_t));	/* Never malloc(0). */
 	if (fds == NULL || askers == NULL) {
 	    free(fds);
 	    free(askers);
 	    fds = few;
 	    askers = NULL;
-	    n = 0;
+	    n = m = 0;
 	}
     }
     for (i = 0; i < n; i++) {
@@ -1445,6 +1455,18 @@ WaitIdle(
 	fds[3 + i].events = 0;
 	fds[3 + i].revents = 0;
 	askers[i] = queuePtr->replySockets[i].asker;
+    }
+    m = 0;
+    for (kind = 0; fds != few && kind < WATCH_KINDS; kind++) {
+	for (index = queuePtr->firstWatched[kind]; index >= 0;
+		index = queuePtr->watched[index].next) {
+	    if (!queuePtr->watched[index].lookLater) {
+		fds[3 + n + m].fd = queuePtr->watched[index].fd;
+		fds[3 + n + m].events = POLLIN;
+		fds[3 + n + m].revents = 0;
+		m++;
+	    }
+	}
     }
     pthread_mutex_unlock(&queueLock);
     fds[0].fd = queuePtr->wakeFds[0];
@@ -1454,7 +1476,7 @@ WaitIdle(
 	fds[i].events = POLLIN;
 	fds[i].revents = 0;
     }
-    if (poll(fds, 3 + n, timeoutMs) < 0 && errno != EINTR) {
+    if (poll(fds, 3 + n + m, timeoutMs) < 0 && errno != EINTR) {
 	if (fds != few) {
 	    free(fds);
 	}
@@ -1463,6 +1485,7 @@ WaitIdle(
     }
     pthread_mutex_lock(&queueLock);
     if (timeoutMs >= 0) {
+	/* Whichever of them woke it, it looks at them all. */
 	ServeWatched(queuePtr, 1);
     }
     for (i = 0; i < n; i++) {
@@ -1824,6 +1847,7 @@ WatchConnection(
     clock_gettime(CLOCK_MONOTONIC, &now);
     entryPtr->fd = fd;
     entryPtr->kind = kind;
+    entryPtr->lookLater = 0;
     entryPtr->deadline = (uint64_t) now.tv_sec * 1000000000u + now.tv_nsec
 	    + queuePtr->timeoutNs[kind];
     entryPtr->message = *messagePtr;
@@ -1988,7 +2012,8 @@ CloseAllWatched(
  *
  * Results:
  *	Milliseconds (rounded up), or -1 if nothing is watched. Without
- *	epoll, at most WATCH_POLL_MS: the watched connections are polled.
+ *	epoll, at most WATCH_POLL_MS: the watched connections are looked at
+ *	that often.
  *
  * Side effects:
  *	None.
@@ -2160,10 +2185,12 @@ TakeWatched(
 
     switch (Readiness(entryPtr->fd, TRAILER(queuePtr->board))) {
     case CONN_SILENT:
+	entryPtr->lookLater = 1;
 	return;
     case CONN_PARTIAL:
 	if (!hungUp) {
 	    /* The rest of its request may come: wait for it (EPOLLET). */
+	    entryPtr->lookLater = 1;
 	    return;
 	}
 	/* Its client is gone after a part: its handler sees that. */
