@@ -221,6 +221,11 @@ typedef struct Watched {
     uint64_t deadline;		/* CLOCK_MONOTONIC, ns: closed then if still
 				 * silent. */
     Message message;		/* Its KIND_CONNECTION message. */
+    int lookLater;		/* 1 once it was readable but not ready (a
+				 * part of a request): the portable build's
+				 * wait (WaitIdle) then leaves it out, as
+				 * poll() would wake for it at once again,
+				 * and it is looked at every WATCH_POLL_MS. */
 } Watched;
 
 /*
@@ -795,7 +800,8 @@ static int watchInThread = 0;		/* 1 where reply sockets are watched
 #define WATCH_BATCH	64	/* Watched connections' events read at
 				 * once. */
 #define WATCH_POLL_MS	10	/* Without epoll: how often the watched
-				 * connections are polled. */
+				 * connections are looked at all the same
+				 * (a part of a request only then). */
 #define PEEK_MAX	8192	/* With -readyafter, bytes Readiness looks
 				 * at: a request head that fills them is as
 				 * good as whole. */
@@ -1708,29 +1714,33 @@ WaitIdle(
 #else
     struct pollfd few[FIXED_FDS], *fds = few;
     uint64_t *askers = NULL;
-    int i, n, index, timeoutMs, stop;
+    int i, n, m, index, kind, timeoutMs, stop;
 
     /*
      * The stop pipe, the listener, the queue and the queues of replaced
      * programs (a negative fd is ignored), then the reply sockets, for
-     * hang-ups only (no events asked: POLLHUP and POLLERR always come), as
-     * the epoll instance holds them on Linux; without the memory for that,
-     * not this time.
+     * hang-ups only (no events asked: POLLHUP and POLLERR always come), and
+     * the watched connections, to be woken as one becomes readable, as the
+     * epoll instance holds them on Linux; without the memory for that, not
+     * this time (the watched connections are looked at every WATCH_POLL_MS
+     * all the same).
      */
 
     *listenReadyPtr = *askReadyPtr = 0;
     pthread_mutex_lock(&queueLock);
     timeoutMs = WatchWaitMs(queuePtr);
     n = queuePtr->numReplySockets;
-    if (n > 0) {
-	fds = malloc((FIXED_FDS + n) * sizeof(struct pollfd));
-	askers = malloc(n * sizeof(uint64_t));
+    m = queuePtr->numWatched[WATCH_SILENT]
+	    + queuePtr->numWatched[WATCH_PARKED];
+    if (n + m > 0) {
+	fds = malloc((FIXED_FDS + n + m) * sizeof(struct pollfd));
+	askers = malloc((n + 1) * sizeof(uint64_t));	/* Never malloc(0). */
 	if (fds == NULL || askers == NULL) {
 	    free(fds);
 	    free(askers);
 	    fds = few;
 	    askers = NULL;
-	    n = 0;
+	    n = m = 0;
 	}
     }
     for (i = 0; i < OLD_QUEUES; i++) {
@@ -1742,6 +1752,18 @@ WaitIdle(
 	fds[FIXED_FDS + i].revents = 0;
 	askers[i] = queuePtr->replySockets[i].asker;
     }
+    m = 0;
+    for (kind = 0; fds != few && kind < WATCH_KINDS; kind++) {
+	for (index = queuePtr->firstWatched[kind]; index >= 0;
+		index = queuePtr->watched[index].next) {
+	    if (!queuePtr->watched[index].lookLater) {
+		fds[FIXED_FDS + n + m].fd = queuePtr->watched[index].fd;
+		fds[FIXED_FDS + n + m].events = POLLIN;
+		fds[FIXED_FDS + n + m].revents = 0;
+		m++;
+	    }
+	}
+    }
     pthread_mutex_unlock(&queueLock);
     fds[0].fd = queuePtr->wakeFds[0];
     fds[1].fd = queuePtr->listenFd;
@@ -1750,7 +1772,7 @@ WaitIdle(
 	fds[i].events = POLLIN;
 	fds[i].revents = 0;
     }
-    if (poll(fds, FIXED_FDS + n, timeoutMs) < 0 && errno != EINTR) {
+    if (poll(fds, FIXED_FDS + n + m, timeoutMs) < 0 && errno != EINTR) {
 	if (fds != few) {
 	    free(fds);
 	}
@@ -1759,6 +1781,7 @@ WaitIdle(
     }
     pthread_mutex_lock(&queueLock);
     if (timeoutMs >= 0) {
+	/* Whichever of them woke it, it looks at them all. */
 	ServeWatched(queuePtr, 1);
     }
     for (i = 0; i < n; i++) {
@@ -2124,6 +2147,7 @@ WatchConnection(
     clock_gettime(CLOCK_MONOTONIC, &now);
     entryPtr->fd = fd;
     entryPtr->kind = kind;
+    entryPtr->lookLater = 0;
     entryPtr->deadline = (uint64_t) now.tv_sec * 1000000000u + now.tv_nsec
 	    + queuePtr->timeoutNs[kind];
     entryPtr->message = *messagePtr;
@@ -2288,7 +2312,8 @@ CloseAllWatched(
  *
  * Results:
  *	Milliseconds (rounded up), or -1 if nothing is watched. Without
- *	epoll, at most WATCH_POLL_MS: the watched connections are polled.
+ *	epoll, at most WATCH_POLL_MS: the watched connections are looked at
+ *	that often.
  *
  * Side effects:
  *	None.
@@ -2471,10 +2496,12 @@ TakeWatched(
 
     switch (Readiness(entryPtr->fd, queuePtr->mark, queuePtr->markLength)) {
     case CONN_SILENT:
+	entryPtr->lookLater = 1;
 	return;
     case CONN_PARTIAL:
 	if (!hungUp) {
 	    /* The rest of its request may come: wait for it (EPOLLET). */
+	    entryPtr->lookLater = 1;
 	    return;
 	}
 	/* Its client is gone after a part: its handler sees that. */
