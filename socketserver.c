@@ -19,26 +19,65 @@
  *	from which the next 'client' takes it at once, with no ask and no
  *	wake-up.
  *
- *	One connection, start to end, in the order of this file:
- *	    AcceptConnections (accept thread) accept()s it,
- *	    HandOverFirstPending              sends the oldest it holds to
- *	                                      the oldest ask, or into the
- *	                                      ready queue;
- *	    ClientCmd (asking process)        had sent that ask (SendAsk), or
- *	                                      takes a ready connection;
- *	    ReceiveConnection                 recvmsg()s it from the reply
- *	                                      socket, woken by a watcher
- *	                                      thread (Tcl 8) or a file
- *	                                      handler (Tcl 9), or
- *	    DeliverTaken                      delivers the ready one;
- *	    FinishRequest, DeliverConnection  wrap it and call the handler.
- *	Then: the other ways a request ends (cancel, refusal), a receiver's
- *	life, the commands that make and describe servers, and spawn.
- *
  *	A worker is a process forked from the serving process, or a program
- *	it started with 'spawn' (SpawnCmd), which adopts the queues when it
- *	loads the package (AdoptQueues). ::socketserver::signal (SignalObjCmd)
- *	runs scripts for signals from the event loop.
+ *	it started with 'spawn', which adopts the queues when it loads the
+ *	package.
+ *
+ *	Contents, in the order of a connection's life (each section opens
+ *	with a banner of '=' lines; the prototypes below are grouped the
+ *	same way):
+ *
+ *	Set-up                  Socketserver_Init, the ensemble
+ *	                        (SocketserverObjCmd), per-interpreter data,
+ *	                        the process's set-up, fork and exit
+ *	                        handlers. Start reading here.
+ *	The accept thread       StartAccepting, AcceptConnections: waits
+ *	                        (WaitIdle), accepts (AcceptOneConnection),
+ *	                        stops (StopAccepting).
+ *	Watched connections     Connections held until readable ('server
+ *	                        -ready') or between requests ('release'):
+ *	                        the watch table.
+ *	The queue and hand-over ReadQueue (asks, withdrawals, connections
+ *	                        sent up), reply sockets, pending
+ *	                        connections, the ready queue, and
+ *	                        HandOverFirstPending: the oldest pending
+ *	                        connection to the oldest ask.
+ *	The worker's receive    ClientCmd (SendAsk, or a ready connection),
+ *	and delivery            ReceiveConnection or DeliverTaken,
+ *	                        FinishRequest, DeliverConnection (the
+ *	                        handler); cancel, refusal, withdrawal; a
+ *	                        receiver's life (NewReceiver ...
+ *	                        DropReceiver).
+ *	Release                 ReleaseCmd: linger, keep (the keeper
+ *	                        thread), or send the connection up.
+ *	The scoreboard          Slots in shared memory, the trailer, and
+ *	                        BoardObj, which reads them for 'info'.
+ *	Server, close and info  ServerCmd, the listener, a port's state
+ *	                        (AddQueue), CloseCmd, InfoCmd.
+ *	Upgrade and adoption    ReexecCmd, SpawnCmd, and AdoptQueues in the
+ *	                        program that was handed the queues.
+ *	Process tools           signal, kill, exited, wait, descriptors,
+ *	                        notify, runas: no port state; the few names
+ *	                        they share are listed at their banner.
+ *
+ *	Return conventions, one per kind of function:
+ *	    - Commands, and helpers that take an interpreter: a standard Tcl
+ *	      result; TCL_ERROR leaves a message and -errorcode (POSIX ...
+ *	      or SOCKETSERVER ...) in the interpreter.
+ *	    - Predicates and attempts (Is..., Drained, FreeSlot, AddPending,
+ *	      ...): 1 for yes or done, 0 for no or not done.
+ *	    - Lookups: the pointer or NULL (FindQueue, FindReceiver), the
+ *	      index or -1 (FindReplySocket).
+ *	    - Senders that wrap one system call (SendUp, SendReady,
+ *	      MakeQueueSockets, and ancillary.h): as the call, 0 or -1 with
+ *	      errno set. Functions that make or arm something from several
+ *	      calls (MakeAcceptPoll, WatchReplySocket, DetachConnection,
+ *	      WatchParent): 0, or the errno value of the call that failed,
+ *	      with nothing left half made.
+ *	    - Tcl event procedures: 1 once handled, 0 to stay queued.
+ *	      Thread bodies: NULL.
+ *	Each function's block says where it differs (SendAsk, TakeReady and
+ *	SendReleased have a third outcome).
  *
  * Copyright (c) 2026 The socketserver authors.
  * See the file "LICENSE" for information on usage and redistribution.
@@ -779,75 +818,45 @@ static int watchInThread = 0;		/* 1 where reply sockets are watched
  * Static routines for this file:
  */
 
-static void		AtForkChild(void);
-static void		AtForkParent(void);
-static void		AtForkPrepare(void);
-static void *		AcceptConnections(void *clientData);
-static int		AcceptOneConnection(Queue *queuePtr);
-static int		CancelCmd(InterpData *dataPtr, Tcl_Interp *interp,
-			    int objc, Tcl_Obj *const objv[]);
-static int		ClientCmd(InterpData *dataPtr, Tcl_Interp *interp,
-			    int objc, Tcl_Obj *const objv[]);
-static Queue *		AddQueue(int port, const int askFds[2],
-			    const int readyFds[2], int boardFd, Slot *board);
-static void		AdoptQueues(void);
-static int		ClaimRefused(Tcl_Interp *interp, Queue *queuePtr);
-static int		CloseCmd(Tcl_Interp *interp, int objc,
+/* Set-up */
+
+static int		SocketserverObjCmd(ClientData clientData,
+			    Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
-static void		CloseFd(int *fdPtr);
-static int		ReplaceInChild(int fd, int nullFd);
-static void		EndInterpThread(ClientData clientData);
 static void		DeleteInterpData(ClientData clientData,
 			    Tcl_Interp *interp);
-static void		DeliverConnection(Tcl_Interp *interp,
-			    Tcl_Obj *handlerObj, Queue *queuePtr, int fd,
-			    const Message *messagePtr);
-static int		DeliverTaken(Tcl_Event *evPtr, int flags);
-static void		CloseReplySocket(Receiver *receiverPtr);
-static void		StopWatcher(Receiver *receiverPtr);
-static void		ReturnReceived(Receiver *receiverPtr);
-static void		KeepReserve(void);
-static void		RearmReplySocket(Receiver *receiverPtr);
-static int		ReplyReadable(Tcl_Event *evPtr, int flags);
-static int		WatchReplySocket(Receiver *receiverPtr);
-#ifdef SS_LINUX
-static void *		WatchReplies(void *clientData);
-static void		PrepareReplyEvent(Receiver *receiverPtr);
-#endif
-static int		DropIfStale(Receiver *receiverPtr);
-static void		DropReceiver(Receiver *receiverPtr);
-static Receiver *	FindReceiver(InterpData *dataPtr, Queue *queuePtr);
-static void		FinishRequest(Receiver *receiverPtr, int fd,
-			    const Message *messagePtr);
-static Queue *		FindQueue(int port);
+static void		EndInterpThread(ClientData clientData);
+static void		CloseFd(int *fdPtr);
+static int		ReplaceInChild(int fd, int nullFd);
+static void		SetupProcess(void);
+static void		AtForkPrepare(void);
+static void		AtForkParent(void);
+static void		AtForkChild(void);
 static void		FinalizeServers(ClientData clientData);
-static int		InfoCmd(InterpData *dataPtr, Tcl_Interp *interp,
-			    int objc, Tcl_Obj *const objv[]);
-static int		LookupQueue(Tcl_Interp *interp, int objc,
-			    Tcl_Obj *const objv[], int first,
-			    Queue **queuePtrPtr);
-static int		OpenListener(Tcl_Interp *interp, const char *myaddr,
-			    int port, int backlog, int *fdPtr,
-			    int *boundPortPtr, char *boundAddr);
-static int		MakeQueueSockets(int askFds[2], int readyFds[2]);
-static void		AdoptPassed(Queue *queuePtr, int adoptFd);
-static int		AdoptListener(Tcl_Interp *interp, int fd, int port,
-			    int *fdPtr, int *boundPortPtr, char *boundAddr);
-static int		OpenNewListener(Tcl_Interp *interp,
-			    const char *myaddr, int port, int backlog,
-			    int *fdPtr, int *boundPortPtr, char *boundAddr);
-static int		ParsePort(Tcl_Interp *interp, Tcl_Obj *objPtr,
-			    int *portPtr);
-static int		IsAscii(const char *string, Tcl_Size length);
-static int		GetIntInRange(Tcl_Obj *objPtr, Tcl_WideInt min,
-			    Tcl_WideInt max, int *valuePtr);
-static int		HandOverFirstPending(Queue *queuePtr, int wait);
+static Queue *		FindQueue(int port);
+
+/* The accept thread */
+
+static int		StartAccepting(Tcl_Interp *interp, Queue *queuePtr,
+			    int listenFd);
+static int		MakeAcceptPoll(Queue *queuePtr);
+static void *		AcceptConnections(void *clientData);
+static int		WaitIdle(Queue *queuePtr, int *listenReadyPtr,
+			    int *askReadyPtr);
+static int		WaitFor(Queue *queuePtr, int fd, short events,
+			    int otherFd, short otherEvents, int timeoutMs);
+static int		AcceptOneConnection(Queue *queuePtr);
 static ConnReadiness	Readiness(int fd, const char *mark,
 			    size_t markLength);
-static int		ReadMark(const BoardTrailer *trailerPtr, char *mark,
-			    size_t *lengthPtr);
 static int		MakePending(Queue *queuePtr, int fd,
 			    Message *messagePtr);
+static int		ToldToStop(Queue *queuePtr);
+static int		Drained(Queue *queuePtr);
+static void		FinishDraining(Queue *queuePtr);
+static void		StopAccepting(Queue *queuePtr, int *listenFdPtr);
+
+/* Watched connections */
+
 static void		WatchConnection(Queue *queuePtr, int fd,
 			    Message *messagePtr, WatchKind kind);
 static int		ForgetWatched(Queue *queuePtr, int index,
@@ -859,96 +868,175 @@ static void		ServeWatched(Queue *queuePtr, int readable);
 static void		TakeWatched(Queue *queuePtr, int index,
 			    int hungUp);
 static void		HandWatchedOver(Queue *queuePtr, int index);
-static int		IsConnection(ssize_t got, int fd,
-			    const Message *messagePtr);
-static int		IsEventOf(Tcl_Event *evPtr, ClientData clientData);
-static void		DeleteEventsOf(Receiver *receiverPtr,
-			    Tcl_EventProc *proc);
+
+/* The queue and hand-over */
+
+static int		ReadQueue(Queue *queuePtr);
+static void		ForgetOldQueue(Queue *queuePtr, int index);
 static int		AddReplySocket(Queue *queuePtr, uint64_t asker,
 			    int fd);
 static int		FindReplySocket(Queue *queuePtr, uint64_t asker);
 static void		ForgetReplySocket(Queue *queuePtr, int index);
-static int		GrowList(void **listPtr, int *spacePtr, int count,
-			    size_t size);
-static Receiver *	NewReceiver(InterpData *dataPtr, Queue *queuePtr);
-static Tcl_Obj *	BoardObj(Queue *queuePtr);
-static Slot *		MakeBoard(int *fdPtr);
-static Slot *		MapBoard(int fd);
-static void		ClaimSlot(Receiver *receiverPtr);
-static void		MarkSlot(Receiver *receiverPtr, SlotState state,
-			    const Message *messagePtr);
-static int		FreeSlot(Slot *slotPtr, uint64_t owner);
-static pid_t		SlotPid(uint64_t asker);
-static int		OwnerGone(pid_t pid, uint32_t started);
-static uint32_t		StartMark(pid_t pid);
-static Slot *		HandingTo(Queue *queuePtr, ReplySocket *socketPtr);
-static void		StampHanded(Slot *slotPtr);
-static void		PruneReplySockets(Queue *queuePtr);
-static int		MakeAcceptPoll(Queue *queuePtr);
-static int		WaitIdle(Queue *queuePtr, int *listenReadyPtr,
-			    int *askReadyPtr);
 static void		WatchHangUp(Queue *queuePtr,
 			    const ReplySocket *socketPtr, int watch);
-static int		SendAsk(Receiver *receiverPtr);
-static void		WaitForRoom(Queue *queuePtr);
-static int		ReadQueue(Queue *queuePtr);
-static void		ForgetOldQueue(Queue *queuePtr, int index);
+static void		PruneReplySockets(Queue *queuePtr);
+static int		GrowList(void **listPtr, int *spacePtr, int count,
+			    size_t size);
+static int		AddPending(Queue *queuePtr, int fd,
+			    const Message *messagePtr);
+static void		RemoveFirstPending(Queue *queuePtr);
 static int		SendUp(Queue *queuePtr, int fd,
 			    Message *messagePtr);
 static int		SendReady(Queue *queuePtr, int fd,
 			    Message *messagePtr);
+static void		DrainReady(Queue *queuePtr);
+static int		PendingAfterDrain(Queue *queuePtr);
 static int		TakeReady(Queue *queuePtr, int *fdPtr,
 			    Message *messagePtr);
-static int		PendingAfterDrain(Queue *queuePtr);
-static int		AddPending(Queue *queuePtr, int fd,
-			    const Message *messagePtr);
-static void		DrainReady(Queue *queuePtr);
-static void		RemoveFirstPending(Queue *queuePtr);
-static int		WithdrawRequest(Receiver *receiverPtr);
+static int		HandOverFirstPending(Queue *queuePtr, int wait);
+
+/* The worker's receive and delivery */
+
+static int		ClientCmd(InterpData *dataPtr, Tcl_Interp *interp,
+			    int objc, Tcl_Obj *const objv[]);
+static int		LookupQueue(Tcl_Interp *interp, int objc,
+			    Tcl_Obj *const objv[], int first,
+			    Queue **queuePtrPtr);
+static void		WaitForRoom(Queue *queuePtr);
+static int		SendAsk(Receiver *receiverPtr);
+static int		WatchReplySocket(Receiver *receiverPtr);
+#ifdef SS_LINUX
+static void *		WatchReplies(void *clientData);
+#endif
+static int		ReplyReadable(Tcl_Event *evPtr, int flags);
+static void		RearmReplySocket(Receiver *receiverPtr);
+#ifdef SS_LINUX
+static void		PrepareReplyEvent(Receiver *receiverPtr);
+#endif
 static void		ReceiveConnection(ClientData clientData, int mask);
+static void		RetryReceive(ClientData clientData);
+static int		DeliverTaken(Tcl_Event *evPtr, int flags);
+static int		IsEventOf(Tcl_Event *evPtr, ClientData clientData);
+static void		DeleteEventsOf(Receiver *receiverPtr,
+			    Tcl_EventProc *proc);
+static int		IsConnection(ssize_t got, int fd,
+			    const Message *messagePtr);
+static void		FinishRequest(Receiver *receiverPtr, int fd,
+			    const Message *messagePtr);
+static void		DeliverConnection(Tcl_Interp *interp,
+			    Tcl_Obj *handlerObj, Queue *queuePtr, int fd,
+			    const Message *messagePtr);
+static void		ForgetDelivered(ClientData clientData);
+static void		RefuseRequest(Receiver *receiverPtr,
+			    Tcl_Obj *messageObj, const char *code);
+static int		WithdrawRequest(Receiver *receiverPtr);
 static void		ReturnConnections(Queue *queuePtr, int fd,
 			    const Message *messagePtr);
-static void		RetryReceive(ClientData clientData);
-static void		ForgetDelivered(ClientData clientData);
+static int		CancelCmd(InterpData *dataPtr, Tcl_Interp *interp,
+			    int objc, Tcl_Obj *const objv[]);
+static Receiver *	NewReceiver(InterpData *dataPtr, Queue *queuePtr);
+static Receiver *	FindReceiver(InterpData *dataPtr, Queue *queuePtr);
+static int		DropIfStale(Receiver *receiverPtr);
+static void		StopWatcher(Receiver *receiverPtr);
+static void		CloseReplySocket(Receiver *receiverPtr);
+static void		ReturnReceived(Receiver *receiverPtr);
+static void		KeepReserve(void);
+static void		DropReceiver(Receiver *receiverPtr);
+
+/* Release */
+
 static int		ReleaseCmd(InterpData *dataPtr, Tcl_Interp *interp,
 			    int objc, Tcl_Obj *const objv[]);
-static int		Linger(Queue *queuePtr, int fd);
 static int		DetachConnection(int fd);
 static int		SendReleased(Queue *queuePtr, int fd,
 			    Message *messagePtr, int wait);
 static void		WaitReleasing(Queue *queuePtr);
+static int		Linger(Queue *queuePtr, int fd);
+static int		ReadMark(const BoardTrailer *trailerPtr, char *mark,
+			    size_t *lengthPtr);
 static void		SendKept(Receiver *receiverPtr);
 static void		SendKeptWhenIdle(ClientData clientData);
 static void		KeepFor(Receiver *receiverPtr);
 static void *		ExpireKept(void *clientData);
 static void		StopKeeper(void);
 static void		InitKeeperCond(void);
-static void		RefuseRequest(Receiver *receiverPtr,
-			    Tcl_Obj *messageObj, const char *code);
-static void		SetPortErrorCode(Tcl_Interp *interp,
-			    const char *code, int port);
-static int		IsQueueSocket(int fd);
-static int		HandedOverBy(long spawner, uint64_t nonce);
-static int		WatchParent(long spawner, int deathSignal);
-#ifndef SS_LINUX
-static void *		WatchParentLife(void *clientData);
-#endif
-static uint64_t		MakeNonce(int salt);
+
+/* The scoreboard */
+
+static Slot *		MakeBoard(int *fdPtr);
+static Slot *		MapBoard(int fd);
+static void		ClaimSlot(Receiver *receiverPtr);
+static void		MarkSlot(Receiver *receiverPtr, SlotState state,
+			    const Message *messagePtr);
+static Slot *		HandingTo(Queue *queuePtr, ReplySocket *socketPtr);
+static void		StampHanded(Slot *slotPtr);
+static int		FreeSlot(Slot *slotPtr, uint64_t owner);
+static pid_t		SlotPid(uint64_t asker);
+static int		OwnerGone(pid_t pid, uint32_t started);
+static uint32_t		StartMark(pid_t pid);
+static Tcl_Obj *	BoardObj(Queue *queuePtr);
+
+/* Server, close and info */
+
 static int		ServerCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
+static int		IsAscii(const char *string, Tcl_Size length);
+static int		GetIntInRange(Tcl_Obj *objPtr, Tcl_WideInt min,
+			    Tcl_WideInt max, int *valuePtr);
+static int		ParsePort(Tcl_Interp *interp, Tcl_Obj *objPtr,
+			    int *portPtr);
+static void		SetPortErrorCode(Tcl_Interp *interp,
+			    const char *code, int port);
+static int		OpenListener(Tcl_Interp *interp, const char *myaddr,
+			    int port, int backlog, int *fdPtr,
+			    int *boundPortPtr, char *boundAddr);
+static int		OpenNewListener(Tcl_Interp *interp,
+			    const char *myaddr, int port, int backlog,
+			    int *fdPtr, int *boundPortPtr, char *boundAddr);
+static void		AdoptPassed(Queue *queuePtr, int adoptFd);
+static int		AdoptListener(Tcl_Interp *interp, int fd, int port,
+			    int *fdPtr, int *boundPortPtr, char *boundAddr);
+static int		MakeQueueSockets(int askFds[2], int readyFds[2]);
+static Queue *		AddQueue(int port, const int askFds[2],
+			    const int readyFds[2], int boardFd, Slot *board);
+static int		ClaimRefused(Tcl_Interp *interp, Queue *queuePtr);
+static int		ClaimListening(Tcl_Interp *interp, Tcl_Obj *objPtr,
+			    Queue **queuePtrPtr);
+static int		CloseCmd(Tcl_Interp *interp, int objc,
+			    Tcl_Obj *const objv[]);
+static int		InfoCmd(InterpData *dataPtr, Tcl_Interp *interp,
+			    int objc, Tcl_Obj *const objv[]);
+
+/* Upgrade and adoption */
+
 static int		KeepAcrossExec(Queue *queuePtr, int keep);
 static int		ReexecCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
 static int		SpawnCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
+static uint64_t		MakeNonce(int salt);
+static int		IsQueueSocket(int fd);
+static void		AdoptQueues(void);
+static int		HandedOverBy(long spawner, uint64_t nonce);
+static int		WatchParent(long spawner, int deathSignal);
+#ifndef SS_LINUX
+static void *		WatchParentLife(void *clientData);
+#endif
+
+/* Process tools */
+
 static void		CatchSignal(int signo);
-static void		ForgetSignals(int nullFd);
-static void		ForgetThreadSignals(ClientData clientData);
+static WakePipe *	ThreadWakePipe(Tcl_Interp *interp);
 static void		FreeWakePipe(WakePipe *pipePtr);
-static void		RemoveSignalScript(int signo);
+static void		ForgetThreadSignals(ClientData clientData);
 static void		RunCaughtSignals(ClientData clientData, int mask);
+static void		RemoveSignalScript(int signo);
+static void		ForgetSignals(int nullFd);
 static int		ParseSignal(Tcl_Interp *interp, Tcl_Obj *objPtr,
 			    int catchable, int *signoPtr);
+static int		SignalObjCmd(ClientData clientData,
+			    Tcl_Interp *interp, int objc,
+			    Tcl_Obj *const objv[]);
 static int		KillObjCmd(ClientData clientData,
 			    Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
@@ -957,39 +1045,310 @@ static int		GetPid(Tcl_Interp *interp, Tcl_Obj *objPtr,
 static int		ExitedObjCmd(ClientData clientData,
 			    Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
+static int		WaitObjCmd(ClientData clientData,
+			    Tcl_Interp *interp, int objc,
+			    Tcl_Obj *const objv[]);
 static int		DescriptorsObjCmd(ClientData clientData,
 			    Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
 static int		NotifyObjCmd(ClientData clientData,
 			    Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
-static int		WaitObjCmd(ClientData clientData,
-			    Tcl_Interp *interp, int objc,
-			    Tcl_Obj *const objv[]);
 static int		RunasObjCmd(ClientData clientData,
 			    Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
-static int		SignalObjCmd(ClientData clientData,
-			    Tcl_Interp *interp, int objc,
-			    Tcl_Obj *const objv[]);
-static WakePipe *	ThreadWakePipe(Tcl_Interp *interp);
-static void		SetupProcess(void);
-static int		SocketserverObjCmd(ClientData clientData,
-			    Tcl_Interp *interp, int objc,
-			    Tcl_Obj *const objv[]);
-static int		StartAccepting(Tcl_Interp *interp, Queue *queuePtr,
-			    int listenFd);
-static void		StopAccepting(Queue *queuePtr, int *listenFdPtr);
-static int		ToldToStop(Queue *queuePtr);
-static int		Drained(Queue *queuePtr);
-static void		FinishDraining(Queue *queuePtr);
-static int		ClaimListening(Tcl_Interp *interp, Tcl_Obj *objPtr,
-			    Queue **queuePtrPtr);
-static int		WaitFor(Queue *queuePtr, int fd, short events,
-			    int otherFd, short otherEvents, int timeoutMs);
 
 DLLEXPORT int		Socketserver_Init(Tcl_Interp *interp);
 DLLEXPORT int		Socketserver_SafeInit(Tcl_Interp *interp);
+
+/*
+ *======================================================================
+ *
+ * Set-up --
+ *
+ *	The package's entry (Socketserver_Init), the
+ *	::socketserver::socket ensemble and its interpreter data; the
+ *	process's one-time set-up (SetupProcess), the fork handlers that
+ *	keep every descriptor and lock right in a child, and the exit
+ *	handler (FinalizeServers). Start reading here.
+ *
+ *======================================================================
+ */
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * Socketserver_Init --
+ *
+ *	Initializes the package in interp: creates ::socketserver::socket.
+ *
+ * Results:
+ *	A standard Tcl result.
+ *
+ * Side effects:
+ *	The first call in a process installs fork and exit handlers; each
+ *	call a thread exit handler for the interpreter (EndInterpThread).
+ *
+ *----------------------------------------------------------------------
+ */
+
+int
+Socketserver_Init(
+    Tcl_Interp *interp)
+{
+    InterpData *dataPtr;
+
+    if (Tcl_InitStubs(interp, "8.6-", 0) == NULL) {
+	return TCL_ERROR;
+    }
+    if (Tcl_GetVar2(interp, "tcl_platform", "threaded", TCL_GLOBAL_ONLY)
+	    != NULL) {
+	pthread_mutex_lock(&queueLock);
+	threadedTcl = 1;
+	pthread_mutex_unlock(&queueLock);
+    }
+    pthread_once(&setupOnce, SetupProcess);
+    if (atforkError != 0) {
+	errno = atforkError;
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't install socketserver's fork handlers: %s",
+		Tcl_PosixError(interp)));
+	return TCL_ERROR;
+    }
+    if (adoptError != 0) {
+	errno = adoptError;
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't adopt the queues handed over by the spawning "
+		"process: %s", Tcl_PosixError(interp)));
+	return TCL_ERROR;
+    }
+
+    /*
+     * The hand-over's variable is gone from the process's environment;
+     * keep this interpreter's env array in step.
+     */
+
+    Tcl_UnsetVar2(interp, "env", SPAWN_ENV, TCL_GLOBAL_ONLY);
+
+    dataPtr = (InterpData *) ckalloc(sizeof(InterpData));
+    dataPtr->interp = interp;
+    dataPtr->firstReceiverPtr = NULL;
+    Tcl_SetAssocData(interp, ASSOC_KEY, DeleteInterpData, dataPtr);
+    Tcl_CreateThreadExitHandler(EndInterpThread, dataPtr);
+    Tcl_CreateObjCommand(interp, "::socketserver::socket",
+	    SocketserverObjCmd, dataPtr, NULL);
+    Tcl_CreateObjCommand(interp, "::socketserver::signal",
+	    SignalObjCmd, NULL, NULL);
+    Tcl_CreateObjCommand(interp, "::socketserver::kill",
+	    KillObjCmd, NULL, NULL);
+    Tcl_CreateObjCommand(interp, "::socketserver::exited",
+	    ExitedObjCmd, NULL, NULL);
+    Tcl_CreateObjCommand(interp, "::socketserver::descriptors",
+	    DescriptorsObjCmd, NULL, NULL);
+    Tcl_CreateObjCommand(interp, "::socketserver::notify",
+	    NotifyObjCmd, NULL, NULL);
+    Tcl_CreateObjCommand(interp, "::socketserver::runas",
+	    RunasObjCmd, NULL, NULL);
+    Tcl_CreateObjCommand(interp, "::socketserver::wait",
+	    WaitObjCmd, NULL, NULL);
+
+    /*
+     * Which build this is: what the scripts may rely on differs (see the
+     * manual page).
+     */
+
+    if (Tcl_SetVar2(interp, "::socketserver::build", NULL, BUILD_NAME,
+	    TCL_GLOBAL_ONLY | TCL_LEAVE_ERR_MSG) == NULL) {
+	return TCL_ERROR;
+    }
+    return Tcl_PkgProvide(interp, PACKAGE_NAME, PACKAGE_VERSION);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * Socketserver_SafeInit --
+ *
+ *	Refuses: a safe interpreter must not open listening sockets.
+ *
+ * Results:
+ *	TCL_ERROR with a message.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+int
+Socketserver_SafeInit(
+    Tcl_Interp *interp)
+{
+    if (Tcl_InitStubs(interp, "8.6-", 0) == NULL) {
+	return TCL_ERROR;
+    }
+    Tcl_SetObjResult(interp, Tcl_NewStringObj(
+	    "socketserver can't be loaded into a safe interpreter: it opens "
+	    "listening sockets and shares them with forked processes", -1));
+    Tcl_SetErrorCode(interp, "SOCKETSERVER", "SAFE", NULL);
+    return TCL_ERROR;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * SocketserverObjCmd --
+ *
+ *	::socketserver::socket subcommand ?arg ...?
+ *
+ * Results:
+ *	A standard Tcl result.
+ *
+ * Side effects:
+ *	See the subcommands.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+SocketserverObjCmd(
+    ClientData clientData,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    static const char *const subcommands[] = {
+	"cancel", "client", "close", "info", "reexec", "release", "server",
+	"spawn", NULL
+    };
+    enum subcommands {
+	SUB_CANCEL, SUB_CLIENT, SUB_CLOSE, SUB_INFO, SUB_REEXEC, SUB_RELEASE,
+	SUB_SERVER, SUB_SPAWN
+    };
+    InterpData *dataPtr = clientData;
+    int index;
+
+    if (objc < 2) {
+	Tcl_WrongNumArgs(interp, 1, objv, "subcommand ?arg ...?");
+	return TCL_ERROR;
+    }
+    if (Tcl_GetIndexFromObj(interp, objv[1], subcommands, "subcommand", 0,
+	    &index) != TCL_OK) {
+	return TCL_ERROR;
+    }
+
+    switch ((enum subcommands) index) {
+    case SUB_CANCEL:
+	/* $cmd cancel ?-port port? */
+	return CancelCmd(dataPtr, interp, objc, objv);
+    case SUB_CLIENT:
+	/* $cmd client ?-port port? handler */
+	return ClientCmd(dataPtr, interp, objc, objv);
+    case SUB_CLOSE:
+	/* $cmd close port */
+	return CloseCmd(interp, objc, objv);
+    case SUB_INFO:
+	/* $cmd info ?port? */
+	return InfoCmd(dataPtr, interp, objc, objv);
+    case SUB_REEXEC:
+	/* $cmd reexec port command ?arg ...? */
+	return ReexecCmd(interp, objc, objv);
+    case SUB_RELEASE:
+	/* $cmd release channel */
+	return ReleaseCmd(dataPtr, interp, objc, objv);
+    case SUB_SERVER:
+	/* $cmd server ?-ready s? ?-keepalive s? ?-myaddr addr? ?-backlog n?
+	 * port | -fd fd ?port? */
+	return ServerCmd(interp, objc, objv);
+    case SUB_SPAWN:
+	/* $cmd spawn command ?arg ...? */
+	return SpawnCmd(interp, objc, objv);
+    }
+    return TCL_ERROR;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * DeleteInterpData --
+ *
+ *	Interpreter deletion: withdraws its pending requests and removes
+ *	the signal scripts it set.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	Frees the interpreter's data. Servers stay: they belong to the
+ *	process.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+DeleteInterpData(
+    ClientData clientData,
+    Tcl_Interp *interp)
+{
+    InterpData *dataPtr = clientData;
+
+    int signo;
+
+    Tcl_DeleteThreadExitHandler(EndInterpThread, dataPtr);
+    while (dataPtr->firstReceiverPtr != NULL) {
+	DropReceiver(dataPtr->firstReceiverPtr);
+    }
+    pthread_mutex_lock(&signalLock);
+    for (signo = 1; signo < NSIG; signo++) {
+	if (signalHandlers[signo] != NULL
+		&& signalHandlers[signo]->interp == interp) {
+	    RemoveSignalScript(signo);
+	}
+    }
+    pthread_mutex_unlock(&signalLock);
+    ckfree((char *) dataPtr);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * EndInterpThread --
+ *
+ *	Thread exit handler of the thread of an interpreter that was not
+ *	deleted (thread::exit ends a thread so): drops its receivers as its
+ *	deletion would, so that no watcher thread is left to queue events
+ *	for a thread that is gone (or for the next one, which glibc gives
+ *	the same id), and no connection is left in a reply socket that
+ *	nobody reads. Its signal scripts go with the thread's wake pipe
+ *	(ForgetThreadSignals).
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	See DropReceiver. Nothing changes when the whole process exits
+ *	(processExiting): FinalizeServers has done what must be done.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+EndInterpThread(
+    ClientData clientData)
+{
+    InterpData *dataPtr = clientData;
+    int exiting;
+
+    pthread_mutex_lock(&queueLock);
+    exiting = processExiting;
+    pthread_mutex_unlock(&queueLock);
+    if (exiting) {
+	return;
+    }
+    while (dataPtr->firstReceiverPtr != NULL) {
+	DropReceiver(dataPtr->firstReceiverPtr);
+    }
+}
 
 /*
  *----------------------------------------------------------------------
@@ -1341,6 +1700,19 @@ FindQueue(
     }
     return NULL;
 }
+
+/*
+ *======================================================================
+ *
+ * The accept thread --
+ *
+ *	One per port that this process serves: it accepts connections,
+ *	reads the port's ask queue, waits for either (WaitIdle), and ends
+ *	when 'close' or the exit handler tells it to (StopAccepting). It
+ *	never touches an interpreter.
+ *
+ *======================================================================
+ */
 
 /*
  *----------------------------------------------------------------------
@@ -1976,6 +2348,196 @@ MakePending(
 /*
  *----------------------------------------------------------------------
  *
+ * ToldToStop --
+ *
+ *	Accept thread: its stop pipe is readable. While DRAINING that only
+ *	says 'close' closed the listener: the thread reads the pipe empty
+ *	and goes on.
+ *
+ * Results:
+ *	1 if the thread must stop, 0 if it goes on draining.
+ *
+ * Side effects:
+ *	See above.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+ToldToStop(
+    Queue *queuePtr)
+{
+    char bytes[16];
+    int stop;
+
+    pthread_mutex_lock(&queueLock);
+    stop = (queuePtr->state != DRAINING);
+    if (!stop) {
+	/* Readable: read() returns at once. */
+	if (read(queuePtr->wakeFds[0], bytes, sizeof(bytes)) < 0) {
+	    queuePtr->lastErrno = errno;
+	}
+    }
+    pthread_mutex_unlock(&queueLock);
+    return stop;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * Drained --
+ *
+ *	Accept thread, nothing pending: whether it is DRAINING, then done.
+ *
+ * Results:
+ *	1 if the thread ends now, else 0.
+ *
+ * Side effects:
+ *	A drained thread closes what it waited with and detaches itself:
+ *	nobody joins it, the queue is NOT_LISTENING.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+Drained(
+    Queue *queuePtr)
+{
+    int i, drained;
+
+    pthread_mutex_lock(&queueLock);
+    drained = (queuePtr->state == DRAINING);
+    pthread_mutex_unlock(&queueLock);
+    if (drained) {
+	WaitReleasing(queuePtr);
+    }
+    pthread_mutex_lock(&queueLock);
+    drained = (queuePtr->state == DRAINING);
+    if (drained) {
+	/*
+	 * A last look at the queue: a connection released meanwhile is
+	 * closed (WatchConnection), one returned is pending after all.
+	 */
+
+	ReadQueue(queuePtr);
+	drained = (queuePtr->numPending == 0);
+    }
+    if (drained) {
+	for (i = 0; i < OLD_QUEUES; i++) {
+	    if (queuePtr->oldAskFds[i] >= 0) {
+		ForgetOldQueue(queuePtr, i);
+	    }
+	}
+	CloseFd(&queuePtr->pollFd);
+	CloseFd(&queuePtr->wakeFds[0]);
+	CloseFd(&queuePtr->wakeFds[1]);
+	queuePtr->state = NOT_LISTENING;
+	pthread_detach(pthread_self());
+    }
+    pthread_mutex_unlock(&queueLock);
+    return drained;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * FinishDraining --
+ *
+ *	queueLock held: if the accept thread of queuePtr is still draining
+ *	after 'close', stops and joins it (StopAccepting), so that the port
+ *	can be listened on again, with what is still pending going first.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	Releases and takes queueLock again while it joins.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+FinishDraining(
+    Queue *queuePtr)
+{
+    if (queuePtr->state == DRAINING) {
+	queuePtr->state = STOPPING;
+	pthread_mutex_unlock(&queueLock);
+	StopAccepting(queuePtr, NULL);
+	pthread_mutex_lock(&queueLock);
+    }
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * StopAccepting --
+ *
+ *	Stops and joins the accept thread of queuePtr, then closes its
+ *	listener, or with listenFdPtr not NULL hands it to the caller. The
+ *	caller has set the state to STOPPING (ClaimListening,
+ *	FinishDraining).
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	New connections are refused, or wait in the kept listener's backlog.
+ *	Connections accepted but not handed over yet go to the waiting asks
+ *	now, or else to the ready queue, where the next 'client' takes them;
+ *	those that do not fit stay pending and go first when accepting
+ *	resumes.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+StopAccepting(
+    Queue *queuePtr,
+    int *listenFdPtr)
+{
+    ssize_t written;
+
+    do {
+	written = write(queuePtr->wakeFds[1], "x", 1);
+    } while (written < 0 && errno == EINTR);
+    /* A new pipe always takes these one or two bytes. */
+    pthread_join(queuePtr->thread, NULL);
+
+    while (PendingAfterDrain(queuePtr)
+	    && HandOverFirstPending(queuePtr, 0)) {
+	/* Until no ask waits while a connection does. */
+    }
+    pthread_mutex_lock(&queueLock);
+    if (listenFdPtr != NULL) {
+	*listenFdPtr = queuePtr->listenFd;
+	queuePtr->listenFd = -1;
+    }
+    CloseFd(&queuePtr->listenFd);
+    CloseFd(&queuePtr->pollFd);
+    CloseFd(&queuePtr->wakeFds[0]);
+    CloseFd(&queuePtr->wakeFds[1]);
+    queuePtr->state = NOT_LISTENING;
+    pthread_mutex_unlock(&queueLock);
+}
+
+/*
+ *======================================================================
+ *
+ * Watched connections --
+ *
+ *	Connections the accept thread holds instead of handing them over
+ *	because they have nothing to read yet ('server -ready') or came
+ *	back between requests ('release'): the watch table, one list per
+ *	kind in deadline order, and what happens when one becomes
+ *	readable, hangs up or times out.
+ *
+ *======================================================================
+ */
+
+/*
+ *----------------------------------------------------------------------
+ *
  * WatchConnection --
  *
  *	queueLock held: the serving process keeps a connection that has
@@ -2464,6 +3026,20 @@ HandWatchedOver(
 
     MakePending(queuePtr, fd, &message);
 }
+
+/*
+ *======================================================================
+ *
+ * The queue and hand-over --
+ *
+ *	The accept thread's side of a port's queue: reading asks,
+ *	withdrawals and connections sent up (ReadQueue), the reply
+ *	sockets of the askers, the pending connections, the ready queue,
+ *	and the hand-over of the oldest pending connection to the oldest
+ *	ask (HandOverFirstPending).
+ *
+ *======================================================================
+ */
 
 /*
  *----------------------------------------------------------------------
@@ -3345,226 +3921,19 @@ HandOverFirstPending(
 }
 
 /*
- *----------------------------------------------------------------------
+ *======================================================================
  *
- * ToldToStop --
+ * The worker's receive and delivery --
  *
- *	Accept thread: its stop pipe is readable. While DRAINING that only
- *	says 'close' closed the listener: the thread reads the pipe empty
- *	and goes on.
+ *	A worker's side: 'client' asks (SendAsk) or takes a ready
+ *	connection, the reply socket is watched (a watcher thread on Tcl
+ *	8, a file handler on Tcl 9), ReceiveConnection takes the
+ *	connection and DeliverConnection calls the handler. Then the
+ *	other ends of a request ('cancel', refusal, withdrawal) and a
+ *	receiver's life.
  *
- * Results:
- *	1 if the thread must stop, 0 if it goes on draining.
- *
- * Side effects:
- *	See above.
- *
- *----------------------------------------------------------------------
+ *======================================================================
  */
-
-static int
-ToldToStop(
-    Queue *queuePtr)
-{
-    char bytes[16];
-    int stop;
-
-    pthread_mutex_lock(&queueLock);
-    stop = (queuePtr->state != DRAINING);
-    if (!stop) {
-	/* Readable: read() returns at once. */
-	if (read(queuePtr->wakeFds[0], bytes, sizeof(bytes)) < 0) {
-	    queuePtr->lastErrno = errno;
-	}
-    }
-    pthread_mutex_unlock(&queueLock);
-    return stop;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * Drained --
- *
- *	Accept thread, nothing pending: whether it is DRAINING, then done.
- *
- * Results:
- *	1 if the thread ends now, else 0.
- *
- * Side effects:
- *	A drained thread closes what it waited with and detaches itself:
- *	nobody joins it, the queue is NOT_LISTENING.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-Drained(
-    Queue *queuePtr)
-{
-    int i, drained;
-
-    pthread_mutex_lock(&queueLock);
-    drained = (queuePtr->state == DRAINING);
-    pthread_mutex_unlock(&queueLock);
-    if (drained) {
-	WaitReleasing(queuePtr);
-    }
-    pthread_mutex_lock(&queueLock);
-    drained = (queuePtr->state == DRAINING);
-    if (drained) {
-	/*
-	 * A last look at the queue: a connection released meanwhile is
-	 * closed (WatchConnection), one returned is pending after all.
-	 */
-
-	ReadQueue(queuePtr);
-	drained = (queuePtr->numPending == 0);
-    }
-    if (drained) {
-	for (i = 0; i < OLD_QUEUES; i++) {
-	    if (queuePtr->oldAskFds[i] >= 0) {
-		ForgetOldQueue(queuePtr, i);
-	    }
-	}
-	CloseFd(&queuePtr->pollFd);
-	CloseFd(&queuePtr->wakeFds[0]);
-	CloseFd(&queuePtr->wakeFds[1]);
-	queuePtr->state = NOT_LISTENING;
-	pthread_detach(pthread_self());
-    }
-    pthread_mutex_unlock(&queueLock);
-    return drained;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * FinishDraining --
- *
- *	queueLock held: if the accept thread of queuePtr is still draining
- *	after 'close', stops and joins it (StopAccepting), so that the port
- *	can be listened on again, with what is still pending going first.
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	Releases and takes queueLock again while it joins.
- *
- *----------------------------------------------------------------------
- */
-
-static void
-FinishDraining(
-    Queue *queuePtr)
-{
-    if (queuePtr->state == DRAINING) {
-	queuePtr->state = STOPPING;
-	pthread_mutex_unlock(&queueLock);
-	StopAccepting(queuePtr, NULL);
-	pthread_mutex_lock(&queueLock);
-    }
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * StopAccepting --
- *
- *	Stops and joins the accept thread of queuePtr, then closes its
- *	listener, or with listenFdPtr not NULL hands it to the caller. The
- *	caller has set the state to STOPPING (ClaimListening,
- *	FinishDraining).
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	New connections are refused, or wait in the kept listener's backlog.
- *	Connections accepted but not handed over yet go to the waiting asks
- *	now, or else to the ready queue, where the next 'client' takes them;
- *	those that do not fit stay pending and go first when accepting
- *	resumes.
- *
- *----------------------------------------------------------------------
- */
-
-static void
-StopAccepting(
-    Queue *queuePtr,
-    int *listenFdPtr)
-{
-    ssize_t written;
-
-    do {
-	written = write(queuePtr->wakeFds[1], "x", 1);
-    } while (written < 0 && errno == EINTR);
-    /* A new pipe always takes these one or two bytes. */
-    pthread_join(queuePtr->thread, NULL);
-
-    while (PendingAfterDrain(queuePtr)
-	    && HandOverFirstPending(queuePtr, 0)) {
-	/* Until no ask waits while a connection does. */
-    }
-    pthread_mutex_lock(&queueLock);
-    if (listenFdPtr != NULL) {
-	*listenFdPtr = queuePtr->listenFd;
-	queuePtr->listenFd = -1;
-    }
-    CloseFd(&queuePtr->listenFd);
-    CloseFd(&queuePtr->pollFd);
-    CloseFd(&queuePtr->wakeFds[0]);
-    CloseFd(&queuePtr->wakeFds[1]);
-    queuePtr->state = NOT_LISTENING;
-    pthread_mutex_unlock(&queueLock);
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * ClaimListening --
- *
- *	Finds the queue of the port in objPtr that this process listens on,
- *	and marks it STOPPING: 'close' and 'reexec' then stop its accept
- *	thread (StopAccepting).
- *
- * Results:
- *	TCL_OK with *queuePtrPtr set; or TCL_ERROR with a message and
- *	-errorcode {SOCKETSERVER NOTLISTENING port} or {TCL VALUE PORT}.
- *
- * Side effects:
- *	See above.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-ClaimListening(
-    Tcl_Interp *interp,
-    Tcl_Obj *objPtr,
-    Queue **queuePtrPtr)
-{
-    Queue *queuePtr;
-    int port;
-
-    if (ParsePort(interp, objPtr, &port) != TCL_OK) {
-	return TCL_ERROR;
-    }
-    pthread_mutex_lock(&queueLock);
-    queuePtr = FindQueue(port);
-    if (queuePtr == NULL || queuePtr->state != LISTENING) {
-	pthread_mutex_unlock(&queueLock);
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		"this process is not listening on port %d", port));
-	SetPortErrorCode(interp, "NOTLISTENING", port);
-	return TCL_ERROR;
-    }
-    queuePtr->state = STOPPING;
-    pthread_mutex_unlock(&queueLock);
-    *queuePtrPtr = queuePtr;
-    return TCL_OK;
-}
 
 /*
  *----------------------------------------------------------------------
@@ -3961,6 +4330,7 @@ WatchReplySocket(
 }
 
 #ifdef SS_LINUX
+
 /*
  *----------------------------------------------------------------------
  *
@@ -4106,6 +4476,7 @@ RearmReplySocket(
 }
 
 #ifdef SS_LINUX
+
 /*
  *----------------------------------------------------------------------
  *
@@ -4610,6 +4981,554 @@ ForgetDelivered(
     pthread_mutex_unlock(&queueLock);
     ckfree((char *) deliveredPtr);
 }
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * RefuseRequest --
+ *
+ *	Ends a request with a background error: messageObj as the message,
+ *	and -errorcode {SOCKETSERVER code port} if code is not NULL (else
+ *	the POSIX error code already set in interp).
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	The interpreter's background error handler runs.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+RefuseRequest(
+    Receiver *receiverPtr,
+    Tcl_Obj *messageObj,
+    const char *code)
+{
+    Tcl_Interp *interp = receiverPtr->dataPtr->interp;
+    int port = receiverPtr->queuePtr->port;
+
+    FinishRequest(receiverPtr, -1, NULL);
+    Tcl_Preserve(interp);
+    Tcl_SetObjResult(interp, messageObj);
+    if (code != NULL) {
+	SetPortErrorCode(interp, code, port);
+    }
+    Tcl_AddErrorInfo(interp, "\n    (socketserver request for a connection)");
+    Tcl_BackgroundException(interp, TCL_ERROR);
+    Tcl_Release(interp);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * WithdrawRequest --
+ *
+ *	'cancel': withdraws a receiver's request without losing a
+ *	connection. One that has come already (taken from the ready queue,
+ *	or waiting on the reply socket) is delivered instead. Otherwise a
+ *	KIND_WITHDRAW takes the ask back; if the serving process sent a
+ *	connection for it before reading that, the connection comes on the
+ *	reply socket later and goes back up the queue (ReceiveConnection).
+ *
+ * Results:
+ *	1 if the request was withdrawn, 0 if a connection had come and its
+ *	handler has run.
+ *
+ * Side effects:
+ *	See FinishRequest.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+WithdrawRequest(
+    Receiver *receiverPtr)
+{
+    Queue *queuePtr = receiverPtr->queuePtr;
+    Message message;
+    ssize_t got;
+    int fd = -1, error, tries;
+
+    if (receiverPtr->state == TAKEN) {
+	pthread_mutex_lock(&queueLock);
+	fd = receiverPtr->takenFd;
+	receiverPtr->takenFd = -1;
+	pthread_mutex_unlock(&queueLock);
+	message = receiverPtr->takenMessage;
+    } else if (receiverPtr->retryTimer == NULL) {
+	got = ancil_recv_fd(receiverPtr->replyFd, &fd, &message,
+		sizeof(message), MSG_DONTWAIT);
+	if (got <= 0 || !IsConnection(got, fd, &message)) {
+	    /* End of file and errors are the file handler's to see. */
+	    fd = -1;
+	}
+    }
+    if (fd < 0) {
+	memset(&message, 0, sizeof(message));
+	message.magic = MESSAGE_MAGIC;
+	message.kind = KIND_WITHDRAW;
+	message.asker = receiverPtr->id;
+	for (tries = 0; tries < 2; tries++) {
+	    /* No descriptor: no need for the lock. */
+	    error = (SendUp(queuePtr, -1, &message) == 0) ? 0 : errno;
+	    if (tries == 0 && (error == EAGAIN || error == EWOULDBLOCK)) {
+		WaitForRoom(queuePtr);
+	    } else {
+		break;
+	    }
+	}
+	if (error != 0 && error != EPIPE && error != ECONNREFUSED) {
+	    /*
+	     * The ask stays (its connection will come back up the queue);
+	     * with the serving process gone there is nothing to withdraw.
+	     */
+
+	    pthread_mutex_lock(&queueLock);
+	    queuePtr->lastErrno = error;
+	    pthread_mutex_unlock(&queueLock);
+	}
+    }
+    FinishRequest(receiverPtr, fd, &message);
+    return (fd < 0);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ReturnConnections --
+ *
+ *	queueLock held: sends a connection that this process will not serve
+ *	up the queue, to be handed over again at its place in accept order;
+ *	and behind it every connection that waits in the ready queue, where
+ *	the next 'client' anywhere would take them before it: the serving
+ *	process puts them all back in accept order.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	Closes this process's copies. If the serving process is gone or its
+ *	queue is full, a connection is lost and lastErrno says why.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+ReturnConnections(
+    Queue *queuePtr,
+    int fd,
+    const Message *messagePtr)
+{
+    Message message = *messagePtr;
+
+    do {
+	message.kind = KIND_RETURN;
+	if (SendUp(queuePtr, fd, &message) < 0) {
+	    queuePtr->lastErrno = errno;
+	}
+	close(fd);
+    } while (TakeReady(queuePtr, &fd, &message) == 1);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * CancelCmd --
+ *
+ *	$cmd cancel ?-port port?
+ *	Withdraws this interpreter's pending request.
+ *
+ * Results:
+ *	TCL_OK with 1 if a request was withdrawn, 0 if none was pending;
+ *	or TCL_ERROR.
+ *
+ * Side effects:
+ *	Nothing is taken from the queue: connections stay there for the
+ *	next requester.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+CancelCmd(
+    InterpData *dataPtr,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    Queue *queuePtr;
+    Receiver *receiverPtr;
+
+    if (objc != 2 && objc != 4) {
+	Tcl_WrongNumArgs(interp, 2, objv, "?-port port?");
+	return TCL_ERROR;
+    }
+    if (LookupQueue(interp, objc, objv, 2, &queuePtr) != TCL_OK) {
+	return TCL_ERROR;
+    }
+    receiverPtr = FindReceiver(dataPtr, queuePtr);
+    Tcl_SetObjResult(interp, Tcl_NewBooleanObj(receiverPtr != NULL
+	    && receiverPtr->state != NO_REQUEST
+	    && WithdrawRequest(receiverPtr)));
+    return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * NewReceiver --
+ *
+ *	Makes the interpreter's receiver for a queue, with no reply socket
+ *	and no request yet.
+ *
+ * Results:
+ *	The receiver.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static Receiver *
+NewReceiver(
+    InterpData *dataPtr,
+    Queue *queuePtr)
+{
+    Receiver *receiverPtr = (Receiver *) ckalloc(sizeof(Receiver));
+
+    memset(receiverPtr, 0, sizeof(Receiver));
+    receiverPtr->dataPtr = dataPtr;
+    receiverPtr->queuePtr = queuePtr;
+    receiverPtr->thread = Tcl_GetCurrentThread();
+    receiverPtr->replyFd = -1;
+    receiverPtr->pollFd = -1;
+    receiverPtr->stopFd = -1;
+    receiverPtr->takenFd = -1;
+    receiverPtr->keptFd = -1;
+    receiverPtr->retryTimer = NULL;
+    receiverPtr->state = NO_REQUEST;
+    receiverPtr->handlerObj = NULL;
+    receiverPtr->generation = forkGeneration;
+    receiverPtr->nextPtr = dataPtr->firstReceiverPtr;
+    dataPtr->firstReceiverPtr = receiverPtr;
+    pthread_mutex_lock(&queueLock);
+    KeepReserve();
+    receiverPtr->id = ((uint64_t) getpid() << 32) | __atomic_fetch_add(
+	    &TRAILER(queuePtr->board)->receivers, 1, __ATOMIC_RELAXED);
+    receiverPtr->nextInProcess = allReceivers;
+    allReceivers = receiverPtr;
+    pthread_mutex_unlock(&queueLock);
+    ClaimSlot(receiverPtr);
+    return receiverPtr;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * FindReceiver --
+ *
+ *	Looks up the interpreter's receiver for a queue, dropping any
+ *	receiver copied from the parent of a fork on the way.
+ *
+ * Results:
+ *	The receiver or NULL.
+ *
+ * Side effects:
+ *	Stale receivers are freed.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static Receiver *
+FindReceiver(
+    InterpData *dataPtr,
+    Queue *queuePtr)
+{
+    Receiver *receiverPtr, *nextPtr, *foundPtr = NULL;
+
+    for (receiverPtr = dataPtr->firstReceiverPtr; receiverPtr != NULL;
+	    receiverPtr = nextPtr) {
+	nextPtr = receiverPtr->nextPtr;
+	if (!DropIfStale(receiverPtr) && receiverPtr->queuePtr == queuePtr) {
+	    foundPtr = receiverPtr;
+	}
+    }
+    return foundPtr;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * DropIfStale --
+ *
+ *	The one guard against state that fork() copied: every way into the
+ *	receive side (the commands through FindReceiver, the file handler,
+ *	the timer and the event) passes it first. A receiver made before
+ *	this process's last fork belongs to the parent: AtForkChild has
+ *	already closed or replaced this process's copies of its descriptors.
+ *
+ * Results:
+ *	1 if the receiver was stale and is freed, else 0.
+ *
+ * Side effects:
+ *	See DropReceiver.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+DropIfStale(
+    Receiver *receiverPtr)
+{
+    if (receiverPtr->generation == forkGeneration) {
+	return 0;
+    }
+    DropReceiver(receiverPtr);
+    return 1;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * StopWatcher --
+ *
+ *	Tells a receiver's watcher thread to end, if nobody has yet, and
+ *	joins it.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	None once the thread has been stopped, or was never started, or the
+ *	receiver was copied by a fork (AtForkChild clears watching).
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+StopWatcher(
+    Receiver *receiverPtr)
+{
+    uint64_t one = 1;
+
+    pthread_mutex_lock(&queueLock);
+    if (!receiverPtr->watching) {
+	pthread_mutex_unlock(&queueLock);
+	return;
+    }
+    receiverPtr->watching = 0;
+
+    /* A new eventfd always takes one write. */
+    while (write(receiverPtr->stopFd, &one, sizeof(one)) < 0
+	    && errno == EINTR) {
+    }
+    pthread_mutex_unlock(&queueLock);
+    pthread_join(receiverPtr->watcher, NULL);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * CloseReplySocket --
+ *
+ *	Stops watching a receiver's reply socket (joining its watcher
+ *	thread) and closes it; frees the event the watcher did not queue.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	The serving process forgets the receiver when it next tries to send
+ *	to it (or prunes it).
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+CloseReplySocket(
+    Receiver *receiverPtr)
+{
+    ReceiverEvent *eventPtr;
+
+    if (receiverPtr->retryTimer != NULL) {
+	Tcl_DeleteTimerHandler(receiverPtr->retryTimer);
+	receiverPtr->retryTimer = NULL;
+    } else if (receiverPtr->replyFd >= 0 && !watchInThread) {
+	Tcl_DeleteFileHandler(receiverPtr->replyFd);
+    }
+    StopWatcher(receiverPtr);
+    DeleteEventsOf(receiverPtr, ReplyReadable);
+    pthread_mutex_lock(&queueLock);
+    CloseFd(&receiverPtr->replyFd);
+    CloseFd(&receiverPtr->pollFd);
+    CloseFd(&receiverPtr->stopFd);
+    eventPtr = receiverPtr->readyEventPtr;
+    receiverPtr->readyEventPtr = NULL;
+    pthread_mutex_unlock(&queueLock);
+    if (eventPtr != NULL) {
+	ckfree((char *) eventPtr);
+    }
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ReturnReceived --
+ *
+ *	queueLock held, live receiver: shuts its reply socket for reading,
+ *	so that the serving process can no longer send to it, and sends
+ *	every connection that came before, like a ready connection its
+ *	request took, back up the queue (ReturnConnections).
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	The receiver holds no connection any more. A process that has no
+ *	descriptor to spare closes its reserve one to take them, one at a
+ *	time, and opens it again. (Without a reserve, EMFILE: a connection
+ *	this process has no room for is closed with the socket; lastErrno
+ *	says so.)
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+ReturnReceived(
+    Receiver *receiverPtr)
+{
+    Queue *queuePtr = receiverPtr->queuePtr;
+    Message message;
+    ssize_t got;
+    int fd;
+
+    if (receiverPtr->takenFd >= 0) {
+	ReturnConnections(queuePtr, receiverPtr->takenFd,
+		&receiverPtr->takenMessage);
+	receiverPtr->takenFd = -1;
+    }
+    SendKept(receiverPtr);
+    if (receiverPtr->replyFd < 0) {
+	return;
+    }
+    shutdown(receiverPtr->replyFd, SHUT_RD);
+    for (;;) {
+	got = ancil_recv_fd(receiverPtr->replyFd, &fd, &message,
+		sizeof(message), MSG_DONTWAIT);
+	if (got > 0 && IsConnection(got, fd, &message)) {
+	    /* Closes fd: the slot is free for the next one. */
+	    ReturnConnections(queuePtr, fd, &message);
+	} else if (got < 0 && errno == EMFILE && reserveFd >= 0) {
+	    CloseFd(&reserveFd);
+	} else if (got == 0 || (got < 0 && errno != EBADMSG)) {
+	    if (got < 0 && errno == EMFILE) {
+		queuePtr->lastErrno = EMFILE;
+	    }
+	    break;
+	}
+    }
+    KeepReserve();
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * KeepReserve --
+ *
+ *	queueLock held: opens the reserve descriptor if the process has
+ *	none (the first receiver, or ReturnReceived used it).
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	If this fails, a later call tries again; until then a return at
+ *	EMFILE closes the connection, and lastErrno says so.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+KeepReserve(void)
+{
+    if (reserveFd < 0) {
+	reserveFd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    }
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * DropReceiver --
+ *
+ *	Frees a receiver (interpreter deleted, or stale) without losing a
+ *	connection (ReturnReceived).
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	For a stale receiver only this process's copies go: the parent
+ *	still owns the request.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+DropReceiver(
+    Receiver *receiverPtr)
+{
+    Receiver **linkPtr = &receiverPtr->dataPtr->firstReceiverPtr;
+
+    while (*linkPtr != receiverPtr) {
+	linkPtr = &(*linkPtr)->nextPtr;
+    }
+    *linkPtr = receiverPtr->nextPtr;
+
+    if (receiverPtr->state == TAKEN) {
+	DeleteEventsOf(receiverPtr, DeliverTaken);
+    }
+    if (receiverPtr->generation == forkGeneration) {
+	pthread_mutex_lock(&queueLock);
+	ReturnReceived(receiverPtr);
+	pthread_mutex_unlock(&queueLock);
+	if (receiverPtr->slotPtr != NULL) {
+	    FreeSlot(receiverPtr->slotPtr, receiverPtr->id);
+	}
+    }
+    CloseReplySocket(receiverPtr);
+
+    pthread_mutex_lock(&queueLock);
+    linkPtr = &allReceivers;
+    while (*linkPtr != receiverPtr) {
+	linkPtr = &(*linkPtr)->nextInProcess;
+    }
+    *linkPtr = receiverPtr->nextInProcess;
+    CloseFd(&receiverPtr->takenFd);
+    CloseFd(&receiverPtr->keptFd);
+    pthread_mutex_unlock(&queueLock);
+    Tcl_CancelIdleCall(SendKeptWhenIdle, receiverPtr);
+    if (receiverPtr->handlerObj != NULL) {
+	Tcl_DecrRefCount(receiverPtr->handlerObj);
+    }
+    ckfree((char *) receiverPtr);
+}
+
+/*
+ *======================================================================
+ *
+ * Release --
+ *
+ *	'release': a handler gives a keep-alive connection back. It
+ *	lingers for the next request (Linger), keeps it for its own
+ *	interpreter's next 'client' (the keeper thread), or sends it up
+ *	the queue for the serving process to watch.
+ *
+ *======================================================================
+ */
 
 /*
  *----------------------------------------------------------------------
@@ -5292,197 +6211,17 @@ InitKeeperCond(void)
 }
 
 /*
- *----------------------------------------------------------------------
+ *======================================================================
  *
- * RefuseRequest --
+ * The scoreboard --
  *
- *	Ends a request with a background error: messageObj as the message,
- *	and -errorcode {SOCKETSERVER code port} if code is not NULL (else
- *	the POSIX error code already set in interp).
+ *	The shared memory in which each receiver says what it does
+ *	(Slot), and the trailer every process of the port reads: making
+ *	and mapping it, claiming, marking and freeing slots, and reading
+ *	it for 'info' (BoardObj).
  *
- * Results:
- *	None.
- *
- * Side effects:
- *	The interpreter's background error handler runs.
- *
- *----------------------------------------------------------------------
+ *======================================================================
  */
-
-static void
-RefuseRequest(
-    Receiver *receiverPtr,
-    Tcl_Obj *messageObj,
-    const char *code)
-{
-    Tcl_Interp *interp = receiverPtr->dataPtr->interp;
-    int port = receiverPtr->queuePtr->port;
-
-    FinishRequest(receiverPtr, -1, NULL);
-    Tcl_Preserve(interp);
-    Tcl_SetObjResult(interp, messageObj);
-    if (code != NULL) {
-	SetPortErrorCode(interp, code, port);
-    }
-    Tcl_AddErrorInfo(interp, "\n    (socketserver request for a connection)");
-    Tcl_BackgroundException(interp, TCL_ERROR);
-    Tcl_Release(interp);
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * WithdrawRequest --
- *
- *	'cancel': withdraws a receiver's request without losing a
- *	connection. One that has come already (taken from the ready queue,
- *	or waiting on the reply socket) is delivered instead. Otherwise a
- *	KIND_WITHDRAW takes the ask back; if the serving process sent a
- *	connection for it before reading that, the connection comes on the
- *	reply socket later and goes back up the queue (ReceiveConnection).
- *
- * Results:
- *	1 if the request was withdrawn, 0 if a connection had come and its
- *	handler has run.
- *
- * Side effects:
- *	See FinishRequest.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-WithdrawRequest(
-    Receiver *receiverPtr)
-{
-    Queue *queuePtr = receiverPtr->queuePtr;
-    Message message;
-    ssize_t got;
-    int fd = -1, error, tries;
-
-    if (receiverPtr->state == TAKEN) {
-	pthread_mutex_lock(&queueLock);
-	fd = receiverPtr->takenFd;
-	receiverPtr->takenFd = -1;
-	pthread_mutex_unlock(&queueLock);
-	message = receiverPtr->takenMessage;
-    } else if (receiverPtr->retryTimer == NULL) {
-	got = ancil_recv_fd(receiverPtr->replyFd, &fd, &message,
-		sizeof(message), MSG_DONTWAIT);
-	if (got <= 0 || !IsConnection(got, fd, &message)) {
-	    /* End of file and errors are the file handler's to see. */
-	    fd = -1;
-	}
-    }
-    if (fd < 0) {
-	memset(&message, 0, sizeof(message));
-	message.magic = MESSAGE_MAGIC;
-	message.kind = KIND_WITHDRAW;
-	message.asker = receiverPtr->id;
-	for (tries = 0; tries < 2; tries++) {
-	    /* No descriptor: no need for the lock. */
-	    error = (SendUp(queuePtr, -1, &message) == 0) ? 0 : errno;
-	    if (tries == 0 && (error == EAGAIN || error == EWOULDBLOCK)) {
-		WaitForRoom(queuePtr);
-	    } else {
-		break;
-	    }
-	}
-	if (error != 0 && error != EPIPE && error != ECONNREFUSED) {
-	    /*
-	     * The ask stays (its connection will come back up the queue);
-	     * with the serving process gone there is nothing to withdraw.
-	     */
-
-	    pthread_mutex_lock(&queueLock);
-	    queuePtr->lastErrno = error;
-	    pthread_mutex_unlock(&queueLock);
-	}
-    }
-    FinishRequest(receiverPtr, fd, &message);
-    return (fd < 0);
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * ReturnConnections --
- *
- *	queueLock held: sends a connection that this process will not serve
- *	up the queue, to be handed over again at its place in accept order;
- *	and behind it every connection that waits in the ready queue, where
- *	the next 'client' anywhere would take them before it: the serving
- *	process puts them all back in accept order.
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	Closes this process's copies. If the serving process is gone or its
- *	queue is full, a connection is lost and lastErrno says why.
- *
- *----------------------------------------------------------------------
- */
-
-static void
-ReturnConnections(
-    Queue *queuePtr,
-    int fd,
-    const Message *messagePtr)
-{
-    Message message = *messagePtr;
-
-    do {
-	message.kind = KIND_RETURN;
-	if (SendUp(queuePtr, fd, &message) < 0) {
-	    queuePtr->lastErrno = errno;
-	}
-	close(fd);
-    } while (TakeReady(queuePtr, &fd, &message) == 1);
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * CancelCmd --
- *
- *	$cmd cancel ?-port port?
- *	Withdraws this interpreter's pending request.
- *
- * Results:
- *	TCL_OK with 1 if a request was withdrawn, 0 if none was pending;
- *	or TCL_ERROR.
- *
- * Side effects:
- *	Nothing is taken from the queue: connections stay there for the
- *	next requester.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-CancelCmd(
-    InterpData *dataPtr,
-    Tcl_Interp *interp,
-    int objc,
-    Tcl_Obj *const objv[])
-{
-    Queue *queuePtr;
-    Receiver *receiverPtr;
-
-    if (objc != 2 && objc != 4) {
-	Tcl_WrongNumArgs(interp, 2, objv, "?-port port?");
-	return TCL_ERROR;
-    }
-    if (LookupQueue(interp, objc, objv, 2, &queuePtr) != TCL_OK) {
-	return TCL_ERROR;
-    }
-    receiverPtr = FindReceiver(dataPtr, queuePtr);
-    Tcl_SetObjResult(interp, Tcl_NewBooleanObj(receiverPtr != NULL
-	    && receiverPtr->state != NO_REQUEST
-	    && WithdrawRequest(receiverPtr)));
-    return TCL_OK;
-}
 
 /*
  *----------------------------------------------------------------------
@@ -5946,344 +6685,128 @@ StartMark(
 /*
  *----------------------------------------------------------------------
  *
- * NewReceiver --
+ * BoardObj --
  *
- *	Makes the interpreter's receiver for a queue, with no reply socket
- *	and no request yet.
+ *	What every receiver of a queue is doing, read from its scoreboard.
+ *	Slots of processes that are gone (collected after they ended, or
+ *	whose pid another process has taken since) are freed on the way;
+ *	one whose fields no receiver would write is left out.
  *
  * Results:
- *	The receiver.
+ *	A new list of dicts, one per receiver: pid, state (waiting, serving,
+ *	idle, or exited: not yet collected), for (seconds in that state),
+ *	served (connections delivered), while serving peer (address and
+ *	port), and handed (seconds since) if it waits but was handed a
+ *	connection it has not taken.
  *
  * Side effects:
- *	None.
+ *	See above.
  *
  *----------------------------------------------------------------------
  */
 
-static Receiver *
-NewReceiver(
-    InterpData *dataPtr,
+static Tcl_Obj *
+BoardObj(
     Queue *queuePtr)
 {
-    Receiver *receiverPtr = (Receiver *) ckalloc(sizeof(Receiver));
+    static const char *const stateNames[] = {
+	"", "waiting", "serving", "idle", "exited"
+    };
+    Tcl_Obj *listObj = Tcl_NewObj();
+    struct timespec now;
+    uint64_t nowNs;
+    int i;
 
-    memset(receiverPtr, 0, sizeof(Receiver));
-    receiverPtr->dataPtr = dataPtr;
-    receiverPtr->queuePtr = queuePtr;
-    receiverPtr->thread = Tcl_GetCurrentThread();
-    receiverPtr->replyFd = -1;
-    receiverPtr->pollFd = -1;
-    receiverPtr->stopFd = -1;
-    receiverPtr->takenFd = -1;
-    receiverPtr->keptFd = -1;
-    receiverPtr->retryTimer = NULL;
-    receiverPtr->state = NO_REQUEST;
-    receiverPtr->handlerObj = NULL;
-    receiverPtr->generation = forkGeneration;
-    receiverPtr->nextPtr = dataPtr->firstReceiverPtr;
-    dataPtr->firstReceiverPtr = receiverPtr;
-    pthread_mutex_lock(&queueLock);
-    KeepReserve();
-    receiverPtr->id = ((uint64_t) getpid() << 32) | __atomic_fetch_add(
-	    &TRAILER(queuePtr->board)->receivers, 1, __ATOMIC_RELAXED);
-    receiverPtr->nextInProcess = allReceivers;
-    allReceivers = receiverPtr;
-    pthread_mutex_unlock(&queueLock);
-    ClaimSlot(receiverPtr);
-    return receiverPtr;
-}
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    nowNs = (uint64_t) now.tv_sec * 1000000000u + (uint64_t) now.tv_nsec;
+    for (i = 0; i < BOARD_SLOTS; i++) {
+	Slot *slotPtr = &queuePtr->board[i], copy;
+	Tcl_Obj *workerObj;
+	uint32_t seq;
+	int tries = 0;
+	pid_t pid;
 
-/*
- *----------------------------------------------------------------------
- *
- * FindReceiver --
- *
- *	Looks up the interpreter's receiver for a queue, dropping any
- *	receiver copied from the parent of a fork on the way.
- *
- * Results:
- *	The receiver or NULL.
- *
- * Side effects:
- *	Stale receivers are freed.
- *
- *----------------------------------------------------------------------
- */
-
-static Receiver *
-FindReceiver(
-    InterpData *dataPtr,
-    Queue *queuePtr)
-{
-    Receiver *receiverPtr, *nextPtr, *foundPtr = NULL;
-
-    for (receiverPtr = dataPtr->firstReceiverPtr; receiverPtr != NULL;
-	    receiverPtr = nextPtr) {
-	nextPtr = receiverPtr->nextPtr;
-	if (!DropIfStale(receiverPtr) && receiverPtr->queuePtr == queuePtr) {
-	    foundPtr = receiverPtr;
+	do {
+	    seq = __atomic_load_n(&slotPtr->seq, __ATOMIC_ACQUIRE);
+	    copy.asker = __atomic_load_n(&slotPtr->asker, __ATOMIC_ACQUIRE);
+	    copy.started = __atomic_load_n(&slotPtr->started,
+		    __ATOMIC_RELAXED);
+	    copy.state = __atomic_load_n(&slotPtr->state, __ATOMIC_RELAXED);
+	    copy.since = __atomic_load_n(&slotPtr->since, __ATOMIC_RELAXED);
+	    copy.served = __atomic_load_n(&slotPtr->served, __ATOMIC_RELAXED);
+	    copy.family = __atomic_load_n(&slotPtr->family, __ATOMIC_RELAXED);
+	    copy.peerPort = __atomic_load_n(&slotPtr->peerPort,
+		    __ATOMIC_RELAXED);
+	    memcpy(copy.peerAddr, slotPtr->peerAddr, sizeof(copy.peerAddr));
+	    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+	} while ((seq % 2 == 1
+		|| seq != __atomic_load_n(&slotPtr->seq, __ATOMIC_RELAXED))
+		&& ++tries < SEQ_TRIES);
+	copy.handed = __atomic_load_n(&slotPtr->handed, __ATOMIC_RELAXED);
+	if (copy.asker == 0) {
+	    continue;
 	}
-    }
-    return foundPtr;
-}
 
-/*
- *----------------------------------------------------------------------
- *
- * DropIfStale --
- *
- *	The one guard against state that fork() copied: every way into the
- *	receive side (the commands through FindReceiver, the file handler,
- *	the timer and the event) passes it first. A receiver made before
- *	this process's last fork belongs to the parent: AtForkChild has
- *	already closed or replaced this process's copies of its descriptors.
- *
- * Results:
- *	1 if the receiver was stale and is freed, else 0.
- *
- * Side effects:
- *	See DropReceiver.
- *
- *----------------------------------------------------------------------
- */
+	/*
+	 * Whoever wrote the slot may be gone even if it died while writing
+	 * (started is written only with the slot taken: it is its owner's,
+	 * or 0). What no receiver writes is not listed: an asker below
+	 * 2^32 (a slot being freed), a state or a count out of range.
+	 */
 
-static int
-DropIfStale(
-    Receiver *receiverPtr)
-{
-    if (receiverPtr->generation == forkGeneration) {
-	return 0;
-    }
-    DropReceiver(receiverPtr);
-    return 1;
-}
+	pid = SlotPid(copy.asker);
+	if (pid == 0 || OwnerGone(pid, (copy.asker > UINT32_MAX)
+		? copy.started : 0)) {
+	    FreeSlot(slotPtr, copy.asker);
+	    continue;
+	}
+	if (tries == SEQ_TRIES || copy.asker <= UINT32_MAX
+		|| copy.state < SLOT_WAITING || copy.state > SLOT_EXITED
+		|| copy.served > (uint64_t) INT64_MAX) {
+	    continue;
+	}
+	workerObj = Tcl_NewObj();
+#define PUT(key, valueObj) \
+    Tcl_DictObjPut(NULL, workerObj, Tcl_NewStringObj((key), -1), (valueObj))
+	PUT("pid", Tcl_NewIntObj((int) pid));
+	PUT("state", Tcl_NewStringObj(stateNames[copy.state], -1));
+	PUT("for", Tcl_NewDoubleObj(nowNs > copy.since
+		? (double) (nowNs - copy.since) / 1e9 : 0.0));
+	PUT("served", Tcl_NewWideIntObj((Tcl_WideInt) copy.served));
+	if (copy.state == SLOT_WAITING && copy.handed > copy.since) {
+	    /* Handed a connection since it asked: it has not taken it. */
+	    PUT("handed", Tcl_NewDoubleObj(nowNs > copy.handed
+		    ? (double) (nowNs - copy.handed) / 1e9 : 0.0));
+	}
+	if (copy.state == SLOT_SERVING) {
+	    char text[INET6_ADDRSTRLEN];
+	    Tcl_Obj *peerObj[2];
 
-/*
- *----------------------------------------------------------------------
- *
- * StopWatcher --
- *
- *	Tells a receiver's watcher thread to end, if nobody has yet, and
- *	joins it.
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	None once the thread has been stopped, or was never started, or the
- *	receiver was copied by a fork (AtForkChild clears watching).
- *
- *----------------------------------------------------------------------
- */
-
-static void
-StopWatcher(
-    Receiver *receiverPtr)
-{
-    uint64_t one = 1;
-
-    pthread_mutex_lock(&queueLock);
-    if (!receiverPtr->watching) {
-	pthread_mutex_unlock(&queueLock);
-	return;
-    }
-    receiverPtr->watching = 0;
-
-    /* A new eventfd always takes one write. */
-    while (write(receiverPtr->stopFd, &one, sizeof(one)) < 0
-	    && errno == EINTR) {
-    }
-    pthread_mutex_unlock(&queueLock);
-    pthread_join(receiverPtr->watcher, NULL);
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * CloseReplySocket --
- *
- *	Stops watching a receiver's reply socket (joining its watcher
- *	thread) and closes it; frees the event the watcher did not queue.
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	The serving process forgets the receiver when it next tries to send
- *	to it (or prunes it).
- *
- *----------------------------------------------------------------------
- */
-
-static void
-CloseReplySocket(
-    Receiver *receiverPtr)
-{
-    ReceiverEvent *eventPtr;
-
-    if (receiverPtr->retryTimer != NULL) {
-	Tcl_DeleteTimerHandler(receiverPtr->retryTimer);
-	receiverPtr->retryTimer = NULL;
-    } else if (receiverPtr->replyFd >= 0 && !watchInThread) {
-	Tcl_DeleteFileHandler(receiverPtr->replyFd);
-    }
-    StopWatcher(receiverPtr);
-    DeleteEventsOf(receiverPtr, ReplyReadable);
-    pthread_mutex_lock(&queueLock);
-    CloseFd(&receiverPtr->replyFd);
-    CloseFd(&receiverPtr->pollFd);
-    CloseFd(&receiverPtr->stopFd);
-    eventPtr = receiverPtr->readyEventPtr;
-    receiverPtr->readyEventPtr = NULL;
-    pthread_mutex_unlock(&queueLock);
-    if (eventPtr != NULL) {
-	ckfree((char *) eventPtr);
-    }
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * ReturnReceived --
- *
- *	queueLock held, live receiver: shuts its reply socket for reading,
- *	so that the serving process can no longer send to it, and sends
- *	every connection that came before, like a ready connection its
- *	request took, back up the queue (ReturnConnections).
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	The receiver holds no connection any more. A process that has no
- *	descriptor to spare closes its reserve one to take them, one at a
- *	time, and opens it again. (Without a reserve, EMFILE: a connection
- *	this process has no room for is closed with the socket; lastErrno
- *	says so.)
- *
- *----------------------------------------------------------------------
- */
-
-static void
-ReturnReceived(
-    Receiver *receiverPtr)
-{
-    Queue *queuePtr = receiverPtr->queuePtr;
-    Message message;
-    ssize_t got;
-    int fd;
-
-    if (receiverPtr->takenFd >= 0) {
-	ReturnConnections(queuePtr, receiverPtr->takenFd,
-		&receiverPtr->takenMessage);
-	receiverPtr->takenFd = -1;
-    }
-    SendKept(receiverPtr);
-    if (receiverPtr->replyFd < 0) {
-	return;
-    }
-    shutdown(receiverPtr->replyFd, SHUT_RD);
-    for (;;) {
-	got = ancil_recv_fd(receiverPtr->replyFd, &fd, &message,
-		sizeof(message), MSG_DONTWAIT);
-	if (got > 0 && IsConnection(got, fd, &message)) {
-	    /* Closes fd: the slot is free for the next one. */
-	    ReturnConnections(queuePtr, fd, &message);
-	} else if (got < 0 && errno == EMFILE && reserveFd >= 0) {
-	    CloseFd(&reserveFd);
-	} else if (got == 0 || (got < 0 && errno != EBADMSG)) {
-	    if (got < 0 && errno == EMFILE) {
-		queuePtr->lastErrno = EMFILE;
+	    if (inet_ntop(copy.family, copy.peerAddr, text, sizeof(text))
+		    == NULL) {
+		text[0] = '\0';
 	    }
-	    break;
+	    peerObj[0] = Tcl_NewStringObj(text, -1);
+	    peerObj[1] = Tcl_NewIntObj((int) copy.peerPort);
+	    PUT("peer", Tcl_NewListObj(2, peerObj));
 	}
+#undef PUT
+	Tcl_ListObjAppendElement(NULL, listObj, workerObj);
     }
-    KeepReserve();
+    return listObj;
 }
 
 /*
- *----------------------------------------------------------------------
+ *======================================================================
  *
- * KeepReserve --
+ * Server, close and info --
  *
- *	queueLock held: opens the reserve descriptor if the process has
- *	none (the first receiver, or ReturnReceived used it).
+ *	The serving process's commands: 'server' (its options, the
+ *	listener, a port's state made once and kept), 'close', and
+ *	'info', which describes a port.
  *
- * Results:
- *	None.
- *
- * Side effects:
- *	If this fails, a later call tries again; until then a return at
- *	EMFILE closes the connection, and lastErrno says so.
- *
- *----------------------------------------------------------------------
+ *======================================================================
  */
-
-static void
-KeepReserve(void)
-{
-    if (reserveFd < 0) {
-	reserveFd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    }
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * DropReceiver --
- *
- *	Frees a receiver (interpreter deleted, or stale) without losing a
- *	connection (ReturnReceived).
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	For a stale receiver only this process's copies go: the parent
- *	still owns the request.
- *
- *----------------------------------------------------------------------
- */
-
-static void
-DropReceiver(
-    Receiver *receiverPtr)
-{
-    Receiver **linkPtr = &receiverPtr->dataPtr->firstReceiverPtr;
-
-    while (*linkPtr != receiverPtr) {
-	linkPtr = &(*linkPtr)->nextPtr;
-    }
-    *linkPtr = receiverPtr->nextPtr;
-
-    if (receiverPtr->state == TAKEN) {
-	DeleteEventsOf(receiverPtr, DeliverTaken);
-    }
-    if (receiverPtr->generation == forkGeneration) {
-	pthread_mutex_lock(&queueLock);
-	ReturnReceived(receiverPtr);
-	pthread_mutex_unlock(&queueLock);
-	if (receiverPtr->slotPtr != NULL) {
-	    FreeSlot(receiverPtr->slotPtr, receiverPtr->id);
-	}
-    }
-    CloseReplySocket(receiverPtr);
-
-    pthread_mutex_lock(&queueLock);
-    linkPtr = &allReceivers;
-    while (*linkPtr != receiverPtr) {
-	linkPtr = &(*linkPtr)->nextInProcess;
-    }
-    *linkPtr = receiverPtr->nextInProcess;
-    CloseFd(&receiverPtr->takenFd);
-    CloseFd(&receiverPtr->keptFd);
-    pthread_mutex_unlock(&queueLock);
-    Tcl_CancelIdleCall(SendKeptWhenIdle, receiverPtr);
-    if (receiverPtr->handlerObj != NULL) {
-	Tcl_DecrRefCount(receiverPtr->handlerObj);
-    }
-    ckfree((char *) receiverPtr);
-}
 
 /*
  *----------------------------------------------------------------------
@@ -7180,6 +7703,52 @@ ClaimRefused(
 /*
  *----------------------------------------------------------------------
  *
+ * ClaimListening --
+ *
+ *	Finds the queue of the port in objPtr that this process listens on,
+ *	and marks it STOPPING: 'close' and 'reexec' then stop its accept
+ *	thread (StopAccepting).
+ *
+ * Results:
+ *	TCL_OK with *queuePtrPtr set; or TCL_ERROR with a message and
+ *	-errorcode {SOCKETSERVER NOTLISTENING port} or {TCL VALUE PORT}.
+ *
+ * Side effects:
+ *	See above.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+ClaimListening(
+    Tcl_Interp *interp,
+    Tcl_Obj *objPtr,
+    Queue **queuePtrPtr)
+{
+    Queue *queuePtr;
+    int port;
+
+    if (ParsePort(interp, objPtr, &port) != TCL_OK) {
+	return TCL_ERROR;
+    }
+    pthread_mutex_lock(&queueLock);
+    queuePtr = FindQueue(port);
+    if (queuePtr == NULL || queuePtr->state != LISTENING) {
+	pthread_mutex_unlock(&queueLock);
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"this process is not listening on port %d", port));
+	SetPortErrorCode(interp, "NOTLISTENING", port);
+	return TCL_ERROR;
+    }
+    queuePtr->state = STOPPING;
+    pthread_mutex_unlock(&queueLock);
+    *queuePtrPtr = queuePtr;
+    return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * CloseCmd --
  *
  *	$cmd close port
@@ -7264,6 +7833,119 @@ CloseCmd(
     Tcl_ResetResult(interp);
     return TCL_OK;
 }
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * InfoCmd --
+ *
+ *	$cmd info ?port?
+ *	Without port: the ports this process knows. With port: a dict
+ *	describing it.
+ *
+ * Results:
+ *	TCL_OK with the list or dict, or TCL_ERROR ({SOCKETSERVER NOSERVER
+ *	port} for an unknown port).
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+InfoCmd(
+    InterpData *dataPtr,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    Tcl_Obj *resultObj;
+    Queue *queuePtr;
+    Receiver *receiverPtr;
+    int port, requested, readyBytes;
+
+    if (objc != 2 && objc != 3) {
+	Tcl_WrongNumArgs(interp, 2, objv, "?port?");
+	return TCL_ERROR;
+    }
+    if (objc == 2) {
+	resultObj = Tcl_NewObj();
+	pthread_mutex_lock(&queueLock);
+	for (queuePtr = firstQueuePtr; queuePtr != NULL;
+		queuePtr = queuePtr->nextPtr) {
+	    Tcl_ListObjAppendElement(NULL, resultObj,
+		    Tcl_NewIntObj(queuePtr->port));
+	}
+	pthread_mutex_unlock(&queueLock);
+	Tcl_SetObjResult(interp, resultObj);
+	return TCL_OK;
+    }
+
+    if (ParsePort(interp, objv[2], &port) != TCL_OK) {
+	return TCL_ERROR;
+    }
+    pthread_mutex_lock(&queueLock);
+    queuePtr = FindQueue(port);
+    pthread_mutex_unlock(&queueLock);
+    if (queuePtr == NULL) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"no server on port %d in this process", port));
+	SetPortErrorCode(interp, "NOSERVER", port);
+	return TCL_ERROR;
+    }
+    receiverPtr = FindReceiver(dataPtr, queuePtr);
+    requested = (receiverPtr != NULL && receiverPtr->state != NO_REQUEST);
+    resultObj = Tcl_NewObj();
+
+    /*
+     * The ready queue's reading end is in every process: FIONREAD there
+     * counts the bytes of every message waiting (Linux), one Message
+     * each.
+     */
+
+    if (ioctl(queuePtr->readyFds[0], FIONREAD, &readyBytes) < 0) {
+	readyBytes = 0;
+    }
+
+#define PUT(key, valueObj) \
+    Tcl_DictObjPut(NULL, resultObj, Tcl_NewStringObj((key), -1), (valueObj))
+    pthread_mutex_lock(&queueLock);
+    PUT("port", Tcl_NewIntObj(queuePtr->port));
+    PUT("myaddr", Tcl_NewStringObj(queuePtr->myaddr, -1));
+    PUT("listening", Tcl_NewBooleanObj(queuePtr->state == LISTENING));
+    PUT("accepted", Tcl_NewLongObj(queuePtr->accepted));
+    PUT("received", Tcl_NewLongObj(queuePtr->received));
+    PUT("requested", Tcl_NewBooleanObj(requested));
+    PUT("waiting", Tcl_NewIntObj(queuePtr->numAsks));
+    PUT("queued", Tcl_NewIntObj(queuePtr->numPending
+	    + readyBytes / (int) sizeof(Message)));
+    PUT("watching", Tcl_NewIntObj(queuePtr->numWatched[WATCH_SILENT]
+	    + queuePtr->numWatched[WATCH_PARKED]));
+    PUT("parked", Tcl_NewIntObj(queuePtr->numWatched[WATCH_PARKED]));
+    PUT("closed", Tcl_NewLongObj(queuePtr->closed));
+    PUT("watchlimit", Tcl_NewIntObj(queuePtr->watchLimit));
+    errno = queuePtr->lastErrno;
+    PUT("lasterror", Tcl_NewStringObj(errno ? Tcl_ErrnoId() : "", -1));
+    pthread_mutex_unlock(&queueLock);
+    PUT("workers", BoardObj(queuePtr));
+#undef PUT
+    Tcl_SetObjResult(interp, resultObj);
+    return TCL_OK;
+}
+
+/*
+ *======================================================================
+ *
+ * Upgrade and adoption --
+ *
+ *	'reexec' (the program replaced in place, keeping its listeners
+ *	and pending connections), 'spawn' (a program started with the
+ *	queues handed over), and the adoption of what was handed over
+ *	when such a program loads the package (AdoptQueues).
+ *
+ *======================================================================
+ */
 
 /*
  *----------------------------------------------------------------------
@@ -7465,220 +8147,6 @@ ReexecCmd(
     Tcl_SetObjResult(interp, Tcl_ObjPrintf("couldn't re-execute \"%s\": %s",
 	    Tcl_GetString(objv[3]), Tcl_PosixError(interp)));
     return TCL_ERROR;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * InfoCmd --
- *
- *	$cmd info ?port?
- *	Without port: the ports this process knows. With port: a dict
- *	describing it.
- *
- * Results:
- *	TCL_OK with the list or dict, or TCL_ERROR ({SOCKETSERVER NOSERVER
- *	port} for an unknown port).
- *
- * Side effects:
- *	None.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-InfoCmd(
-    InterpData *dataPtr,
-    Tcl_Interp *interp,
-    int objc,
-    Tcl_Obj *const objv[])
-{
-    Tcl_Obj *resultObj;
-    Queue *queuePtr;
-    Receiver *receiverPtr;
-    int port, requested, readyBytes;
-
-    if (objc != 2 && objc != 3) {
-	Tcl_WrongNumArgs(interp, 2, objv, "?port?");
-	return TCL_ERROR;
-    }
-    if (objc == 2) {
-	resultObj = Tcl_NewObj();
-	pthread_mutex_lock(&queueLock);
-	for (queuePtr = firstQueuePtr; queuePtr != NULL;
-		queuePtr = queuePtr->nextPtr) {
-	    Tcl_ListObjAppendElement(NULL, resultObj,
-		    Tcl_NewIntObj(queuePtr->port));
-	}
-	pthread_mutex_unlock(&queueLock);
-	Tcl_SetObjResult(interp, resultObj);
-	return TCL_OK;
-    }
-
-    if (ParsePort(interp, objv[2], &port) != TCL_OK) {
-	return TCL_ERROR;
-    }
-    pthread_mutex_lock(&queueLock);
-    queuePtr = FindQueue(port);
-    pthread_mutex_unlock(&queueLock);
-    if (queuePtr == NULL) {
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		"no server on port %d in this process", port));
-	SetPortErrorCode(interp, "NOSERVER", port);
-	return TCL_ERROR;
-    }
-    receiverPtr = FindReceiver(dataPtr, queuePtr);
-    requested = (receiverPtr != NULL && receiverPtr->state != NO_REQUEST);
-    resultObj = Tcl_NewObj();
-
-    /*
-     * The ready queue's reading end is in every process: FIONREAD there
-     * counts the bytes of every message waiting (Linux), one Message
-     * each.
-     */
-
-    if (ioctl(queuePtr->readyFds[0], FIONREAD, &readyBytes) < 0) {
-	readyBytes = 0;
-    }
-
-#define PUT(key, valueObj) \
-    Tcl_DictObjPut(NULL, resultObj, Tcl_NewStringObj((key), -1), (valueObj))
-    pthread_mutex_lock(&queueLock);
-    PUT("port", Tcl_NewIntObj(queuePtr->port));
-    PUT("myaddr", Tcl_NewStringObj(queuePtr->myaddr, -1));
-    PUT("listening", Tcl_NewBooleanObj(queuePtr->state == LISTENING));
-    PUT("accepted", Tcl_NewLongObj(queuePtr->accepted));
-    PUT("received", Tcl_NewLongObj(queuePtr->received));
-    PUT("requested", Tcl_NewBooleanObj(requested));
-    PUT("waiting", Tcl_NewIntObj(queuePtr->numAsks));
-    PUT("queued", Tcl_NewIntObj(queuePtr->numPending
-	    + readyBytes / (int) sizeof(Message)));
-    PUT("watching", Tcl_NewIntObj(queuePtr->numWatched[WATCH_SILENT]
-	    + queuePtr->numWatched[WATCH_PARKED]));
-    PUT("parked", Tcl_NewIntObj(queuePtr->numWatched[WATCH_PARKED]));
-    PUT("closed", Tcl_NewLongObj(queuePtr->closed));
-    PUT("watchlimit", Tcl_NewIntObj(queuePtr->watchLimit));
-    errno = queuePtr->lastErrno;
-    PUT("lasterror", Tcl_NewStringObj(errno ? Tcl_ErrnoId() : "", -1));
-    pthread_mutex_unlock(&queueLock);
-    PUT("workers", BoardObj(queuePtr));
-#undef PUT
-    Tcl_SetObjResult(interp, resultObj);
-    return TCL_OK;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * BoardObj --
- *
- *	What every receiver of a queue is doing, read from its scoreboard.
- *	Slots of processes that are gone (collected after they ended, or
- *	whose pid another process has taken since) are freed on the way;
- *	one whose fields no receiver would write is left out.
- *
- * Results:
- *	A new list of dicts, one per receiver: pid, state (waiting, serving,
- *	idle, or exited: not yet collected), for (seconds in that state),
- *	served (connections delivered), while serving peer (address and
- *	port), and handed (seconds since) if it waits but was handed a
- *	connection it has not taken.
- *
- * Side effects:
- *	See above.
- *
- *----------------------------------------------------------------------
- */
-
-static Tcl_Obj *
-BoardObj(
-    Queue *queuePtr)
-{
-    static const char *const stateNames[] = {
-	"", "waiting", "serving", "idle", "exited"
-    };
-    Tcl_Obj *listObj = Tcl_NewObj();
-    struct timespec now;
-    uint64_t nowNs;
-    int i;
-
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    nowNs = (uint64_t) now.tv_sec * 1000000000u + (uint64_t) now.tv_nsec;
-    for (i = 0; i < BOARD_SLOTS; i++) {
-	Slot *slotPtr = &queuePtr->board[i], copy;
-	Tcl_Obj *workerObj;
-	uint32_t seq;
-	int tries = 0;
-	pid_t pid;
-
-	do {
-	    seq = __atomic_load_n(&slotPtr->seq, __ATOMIC_ACQUIRE);
-	    copy.asker = __atomic_load_n(&slotPtr->asker, __ATOMIC_ACQUIRE);
-	    copy.started = __atomic_load_n(&slotPtr->started,
-		    __ATOMIC_RELAXED);
-	    copy.state = __atomic_load_n(&slotPtr->state, __ATOMIC_RELAXED);
-	    copy.since = __atomic_load_n(&slotPtr->since, __ATOMIC_RELAXED);
-	    copy.served = __atomic_load_n(&slotPtr->served, __ATOMIC_RELAXED);
-	    copy.family = __atomic_load_n(&slotPtr->family, __ATOMIC_RELAXED);
-	    copy.peerPort = __atomic_load_n(&slotPtr->peerPort,
-		    __ATOMIC_RELAXED);
-	    memcpy(copy.peerAddr, slotPtr->peerAddr, sizeof(copy.peerAddr));
-	    __atomic_thread_fence(__ATOMIC_ACQUIRE);
-	} while ((seq % 2 == 1
-		|| seq != __atomic_load_n(&slotPtr->seq, __ATOMIC_RELAXED))
-		&& ++tries < SEQ_TRIES);
-	copy.handed = __atomic_load_n(&slotPtr->handed, __ATOMIC_RELAXED);
-	if (copy.asker == 0) {
-	    continue;
-	}
-
-	/*
-	 * Whoever wrote the slot may be gone even if it died while writing
-	 * (started is written only with the slot taken: it is its owner's,
-	 * or 0). What no receiver writes is not listed: an asker below
-	 * 2^32 (a slot being freed), a state or a count out of range.
-	 */
-
-	pid = SlotPid(copy.asker);
-	if (pid == 0 || OwnerGone(pid, (copy.asker > UINT32_MAX)
-		? copy.started : 0)) {
-	    FreeSlot(slotPtr, copy.asker);
-	    continue;
-	}
-	if (tries == SEQ_TRIES || copy.asker <= UINT32_MAX
-		|| copy.state < SLOT_WAITING || copy.state > SLOT_EXITED
-		|| copy.served > (uint64_t) INT64_MAX) {
-	    continue;
-	}
-	workerObj = Tcl_NewObj();
-#define PUT(key, valueObj) \
-    Tcl_DictObjPut(NULL, workerObj, Tcl_NewStringObj((key), -1), (valueObj))
-	PUT("pid", Tcl_NewIntObj((int) pid));
-	PUT("state", Tcl_NewStringObj(stateNames[copy.state], -1));
-	PUT("for", Tcl_NewDoubleObj(nowNs > copy.since
-		? (double) (nowNs - copy.since) / 1e9 : 0.0));
-	PUT("served", Tcl_NewWideIntObj((Tcl_WideInt) copy.served));
-	if (copy.state == SLOT_WAITING && copy.handed > copy.since) {
-	    /* Handed a connection since it asked: it has not taken it. */
-	    PUT("handed", Tcl_NewDoubleObj(nowNs > copy.handed
-		    ? (double) (nowNs - copy.handed) / 1e9 : 0.0));
-	}
-	if (copy.state == SLOT_SERVING) {
-	    char text[INET6_ADDRSTRLEN];
-	    Tcl_Obj *peerObj[2];
-
-	    if (inet_ntop(copy.family, copy.peerAddr, text, sizeof(text))
-		    == NULL) {
-		text[0] = '\0';
-	    }
-	    peerObj[0] = Tcl_NewStringObj(text, -1);
-	    peerObj[1] = Tcl_NewIntObj((int) copy.peerPort);
-	    PUT("peer", Tcl_NewListObj(2, peerObj));
-	}
-#undef PUT
-	Tcl_ListObjAppendElement(NULL, listObj, workerObj);
-    }
-    return listObj;
 }
 
 /*
@@ -8165,6 +8633,7 @@ WatchParent(
 }
 
 #ifndef SS_LINUX
+
 /*
  *----------------------------------------------------------------------
  *
@@ -8198,6 +8667,24 @@ WatchParentLife(
     return NULL;
 }
 #endif
+
+/*
+ *======================================================================
+ *
+ * Process tools --
+ *
+ *	General process tools that know nothing of ports:
+ *	::socketserver::signal, kill, exited, wait, descriptors, notify
+ *	and runas.
+ *
+ *	Names they share with the rest of the file: signalLock and
+ *	forkGeneration (taken and counted by the fork handlers),
+ *	ForgetSignals (called by AtForkChild), ParseSignal (used by
+ *	'spawn -parentdeath'), CloseFd, and the commands that
+ *	Socketserver_Init creates.
+ *
+ *======================================================================
+ */
 
 /*
  * The signals, as 'kill -l' names them. A script may be set for those
@@ -9269,279 +9756,4 @@ RunasObjCmd(
     }
 #endif
     return TCL_OK;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * SocketserverObjCmd --
- *
- *	::socketserver::socket subcommand ?arg ...?
- *
- * Results:
- *	A standard Tcl result.
- *
- * Side effects:
- *	See the subcommands.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-SocketserverObjCmd(
-    ClientData clientData,
-    Tcl_Interp *interp,
-    int objc,
-    Tcl_Obj *const objv[])
-{
-    static const char *const subcommands[] = {
-	"cancel", "client", "close", "info", "reexec", "release", "server",
-	"spawn", NULL
-    };
-    enum subcommands {
-	SUB_CANCEL, SUB_CLIENT, SUB_CLOSE, SUB_INFO, SUB_REEXEC, SUB_RELEASE,
-	SUB_SERVER, SUB_SPAWN
-    };
-    InterpData *dataPtr = clientData;
-    int index;
-
-    if (objc < 2) {
-	Tcl_WrongNumArgs(interp, 1, objv, "subcommand ?arg ...?");
-	return TCL_ERROR;
-    }
-    if (Tcl_GetIndexFromObj(interp, objv[1], subcommands, "subcommand", 0,
-	    &index) != TCL_OK) {
-	return TCL_ERROR;
-    }
-
-    switch ((enum subcommands) index) {
-    case SUB_CANCEL:
-	/* $cmd cancel ?-port port? */
-	return CancelCmd(dataPtr, interp, objc, objv);
-    case SUB_CLIENT:
-	/* $cmd client ?-port port? handler */
-	return ClientCmd(dataPtr, interp, objc, objv);
-    case SUB_CLOSE:
-	/* $cmd close port */
-	return CloseCmd(interp, objc, objv);
-    case SUB_INFO:
-	/* $cmd info ?port? */
-	return InfoCmd(dataPtr, interp, objc, objv);
-    case SUB_REEXEC:
-	/* $cmd reexec port command ?arg ...? */
-	return ReexecCmd(interp, objc, objv);
-    case SUB_RELEASE:
-	/* $cmd release channel */
-	return ReleaseCmd(dataPtr, interp, objc, objv);
-    case SUB_SERVER:
-	/* $cmd server ?-ready s? ?-keepalive s? ?-myaddr addr? ?-backlog n?
-	 * port | -fd fd ?port? */
-	return ServerCmd(interp, objc, objv);
-    case SUB_SPAWN:
-	/* $cmd spawn command ?arg ...? */
-	return SpawnCmd(interp, objc, objv);
-    }
-    return TCL_ERROR;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * EndInterpThread --
- *
- *	Thread exit handler of the thread of an interpreter that was not
- *	deleted (thread::exit ends a thread so): drops its receivers as its
- *	deletion would, so that no watcher thread is left to queue events
- *	for a thread that is gone (or for the next one, which glibc gives
- *	the same id), and no connection is left in a reply socket that
- *	nobody reads. Its signal scripts go with the thread's wake pipe
- *	(ForgetThreadSignals).
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	See DropReceiver. Nothing changes when the whole process exits
- *	(processExiting): FinalizeServers has done what must be done.
- *
- *----------------------------------------------------------------------
- */
-
-static void
-EndInterpThread(
-    ClientData clientData)
-{
-    InterpData *dataPtr = clientData;
-    int exiting;
-
-    pthread_mutex_lock(&queueLock);
-    exiting = processExiting;
-    pthread_mutex_unlock(&queueLock);
-    if (exiting) {
-	return;
-    }
-    while (dataPtr->firstReceiverPtr != NULL) {
-	DropReceiver(dataPtr->firstReceiverPtr);
-    }
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * DeleteInterpData --
- *
- *	Interpreter deletion: withdraws its pending requests and removes
- *	the signal scripts it set.
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	Frees the interpreter's data. Servers stay: they belong to the
- *	process.
- *
- *----------------------------------------------------------------------
- */
-
-static void
-DeleteInterpData(
-    ClientData clientData,
-    Tcl_Interp *interp)
-{
-    InterpData *dataPtr = clientData;
-
-    int signo;
-
-    Tcl_DeleteThreadExitHandler(EndInterpThread, dataPtr);
-    while (dataPtr->firstReceiverPtr != NULL) {
-	DropReceiver(dataPtr->firstReceiverPtr);
-    }
-    pthread_mutex_lock(&signalLock);
-    for (signo = 1; signo < NSIG; signo++) {
-	if (signalHandlers[signo] != NULL
-		&& signalHandlers[signo]->interp == interp) {
-	    RemoveSignalScript(signo);
-	}
-    }
-    pthread_mutex_unlock(&signalLock);
-    ckfree((char *) dataPtr);
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * Socketserver_Init --
- *
- *	Initializes the package in interp: creates ::socketserver::socket.
- *
- * Results:
- *	A standard Tcl result.
- *
- * Side effects:
- *	The first call in a process installs fork and exit handlers; each
- *	call a thread exit handler for the interpreter (EndInterpThread).
- *
- *----------------------------------------------------------------------
- */
-
-int
-Socketserver_Init(
-    Tcl_Interp *interp)
-{
-    InterpData *dataPtr;
-
-    if (Tcl_InitStubs(interp, "8.6-", 0) == NULL) {
-	return TCL_ERROR;
-    }
-    if (Tcl_GetVar2(interp, "tcl_platform", "threaded", TCL_GLOBAL_ONLY)
-	    != NULL) {
-	pthread_mutex_lock(&queueLock);
-	threadedTcl = 1;
-	pthread_mutex_unlock(&queueLock);
-    }
-    pthread_once(&setupOnce, SetupProcess);
-    if (atforkError != 0) {
-	errno = atforkError;
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		"couldn't install socketserver's fork handlers: %s",
-		Tcl_PosixError(interp)));
-	return TCL_ERROR;
-    }
-    if (adoptError != 0) {
-	errno = adoptError;
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		"couldn't adopt the queues handed over by the spawning "
-		"process: %s", Tcl_PosixError(interp)));
-	return TCL_ERROR;
-    }
-
-    /*
-     * The hand-over's variable is gone from the process's environment;
-     * keep this interpreter's env array in step.
-     */
-
-    Tcl_UnsetVar2(interp, "env", SPAWN_ENV, TCL_GLOBAL_ONLY);
-
-    dataPtr = (InterpData *) ckalloc(sizeof(InterpData));
-    dataPtr->interp = interp;
-    dataPtr->firstReceiverPtr = NULL;
-    Tcl_SetAssocData(interp, ASSOC_KEY, DeleteInterpData, dataPtr);
-    Tcl_CreateThreadExitHandler(EndInterpThread, dataPtr);
-    Tcl_CreateObjCommand(interp, "::socketserver::socket",
-	    SocketserverObjCmd, dataPtr, NULL);
-    Tcl_CreateObjCommand(interp, "::socketserver::signal",
-	    SignalObjCmd, NULL, NULL);
-    Tcl_CreateObjCommand(interp, "::socketserver::kill",
-	    KillObjCmd, NULL, NULL);
-    Tcl_CreateObjCommand(interp, "::socketserver::exited",
-	    ExitedObjCmd, NULL, NULL);
-    Tcl_CreateObjCommand(interp, "::socketserver::descriptors",
-	    DescriptorsObjCmd, NULL, NULL);
-    Tcl_CreateObjCommand(interp, "::socketserver::notify",
-	    NotifyObjCmd, NULL, NULL);
-    Tcl_CreateObjCommand(interp, "::socketserver::runas",
-	    RunasObjCmd, NULL, NULL);
-    Tcl_CreateObjCommand(interp, "::socketserver::wait",
-	    WaitObjCmd, NULL, NULL);
-
-    /*
-     * Which build this is: what the scripts may rely on differs (see the
-     * manual page).
-     */
-
-    if (Tcl_SetVar2(interp, "::socketserver::build", NULL, BUILD_NAME,
-	    TCL_GLOBAL_ONLY | TCL_LEAVE_ERR_MSG) == NULL) {
-	return TCL_ERROR;
-    }
-    return Tcl_PkgProvide(interp, PACKAGE_NAME, PACKAGE_VERSION);
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * Socketserver_SafeInit --
- *
- *	Refuses: a safe interpreter must not open listening sockets.
- *
- * Results:
- *	TCL_ERROR with a message.
- *
- * Side effects:
- *	None.
- *
- *----------------------------------------------------------------------
- */
-
-int
-Socketserver_SafeInit(
-    Tcl_Interp *interp)
-{
-    if (Tcl_InitStubs(interp, "8.6-", 0) == NULL) {
-	return TCL_ERROR;
-    }
-    Tcl_SetObjResult(interp, Tcl_NewStringObj(
-	    "socketserver can't be loaded into a safe interpreter: it opens "
-	    "listening sockets and shares them with forked processes", -1));
-    Tcl_SetErrorCode(interp, "SOCKETSERVER", "SAFE", NULL);
-    return TCL_ERROR;
 }
