@@ -623,6 +623,22 @@ typedef struct InterpData {
 				 * asked from. */
 } InterpData;
 
+/*
+ * What 'server' was asked for (ParseServerOptions).
+ */
+
+typedef struct ServerOptions {
+    const char *mark;		/* -readyafter, markLength bytes ("" if
+				 * none). */
+    Tcl_Size markLength;
+    uint64_t timeoutNs[WATCH_KINDS];
+				/* -ready and -keepalive, ns. */
+    const char *myaddr;		/* -myaddr. */
+    int backlog;		/* -backlog. */
+    int adoptFd;		/* -fd, or -1. */
+    int port;			/* The port, 0 if none was given (or 0). */
+} ServerOptions;
+
 static pthread_mutex_t queueLock = PTHREAD_MUTEX_INITIALIZER;
 static Queue *firstQueuePtr = NULL;	/* Queues of this process. (L) */
 static Receiver *allReceivers = NULL;	/* Receivers of every interpreter
@@ -872,6 +888,8 @@ static void		HandWatchedOver(Queue *queuePtr, int index);
 /* The queue and hand-over */
 
 static int		ReadQueue(Queue *queuePtr);
+static void		ActOnQueueMessage(Queue *queuePtr, int fd,
+			    Message *messagePtr);
 static void		ForgetOldQueue(Queue *queuePtr, int index);
 static int		AddReplySocket(Queue *queuePtr, uint64_t asker,
 			    int fd);
@@ -899,6 +917,10 @@ static int		HandOverFirstPending(Queue *queuePtr, int wait);
 
 static int		ClientCmd(InterpData *dataPtr, Tcl_Interp *interp,
 			    int objc, Tcl_Obj *const objv[]);
+static int		AskForConnection(Tcl_Interp *interp,
+			    Receiver *receiverPtr);
+static int		SetAskError(Tcl_Interp *interp, Queue *queuePtr,
+			    int error);
 static int		LookupQueue(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[], int first,
 			    Queue **queuePtrPtr);
@@ -947,6 +969,11 @@ static void		DropReceiver(Receiver *receiverPtr);
 
 static int		ReleaseCmd(InterpData *dataPtr, Tcl_Interp *interp,
 			    int objc, Tcl_Obj *const objv[]);
+static int		RefuseUnreleasable(Tcl_Interp *interp,
+			    Tcl_Channel chan, const char *name,
+			    Delivered **deliveredPtrPtr, int *fdPtr);
+static int		KeepForNextRequest(Receiver *receiverPtr, int fd,
+			    const Message *messagePtr);
 static int		DetachConnection(int fd);
 static int		SendReleased(Queue *queuePtr, int fd,
 			    Message *messagePtr, int wait);
@@ -980,6 +1007,13 @@ static Tcl_Obj *	BoardObj(Queue *queuePtr);
 
 static int		ServerCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
+static int		ParseServerOptions(Tcl_Interp *interp, int objc,
+			    Tcl_Obj *const objv[],
+			    ServerOptions *optionsPtr);
+static Queue *		MakePortStateLocked(Tcl_Interp *interp, int port,
+			    int listenFd);
+static void		PublishMarkAndReopen(Queue *queuePtr,
+			    const char *mark, Tcl_Size markLength);
 static int		IsAscii(const char *string, Tcl_Size length);
 static int		GetIntInRange(Tcl_Obj *objPtr, Tcl_WideInt min,
 			    Tcl_WideInt max, int *valuePtr);
@@ -3081,7 +3115,7 @@ ReadQueue(
 {
     Message message;
     ssize_t got;
-    int fd, index, old = -1, sock = queuePtr->askFds[0], taken = 0;
+    int fd, old = -1, sock = queuePtr->askFds[0], taken = 0;
     int32_t *countPtr = &TRAILER(queuePtr->board)->queuedCount;
 
     for (;;) {
@@ -3148,79 +3182,116 @@ ReadQueue(
 	    CloseFd(&fd);
 	    continue;
 	}
-	switch (message.kind) {
-	case KIND_ASK:
-	    index = (fd >= 0) ? AddReplySocket(queuePtr, message.asker, fd)
-		    : FindReplySocket(queuePtr, message.asker);
-	    if (index < 0) {
-		/*
-		 * No room to record the socket (ENOMEM), or a later ask of a
-		 * receiver already forgotten (its socket was hung up).
-		 */
+	ActOnQueueMessage(queuePtr, fd, &message);
+    }
+}
 
-		CloseFd(&fd);
-		continue;
-	    }
-	    if (!GrowList((void **) &queuePtr->asks, &queuePtr->askSpace,
-		    queuePtr->numAsks, sizeof(uint64_t))) {
-		queuePtr->lastErrno = ENOMEM;
-		ForgetReplySocket(queuePtr, index);
-		continue;
-	    }
-	    queuePtr->asks[queuePtr->numAsks++] = message.asker;
-	    break;
-	case KIND_WITHDRAW:
+/*
+ *----------------------------------------------------------------------
+ *
+ * ActOnQueueMessage --
+ *
+ *	Accept thread, queueLock held: does what one well-formed message
+ *	read from a queue (ReadQueue) asks. An ask joins the FIFO of asks
+ *	(and the first of a receiver brings its reply socket); a withdrawal
+ *	takes its asker's newest ask out again; a released connection is
+ *	parked (watched) until its next request, or pending at once if that
+ *	has come; a returned connection goes back into the pending list at
+ *	its place in accept order, and the ready queue is drained into that
+ *	list so that the returned one goes out before them.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	fd is recorded or closed. ENOMEM in lastErrno when there was no
+ *	room to record it: a receiver whose ask can't be recorded is
+ *	forgotten (it sees end of file, as if the serving process were
+ *	gone, rather than wait for ever).
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+ActOnQueueMessage(
+    Queue *queuePtr,
+    int fd,
+    Message *messagePtr)
+{
+    int index;
+
+    switch (messagePtr->kind) {
+    case KIND_ASK:
+	index = (fd >= 0) ? AddReplySocket(queuePtr, messagePtr->asker, fd)
+		: FindReplySocket(queuePtr, messagePtr->asker);
+	if (index < 0) {
 	    /*
-	     * Its newest ask, if one is left: the others keep their places.
-	     * None is left when the connection for it was sent already; it
-	     * comes back up the queue as a KIND_RETURN.
+	     * No room to record the socket (ENOMEM), or a later ask of a
+	     * receiver already forgotten (its socket was hung up).
 	     */
 
-	    for (index = queuePtr->numAsks - 1; index >= 0; index--) {
-		if (queuePtr->asks[index] == message.asker) {
-		    queuePtr->numAsks--;
-		    memmove(queuePtr->asks + index, queuePtr->asks + index + 1,
-			    (queuePtr->numAsks - index) * sizeof(uint64_t));
-		    break;
-		}
-	    }
-	    break;
-	case KIND_RELEASE:
-	    /*
-	     * Its next request may be here already (pipelined): then it
-	     * goes out at once. After 'close', nobody would hand it over.
-	     */
+	    CloseFd(&fd);
+	    return;
+	}
+	if (!GrowList((void **) &queuePtr->asks, &queuePtr->askSpace,
+		queuePtr->numAsks, sizeof(uint64_t))) {
+	    queuePtr->lastErrno = ENOMEM;
+	    ForgetReplySocket(queuePtr, index);
+	    return;
+	}
+	queuePtr->asks[queuePtr->numAsks++] = messagePtr->asker;
+	break;
+    case KIND_WITHDRAW:
+	/*
+	 * Its newest ask, if one is left: the others keep their places.
+	 * None is left when the connection for it was sent already; it
+	 * comes back up the queue as a KIND_RETURN.
+	 */
 
-	    if (queuePtr->state == NOT_LISTENING) {
-		queuePtr->closed++;
-		close(fd);
+	for (index = queuePtr->numAsks - 1; index >= 0; index--) {
+	    if (queuePtr->asks[index] == messagePtr->asker) {
+		queuePtr->numAsks--;
+		memmove(queuePtr->asks + index, queuePtr->asks + index + 1,
+			(queuePtr->numAsks - index) * sizeof(uint64_t));
 		break;
 	    }
-	    switch (Readiness(fd, queuePtr->mark, queuePtr->markLength)) {
-	    case CONN_HAS_DATA:
-		MakePending(queuePtr, fd, &message);
-		break;
-	    case CONN_SILENT:
-	    case CONN_PARTIAL:
-		WatchConnection(queuePtr, fd, &message, WATCH_PARKED);
-		break;
-	    case CONN_HUNG_UP:
-		queuePtr->closed++;
-		close(fd);
-		break;
-	    }
-	    break;
-	default:
-	    message.kind = KIND_CONNECTION;
-	    if (!AddPending(queuePtr, fd, &message)) {
-		/* Its client sees end of file; nothing else can be done. */
-		queuePtr->lastErrno = ENOMEM;
-		close(fd);
-		continue;
-	    }
-	    DrainReady(queuePtr);
+	}
+	break;
+    case KIND_RELEASE:
+	/*
+	 * Its next request may be here already (pipelined): then it
+	 * goes out at once. After 'close', nobody would hand it over.
+	 */
+
+	if (queuePtr->state == NOT_LISTENING) {
+	    queuePtr->closed++;
+	    close(fd);
 	    break;
 	}
+	switch (Readiness(fd, queuePtr->mark, queuePtr->markLength)) {
+	case CONN_HAS_DATA:
+	    MakePending(queuePtr, fd, messagePtr);
+	    break;
+	case CONN_SILENT:
+	case CONN_PARTIAL:
+	    WatchConnection(queuePtr, fd, messagePtr, WATCH_PARKED);
+	    break;
+	case CONN_HUNG_UP:
+	    queuePtr->closed++;
+	    close(fd);
+	    break;
+	}
+	break;
+    default:
+	messagePtr->kind = KIND_CONNECTION;
+	if (!AddPending(queuePtr, fd, messagePtr)) {
+	    /* Its client sees end of file; nothing else can be done. */
+	    queuePtr->lastErrno = ENOMEM;
+	    close(fd);
+	    return;
+	}
+	DrainReady(queuePtr);
+	break;
     }
 }
 
@@ -3967,7 +4038,7 @@ ClientCmd(
     Queue *queuePtr;
     Receiver *receiverPtr;
     Tcl_Size length;
-    int fd, watch, error;
+    int fd;
 
     if ((objc != 3 && objc != 5)
 	    || (objc == 3 && strcmp(Tcl_GetString(objv[2]), "-port") == 0)) {
@@ -4040,51 +4111,10 @@ ClientCmd(
 	eventPtr->receiverPtr = receiverPtr;
 	Tcl_QueueEvent((Tcl_Event *) eventPtr, TCL_QUEUE_TAIL);
     } else {
-	watch = (receiverPtr->replyFd < 0);
-	error = SendAsk(receiverPtr);
 	pthread_mutex_unlock(&queueLock);
-	if (error == EAGAIN || error == EWOULDBLOCK) {
-	    WaitForRoom(queuePtr);
-	    pthread_mutex_lock(&queueLock);
-	    watch = (receiverPtr->replyFd < 0);
-	    error = SendAsk(receiverPtr);
-	    pthread_mutex_unlock(&queueLock);
-	}
-	if (error == EPIPE || error == ECONNREFUSED || error == ECONNRESET
-		|| error == ENOTCONN) {
-	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		    "couldn't ask for a connection from port %d: the serving "
-		    "process is gone", queuePtr->port));
-	    SetPortErrorCode(interp, "CLOSED", queuePtr->port);
-	    return TCL_ERROR;
-	} else if (error == -1) {
-	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		    "couldn't ask for a connection from port %d: every "
-		    "descriptor below %d is in use and Tcl's notifier can't "
-		    "watch higher ones", queuePtr->port, FD_SETSIZE));
-	    SetPortErrorCode(interp, "FDLIMIT", queuePtr->port);
-	    return TCL_ERROR;
-	} else if (error != 0) {
-	    errno = error;
-	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		    "couldn't ask for a connection from port %d: %s",
-		    queuePtr->port, Tcl_PosixError(interp)));
+	if (AskForConnection(interp, receiverPtr) != TCL_OK) {
 	    return TCL_ERROR;
 	}
-	if (watch && (error = WatchReplySocket(receiverPtr)) != 0) {
-	    /*
-	     * The ask is up: the serving process finds the socket hung up
-	     * and forgets it, with its ask.
-	     */
-
-	    CloseReplySocket(receiverPtr);
-	    errno = error;
-	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		    "couldn't ask for a connection from port %d: %s",
-		    queuePtr->port, Tcl_PosixError(interp)));
-	    return TCL_ERROR;
-	}
-	receiverPtr->state = ASKED;
     }
     MarkSlot(receiverPtr, SLOT_WAITING, NULL);
     if (receiverPtr->state == TAKEN) {
@@ -4095,6 +4125,108 @@ ClientCmd(
     Tcl_IncrRefCount(handlerObj);
     Tcl_ResetResult(interp);
     return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * AskForConnection --
+ *
+ *	Sends receiverPtr's ask up its queue (SendAsk), waiting once for
+ *	room if the queue is full (WaitForRoom), and watches the reply
+ *	socket if this ask made it. Called without queueLock.
+ *
+ * Results:
+ *	TCL_OK, or TCL_ERROR with a message and -errorcode in interp
+ *	(SetAskError).
+ *
+ * Side effects:
+ *	The request becomes ASKED. On a failure to watch, the reply socket
+ *	is closed: the serving process finds it hung up and forgets it, with
+ *	its ask.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+AskForConnection(
+    Tcl_Interp *interp,
+    Receiver *receiverPtr)
+{
+    Queue *queuePtr = receiverPtr->queuePtr;
+    int watch, error;
+
+    /*
+     * Under the lock, so that a fork never copies a reply socket that the
+     * child handler does not know about.
+     */
+
+    pthread_mutex_lock(&queueLock);
+    watch = (receiverPtr->replyFd < 0);
+    error = SendAsk(receiverPtr);
+    pthread_mutex_unlock(&queueLock);
+    if (error == EAGAIN || error == EWOULDBLOCK) {
+	WaitForRoom(queuePtr);
+	pthread_mutex_lock(&queueLock);
+	watch = (receiverPtr->replyFd < 0);
+	error = SendAsk(receiverPtr);
+	pthread_mutex_unlock(&queueLock);
+    }
+    if (error != 0) {
+	return SetAskError(interp, queuePtr, error);
+    }
+    if (watch && (error = WatchReplySocket(receiverPtr)) != 0) {
+	CloseReplySocket(receiverPtr);
+	return SetAskError(interp, queuePtr, error);
+    }
+    receiverPtr->state = ASKED;
+    return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * SetAskError --
+ *
+ *	Puts the message and -errorcode for an ask that failed with error
+ *	(as SendAsk or WatchReplySocket returned it) in interp.
+ *
+ * Results:
+ *	TCL_ERROR.
+ *
+ * Side effects:
+ *	-errorcode {SOCKETSERVER CLOSED port} when the serving process is
+ *	gone, {SOCKETSERVER FDLIMIT port} for -1 (no descriptor Tcl's
+ *	notifier can watch), else {POSIX ...}.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+SetAskError(
+    Tcl_Interp *interp,
+    Queue *queuePtr,
+    int error)
+{
+    if (error == EPIPE || error == ECONNREFUSED || error == ECONNRESET
+	    || error == ENOTCONN) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't ask for a connection from port %d: the serving "
+		"process is gone", queuePtr->port));
+	SetPortErrorCode(interp, "CLOSED", queuePtr->port);
+    } else if (error == -1) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't ask for a connection from port %d: every "
+		"descriptor below %d is in use and Tcl's notifier can't "
+		"watch higher ones", queuePtr->port, FD_SETSIZE));
+	SetPortErrorCode(interp, "FDLIMIT", queuePtr->port);
+    } else {
+	errno = error;
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't ask for a connection from port %d: %s",
+		queuePtr->port, Tcl_PosixError(interp)));
+    }
+    return TCL_ERROR;
 }
 
 /*
@@ -5579,8 +5711,7 @@ ReleaseCmd(
     Delivered *deliveredPtr;
     Receiver *receiverPtr;
     Message message;
-    ClientData handle;
-    const char *name, *code = NULL;
+    const char *name;
     Queue *queuePtr;
     Tcl_DString blockingDs;
     int error, fd, kept;
@@ -5594,50 +5725,10 @@ ReleaseCmd(
     if (chan == NULL) {
 	return TCL_ERROR;
     }
-    pthread_mutex_lock(&queueLock);
-    for (deliveredPtr = firstDelivered; deliveredPtr != NULL
-	    && deliveredPtr->chan != chan; deliveredPtr = deliveredPtr->nextPtr) {
-    }
-    pthread_mutex_unlock(&queueLock);
-    if (deliveredPtr == NULL) {
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": not a "
-		"connection from a socketserver queue", name));
-	Tcl_SetErrorCode(interp, "SOCKETSERVER", "NOTCONNECTION", name, NULL);
+    if (RefuseUnreleasable(interp, chan, name, &deliveredPtr, &fd)) {
 	return TCL_ERROR;
     }
     queuePtr = deliveredPtr->queuePtr;
-    if (Tcl_GetTopChannel(chan) != chan) {
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": a "
-		"transformation is stacked on it", name));
-	code = "STACKED";
-    } else if (Tcl_InputBuffered(chan) > 0) {
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": it "
-		"holds %d bytes of input not read yet", name,
-		(int) Tcl_InputBuffered(chan)));
-	code = "UNREAD";
-    } else if (Tcl_OutputBuffered(chan) > 0) {
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": it "
-		"holds %d bytes of output not flushed yet", name,
-		(int) Tcl_OutputBuffered(chan)));
-	code = "UNFLUSHED";
-    } else if (Tcl_GetChannelHandle(chan, TCL_READABLE, &handle) != TCL_OK
-	    || (intptr_t) handle < 0 || (intptr_t) handle > INT_MAX) {
-	/*
-	 * Never so for the TCP channel made here, whose handle is its
-	 * descriptor in either direction; but a number that comes from Tcl
-	 * is checked before it is sent anywhere.
-	 */
-
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": it "
-		"has no descriptor", name));
-	Tcl_SetErrorCode(interp, "SOCKETSERVER", "NOTCONNECTION", name, NULL);
-	return TCL_ERROR;
-    }
-    if (code != NULL) {
-	SetPortErrorCode(interp, code, queuePtr->port);
-	return TCL_ERROR;
-    }
-    fd = (int) (intptr_t) handle;
 
     /*
      * Whoever takes the connection next trusts it to be blocking
@@ -5679,23 +5770,7 @@ ReleaseCmd(
 		&& !__atomic_load_n(&TRAILER(queuePtr->board)->replaced,
 		    __ATOMIC_ACQUIRE)
 		&& Linger(queuePtr, fd)) {
-	    /* The keeper leaves it alone until it is detached. */
-	    pthread_mutex_lock(&queueLock);
-	    receiverPtr->keptFd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-	    receiverPtr->keptMessage = message;
-	    receiverPtr->keptUntil = UINT64_MAX;
-	    pthread_mutex_unlock(&queueLock);
-	    kept = (receiverPtr->keptFd >= 0 && DetachConnection(fd) == 0);
-	    pthread_mutex_lock(&queueLock);
-	    if (kept) {
-		KeepFor(receiverPtr);
-	    } else {
-		CloseFd(&receiverPtr->keptFd);
-	    }
-	    pthread_mutex_unlock(&queueLock);
-	    if (kept) {
-		Tcl_DoWhenIdle(SendKeptWhenIdle, receiverPtr);
-	    }
+	    kept = KeepForNextRequest(receiverPtr, fd, &message);
 	}
 	error = kept ? 0 : SendReleased(queuePtr, fd, &message, 1);
 	if (!kept && error == 0) {
@@ -5714,6 +5789,135 @@ ReleaseCmd(
     }
     Tcl_ResetResult(interp);
     return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * RefuseUnreleasable --
+ *
+ *	The refusals of 'release': chan (named name) must be a connection
+ *	delivered from a queue, with no transformation stacked on it, no
+ *	unread input, no unflushed output, and a descriptor.
+ *
+ * Results:
+ *	0 with *deliveredPtrPtr and *fdPtr set if chan may be released; 1
+ *	with a message and -errorcode {SOCKETSERVER NOTCONNECTION channel}
+ *	or {SOCKETSERVER STACKED|UNREAD|UNFLUSHED port} in interp if not.
+ *
+ * Side effects:
+ *	None: a refused channel is left as it was.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+RefuseUnreleasable(
+    Tcl_Interp *interp,
+    Tcl_Channel chan,
+    const char *name,
+    Delivered **deliveredPtrPtr,
+    int *fdPtr)
+{
+    Delivered *deliveredPtr;
+    ClientData handle;
+    const char *code = NULL;
+
+    pthread_mutex_lock(&queueLock);
+    for (deliveredPtr = firstDelivered; deliveredPtr != NULL
+	    && deliveredPtr->chan != chan; deliveredPtr = deliveredPtr->nextPtr) {
+    }
+    pthread_mutex_unlock(&queueLock);
+    *deliveredPtrPtr = deliveredPtr;
+    if (deliveredPtr == NULL) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": not a "
+		"connection from a socketserver queue", name));
+	Tcl_SetErrorCode(interp, "SOCKETSERVER", "NOTCONNECTION", name, NULL);
+	return 1;
+    }
+    if (Tcl_GetTopChannel(chan) != chan) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": a "
+		"transformation is stacked on it", name));
+	code = "STACKED";
+    } else if (Tcl_InputBuffered(chan) > 0) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": it "
+		"holds %d bytes of input not read yet", name,
+		(int) Tcl_InputBuffered(chan)));
+	code = "UNREAD";
+    } else if (Tcl_OutputBuffered(chan) > 0) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": it "
+		"holds %d bytes of output not flushed yet", name,
+		(int) Tcl_OutputBuffered(chan)));
+	code = "UNFLUSHED";
+    } else if (Tcl_GetChannelHandle(chan, TCL_READABLE, &handle) != TCL_OK
+	    || (intptr_t) handle < 0 || (intptr_t) handle > INT_MAX) {
+	/*
+	 * Never so for the TCP channel made here, whose handle is its
+	 * descriptor in either direction; but a number that comes from Tcl
+	 * is checked before it is sent anywhere.
+	 */
+
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": it "
+		"has no descriptor", name));
+	Tcl_SetErrorCode(interp, "SOCKETSERVER", "NOTCONNECTION", name, NULL);
+	return 1;
+    }
+    if (code != NULL) {
+	SetPortErrorCode(interp, code, deliveredPtr->queuePtr->port);
+	return 1;
+    }
+    *fdPtr = (int) (intptr_t) handle;
+    return 0;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * KeepForNextRequest --
+ *
+ *	Keeps a released connection, whose next request Linger found, for
+ *	receiverPtr's next 'client': a close-on-exec copy of fd becomes its
+ *	kept connection and fd is detached from its channel
+ *	(DetachConnection).
+ *
+ * Results:
+ *	1 if kept, 0 if not (no descriptor for the copy, or the detach
+ *	failed): then the caller sends fd up the queue.
+ *
+ * Side effects:
+ *	A kept connection goes up the queue after all when the event loop
+ *	is next idle without a 'client' (SendKeptWhenIdle) or after KEEP_NS
+ *	(the keeper, KeepFor).
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+KeepForNextRequest(
+    Receiver *receiverPtr,
+    int fd,
+    const Message *messagePtr)
+{
+    int kept;
+
+    /* The keeper leaves it alone until it is detached. */
+    pthread_mutex_lock(&queueLock);
+    receiverPtr->keptFd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    receiverPtr->keptMessage = *messagePtr;
+    receiverPtr->keptUntil = UINT64_MAX;
+    pthread_mutex_unlock(&queueLock);
+    kept = (receiverPtr->keptFd >= 0 && DetachConnection(fd) == 0);
+    pthread_mutex_lock(&queueLock);
+    if (kept) {
+	KeepFor(receiverPtr);
+    } else {
+	CloseFd(&receiverPtr->keptFd);
+    }
+    pthread_mutex_unlock(&queueLock);
+    if (kept) {
+	Tcl_DoWhenIdle(SendKeptWhenIdle, receiverPtr);
+    }
+    return kept;
 }
 
 /*
@@ -6811,29 +7015,29 @@ BoardObj(
 /*
  *----------------------------------------------------------------------
  *
- * ServerCmd --
+ * ParseServerOptions --
  *
- *	$cmd server ?-myaddr addr? ?-backlog n? port
- *	$cmd server -fd fd ?port?
- *	Listens on port, or on the listening socket the process inherited
- *	as descriptor fd (systemd's socket activation, an upgrade in place),
- *	and starts the accept thread, creating the port's queue or resuming
- *	into the one this process already has.
+ *	Reads the options and the port of 'server' (objv[2] on) into
+ *	*optionsPtr, as Tcl's own 'socket' reads options: up to the first
+ *	word that does not start with "-", each option's value the word
+ *	after it.
  *
  * Results:
- *	TCL_OK with the bound port as result, or TCL_ERROR.
+ *	TCL_OK with *optionsPtr set, or TCL_ERROR with a message and
+ *	-errorcode (TCL ARGUMENT ..., TCL VALUE ...) in interp.
  *
  * Side effects:
- *	The first server of the process becomes the default for 'client'.
+ *	None.
  *
  *----------------------------------------------------------------------
  */
 
 static int
-ServerCmd(
+ParseServerOptions(
     Tcl_Interp *interp,
     int objc,
-    Tcl_Obj *const objv[])
+    Tcl_Obj *const objv[],
+    ServerOptions *optionsPtr)
 {
     static const char *const options[] = {
 	"-backlog", "-fd", "-keepalive", "-myaddr", "-ready", "-readyafter",
@@ -6843,25 +7047,17 @@ ServerCmd(
 	OPT_BACKLOG, OPT_FD, OPT_KEEPALIVE, OPT_MYADDR, OPT_READY,
 	OPT_READYAFTER
     };
-    const char *mark = "";
-    Tcl_Size markLength = 0;
-    uint64_t timeoutNs[WATCH_KINDS] = {0, DEFAULT_KEEPALIVE_NS};
-    struct rlimit limit;
     double seconds;
-    const char *myaddr = "0.0.0.0";
-    char boundAddr[NI_MAXHOST];
-    int backlog = SOMAXCONN, port = 0, boundPort, listenFd, i, index;
-    int adoptFd = -1, bindOptions = 0;
-    int queueFds[2], readyFds[2], boardFd;
-    uint32_t markSeq;
-    Slot *board;
-    BoardTrailer *trailerPtr;
-    Queue *queuePtr;
+    int i, index, bindOptions = 0;
 
-    /*
-     * Options as Tcl's own 'socket' reads them: up to the first word that
-     * does not start with "-", each option's value the word after it.
-     */
+    optionsPtr->mark = "";
+    optionsPtr->markLength = 0;
+    optionsPtr->timeoutNs[WATCH_SILENT] = 0;
+    optionsPtr->timeoutNs[WATCH_PARKED] = DEFAULT_KEEPALIVE_NS;
+    optionsPtr->myaddr = "0.0.0.0";
+    optionsPtr->backlog = SOMAXCONN;
+    optionsPtr->adoptFd = -1;
+    optionsPtr->port = 0;
 
     for (i = 2; i < objc; i++) {
 	const char *word = Tcl_GetString(objv[i]);
@@ -6881,7 +7077,7 @@ ServerCmd(
 	}
 	switch ((enum options) index) {
 	case OPT_BACKLOG:
-	    if (!GetIntInRange(objv[i], 1, INT_MAX, &backlog)) {
+	    if (!GetIntInRange(objv[i], 1, INT_MAX, &optionsPtr->backlog)) {
 		Tcl_SetObjResult(interp, Tcl_ObjPrintf(
 			"expected positive integer backlog but got \"%s\"",
 			Tcl_GetString(objv[i])));
@@ -6891,7 +7087,7 @@ ServerCmd(
 	    bindOptions = 1;
 	    break;
 	case OPT_FD:
-	    if (!GetIntInRange(objv[i], 0, INT_MAX, &adoptFd)) {
+	    if (!GetIntInRange(objv[i], 0, INT_MAX, &optionsPtr->adoptFd)) {
 		Tcl_SetObjResult(interp, Tcl_ObjPrintf(
 			"expected a descriptor number but got \"%s\"",
 			Tcl_GetString(objv[i])));
@@ -6900,15 +7096,17 @@ ServerCmd(
 	    }
 	    break;
 	case OPT_MYADDR:
-	    myaddr = Tcl_GetString(objv[i]);
+	    optionsPtr->myaddr = Tcl_GetString(objv[i]);
 	    bindOptions = 1;
 	    break;
 	case OPT_READYAFTER:
-	    mark = Tcl_GetStringFromObj(objv[i], &markLength);
-	    if (markLength > MARK_MAX || !IsAscii(mark, markLength)) {
+	    optionsPtr->mark = Tcl_GetStringFromObj(objv[i],
+		    &optionsPtr->markLength);
+	    if (optionsPtr->markLength > MARK_MAX
+		    || !IsAscii(optionsPtr->mark, optionsPtr->markLength)) {
 		Tcl_SetObjResult(interp, Tcl_ObjPrintf(
 			"expected at most %d ASCII characters for -readyafter "
-			"but got \"%s\"", MARK_MAX, mark));
+			"but got \"%s\"", MARK_MAX, optionsPtr->mark));
 		Tcl_SetErrorCode(interp, "TCL", "VALUE", "READYAFTER", NULL);
 		return TCL_ERROR;
 	    }
@@ -6926,26 +7124,181 @@ ServerCmd(
 		return TCL_ERROR;
 	    }
 	    /* A time too short to count in ns is still no "0". */
-	    timeoutNs[(index == OPT_READY) ? WATCH_SILENT : WATCH_PARKED] =
+	    optionsPtr->timeoutNs[(index == OPT_READY)
+		    ? WATCH_SILENT : WATCH_PARKED] =
 		    (seconds > 0 && seconds < 1e-9) ? 1
 		    : (uint64_t) (seconds * 1e9);
 	    break;
 	}
     }
-    if ((adoptFd < 0 && i != objc - 1) || (adoptFd >= 0 && i < objc - 1)) {
+    if ((optionsPtr->adoptFd < 0 && i != objc - 1)
+	    || (optionsPtr->adoptFd >= 0 && i < objc - 1)) {
 	Tcl_WrongNumArgs(interp, 2, objv,
 		"?-ready s? ?-readyafter string? ?-keepalive s? ?-myaddr addr? "
 		"?-backlog n? port | -fd fd ?port?");
 	return TCL_ERROR;
     }
-    if (adoptFd >= 0 && bindOptions) {
+    if (optionsPtr->adoptFd >= 0 && bindOptions) {
 	Tcl_SetObjResult(interp, Tcl_NewStringObj(
 		"-fd takes a socket that listens already: -myaddr and "
 		"-backlog don't apply", -1));
 	Tcl_SetErrorCode(interp, "TCL", "ARGUMENT", "FD", NULL);
 	return TCL_ERROR;
     }
-    if (i == objc - 1 && ParsePort(interp, objv[i], &port) != TCL_OK) {
+    if (i == objc - 1
+	    && ParsePort(interp, objv[i], &optionsPtr->port) != TCL_OK) {
+	return TCL_ERROR;
+    }
+    return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * MakePortStateLocked --
+ *
+ *	Makes the state of a port this process has never served: its
+ *	pending list, its queue and ready queue (MakeQueueSockets) and its
+ *	scoreboard (MakeBoard), and adds it to the process's list
+ *	(AddQueue). Called without queueLock.
+ *
+ * Results:
+ *	The new port's state, with queueLock held; or NULL, without the
+ *	lock, with a message and -errorcode {POSIX ...} in interp.
+ *
+ * Side effects:
+ *	On failure, listenFd is closed and nothing made is left open.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static Queue *
+MakePortStateLocked(
+    Tcl_Interp *interp,
+    int port,
+    int listenFd)
+{
+    int queueFds[2], readyFds[2], boardFd, i, error;
+    const char *what = "the queue";
+    const char *how = "";
+    Slot *board;
+    Queue *queuePtr;
+
+    /*
+     * The accept thread accepts only while nothing is pending, so with
+     * this room an accepted connection always fits in the list.
+     */
+
+    Pending *pending = malloc(LIST_MIN * sizeof(Pending));
+
+    if (pending == NULL) {
+	errno = ENOMEM;
+	goto failed;
+    }
+    if (MakeQueueSockets(queueFds, readyFds) != 0) {
+	how = " (SOCK_SEQPACKET socketpairs)";
+	goto failed;
+    }
+    if ((board = MakeBoard(&boardFd)) == NULL) {
+	error = errno;
+	for (i = 0; i < 2; i++) {
+	    close(queueFds[i]);
+	    close(readyFds[i]);
+	}
+	errno = error;
+	what = "the scoreboard";
+	goto failed;
+    }
+    pthread_mutex_lock(&queueLock);
+    queuePtr = AddQueue(port, queueFds, readyFds, boardFd, board);
+    queuePtr->pending = pending;
+    queuePtr->pendingSpace = LIST_MIN;
+    return queuePtr;
+
+  failed:
+    error = errno;
+    free(pending);
+    close(listenFd);
+    errno = error;
+    Tcl_SetObjResult(interp, Tcl_ObjPrintf("couldn't create %s for port "
+	    "%d%s: %s", what, port, how, Tcl_PosixError(interp)));
+    return NULL;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * PublishMarkAndReopen --
+ *
+ *	Writes the workers' copy of the -readyafter mark into the port's
+ *	scoreboard trailer, whole (a seqlock: a worker that looked at closed
+ *	before the last 'close' may read it now), then clears closed: one
+ *	that sees the port open sees its mark. Called with queueLock held.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	From here on, 'release' in workers sends connections up again.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+PublishMarkAndReopen(
+    Queue *queuePtr,
+    const char *mark,
+    Tcl_Size markLength)
+{
+    BoardTrailer *trailerPtr = TRAILER(queuePtr->board);
+    uint32_t markSeq;
+
+    markSeq = __atomic_load_n(&trailerPtr->markSeq, __ATOMIC_RELAXED) | 1;
+    __atomic_store_n(&trailerPtr->markSeq, markSeq, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    memcpy(trailerPtr->mark, mark, (size_t) markLength);
+    __atomic_store_n(&trailerPtr->markLength, (uint32_t) markLength,
+	    __ATOMIC_RELAXED);
+    __atomic_store_n(&trailerPtr->markSeq, markSeq + 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&trailerPtr->closed, 0, __ATOMIC_SEQ_CST);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ServerCmd --
+ *
+ *	$cmd server ?-ready s? ?-readyafter string? ?-keepalive s?
+ *	    ?-myaddr addr? ?-backlog n? port
+ *	$cmd server ?-ready s? ?-readyafter string? ?-keepalive s?
+ *	    -fd fd ?port?
+ *	Listens on port, or on the listening socket the process inherited
+ *	as descriptor fd (systemd's socket activation, an upgrade in place),
+ *	and starts the accept thread, creating the port's state or resuming
+ *	into the one this process already has.
+ *
+ * Results:
+ *	TCL_OK with the bound port as result, or TCL_ERROR.
+ *
+ * Side effects:
+ *	The first server of the process becomes the default for 'client'.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+ServerCmd(
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    ServerOptions opt;
+    struct rlimit limit;
+    char boundAddr[NI_MAXHOST];
+    int boundPort, listenFd;
+    Queue *queuePtr;
+
+    if (ParseServerOptions(interp, objc, objv, &opt) != TCL_OK) {
 	return TCL_ERROR;
     }
 
@@ -6955,25 +7308,25 @@ ServerCmd(
      */
 
     pthread_mutex_lock(&queueLock);
-    queuePtr = (port != 0) ? FindQueue(port) : NULL;
+    queuePtr = (opt.port != 0) ? FindQueue(opt.port) : NULL;
     if (queuePtr != NULL && ClaimRefused(interp, queuePtr)) {
 	pthread_mutex_unlock(&queueLock);
 	return TCL_ERROR;
     }
     pthread_mutex_unlock(&queueLock);
 
-    if (adoptFd >= 0) {
-	if (AdoptListener(interp, adoptFd, port, &listenFd, &boundPort,
-		boundAddr) != TCL_OK) {
+    if (opt.adoptFd >= 0) {
+	if (AdoptListener(interp, opt.adoptFd, opt.port, &listenFd,
+		&boundPort, boundAddr) != TCL_OK) {
 	    return TCL_ERROR;
 	}
-    } else if (OpenNewListener(interp, myaddr, port, backlog, &listenFd,
-	    &boundPort, boundAddr) != TCL_OK) {
+    } else if (OpenNewListener(interp, opt.myaddr, opt.port, opt.backlog,
+	    &listenFd, &boundPort, boundAddr) != TCL_OK) {
 	return TCL_ERROR;
     }
 
     /*
-     * Find or make the queue of the bound port, and claim it.
+     * Find or make the state of the bound port, and claim it.
      */
 
     pthread_mutex_lock(&queueLock);
@@ -6985,70 +7338,17 @@ ServerCmd(
     }
     if (queuePtr == NULL) {
 	pthread_mutex_unlock(&queueLock);
-	Pending *pending = malloc(LIST_MIN * sizeof(Pending));
-
-	/*
-	 * The accept thread accepts only while nothing is pending, so with
-	 * this room an accepted connection always fits in the list.
-	 */
-
-	if (pending == NULL) {
-	    close(listenFd);
-	    errno = ENOMEM;
-	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		    "couldn't create the queue for port %d: %s", boundPort,
-		    Tcl_PosixError(interp)));
+	queuePtr = MakePortStateLocked(interp, boundPort, listenFd);
+	if (queuePtr == NULL) {
 	    return TCL_ERROR;
 	}
-	if (MakeQueueSockets(queueFds, readyFds) != 0) {
-	    free(pending);
-	    close(listenFd);
-	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		    "couldn't create the queue for port %d (SOCK_SEQPACKET "
-		    "socketpairs): %s", boundPort, Tcl_PosixError(interp)));
-	    return TCL_ERROR;
-	}
-	if ((board = MakeBoard(&boardFd)) == NULL) {
-	    int error = errno;
-
-	    free(pending);
-	    close(listenFd);
-	    for (i = 0; i < 2; i++) {
-		close(queueFds[i]);
-		close(readyFds[i]);
-	    }
-	    errno = error;
-	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		    "couldn't create the scoreboard for port %d: %s",
-		    boundPort, Tcl_PosixError(interp)));
-	    return TCL_ERROR;
-	}
-	pthread_mutex_lock(&queueLock);
-	queuePtr = AddQueue(boundPort, queueFds, readyFds, boardFd, board);
-	queuePtr->pending = pending;
-	queuePtr->pendingSpace = LIST_MIN;
     }
     queuePtr->state = LISTENING;
-    memcpy(queuePtr->mark, mark, (size_t) markLength);
-    queuePtr->markLength = (size_t) markLength;
-
-    /*
-     * The workers' copy of the mark, whole (a seqlock: a worker that
-     * looked at closed before the last 'close' may read it now), before
-     * closed is cleared: one that sees the port open sees its mark.
-     */
-
-    trailerPtr = TRAILER(queuePtr->board);
-    markSeq = __atomic_load_n(&trailerPtr->markSeq, __ATOMIC_RELAXED) | 1;
-    __atomic_store_n(&trailerPtr->markSeq, markSeq, __ATOMIC_RELAXED);
-    __atomic_thread_fence(__ATOMIC_RELEASE);
-    memcpy(trailerPtr->mark, mark, (size_t) markLength);
-    __atomic_store_n(&trailerPtr->markLength, (uint32_t) markLength,
-	    __ATOMIC_RELAXED);
-    __atomic_store_n(&trailerPtr->markSeq, markSeq + 1, __ATOMIC_RELEASE);
-    __atomic_store_n(&trailerPtr->closed, 0, __ATOMIC_SEQ_CST);
+    memcpy(queuePtr->mark, opt.mark, (size_t) opt.markLength);
+    queuePtr->markLength = (size_t) opt.markLength;
+    PublishMarkAndReopen(queuePtr, opt.mark, opt.markLength);
     memcpy(queuePtr->myaddr, boundAddr, sizeof(queuePtr->myaddr));
-    memcpy(queuePtr->timeoutNs, timeoutNs, sizeof(timeoutNs));
+    memcpy(queuePtr->timeoutNs, opt.timeoutNs, sizeof(opt.timeoutNs));
 
     /*
      * Watched connections may take half the descriptors this process can
@@ -7060,16 +7360,16 @@ ServerCmd(
 	    && limit.rlim_cur / 2 < WATCH_MAX) {
 	queuePtr->watchLimit = (int) (limit.rlim_cur / 2);
     }
-    if (adoptFd >= 0) {
-	AdoptPassed(queuePtr, adoptFd);
+    if (opt.adoptFd >= 0) {
+	AdoptPassed(queuePtr, opt.adoptFd);
     }
     pthread_mutex_unlock(&queueLock);
 
     if (StartAccepting(interp, queuePtr, listenFd) != TCL_OK) {
 	return TCL_ERROR;
     }
-    if (adoptFd >= 0) {
-	close(adoptFd);
+    if (opt.adoptFd >= 0) {
+	close(opt.adoptFd);
     }
     Tcl_SetObjResult(interp, Tcl_NewIntObj(boundPort));
     return TCL_OK;
