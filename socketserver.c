@@ -623,22 +623,6 @@ typedef struct InterpData {
 				 * asked from. */
 } InterpData;
 
-/*
- * What 'server' was asked for (ParseServerOptions).
- */
-
-typedef struct ServerOptions {
-    const char *mark;		/* -readyafter, markLength bytes ("" if
-				 * none). */
-    Tcl_Size markLength;
-    uint64_t timeoutNs[WATCH_KINDS];
-				/* -ready and -keepalive, ns. */
-    const char *myaddr;		/* -myaddr. */
-    int backlog;		/* -backlog. */
-    int adoptFd;		/* -fd, or -1. */
-    int port;			/* The port, 0 if none was given (or 0). */
-} ServerOptions;
-
 static pthread_mutex_t queueLock = PTHREAD_MUTEX_INITIALIZER;
 static Queue *firstQueuePtr = NULL;	/* Queues of this process. (L) */
 static Receiver *allReceivers = NULL;	/* Receivers of every interpreter
@@ -831,6 +815,26 @@ static int watchInThread = 0;		/* 1 where reply sockets are watched
 				 * process has never served. */
 
 /*
+ * What 'server' was asked for (ParseServerOptions).
+ */
+
+typedef struct ServerOptions {
+    const char *mark;		/* -readyafter, markLength bytes ("" if
+				 * none). */
+    Tcl_Size markLength;
+    uint64_t timeoutNs[WATCH_KINDS];
+				/* -ready and -keepalive, ns. */
+    const char *myaddr;		/* -myaddr. */
+    int backlog;		/* -backlog. */
+    int adoptFd;		/* -fd, or -1. */
+    int port;			/* The port, 0 if none was given (or 0). */
+} ServerOptions;
+
+static const ServerOptions serverDefaults = {
+    "", 0, {0, DEFAULT_KEEPALIVE_NS}, "0.0.0.0", SOMAXCONN, -1, 0
+};
+
+/*
  * Static routines for this file:
  */
 
@@ -912,6 +916,7 @@ static int		PendingAfterDrain(Queue *queuePtr);
 static int		TakeReady(Queue *queuePtr, int *fdPtr,
 			    Message *messagePtr);
 static int		HandOverFirstPending(Queue *queuePtr, int wait);
+static int		SendToOldestAsk(Queue *queuePtr, int *errorPtr);
 
 /* The worker's receive and delivery */
 
@@ -1010,6 +1015,9 @@ static int		ServerCmd(Tcl_Interp *interp, int objc,
 static int		ParseServerOptions(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[],
 			    ServerOptions *optionsPtr);
+static int		ParseSeconds(Tcl_Interp *interp, const char *option,
+			    Tcl_Obj *valueObj, const char *code,
+			    uint64_t *nsPtr);
 static Queue *		MakePortStateLocked(Tcl_Interp *interp, int port,
 			    int listenFd);
 static void		PublishMarkAndReopen(Queue *queuePtr,
@@ -1975,6 +1983,7 @@ AcceptConnections(
     return NULL;
 }
 
+#ifdef SS_LINUX
 /*
  *----------------------------------------------------------------------
  *
@@ -2006,7 +2015,6 @@ WaitIdle(
     int *listenReadyPtr,
     int *askReadyPtr)
 {
-#ifdef SS_LINUX
     struct epoll_event events[16];
     int i, n, index, timeoutMs, watchReady = 0;
 
@@ -2056,7 +2064,34 @@ WaitIdle(
 	}
     }
     return 1;
+}
 #else
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * WaitIdle --
+ *
+ *	The portable build's WaitIdle: the same with poll(), over the stop
+ *	pipe, the listener, the queues and every reply socket (for hang-ups
+ *	only). Without epoll, watched connections are polled every
+ *	WATCH_POLL_MS (WatchWaitMs).
+ *
+ * Results:
+ *	As WaitIdle above.
+ *
+ * Side effects:
+ *	As WaitIdle above.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+WaitIdle(
+    Queue *queuePtr,
+    int *listenReadyPtr,
+    int *askReadyPtr)
+{
     struct pollfd few[FIXED_FDS], *fds = few;
     uint64_t *askers = NULL;
     int i, n, index, timeoutMs, stop;
@@ -2135,8 +2170,8 @@ WaitIdle(
     }
     free(askers);
     return (!stop || !ToldToStop(queuePtr));
-#endif
 }
+#endif
 
 /*
  *----------------------------------------------------------------------
@@ -3862,6 +3897,87 @@ TakeReady(
 /*
  *----------------------------------------------------------------------
  *
+ * SendToOldestAsk --
+ *
+ *	Accept thread (or 'close'), queueLock held, a connection pending:
+ *	sends the first pending connection over the reply socket of the
+ *	oldest ask whose receiver is still there, forgetting the reply
+ *	sockets (and asks) of those that are gone.
+ *
+ * Results:
+ *	1 if sent. 0 if not, with *errorPtr 0 (no ask left) or the errno
+ *	value of a shortage to retry after (ETOOMANYREFS, ENOBUFS, ENOMEM,
+ *	or EAGAIN for a full reply socket): the ask then stays first.
+ *
+ * Side effects:
+ *	A sent connection leaves the pending list, its ask the asks, and
+ *	its receiver's slot is stamped handed (StampHanded).
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+SendToOldestAsk(
+    Queue *queuePtr,
+    int *errorPtr)
+{
+    int error;
+
+    while (queuePtr->numAsks > 0) {
+	int index = FindReplySocket(queuePtr, queuePtr->asks[0]);
+	int sent;
+
+	if (index < 0) {
+	    /*
+	     * Never so: a receiver's asks are recorded only with its
+	     * socket and dropped with it (ReadQueue, ForgetReplySocket).
+	     * Should that change, the ask goes, not the connection.
+	     */
+
+	    queuePtr->numAsks--;
+	    memmove(queuePtr->asks, queuePtr->asks + 1,
+		    queuePtr->numAsks * sizeof(uint64_t));
+	    continue;
+	}
+	StampHanded(HandingTo(queuePtr, &queuePtr->replySockets[index]));
+	sent = ancil_send_fd(queuePtr->replySockets[index].fd,
+		queuePtr->pending[0].fd, &queuePtr->pending[0].message,
+		sizeof(Message), MSG_DONTWAIT);
+
+	error = (sent == 0) ? 0 : errno;
+	if (error == ETOOMANYREFS || error == ENOBUFS || error == ENOMEM
+		|| error == EAGAIN || error == EWOULDBLOCK) {
+	    /*
+	     * The ask stays first in line; retry shortly. (EAGAIN: the
+	     * reply socket is full of connections its process has not
+	     * read yet.)
+	     */
+
+	    queuePtr->lastErrno = error;
+	    *errorPtr = error;
+	    return 0;
+	}
+	if (sent == 0) {
+	    queuePtr->numAsks--;
+	    memmove(queuePtr->asks, queuePtr->asks + 1,
+		    queuePtr->numAsks * sizeof(uint64_t));
+	    RemoveFirstPending(queuePtr);
+	    return 1;
+	}
+
+	/*
+	 * EPIPE and the like: the receiver is gone, and its asks with it.
+	 */
+
+	ForgetReplySocket(queuePtr, index);
+    }
+    *errorPtr = 0;
+    return 0;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * HandOverFirstPending --
  *
  *	Accept thread (or 'close', with wait 0): sends the first pending
@@ -3904,54 +4020,9 @@ HandOverFirstPending(
 
 	    DrainReady(queuePtr);
 	}
-	while (queuePtr->numAsks > 0) {
-	    int index = FindReplySocket(queuePtr, queuePtr->asks[0]);
-	    int sent;
-
-	    if (index < 0) {
-		/*
-		 * Never so: a receiver's asks are recorded only with its
-		 * socket and dropped with it (ReadQueue, ForgetReplySocket).
-		 * Should that change, the ask goes, not the connection.
-		 */
-
-		queuePtr->numAsks--;
-		memmove(queuePtr->asks, queuePtr->asks + 1,
-			queuePtr->numAsks * sizeof(uint64_t));
-		continue;
-	    }
-	    StampHanded(HandingTo(queuePtr, &queuePtr->replySockets[index]));
-	    sent = ancil_send_fd(queuePtr->replySockets[index].fd,
-		    queuePtr->pending[0].fd, &queuePtr->pending[0].message,
-		    sizeof(Message), MSG_DONTWAIT);
-
-	    error = (sent == 0) ? 0 : errno;
-	    if (error == ETOOMANYREFS || error == ENOBUFS || error == ENOMEM
-		    || error == EAGAIN || error == EWOULDBLOCK) {
-		/*
-		 * The ask stays first in line; retry shortly. (EAGAIN: the
-		 * reply socket is full of connections its process has not
-		 * read yet.)
-		 */
-
-		queuePtr->lastErrno = error;
-		break;
-	    }
-	    if (sent == 0) {
-		queuePtr->numAsks--;
-		memmove(queuePtr->asks, queuePtr->asks + 1,
-			queuePtr->numAsks * sizeof(uint64_t));
-		RemoveFirstPending(queuePtr);
-		pthread_mutex_unlock(&queueLock);
-		return 1;
-	    }
-
-	    /*
-	     * EPIPE and the like: the receiver is gone, and its asks with it.
-	     */
-
-	    ForgetReplySocket(queuePtr, index);
-	    error = 0;
+	if (SendToOldestAsk(queuePtr, &error)) {
+	    pthread_mutex_unlock(&queueLock);
+	    return 1;
 	}
 	if (queuePtr->numAsks == 0 && emptied) {
 	    /*
@@ -7047,17 +7118,9 @@ ParseServerOptions(
 	OPT_BACKLOG, OPT_FD, OPT_KEEPALIVE, OPT_MYADDR, OPT_READY,
 	OPT_READYAFTER
     };
-    double seconds;
     int i, index, bindOptions = 0;
 
-    optionsPtr->mark = "";
-    optionsPtr->markLength = 0;
-    optionsPtr->timeoutNs[WATCH_SILENT] = 0;
-    optionsPtr->timeoutNs[WATCH_PARKED] = DEFAULT_KEEPALIVE_NS;
-    optionsPtr->myaddr = "0.0.0.0";
-    optionsPtr->backlog = SOMAXCONN;
-    optionsPtr->adoptFd = -1;
-    optionsPtr->port = 0;
+    *optionsPtr = serverDefaults;
 
     for (i = 2; i < objc; i++) {
 	const char *word = Tcl_GetString(objv[i]);
@@ -7113,21 +7176,12 @@ ParseServerOptions(
 	    break;
 	case OPT_KEEPALIVE:
 	case OPT_READY:
-	    if (Tcl_GetDoubleFromObj(NULL, objv[i], &seconds) != TCL_OK
-		    || !(seconds >= 0 && seconds <= 86400)) {
-		Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-			"expected a number of seconds from 0 to 86400 for %s "
-			"but got \"%s\"", options[index],
-			Tcl_GetString(objv[i])));
-		Tcl_SetErrorCode(interp, "TCL", "VALUE",
-			(index == OPT_READY) ? "READY" : "KEEPALIVE", NULL);
+	    if (ParseSeconds(interp, options[index], objv[i],
+		    (index == OPT_READY) ? "READY" : "KEEPALIVE",
+		    &optionsPtr->timeoutNs[(index == OPT_READY)
+			    ? WATCH_SILENT : WATCH_PARKED]) != TCL_OK) {
 		return TCL_ERROR;
 	    }
-	    /* A time too short to count in ns is still no "0". */
-	    optionsPtr->timeoutNs[(index == OPT_READY)
-		    ? WATCH_SILENT : WATCH_PARKED] =
-		    (seconds > 0 && seconds < 1e-9) ? 1
-		    : (uint64_t) (seconds * 1e9);
 	    break;
 	}
     }
@@ -7149,6 +7203,48 @@ ParseServerOptions(
 	    && ParsePort(interp, objv[i], &optionsPtr->port) != TCL_OK) {
 	return TCL_ERROR;
     }
+    return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ParseSeconds --
+ *
+ *	Reads the value of 'server -ready' or -keepalive: a number of
+ *	seconds from 0 to 86400.
+ *
+ * Results:
+ *	TCL_OK with *nsPtr set (a time too short to count in ns is still no
+ *	0: 1 ns), or TCL_ERROR with a message and -errorcode {TCL VALUE
+ *	code} in interp.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+ParseSeconds(
+    Tcl_Interp *interp,
+    const char *option,
+    Tcl_Obj *valueObj,
+    const char *code,
+    uint64_t *nsPtr)
+{
+    double seconds;
+
+    if (Tcl_GetDoubleFromObj(NULL, valueObj, &seconds) != TCL_OK
+	    || !(seconds >= 0 && seconds <= 86400)) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"expected a number of seconds from 0 to 86400 for %s "
+		"but got \"%s\"", option, Tcl_GetString(valueObj)));
+	Tcl_SetErrorCode(interp, "TCL", "VALUE", code, NULL);
+	return TCL_ERROR;
+    }
+    *nsPtr = (seconds > 0 && seconds < 1e-9) ? 1
+	    : (uint64_t) (seconds * 1e9);
     return TCL_OK;
 }
 
