@@ -1059,6 +1059,11 @@ static int		SpawnCmd(Tcl_Interp *interp, int objc,
 static uint64_t		MakeNonce(int salt);
 static int		IsQueueSocket(int fd);
 static void		AdoptQueues(void);
+static int		IsAdoptionMessage(ssize_t got, int fd,
+			    const Message *messagePtr, uint64_t nonce,
+			    int askFd, int boardFd);
+static int		AddAdoptedQueue(Message *messagePtr, int boardFd,
+			    int askFd, int readyFd);
 static int		HandedOverBy(long spawner, uint64_t nonce);
 static int		WatchParent(long spawner, int deathSignal);
 #ifndef SS_LINUX
@@ -8770,6 +8775,107 @@ IsQueueSocket(
 /*
  *----------------------------------------------------------------------
  *
+ * IsAdoptionMessage --
+ *
+ *	Checks one message of a hand-over (AdoptQueues): got bytes with fd,
+ *	carrying the token nonce, for a port number that can be; each port
+ *	comes as its scoreboard (a regular file of BOARD_BYTES), then its
+ *	queue's asking end, then its ready queue's reading end (Unix
+ *	SOCK_SEQPACKET sockets). askFd and boardFd are what this port has
+ *	brought so far (-1: nothing).
+ *
+ * Results:
+ *	1 if it is the message that comes next, else 0.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+IsAdoptionMessage(
+    ssize_t got,
+    int fd,
+    const Message *messagePtr,
+    uint64_t nonce,
+    int askFd,
+    int boardFd)
+{
+    struct stat info;
+
+    if ((size_t) got != sizeof(Message) || messagePtr->magic != MESSAGE_MAGIC
+	    || messagePtr->sequence != nonce || messagePtr->port > 65535) {
+	return 0;
+    }
+    if (messagePtr->kind == KIND_ADOPT_BOARD) {
+	return (boardFd < 0 && fstat(fd, &info) == 0
+		&& S_ISREG(info.st_mode)
+		&& info.st_size == (off_t) BOARD_BYTES);
+    }
+    return (IsQueueSocket(fd) && boardFd >= 0
+	    && (messagePtr->kind == KIND_ADOPT_READY) == (askFd >= 0)
+	    && (messagePtr->kind == KIND_ADOPT_ASK
+		|| messagePtr->kind == KIND_ADOPT_READY));
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * AddAdoptedQueue --
+ *
+ *	Adds the state of a port handed over whole (AdoptQueues): its
+ *	scoreboard boardFd, its queue's asking end askFd and its ready
+ *	queue's reading end readyFd, as a forked child has them (not
+ *	listening, counters at 0), with the address in *messagePtr.
+ *
+ * Results:
+ *	0, or an errno value (EBADMSG: this process knows the port already).
+ *
+ * Side effects:
+ *	The three descriptors are the port's, or closed on failure.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+AddAdoptedQueue(
+    Message *messagePtr,
+    int boardFd,
+    int askFd,
+    int readyFd)
+{
+    int askFds[2], readyFds[2];
+    Queue *queuePtr;
+    Slot *board = MapBoard(boardFd);
+    int error = (board == NULL) ? errno : EBADMSG;
+
+    askFds[0] = -1;
+    askFds[1] = askFd;
+    readyFds[0] = readyFd;
+    readyFds[1] = -1;
+    pthread_mutex_lock(&queueLock);
+    if (board == NULL || FindQueue(messagePtr->port) != NULL) {
+	pthread_mutex_unlock(&queueLock);
+	if (board != NULL) {
+	    munmap(board, BOARD_BYTES);
+	}
+	close(boardFd);
+	close(askFd);
+	close(readyFd);
+	return error;
+    }
+    queuePtr = AddQueue(messagePtr->port, askFds, readyFds, boardFd, board);
+    ((char *) &messagePtr->addr)[sizeof(messagePtr->addr) - 1] = '\0';
+    snprintf(queuePtr->myaddr, sizeof(queuePtr->myaddr), "%s",
+	    (char *) &messagePtr->addr);
+    pthread_mutex_unlock(&queueLock);
+    return 0;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * AdoptQueues --
  *
  *	Once per process, at the first load of the package: if this program
@@ -8799,7 +8905,6 @@ AdoptQueues(void)
     const char *value = getenv(SPAWN_ENV);
     unsigned long long nonce;
     long spawner;
-    struct stat info;
     Message message;
     ssize_t got;
     int fd, askFd = -1, boardFd = -1, nullFd, deathSignal = 0;
@@ -8841,16 +8946,7 @@ AdoptQueues(void)
 	 * then its ready queue's reading end.
 	 */
 
-	if ((size_t) got != sizeof(message) || message.magic != MESSAGE_MAGIC
-		|| message.sequence != nonce || message.port > 65535
-		|| (message.kind == KIND_ADOPT_BOARD
-		    ? (boardFd >= 0 || fstat(fd, &info) < 0
-			|| !S_ISREG(info.st_mode)
-			|| info.st_size != (off_t) BOARD_BYTES)
-		    : (!IsQueueSocket(fd) || boardFd < 0
-			|| (message.kind == KIND_ADOPT_READY) != (askFd >= 0)
-			|| (message.kind != KIND_ADOPT_ASK
-			    && message.kind != KIND_ADOPT_READY)))) {
+	if (!IsAdoptionMessage(got, fd, &message, nonce, askFd, boardFd)) {
 	    close(fd);
 	    adoptError = EBADMSG;
 	    break;
@@ -8860,34 +8956,13 @@ AdoptQueues(void)
 	} else if (message.kind == KIND_ADOPT_ASK) {
 	    askFd = fd;
 	} else {
-	    int askFds[2], readyFds[2];
-	    Queue *queuePtr;
-	    Slot *board = MapBoard(boardFd);
-	    int error = (board == NULL) ? errno : EBADMSG;
+	    int error = AddAdoptedQueue(&message, boardFd, askFd, fd);
 
-	    askFds[0] = -1;
-	    askFds[1] = askFd;
-	    readyFds[0] = fd;
-	    readyFds[1] = -1;
-	    askFd = -1;
-	    pthread_mutex_lock(&queueLock);
-	    if (board == NULL || FindQueue(message.port) != NULL) {
+	    boardFd = askFd = -1;
+	    if (error != 0) {
 		adoptError = error;
-		pthread_mutex_unlock(&queueLock);
-		if (board != NULL) {
-		    munmap(board, BOARD_BYTES);
-		}
-		close(askFds[1]);
-		close(fd);
 		break;
 	    }
-	    queuePtr = AddQueue(message.port, askFds, readyFds, boardFd,
-		    board);
-	    boardFd = -1;
-	    ((char *) &message.addr)[sizeof(message.addr) - 1] = '\0';
-	    snprintf(queuePtr->myaddr, sizeof(queuePtr->myaddr), "%s",
-		    (char *) &message.addr);
-	    pthread_mutex_unlock(&queueLock);
 	}
     }
     if (askFd >= 0) {
