@@ -53,7 +53,7 @@
  *	The scoreboard          Slots in shared memory, the trailer, and
  *	                        BoardObj, which reads them for 'info'.
  *	Server, close and info  ServerCmd, the listener, a port's state
- *	                        (AddQueue), CloseCmd, InfoCmd.
+ *	                        (PortState, AddQueue), CloseCmd, InfoCmd.
  *	Upgrade and adoption    ReexecCmd, SpawnCmd, and AdoptQueues in the
  *	                        program that was handed the queues.
  *	Process tools           signal, kill, exited, wait, descriptors,
@@ -398,107 +398,127 @@ typedef struct BoardTrailer {
 				 * stop pipe, listener, queue, old queues. */
 
 /*
- * One queue per port, process-wide, never freed: workers forked earlier
- * keep using it across 'close' and a later 'server' on the same port.
+ * A port's state: one per port, process-wide, never freed: workers forked
+ * earlier keep using it across 'close' and a later 'server' on the same
+ * port. One embedded struct per concern: the accept thread, the asks and
+ * reply sockets (the queue proper), the pending connections and the ready
+ * queue, the watch table, and the counts.
  *
  * queueLock guards the list and every field marked (L). Every descriptor
  * the accept thread creates or receives (accept(), recvmsg() of asks) is
  * created and recorded here under the lock, so that a fork, whose prepare
  * handler takes the lock, never copies one that the child handler does
- * not know about and close. The accept thread reads listenFd, askFds[0]
- * and wakeFds without the lock: they are set before it starts and changed
- * only after it is joined.
+ * not know about and close. The accept thread reads accept.listenFd,
+ * asks.askFds[0] and accept.wakeFds without the lock: they are set before
+ * it starts and changed only after it is joined.
  */
 
-typedef struct Queue {
-    struct Queue *nextPtr;	/* Next queue of the process. (L) */
+typedef struct PortState {
+    struct PortState *nextPtr;	/* Next port of the process. (L) */
     int port;			/* Port number; fixed. */
-    int askFds[2];		/* The queue. [0] is read by the accept
-				 * thread (-1 in forked children); every
-				 * process writes asks to [1]. (L) */
-    int readyFds[2];		/* Connections accepted while no ask was
-				 * waiting: [1], in the serving process
-				 * only, is written by the accept thread;
-				 * a process calling 'client' takes one from
-				 * [0] at once if there is one. Its send
-				 * buffer holds only a few. (L) */
-    int readyMayHold;		/* 0 once the accept thread found [0]
-				 * empty and has not written since. (L) */
-    int listenFd;		/* Listening socket or -1. (L) */
-    int pollFd;			/* Linux: the accept thread's epoll instance
-				 * (WaitIdle), while it runs; else -1. (L) */
-    int wakeFds[2];		/* Pipe whose read end, when readable, tells
-				 * the accept thread to stop. (L) */
-    int state;			/* NOT_LISTENING, LISTENING, DRAINING or
+    int boardFd;		/* The scoreboard's memfd, kept to hand to
+				 * spawned programs; fixed. */
+    Slot *board;		/* The scoreboard, BOARD_SLOTS slots, mapped
+				 * shared; fixed. Lock-free: see Slot. */
+
+    struct {			/* The accept thread. */
+	int state;		/* NOT_LISTENING, LISTENING, DRAINING or
 				 * STOPPING. (L) */
-    pthread_t thread;		/* The accept thread, when state isn't
+	pthread_t thread;	/* The thread, when state isn't
 				 * NOT_LISTENING. */
-    char myaddr[NI_MAXHOST];	/* Numeric address last listened on. (L) */
-    Pending *pending;		/* Connections to hand over, in accept
-				 * order (by sequence): the accept thread
-				 * hands over the first. Accepted ones,
-				 * returned ones and, when one is returned,
-				 * those it takes back from the ready queue
-				 * to put it in front of them. malloc'd. (L) */
-    int numPending;		/* How many. (L) */
-    int pendingSpace;		/* How many fit without realloc(). (L) */
-    uint64_t nextSequence;	/* Sequence of the next accepted
-				 * connection. (L) */
-    ReplySocket *replySockets;	/* Every receiver that has asked, by the
-				 * first ask's order, malloc'd. (L) */
-    int numReplySockets;	/* How many. (L) */
-    int replySpace;		/* How many fit without realloc(). (L) */
-    int pruneMark;		/* Look for hung-up reply sockets when
-				 * numReplySockets passes this. (L) */
-    uint64_t *asks;		/* The asks read so far and not answered or
-				 * withdrawn: their askers' ids, oldest
-				 * first, malloc'd. (L) */
-    int numAsks;		/* How many. (L) */
-    int askSpace;		/* How many fit without realloc(). (L) */
-    long accepted;		/* Connections this process accepted. (L) */
-    long received;		/* Connections this process took. (L) */
-    int lastErrno;		/* Last error the accept thread met, or 0.
-				 * (L) */
-    uint64_t timeoutNs[WATCH_KINDS];
-				/* How long a connection of each kind is
-				 * watched, ns: 'server -ready' (0: hand
-				 * every connection over at once) and
-				 * -keepalive. (L) */
-    char mark[MARK_MAX];	/* 'server -readyafter': the accept thread's
-				 * own copy of the trailer's mark, which
-				 * workers can write. (L) */
-    size_t markLength;		/* Its length, at most MARK_MAX. (L) */
-    Watched *watched;		/* Entries of watched connections, used and
-				 * free, malloc'd. (L) */
-    int watchSpace;		/* How many entries. (L) */
-    int freeWatched;		/* First free entry, or -1. (L) */
-    int firstWatched[WATCH_KINDS];
-				/* Each kind's list: oldest entry, */
-    int lastWatched[WATCH_KINDS];
-				/* newest entry (-1: empty), */
-    int numWatched[WATCH_KINDS];/* and length. (L) */
-    int watchLimit;		/* Most connections watched at once: half
-				 * the descriptor limit at 'server', at most
-				 * WATCH_MAX. (L) */
-    int watchPollFd;		/* Linux: the epoll instance that holds the
-				 * watched connections, itself held by
-				 * pollFd; else -1. (L) */
-    long closed;		/* Connections this process closed without
-				 * handing them over: silent to the end of
-				 * -ready or -keepalive, gone while parked,
-				 * closed for room, or by 'close'. (L) */
-    int oldAskFds[OLD_QUEUES];	/* Reading ends of the queues of the
+	int listenFd;		/* Listening socket or -1. (L) */
+	int pollFd;		/* Linux: its epoll instance (WaitIdle),
+				 * while it runs; else -1. (L) */
+	int wakeFds[2];		/* Pipe whose read end, when readable, tells
+				 * it to stop. (L) */
+	char myaddr[NI_MAXHOST];/* Numeric address last listened on. (L) */
+	int lastErrno;		/* Last error it met, or 0. (L) */
+    } accept;
+
+    struct {			/* The queue: asks and reply sockets. */
+	int askFds[2];		/* [0] is read by the accept thread (-1 in
+				 * forked children); every process writes
+				 * asks to [1]. (L) */
+	int oldAskFds[OLD_QUEUES];
+				/* Reading ends of the queues of the
 				 * programs this one replaced ('reexec'), or
 				 * -1: their workers, still finishing, send
 				 * released and returned connections up
 				 * them. Read with askFds[0], for those
 				 * only, until their last worker is gone
 				 * (end of file) or 'close'. (L) */
-    int boardFd;		/* The scoreboard's memfd, kept to hand to
-				 * spawned programs; fixed. */
-    Slot *board;		/* The scoreboard, BOARD_SLOTS slots, mapped
-				 * shared; fixed. Lock-free: see Slot. */
-} Queue;
+	uint64_t *askers;	/* The asks read so far and not answered or
+				 * withdrawn: their askers' ids, oldest
+				 * first, malloc'd. (L) */
+	int numAsks;		/* How many. (L) */
+	int askSpace;		/* How many fit without realloc(). (L) */
+	ReplySocket *replySockets;
+				/* Every receiver that has asked, by the
+				 * first ask's order, malloc'd. (L) */
+	int numReplySockets;	/* How many. (L) */
+	int replySpace;		/* How many fit without realloc(). (L) */
+	int pruneMark;		/* Look for hung-up reply sockets when
+				 * numReplySockets passes this. (L) */
+    } asks;
+
+    struct {			/* Connections not handed over yet. */
+	Pending *list;		/* To hand over, in accept order (by
+				 * sequence): the accept thread hands over
+				 * the first. Accepted ones, returned ones
+				 * and, when one is returned, those it takes
+				 * back from the ready queue to put it in
+				 * front of them. malloc'd. (L) */
+	int numPending;		/* How many. (L) */
+	int pendingSpace;	/* How many fit without realloc(). (L) */
+	uint64_t nextSequence;	/* Sequence of the next accepted
+				 * connection. (L) */
+	int readyFds[2];	/* The ready queue: connections accepted
+				 * while no ask was waiting: [1], in the
+				 * serving process only, is written by the
+				 * accept thread; a process calling 'client'
+				 * takes one from [0] at once if there is
+				 * one. Its send buffer holds only a few.
+				 * (L) */
+	int readyMayHold;	/* 0 once the accept thread found readyFds[0]
+				 * empty and has not written since. (L) */
+    } pending;
+
+    struct {			/* The watch table: watched connections. */
+	uint64_t timeoutNs[WATCH_KINDS];
+				/* How long a connection of each kind is
+				 * watched, ns: 'server -ready' (0: hand
+				 * every connection over at once) and
+				 * -keepalive. (L) */
+	char mark[MARK_MAX];	/* 'server -readyafter': the accept thread's
+				 * own copy of the trailer's mark, which
+				 * workers can write. (L) */
+	size_t markLength;	/* Its length, at most MARK_MAX. (L) */
+	Watched *entries;	/* Entries, used and free, malloc'd. (L) */
+	int watchSpace;		/* How many entries. (L) */
+	int freeWatched;	/* First free entry, or -1. (L) */
+	int firstWatched[WATCH_KINDS];
+				/* Each kind's list: oldest entry, */
+	int lastWatched[WATCH_KINDS];
+				/* newest entry (-1: empty), */
+	int numWatched[WATCH_KINDS];
+				/* and length. (L) */
+	int watchLimit;		/* Most connections watched at once: half
+				 * the descriptor limit at 'server', at most
+				 * WATCH_MAX. (L) */
+	int watchPollFd;	/* Linux: the epoll instance that holds the
+				 * watched connections, itself held by
+				 * accept.pollFd; else -1. (L) */
+    } watch;
+
+    struct {			/* What 'info' reports. */
+	long accepted;		/* Connections this process accepted. (L) */
+	long received;		/* Connections this process took. (L) */
+	long closed;		/* Connections this process closed without
+				 * handing them over: silent to the end of
+				 * -ready or -keepalive, gone while parked,
+				 * closed for room, or by 'close'. (L) */
+    } counts;
+} PortState;
 
 /*
  * The state of an interpreter's request for one connection from a queue.
@@ -530,7 +550,7 @@ typedef struct Receiver {
     struct Receiver *nextInProcess;
 				/* Next receiver of the process. (L) */
     struct InterpData *dataPtr;	/* The interpreter. */
-    Queue *queuePtr;		/* The queue it receives from. */
+    PortState *queuePtr;		/* The queue it receives from. */
     uint64_t id;		/* Names it in its asks: process id and the
 				 * board's count of receivers, unique even
 				 * across a reuse of the pid. */
@@ -608,7 +628,7 @@ typedef struct ReceiverEvent {
 typedef struct Delivered {
     struct Delivered *nextPtr;	/* Next of the process. (L) */
     Tcl_Channel chan;		/* Its channel. */
-    Queue *queuePtr;		/* The queue it came from. */
+    PortState *queuePtr;		/* The queue it came from. */
     Message message;		/* Its message: the peer's address. */
 } Delivered;
 
@@ -624,7 +644,7 @@ typedef struct InterpData {
 } InterpData;
 
 static pthread_mutex_t queueLock = PTHREAD_MUTEX_INITIALIZER;
-static Queue *firstQueuePtr = NULL;	/* Queues of this process. (L) */
+static PortState *firstQueuePtr = NULL;	/* Queues of this process. (L) */
 static Receiver *allReceivers = NULL;	/* Receivers of every interpreter
 					 * of the process. (L) */
 static int defaultPort = -1;		/* Port of the first server. (L) */
@@ -738,25 +758,30 @@ static int adoptError = 0;		/* Why adopting the queues handed over
 static int atforkError = 0;		/* Why pthread_atfork() refused the
 					 * fork handlers, or 0; set once by
 					 * SetupProcess. */
-static int forkBreaksNotifier = 0;	/* 1 where Tcl's event loop does not
-					 * survive fork() (Tcl 9 on Linux);
-					 * set once by SetupProcess. */
 static int closeShutsDown = 1;		/* 1 where closing a socket channel
 					 * shuts its reading side down first
 					 * (every Tcl but 8.6): see
 					 * DetachConnection; set once by
 					 * SetupProcess. */
-static int selectNotifier = 0;		/* 1 where Tcl's notifier watches file
-					 * handlers with select() (Tcl 8), so
-					 * not a descriptor from FD_SETSIZE
-					 * up; set once by SetupProcess. */
 static int threadedTcl = 0;		/* 1 if Tcl is built with threads;
 					 * set by Socketserver_Init. (L) */
-static int watchInThread = 0;		/* 1 where reply sockets are watched
-					 * by watcher threads (Tcl 8 with
-					 * threads, on Linux), 0 where by file
-					 * handlers; set once by SetupProcess.
-					 * See WatchReplySocket. */
+
+/*
+ * What this process's Tcl notifier can do, set once by SetupProcess before
+ * any thread of ours starts, read without a lock after.
+ */
+
+static struct {
+    int forkBreaks;		/* 1 where Tcl's event loop does not survive
+				 * fork() (Tcl 9 on Linux). */
+    int usesSelect;		/* 1 where Tcl's notifier watches file
+				 * handlers with select() (Tcl 8), so not a
+				 * descriptor from FD_SETSIZE up. */
+    int watchInThread;		/* 1 where reply sockets are watched by
+				 * watcher threads (Tcl 8 with threads, on
+				 * Linux), 0 where by file handlers. See
+				 * WatchReplySocket. */
+} notifier = {0, 0, 0};
 
 #define ASSOC_KEY	"socketserver"
 #define LISTENER_ENV	"SOCKETSERVER_LISTENER"
@@ -853,70 +878,70 @@ static void		AtForkPrepare(void);
 static void		AtForkParent(void);
 static void		AtForkChild(void);
 static void		FinalizeServers(ClientData clientData);
-static Queue *		FindQueue(int port);
+static PortState *		FindQueue(int port);
 
 /* The accept thread */
 
-static int		StartAccepting(Tcl_Interp *interp, Queue *queuePtr,
+static int		StartAccepting(Tcl_Interp *interp, PortState *queuePtr,
 			    int listenFd);
-static int		MakeAcceptPoll(Queue *queuePtr);
+static int		MakeAcceptPoll(PortState *queuePtr);
 static void *		AcceptConnections(void *clientData);
-static int		WaitIdle(Queue *queuePtr, int *listenReadyPtr,
+static int		WaitIdle(PortState *queuePtr, int *listenReadyPtr,
 			    int *askReadyPtr);
-static int		WaitFor(Queue *queuePtr, int fd, short events,
+static int		WaitFor(PortState *queuePtr, int fd, short events,
 			    int otherFd, short otherEvents, int timeoutMs);
-static int		AcceptOneConnection(Queue *queuePtr);
+static int		AcceptOneConnection(PortState *queuePtr);
 static ConnReadiness	Readiness(int fd, const char *mark,
 			    size_t markLength);
-static int		MakePending(Queue *queuePtr, int fd,
+static int		MakePending(PortState *queuePtr, int fd,
 			    Message *messagePtr);
-static int		ToldToStop(Queue *queuePtr);
-static int		Drained(Queue *queuePtr);
-static void		FinishDraining(Queue *queuePtr);
-static void		StopAccepting(Queue *queuePtr, int *listenFdPtr);
+static int		ToldToStop(PortState *queuePtr);
+static int		Drained(PortState *queuePtr);
+static void		FinishDraining(PortState *queuePtr);
+static void		StopAccepting(PortState *queuePtr, int *listenFdPtr);
 
 /* Watched connections */
 
-static void		WatchConnection(Queue *queuePtr, int fd,
+static void		WatchConnection(PortState *queuePtr, int fd,
 			    Message *messagePtr, WatchKind kind);
-static int		ForgetWatched(Queue *queuePtr, int index,
+static int		ForgetWatched(PortState *queuePtr, int index,
 			    int closing);
-static int		CloseOldestWatched(Queue *queuePtr);
-static void		CloseAllWatched(Queue *queuePtr, int counting);
-static int		WatchWaitMs(Queue *queuePtr);
-static void		ServeWatched(Queue *queuePtr, int readable);
-static void		TakeWatched(Queue *queuePtr, int index,
+static int		CloseOldestWatched(PortState *queuePtr);
+static void		CloseAllWatched(PortState *queuePtr, int counting);
+static int		WatchWaitMs(PortState *queuePtr);
+static void		ServeWatched(PortState *queuePtr, int readable);
+static void		TakeWatched(PortState *queuePtr, int index,
 			    int hungUp);
-static void		HandWatchedOver(Queue *queuePtr, int index);
+static void		HandWatchedOver(PortState *queuePtr, int index);
 
 /* The queue and hand-over */
 
-static int		ReadQueue(Queue *queuePtr);
-static void		ActOnQueueMessage(Queue *queuePtr, int fd,
+static int		ReadQueue(PortState *queuePtr);
+static void		ActOnQueueMessage(PortState *queuePtr, int fd,
 			    Message *messagePtr);
-static void		ForgetOldQueue(Queue *queuePtr, int index);
-static int		AddReplySocket(Queue *queuePtr, uint64_t asker,
+static void		ForgetOldQueue(PortState *queuePtr, int index);
+static int		AddReplySocket(PortState *queuePtr, uint64_t asker,
 			    int fd);
-static int		FindReplySocket(Queue *queuePtr, uint64_t asker);
-static void		ForgetReplySocket(Queue *queuePtr, int index);
-static void		WatchHangUp(Queue *queuePtr,
+static int		FindReplySocket(PortState *queuePtr, uint64_t asker);
+static void		ForgetReplySocket(PortState *queuePtr, int index);
+static void		WatchHangUp(PortState *queuePtr,
 			    const ReplySocket *socketPtr, int watch);
-static void		PruneReplySockets(Queue *queuePtr);
+static void		PruneReplySockets(PortState *queuePtr);
 static int		GrowList(void **listPtr, int *spacePtr, int count,
 			    size_t size);
-static int		AddPending(Queue *queuePtr, int fd,
+static int		AddPending(PortState *queuePtr, int fd,
 			    const Message *messagePtr);
-static void		RemoveFirstPending(Queue *queuePtr);
-static int		SendUp(Queue *queuePtr, int fd,
+static void		RemoveFirstPending(PortState *queuePtr);
+static int		SendUp(PortState *queuePtr, int fd,
 			    Message *messagePtr);
-static int		SendReady(Queue *queuePtr, int fd,
+static int		SendReady(PortState *queuePtr, int fd,
 			    Message *messagePtr);
-static void		DrainReady(Queue *queuePtr);
-static int		PendingAfterDrain(Queue *queuePtr);
-static int		TakeReady(Queue *queuePtr, int *fdPtr,
+static void		DrainReady(PortState *queuePtr);
+static int		PendingAfterDrain(PortState *queuePtr);
+static int		TakeReady(PortState *queuePtr, int *fdPtr,
 			    Message *messagePtr);
-static int		HandOverFirstPending(Queue *queuePtr, int wait);
-static int		SendToOldestAsk(Queue *queuePtr, int *errorPtr);
+static int		HandOverFirstPending(PortState *queuePtr, int wait);
+static int		SendToOldestAsk(PortState *queuePtr, int *errorPtr);
 
 /* The worker's receive and delivery */
 
@@ -924,12 +949,12 @@ static int		ClientCmd(InterpData *dataPtr, Tcl_Interp *interp,
 			    int objc, Tcl_Obj *const objv[]);
 static int		AskForConnection(Tcl_Interp *interp,
 			    Receiver *receiverPtr);
-static int		SetAskError(Tcl_Interp *interp, Queue *queuePtr,
+static int		SetAskError(Tcl_Interp *interp, PortState *queuePtr,
 			    int error);
 static int		LookupQueue(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[], int first,
-			    Queue **queuePtrPtr);
-static void		WaitForRoom(Queue *queuePtr);
+			    PortState **queuePtrPtr);
+static void		WaitForRoom(PortState *queuePtr);
 static int		SendAsk(Receiver *receiverPtr);
 static int		WatchReplySocket(Receiver *receiverPtr);
 #ifdef SS_LINUX
@@ -951,18 +976,18 @@ static int		IsConnection(ssize_t got, int fd,
 static void		FinishRequest(Receiver *receiverPtr, int fd,
 			    const Message *messagePtr);
 static void		DeliverConnection(Tcl_Interp *interp,
-			    Tcl_Obj *handlerObj, Queue *queuePtr, int fd,
+			    Tcl_Obj *handlerObj, PortState *queuePtr, int fd,
 			    const Message *messagePtr);
 static void		ForgetDelivered(ClientData clientData);
 static void		RefuseRequest(Receiver *receiverPtr,
 			    Tcl_Obj *messageObj, const char *code);
 static int		WithdrawRequest(Receiver *receiverPtr);
-static void		ReturnConnections(Queue *queuePtr, int fd,
+static void		ReturnConnections(PortState *queuePtr, int fd,
 			    const Message *messagePtr);
 static int		CancelCmd(InterpData *dataPtr, Tcl_Interp *interp,
 			    int objc, Tcl_Obj *const objv[]);
-static Receiver *	NewReceiver(InterpData *dataPtr, Queue *queuePtr);
-static Receiver *	FindReceiver(InterpData *dataPtr, Queue *queuePtr);
+static Receiver *	NewReceiver(InterpData *dataPtr, PortState *queuePtr);
+static Receiver *	FindReceiver(InterpData *dataPtr, PortState *queuePtr);
 static int		DropIfStale(Receiver *receiverPtr);
 static void		StopWatcher(Receiver *receiverPtr);
 static void		CloseReplySocket(Receiver *receiverPtr);
@@ -980,10 +1005,10 @@ static int		RefuseUnreleasable(Tcl_Interp *interp,
 static int		KeepForNextRequest(Receiver *receiverPtr, int fd,
 			    const Message *messagePtr);
 static int		DetachConnection(int fd);
-static int		SendReleased(Queue *queuePtr, int fd,
+static int		SendReleased(PortState *queuePtr, int fd,
 			    Message *messagePtr, int wait);
-static void		WaitReleasing(Queue *queuePtr);
-static int		Linger(Queue *queuePtr, int fd);
+static void		WaitReleasing(PortState *queuePtr);
+static int		Linger(PortState *queuePtr, int fd);
 static int		ReadMark(const BoardTrailer *trailerPtr, char *mark,
 			    size_t *lengthPtr);
 static void		SendKept(Receiver *receiverPtr);
@@ -1000,13 +1025,13 @@ static Slot *		MapBoard(int fd);
 static void		ClaimSlot(Receiver *receiverPtr);
 static void		MarkSlot(Receiver *receiverPtr, SlotState state,
 			    const Message *messagePtr);
-static Slot *		HandingTo(Queue *queuePtr, ReplySocket *socketPtr);
+static Slot *		HandingTo(PortState *queuePtr, ReplySocket *socketPtr);
 static void		StampHanded(Slot *slotPtr);
 static int		FreeSlot(Slot *slotPtr, uint64_t owner);
 static pid_t		SlotPid(uint64_t asker);
 static int		OwnerGone(pid_t pid, uint32_t started);
 static uint32_t		StartMark(pid_t pid);
-static Tcl_Obj *	BoardObj(Queue *queuePtr);
+static Tcl_Obj *	BoardObj(PortState *queuePtr);
 
 /* Server, close and info */
 
@@ -1018,9 +1043,9 @@ static int		ParseServerOptions(Tcl_Interp *interp, int objc,
 static int		ParseSeconds(Tcl_Interp *interp, const char *option,
 			    Tcl_Obj *valueObj, const char *code,
 			    uint64_t *nsPtr);
-static Queue *		MakePortStateLocked(Tcl_Interp *interp, int port,
+static PortState *	MakePortStateLocked(Tcl_Interp *interp, int port,
 			    int listenFd);
-static void		PublishMarkAndReopen(Queue *queuePtr,
+static void		PublishMarkAndReopen(PortState *queuePtr,
 			    const char *mark, Tcl_Size markLength);
 static int		IsAscii(const char *string, Tcl_Size length);
 static int		GetIntInRange(Tcl_Obj *objPtr, Tcl_WideInt min,
@@ -1035,15 +1060,15 @@ static int		OpenListener(Tcl_Interp *interp, const char *myaddr,
 static int		OpenNewListener(Tcl_Interp *interp,
 			    const char *myaddr, int port, int backlog,
 			    int *fdPtr, int *boundPortPtr, char *boundAddr);
-static void		AdoptPassed(Queue *queuePtr, int adoptFd);
+static void		AdoptPassed(PortState *queuePtr, int adoptFd);
 static int		AdoptListener(Tcl_Interp *interp, int fd, int port,
 			    int *fdPtr, int *boundPortPtr, char *boundAddr);
 static int		MakeQueueSockets(int askFds[2], int readyFds[2]);
-static Queue *		AddQueue(int port, const int askFds[2],
+static PortState *		AddQueue(int port, const int askFds[2],
 			    const int readyFds[2], int boardFd, Slot *board);
-static int		ClaimRefused(Tcl_Interp *interp, Queue *queuePtr);
+static int		ClaimRefused(Tcl_Interp *interp, PortState *queuePtr);
 static int		ClaimListening(Tcl_Interp *interp, Tcl_Obj *objPtr,
-			    Queue **queuePtrPtr);
+			    PortState **queuePtrPtr);
 static int		CloseCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
 static int		InfoCmd(InterpData *dataPtr, Tcl_Interp *interp,
@@ -1051,7 +1076,7 @@ static int		InfoCmd(InterpData *dataPtr, Tcl_Interp *interp,
 
 /* Upgrade and adoption */
 
-static int		KeepAcrossExec(Queue *queuePtr, int keep);
+static int		KeepAcrossExec(PortState *queuePtr, int keep);
 static int		ReexecCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
 static int		SpawnCmd(Tcl_Interp *interp, int objc,
@@ -1480,7 +1505,7 @@ SetupProcess(void)
     int major, minor;
 
     Tcl_GetVersion(&major, &minor, NULL, NULL);
-    selectNotifier = (major < 9);
+    notifier.usesSelect = (major < 9);
     closeShutsDown = !(major == 8 && minor <= 6);
 #if defined(__linux__) || defined(__FreeBSD__) || defined(__NetBSD__) \
 	|| defined(__OpenBSD__) || defined(__DragonFly__)
@@ -1491,7 +1516,7 @@ SetupProcess(void)
      * inherit at all.) A fact about Tcl, so the portable build too.
      */
 
-    forkBreaksNotifier = (major >= 9);
+    notifier.forkBreaks = (major >= 9);
 #endif
 #ifdef SS_LINUX
     /*
@@ -1499,7 +1524,7 @@ SetupProcess(void)
      */
 
     pthread_mutex_lock(&queueLock);
-    watchInThread = (major < 9 && threadedTcl);
+    notifier.watchInThread = (major < 9 && threadedTcl);
     pthread_mutex_unlock(&queueLock);
 #endif
     pthread_mutex_lock(&queueLock);
@@ -1575,35 +1600,35 @@ AtForkParent(void)
 static void
 AtForkChild(void)
 {
-    Queue *queuePtr;
+    PortState *queuePtr;
     Receiver *receiverPtr;
     int i, nullFd;
 
     for (queuePtr = firstQueuePtr; queuePtr != NULL;
 	    queuePtr = queuePtr->nextPtr) {
-	CloseFd(&queuePtr->listenFd);
-	CloseFd(&queuePtr->pollFd);
-	CloseFd(&queuePtr->askFds[0]);
+	CloseFd(&queuePtr->accept.listenFd);
+	CloseFd(&queuePtr->accept.pollFd);
+	CloseFd(&queuePtr->asks.askFds[0]);
 	for (i = 0; i < OLD_QUEUES; i++) {
-	    CloseFd(&queuePtr->oldAskFds[i]);
+	    CloseFd(&queuePtr->asks.oldAskFds[i]);
 	}
-	CloseFd(&queuePtr->readyFds[1]);
-	CloseFd(&queuePtr->wakeFds[0]);
-	CloseFd(&queuePtr->wakeFds[1]);
-	for (i = 0; i < queuePtr->numPending; i++) {
-	    CloseFd(&queuePtr->pending[i].fd);
+	CloseFd(&queuePtr->pending.readyFds[1]);
+	CloseFd(&queuePtr->accept.wakeFds[0]);
+	CloseFd(&queuePtr->accept.wakeFds[1]);
+	for (i = 0; i < queuePtr->pending.numPending; i++) {
+	    CloseFd(&queuePtr->pending.list[i].fd);
 	}
-	queuePtr->numPending = 0;
+	queuePtr->pending.numPending = 0;
 	CloseAllWatched(queuePtr, 0);
-	for (i = 0; i < queuePtr->numReplySockets; i++) {
-	    CloseFd(&queuePtr->replySockets[i].fd);
+	for (i = 0; i < queuePtr->asks.numReplySockets; i++) {
+	    CloseFd(&queuePtr->asks.replySockets[i].fd);
 	}
-	queuePtr->numReplySockets = 0;
-	queuePtr->numAsks = 0;
-	queuePtr->state = NOT_LISTENING;
-	queuePtr->accepted = 0;
-	queuePtr->received = 0;
-	queuePtr->lastErrno = 0;
+	queuePtr->asks.numReplySockets = 0;
+	queuePtr->asks.numAsks = 0;
+	queuePtr->accept.state = NOT_LISTENING;
+	queuePtr->counts.accepted = 0;
+	queuePtr->counts.received = 0;
+	queuePtr->accept.lastErrno = 0;
     }
 
     nullFd = (reserveFd >= 0) ? reserveFd
@@ -1612,7 +1637,7 @@ AtForkChild(void)
 	    receiverPtr = receiverPtr->nextInProcess) {
 	if (receiverPtr->replyFd >= 0
 		&& !ReplaceInChild(receiverPtr->replyFd, nullFd)
-		&& watchInThread) {
+		&& notifier.watchInThread) {
 	    /* Only the watcher thread, gone here, watched it. */
 	    CloseFd(&receiverPtr->replyFd);
 	}
@@ -1665,7 +1690,7 @@ static void
 FinalizeServers(
     ClientData clientData)
 {
-    Queue *queuePtr;
+    PortState *queuePtr;
     Receiver *receiverPtr;
 
     (void) clientData;
@@ -1673,8 +1698,8 @@ FinalizeServers(
     processExiting = 1;
     for (queuePtr = firstQueuePtr; queuePtr != NULL;
 	    queuePtr = queuePtr->nextPtr) {
-	if (queuePtr->state != NOT_LISTENING) {
-	    queuePtr->state = STOPPING;
+	if (queuePtr->accept.state != NOT_LISTENING) {
+	    queuePtr->accept.state = STOPPING;
 	    pthread_mutex_unlock(&queueLock);
 	    StopAccepting(queuePtr, NULL);
 	    pthread_mutex_lock(&queueLock);
@@ -1733,11 +1758,11 @@ FinalizeServers(
  *----------------------------------------------------------------------
  */
 
-static Queue *
+static PortState *
 FindQueue(
     int port)
 {
-    Queue *queuePtr;
+    PortState *queuePtr;
 
     for (queuePtr = firstQueuePtr; queuePtr != NULL;
 	    queuePtr = queuePtr->nextPtr) {
@@ -1767,7 +1792,7 @@ FindQueue(
  * StartAccepting --
  *
  *	Hands listenFd to a new accept thread for queuePtr. The caller
- *	has set queuePtr->state to LISTENING.
+ *	has set queuePtr->accept.state to LISTENING.
  *
  * Results:
  *	TCL_OK, or TCL_ERROR with a message in interp.
@@ -1782,7 +1807,7 @@ FindQueue(
 static int
 StartAccepting(
     Tcl_Interp *interp,
-    Queue *queuePtr,
+    PortState *queuePtr,
     int listenFd)
 {
     int wakeFds[2], error;
@@ -1800,9 +1825,9 @@ StartAccepting(
     }
 
     pthread_mutex_lock(&queueLock);
-    queuePtr->listenFd = listenFd;
-    queuePtr->wakeFds[0] = wakeFds[0];
-    queuePtr->wakeFds[1] = wakeFds[1];
+    queuePtr->accept.listenFd = listenFd;
+    queuePtr->accept.wakeFds[0] = wakeFds[0];
+    queuePtr->accept.wakeFds[1] = wakeFds[1];
     error = MakeAcceptPoll(queuePtr);
     pthread_mutex_unlock(&queueLock);
 
@@ -1814,8 +1839,8 @@ StartAccepting(
     if (error == 0) {
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
-	error = pthread_create(&queuePtr->thread, NULL, AcceptConnections,
-		queuePtr);
+	error = pthread_create(&queuePtr->accept.thread, NULL,
+		AcceptConnections, queuePtr);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (error == 0) {
 	    return TCL_OK;
@@ -1823,10 +1848,10 @@ StartAccepting(
     }
 
     pthread_mutex_lock(&queueLock);
-    CloseFd(&queuePtr->pollFd);
-    CloseFd(&queuePtr->wakeFds[0]);
-    CloseFd(&queuePtr->wakeFds[1]);
-    queuePtr->listenFd = -1;
+    CloseFd(&queuePtr->accept.pollFd);
+    CloseFd(&queuePtr->accept.wakeFds[0]);
+    CloseFd(&queuePtr->accept.wakeFds[1]);
+    queuePtr->accept.listenFd = -1;
     pthread_mutex_unlock(&queueLock);
 
   failed:
@@ -1842,7 +1867,7 @@ StartAccepting(
     __atomic_store_n(&TRAILER(queuePtr->board)->closed, 1, __ATOMIC_SEQ_CST);
     WaitReleasing(queuePtr);
     pthread_mutex_lock(&queueLock);
-    queuePtr->state = NOT_LISTENING;
+    queuePtr->accept.state = NOT_LISTENING;
     ReadQueue(queuePtr);
     CloseAllWatched(queuePtr, 1);
     pthread_mutex_unlock(&queueLock);
@@ -1875,33 +1900,34 @@ StartAccepting(
 
 static int
 MakeAcceptPoll(
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
 #ifdef SS_LINUX
     struct epoll_event event;
     int fds[4], i, error;
 
-    if (queuePtr->watchPollFd < 0) {
-	queuePtr->watchPollFd = epoll_create1(EPOLL_CLOEXEC);
-	if (queuePtr->watchPollFd < 0) {
+    if (queuePtr->watch.watchPollFd < 0) {
+	queuePtr->watch.watchPollFd = epoll_create1(EPOLL_CLOEXEC);
+	if (queuePtr->watch.watchPollFd < 0) {
 	    return errno;
 	}
     }
-    queuePtr->pollFd = epoll_create1(EPOLL_CLOEXEC);
-    if (queuePtr->pollFd < 0) {
+    queuePtr->accept.pollFd = epoll_create1(EPOLL_CLOEXEC);
+    if (queuePtr->accept.pollFd < 0) {
 	return errno;
     }
-    fds[ACCEPT_STOP] = queuePtr->wakeFds[0];
-    fds[ACCEPT_LISTEN] = queuePtr->listenFd;
-    fds[ACCEPT_QUEUE] = queuePtr->askFds[0];
-    fds[ACCEPT_WATCH] = queuePtr->watchPollFd;
+    fds[ACCEPT_STOP] = queuePtr->accept.wakeFds[0];
+    fds[ACCEPT_LISTEN] = queuePtr->accept.listenFd;
+    fds[ACCEPT_QUEUE] = queuePtr->asks.askFds[0];
+    fds[ACCEPT_WATCH] = queuePtr->watch.watchPollFd;
     for (i = 0; i < 4; i++) {
 	memset(&event, 0, sizeof(event));
 	event.events = EPOLLIN;
 	event.data.u64 = i;
-	if (epoll_ctl(queuePtr->pollFd, EPOLL_CTL_ADD, fds[i], &event) < 0) {
+	if (epoll_ctl(queuePtr->accept.pollFd, EPOLL_CTL_ADD, fds[i],
+		&event) < 0) {
 	    error = errno;
-	    CloseFd(&queuePtr->pollFd);
+	    CloseFd(&queuePtr->accept.pollFd);
 	    return error;
 	}
     }
@@ -1909,15 +1935,16 @@ MakeAcceptPoll(
 	memset(&event, 0, sizeof(event));
 	event.events = EPOLLIN;
 	event.data.u64 = ACCEPT_QUEUE;
-	if (queuePtr->oldAskFds[i] >= 0 && epoll_ctl(queuePtr->pollFd,
-		EPOLL_CTL_ADD, queuePtr->oldAskFds[i], &event) < 0) {
+	if (queuePtr->asks.oldAskFds[i] >= 0
+		&& epoll_ctl(queuePtr->accept.pollFd, EPOLL_CTL_ADD,
+		    queuePtr->asks.oldAskFds[i], &event) < 0) {
 	    error = errno;
-	    CloseFd(&queuePtr->pollFd);
+	    CloseFd(&queuePtr->accept.pollFd);
 	    return error;
 	}
     }
-    for (i = 0; i < queuePtr->numReplySockets; i++) {
-	WatchHangUp(queuePtr, &queuePtr->replySockets[i], 1);
+    for (i = 0; i < queuePtr->asks.numReplySockets; i++) {
+	WatchHangUp(queuePtr, &queuePtr->asks.replySockets[i], 1);
     }
 #else
     (void) queuePtr;
@@ -1948,7 +1975,7 @@ static void *
 AcceptConnections(
     void *clientData)
 {
-    Queue *queuePtr = clientData;
+    PortState *queuePtr = clientData;
 
     for (;;) {
 	if (!PendingAfterDrain(queuePtr)) {
@@ -2016,7 +2043,7 @@ AcceptConnections(
 
 static int
 WaitIdle(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int *listenReadyPtr,
     int *askReadyPtr)
 {
@@ -2027,7 +2054,7 @@ WaitIdle(
     pthread_mutex_lock(&queueLock);
     timeoutMs = WatchWaitMs(queuePtr);
     pthread_mutex_unlock(&queueLock);
-    n = epoll_wait(queuePtr->pollFd, events, 16, timeoutMs);
+    n = epoll_wait(queuePtr->accept.pollFd, events, 16, timeoutMs);
     if (n < 0) {
 	/* Signals are blocked: only a shortage of memory gets here. */
 	return WaitFor(queuePtr, -1, 0, -1, 0, PAUSE_MS);
@@ -2093,7 +2120,7 @@ WaitIdle(
 
 static int
 WaitIdle(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int *listenReadyPtr,
     int *askReadyPtr)
 {
@@ -2112,7 +2139,7 @@ WaitIdle(
     *listenReadyPtr = *askReadyPtr = 0;
     pthread_mutex_lock(&queueLock);
     timeoutMs = WatchWaitMs(queuePtr);
-    n = queuePtr->numReplySockets;
+    n = queuePtr->asks.numReplySockets;
     if (n > 0) {
 	fds = malloc((FIXED_FDS + n) * sizeof(struct pollfd));
 	askers = malloc(n * sizeof(uint64_t));
@@ -2125,18 +2152,18 @@ WaitIdle(
 	}
     }
     for (i = 0; i < OLD_QUEUES; i++) {
-	fds[3 + i].fd = queuePtr->oldAskFds[i];
+	fds[3 + i].fd = queuePtr->asks.oldAskFds[i];
     }
     for (i = 0; i < n; i++) {
-	fds[FIXED_FDS + i].fd = queuePtr->replySockets[i].fd;
+	fds[FIXED_FDS + i].fd = queuePtr->asks.replySockets[i].fd;
 	fds[FIXED_FDS + i].events = 0;
 	fds[FIXED_FDS + i].revents = 0;
-	askers[i] = queuePtr->replySockets[i].asker;
+	askers[i] = queuePtr->asks.replySockets[i].asker;
     }
     pthread_mutex_unlock(&queueLock);
-    fds[0].fd = queuePtr->wakeFds[0];
-    fds[1].fd = queuePtr->listenFd;
-    fds[2].fd = queuePtr->askFds[0];
+    fds[0].fd = queuePtr->accept.wakeFds[0];
+    fds[1].fd = queuePtr->accept.listenFd;
+    fds[2].fd = queuePtr->asks.askFds[0];
     for (i = 0; i < FIXED_FDS; i++) {
 	fds[i].events = POLLIN;
 	fds[i].revents = 0;
@@ -2156,7 +2183,7 @@ WaitIdle(
 	if (fds[FIXED_FDS + i].revents & (POLLHUP | POLLERR)) {
 	    /* Unless another thread forgot it meanwhile. */
 	    index = FindReplySocket(queuePtr, askers[i]);
-	    if (index >= 0 && queuePtr->replySockets[index].fd
+	    if (index >= 0 && queuePtr->asks.replySockets[index].fd
 		    == fds[FIXED_FDS + i].fd) {
 		ForgetReplySocket(queuePtr, index);
 	    }
@@ -2199,7 +2226,7 @@ WaitIdle(
 
 static int
 WaitFor(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int fd,
     short events,
     int otherFd,
@@ -2211,12 +2238,12 @@ WaitFor(
 
     pthread_mutex_lock(&queueLock);
     watchMs = WatchWaitMs(queuePtr);
-    fds[3].fd = (watchMs >= 0) ? queuePtr->watchPollFd : -1;
+    fds[3].fd = (watchMs >= 0) ? queuePtr->watch.watchPollFd : -1;
     pthread_mutex_unlock(&queueLock);
     if (watchMs >= 0 && (timeoutMs < 0 || watchMs < timeoutMs)) {
 	timeoutMs = watchMs;
     }
-    fds[0].fd = queuePtr->wakeFds[0];
+    fds[0].fd = queuePtr->accept.wakeFds[0];
     fds[0].events = POLLIN;
     fds[0].revents = 0;
     fds[1].fd = fd;
@@ -2271,7 +2298,7 @@ WaitFor(
 
 static int
 AcceptOneConnection(
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
     Message message;
     socklen_t addrLen = sizeof(message.addr);
@@ -2279,25 +2306,26 @@ AcceptOneConnection(
 
     memset(&message, 0, sizeof(message));
     pthread_mutex_lock(&queueLock);
-    if (queuePtr->listenFd < 0) {
+    if (queuePtr->accept.listenFd < 0) {
 	/* 'close' closed it (DRAINING) after the wait saw it readable. */
 	pthread_mutex_unlock(&queueLock);
 	return 0;
     }
-    fd = accept4(queuePtr->listenFd, (struct sockaddr *) &message.addr,
+    fd = accept4(queuePtr->accept.listenFd, (struct sockaddr *) &message.addr,
 	    &addrLen, SOCK_CLOEXEC);
     if (fd >= 0) {
 	message.magic = MESSAGE_MAGIC;
 	message.addrLen = addrLen;
-	queuePtr->accepted++;
+	queuePtr->counts.accepted++;
 
 	/*
 	 * With -ready, one look: a connection that has sent nothing yet is
 	 * watched rather than handed over.
 	 */
 
-	ConnReadiness readiness = (queuePtr->timeoutNs[WATCH_SILENT] > 0)
-		? Readiness(fd, queuePtr->mark, queuePtr->markLength)
+	ConnReadiness readiness = (queuePtr->watch.timeoutNs[WATCH_SILENT] > 0)
+		? Readiness(fd, queuePtr->watch.mark,
+		    queuePtr->watch.markLength)
 		: CONN_HAS_DATA;
 
 	if (readiness == CONN_SILENT || readiness == CONN_PARTIAL) {
@@ -2309,7 +2337,7 @@ AcceptOneConnection(
     } else {
 	error = errno;
 	if (error != EAGAIN && error != EWOULDBLOCK && error != EINTR) {
-	    queuePtr->lastErrno = error;
+	    queuePtr->accept.lastErrno = error;
 	}
 	if ((error == EMFILE || error == ENFILE)
 		&& CloseOldestWatched(queuePtr)) {
@@ -2404,15 +2432,15 @@ Readiness(
 
 static int
 MakePending(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int fd,
     Message *messagePtr)
 {
     messagePtr->kind = KIND_CONNECTION;
-    messagePtr->sequence = queuePtr->nextSequence++;
+    messagePtr->sequence = queuePtr->pending.nextSequence++;
     if (!AddPending(queuePtr, fd, messagePtr)) {
-	queuePtr->lastErrno = ENOMEM;
-	queuePtr->closed++;
+	queuePtr->accept.lastErrno = ENOMEM;
+	queuePtr->counts.closed++;
 	close(fd);
 	return 0;
     }
@@ -2439,17 +2467,17 @@ MakePending(
 
 static int
 ToldToStop(
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
     char bytes[16];
     int stop;
 
     pthread_mutex_lock(&queueLock);
-    stop = (queuePtr->state != DRAINING);
+    stop = (queuePtr->accept.state != DRAINING);
     if (!stop) {
 	/* Readable: read() returns at once. */
-	if (read(queuePtr->wakeFds[0], bytes, sizeof(bytes)) < 0) {
-	    queuePtr->lastErrno = errno;
+	if (read(queuePtr->accept.wakeFds[0], bytes, sizeof(bytes)) < 0) {
+	    queuePtr->accept.lastErrno = errno;
 	}
     }
     pthread_mutex_unlock(&queueLock);
@@ -2475,18 +2503,18 @@ ToldToStop(
 
 static int
 Drained(
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
     int i, drained;
 
     pthread_mutex_lock(&queueLock);
-    drained = (queuePtr->state == DRAINING);
+    drained = (queuePtr->accept.state == DRAINING);
     pthread_mutex_unlock(&queueLock);
     if (drained) {
 	WaitReleasing(queuePtr);
     }
     pthread_mutex_lock(&queueLock);
-    drained = (queuePtr->state == DRAINING);
+    drained = (queuePtr->accept.state == DRAINING);
     if (drained) {
 	/*
 	 * A last look at the queue: a connection released meanwhile is
@@ -2494,18 +2522,18 @@ Drained(
 	 */
 
 	ReadQueue(queuePtr);
-	drained = (queuePtr->numPending == 0);
+	drained = (queuePtr->pending.numPending == 0);
     }
     if (drained) {
 	for (i = 0; i < OLD_QUEUES; i++) {
-	    if (queuePtr->oldAskFds[i] >= 0) {
+	    if (queuePtr->asks.oldAskFds[i] >= 0) {
 		ForgetOldQueue(queuePtr, i);
 	    }
 	}
-	CloseFd(&queuePtr->pollFd);
-	CloseFd(&queuePtr->wakeFds[0]);
-	CloseFd(&queuePtr->wakeFds[1]);
-	queuePtr->state = NOT_LISTENING;
+	CloseFd(&queuePtr->accept.pollFd);
+	CloseFd(&queuePtr->accept.wakeFds[0]);
+	CloseFd(&queuePtr->accept.wakeFds[1]);
+	queuePtr->accept.state = NOT_LISTENING;
 	pthread_detach(pthread_self());
     }
     pthread_mutex_unlock(&queueLock);
@@ -2532,10 +2560,10 @@ Drained(
 
 static void
 FinishDraining(
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
-    if (queuePtr->state == DRAINING) {
-	queuePtr->state = STOPPING;
+    if (queuePtr->accept.state == DRAINING) {
+	queuePtr->accept.state = STOPPING;
 	pthread_mutex_unlock(&queueLock);
 	StopAccepting(queuePtr, NULL);
 	pthread_mutex_lock(&queueLock);
@@ -2567,16 +2595,16 @@ FinishDraining(
 
 static void
 StopAccepting(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int *listenFdPtr)
 {
     ssize_t written;
 
     do {
-	written = write(queuePtr->wakeFds[1], "x", 1);
+	written = write(queuePtr->accept.wakeFds[1], "x", 1);
     } while (written < 0 && errno == EINTR);
     /* A new pipe always takes these one or two bytes. */
-    pthread_join(queuePtr->thread, NULL);
+    pthread_join(queuePtr->accept.thread, NULL);
 
     while (PendingAfterDrain(queuePtr)
 	    && HandOverFirstPending(queuePtr, 0)) {
@@ -2584,14 +2612,14 @@ StopAccepting(
     }
     pthread_mutex_lock(&queueLock);
     if (listenFdPtr != NULL) {
-	*listenFdPtr = queuePtr->listenFd;
-	queuePtr->listenFd = -1;
+	*listenFdPtr = queuePtr->accept.listenFd;
+	queuePtr->accept.listenFd = -1;
     }
-    CloseFd(&queuePtr->listenFd);
-    CloseFd(&queuePtr->pollFd);
-    CloseFd(&queuePtr->wakeFds[0]);
-    CloseFd(&queuePtr->wakeFds[1]);
-    queuePtr->state = NOT_LISTENING;
+    CloseFd(&queuePtr->accept.listenFd);
+    CloseFd(&queuePtr->accept.pollFd);
+    CloseFd(&queuePtr->accept.wakeFds[0]);
+    CloseFd(&queuePtr->accept.wakeFds[1]);
+    queuePtr->accept.state = NOT_LISTENING;
     pthread_mutex_unlock(&queueLock);
 }
 
@@ -2633,7 +2661,7 @@ StopAccepting(
 
 static void
 WatchConnection(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int fd,
     Message *messagePtr,
     WatchKind kind)
@@ -2642,37 +2670,39 @@ WatchConnection(
     int index, error = 0;
     struct timespec now;
 
-    if (queuePtr->timeoutNs[kind] == 0 || queuePtr->state == DRAINING
-	    || queuePtr->state == NOT_LISTENING) {
+    if (queuePtr->watch.timeoutNs[kind] == 0
+	    || queuePtr->accept.state == DRAINING
+	    || queuePtr->accept.state == NOT_LISTENING) {
 	/* No keep-alive; or the server is closed: nobody would serve it. */
-	queuePtr->closed++;
+	queuePtr->counts.closed++;
 	close(fd);
 	return;
     }
-    if (queuePtr->numWatched[WATCH_SILENT] + queuePtr->numWatched[WATCH_PARKED]
-	    >= queuePtr->watchLimit) {
+    if (queuePtr->watch.numWatched[WATCH_SILENT]
+	    + queuePtr->watch.numWatched[WATCH_PARKED]
+	    >= queuePtr->watch.watchLimit) {
 	CloseOldestWatched(queuePtr);
     }
-    if (queuePtr->freeWatched < 0) {
-	int space = queuePtr->watchSpace, i;
+    if (queuePtr->watch.freeWatched < 0) {
+	int space = queuePtr->watch.watchSpace, i;
 
-	if (GrowList((void **) &queuePtr->watched, &queuePtr->watchSpace,
-		space, sizeof(Watched))) {
-	    for (i = queuePtr->watchSpace - 1; i >= space; i--) {
-		queuePtr->watched[i].fd = -1;
-		queuePtr->watched[i].tag = 0;
-		queuePtr->watched[i].next = queuePtr->freeWatched;
-		queuePtr->freeWatched = i;
+	if (GrowList((void **) &queuePtr->watch.entries,
+		&queuePtr->watch.watchSpace, space, sizeof(Watched))) {
+	    for (i = queuePtr->watch.watchSpace - 1; i >= space; i--) {
+		queuePtr->watch.entries[i].fd = -1;
+		queuePtr->watch.entries[i].tag = 0;
+		queuePtr->watch.entries[i].next = queuePtr->watch.freeWatched;
+		queuePtr->watch.freeWatched = i;
 	    }
 	} else {
 	    error = ENOMEM;
 	}
     }
-    index = queuePtr->freeWatched;
+    index = queuePtr->watch.freeWatched;
 #ifdef SS_LINUX
-    if (error == 0 && queuePtr->watchPollFd < 0) {
-	queuePtr->watchPollFd = epoll_create1(EPOLL_CLOEXEC);
-	if (queuePtr->watchPollFd < 0) {
+    if (error == 0 && queuePtr->watch.watchPollFd < 0) {
+	queuePtr->watch.watchPollFd = epoll_create1(EPOLL_CLOEXEC);
+	if (queuePtr->watch.watchPollFd < 0) {
 	    error = errno;
 	}
     }
@@ -2682,41 +2712,42 @@ WatchConnection(
 	memset(&event, 0, sizeof(event));
 	/* Edge-triggered: a part of a request leaves it watched. */
 	event.events = EPOLLIN | EPOLLRDHUP | EPOLLET;
-	event.data.u64 = ((uint64_t) queuePtr->watched[index].tag << 32)
+	event.data.u64 = ((uint64_t) queuePtr->watch.entries[index].tag << 32)
 		| (uint32_t) index;
-	if (epoll_ctl(queuePtr->watchPollFd, EPOLL_CTL_ADD, fd, &event) < 0) {
+	if (epoll_ctl(queuePtr->watch.watchPollFd, EPOLL_CTL_ADD, fd,
+		&event) < 0) {
 	    error = errno;
 	}
     }
 #endif
     if (error != 0) {
-	queuePtr->lastErrno = error;
+	queuePtr->accept.lastErrno = error;
 	if (kind == WATCH_SILENT) {
 	    MakePending(queuePtr, fd, messagePtr);
 	} else {
-	    queuePtr->closed++;
+	    queuePtr->counts.closed++;
 	    close(fd);
 	}
 	return;
     }
 
-    entryPtr = &queuePtr->watched[index];
-    queuePtr->freeWatched = entryPtr->next;
+    entryPtr = &queuePtr->watch.entries[index];
+    queuePtr->watch.freeWatched = entryPtr->next;
     clock_gettime(CLOCK_MONOTONIC, &now);
     entryPtr->fd = fd;
     entryPtr->kind = kind;
     entryPtr->deadline = (uint64_t) now.tv_sec * 1000000000u + now.tv_nsec
-	    + queuePtr->timeoutNs[kind];
+	    + queuePtr->watch.timeoutNs[kind];
     entryPtr->message = *messagePtr;
     entryPtr->next = -1;
-    entryPtr->prev = queuePtr->lastWatched[kind];
+    entryPtr->prev = queuePtr->watch.lastWatched[kind];
     if (entryPtr->prev >= 0) {
-	queuePtr->watched[entryPtr->prev].next = index;
+	queuePtr->watch.entries[entryPtr->prev].next = index;
     } else {
-	queuePtr->firstWatched[kind] = index;
+	queuePtr->watch.firstWatched[kind] = index;
     }
-    queuePtr->lastWatched[kind] = index;
-    queuePtr->numWatched[kind]++;
+    queuePtr->watch.lastWatched[kind] = index;
+    queuePtr->watch.numWatched[kind]++;
 }
 
 /*
@@ -2738,28 +2769,28 @@ WatchConnection(
 
 static int
 ForgetWatched(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int index,
     int closing)
 {
-    Watched *entryPtr = &queuePtr->watched[index];
+    Watched *entryPtr = &queuePtr->watch.entries[index];
     int fd = entryPtr->fd;
 
     if (entryPtr->prev >= 0) {
-	queuePtr->watched[entryPtr->prev].next = entryPtr->next;
+	queuePtr->watch.entries[entryPtr->prev].next = entryPtr->next;
     } else {
-	queuePtr->firstWatched[entryPtr->kind] = entryPtr->next;
+	queuePtr->watch.firstWatched[entryPtr->kind] = entryPtr->next;
     }
     if (entryPtr->next >= 0) {
-	queuePtr->watched[entryPtr->next].prev = entryPtr->prev;
+	queuePtr->watch.entries[entryPtr->next].prev = entryPtr->prev;
     } else {
-	queuePtr->lastWatched[entryPtr->kind] = entryPtr->prev;
+	queuePtr->watch.lastWatched[entryPtr->kind] = entryPtr->prev;
     }
-    queuePtr->numWatched[entryPtr->kind]--;
+    queuePtr->watch.numWatched[entryPtr->kind]--;
     entryPtr->fd = -1;
     entryPtr->tag++;
-    entryPtr->next = queuePtr->freeWatched;
-    queuePtr->freeWatched = index;
+    entryPtr->next = queuePtr->watch.freeWatched;
+    queuePtr->watch.freeWatched = index;
 #ifdef SS_LINUX
     {
 	struct epoll_event event;
@@ -2770,11 +2801,11 @@ ForgetWatched(
 	 * would report it readable for ever.
 	 */
 
-	epoll_ctl(queuePtr->watchPollFd, EPOLL_CTL_DEL, fd, &event);
+	epoll_ctl(queuePtr->watch.watchPollFd, EPOLL_CTL_DEL, fd, &event);
     }
 #endif
     if (closing) {
-	queuePtr->closed++;
+	queuePtr->counts.closed++;
 	CloseFd(&fd);
     }
     return fd;
@@ -2801,12 +2832,12 @@ ForgetWatched(
 
 static int
 CloseOldestWatched(
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
-    int index = queuePtr->firstWatched[WATCH_PARKED];
+    int index = queuePtr->watch.firstWatched[WATCH_PARKED];
 
     if (index < 0) {
-	index = queuePtr->firstWatched[WATCH_SILENT];
+	index = queuePtr->watch.firstWatched[WATCH_SILENT];
     }
     if (index < 0) {
 	return 0;
@@ -2835,7 +2866,7 @@ CloseOldestWatched(
 
 static void
 CloseAllWatched(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int counting)
 {
     int kind;
@@ -2846,17 +2877,17 @@ CloseAllWatched(
 	 * child took out of it would be gone from the parent's.
 	 */
 
-	CloseFd(&queuePtr->watchPollFd);
+	CloseFd(&queuePtr->watch.watchPollFd);
     }
     for (kind = 0; kind < WATCH_KINDS; kind++) {
-	while (queuePtr->firstWatched[kind] >= 0) {
-	    ForgetWatched(queuePtr, queuePtr->firstWatched[kind], 1);
+	while (queuePtr->watch.firstWatched[kind] >= 0) {
+	    ForgetWatched(queuePtr, queuePtr->watch.firstWatched[kind], 1);
 	}
     }
     if (!counting) {
-	queuePtr->closed = 0;
+	queuePtr->counts.closed = 0;
     }
-    CloseFd(&queuePtr->watchPollFd);
+    CloseFd(&queuePtr->watch.watchPollFd);
 }
 
 /*
@@ -2879,16 +2910,16 @@ CloseAllWatched(
 
 static int
 WatchWaitMs(
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
     uint64_t deadline = UINT64_MAX, nowNs;
     struct timespec now;
     int kind, index;
 
     for (kind = 0; kind < WATCH_KINDS; kind++) {
-	index = queuePtr->firstWatched[kind];
-	if (index >= 0 && queuePtr->watched[index].deadline < deadline) {
-	    deadline = queuePtr->watched[index].deadline;
+	index = queuePtr->watch.firstWatched[kind];
+	if (index >= 0 && queuePtr->watch.entries[index].deadline < deadline) {
+	    deadline = queuePtr->watch.entries[index].deadline;
 	}
     }
     if (deadline == UINT64_MAX) {
@@ -2932,7 +2963,7 @@ WatchWaitMs(
 
 static void
 ServeWatched(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int readable)
 {
     struct timespec now;
@@ -2946,16 +2977,16 @@ ServeWatched(
 
     if (readable) {
 #ifdef SS_LINUX
-	int batches = (queuePtr->numWatched[WATCH_SILENT]
-		+ queuePtr->numWatched[WATCH_PARKED]) / WATCH_BATCH + 1;
+	int batches = (queuePtr->watch.numWatched[WATCH_SILENT]
+		+ queuePtr->watch.numWatched[WATCH_PARKED]) / WATCH_BATCH + 1;
 
 	do {
-	    n = epoll_wait(queuePtr->watchPollFd, events, WATCH_BATCH, 0);
+	    n = epoll_wait(queuePtr->watch.watchPollFd, events, WATCH_BATCH, 0);
 	    for (i = 0; i < n; i++) {
 		index = (int) (uint32_t) events[i].data.u64;
-		if (index >= queuePtr->watchSpace
-			|| queuePtr->watched[index].fd < 0
-			|| queuePtr->watched[index].tag
+		if (index >= queuePtr->watch.watchSpace
+			|| queuePtr->watch.entries[index].fd < 0
+			|| queuePtr->watch.entries[index].tag
 			    != (uint32_t) (events[i].data.u64 >> 32)) {
 		    /* For a connection closed in this batch already. */
 		    continue;
@@ -2976,17 +3007,17 @@ ServeWatched(
 	    }
 	} while (n == WATCH_BATCH && --batches > 0);
 #else
-	n = queuePtr->numWatched[WATCH_SILENT]
-		+ queuePtr->numWatched[WATCH_PARKED];
+	n = queuePtr->watch.numWatched[WATCH_SILENT]
+		+ queuePtr->watch.numWatched[WATCH_PARKED];
 	fds = malloc(n * sizeof(struct pollfd));
 	if (fds != NULL) {
 	    int *indexes = malloc(n * sizeof(int));
 
 	    i = 0;
 	    for (kind = 0; indexes != NULL && kind < WATCH_KINDS; kind++) {
-		for (index = queuePtr->firstWatched[kind]; index >= 0;
-			index = queuePtr->watched[index].next) {
-		    fds[i].fd = queuePtr->watched[index].fd;
+		for (index = queuePtr->watch.firstWatched[kind]; index >= 0;
+			index = queuePtr->watch.entries[index].next) {
+		    fds[i].fd = queuePtr->watch.entries[index].fd;
 		    fds[i].events = POLLIN;
 		    fds[i].revents = 0;
 		    indexes[i++] = index;
@@ -3009,14 +3040,15 @@ ServeWatched(
     clock_gettime(CLOCK_MONOTONIC, &now);
     nowNs = (uint64_t) now.tv_sec * 1000000000u + now.tv_nsec;
     for (kind = 0; kind < WATCH_KINDS; kind++) {
-	while ((index = queuePtr->firstWatched[kind]) >= 0
-		&& queuePtr->watched[index].deadline <= nowNs) {
+	while ((index = queuePtr->watch.firstWatched[kind]) >= 0
+		&& queuePtr->watch.entries[index].deadline <= nowNs) {
 	    /*
 	     * One last look: bytes that came with the deadline still count.
 	     */
 
-	    if (Readiness(queuePtr->watched[index].fd, queuePtr->mark,
-		    queuePtr->markLength) == CONN_HAS_DATA) {
+	    if (Readiness(queuePtr->watch.entries[index].fd,
+		    queuePtr->watch.mark, queuePtr->watch.markLength)
+		    == CONN_HAS_DATA) {
 		HandWatchedOver(queuePtr, index);
 	    } else {
 		ForgetWatched(queuePtr, index, 1);
@@ -3044,13 +3076,14 @@ ServeWatched(
 
 static void
 TakeWatched(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int index,
     int hungUp)
 {
-    Watched *entryPtr = &queuePtr->watched[index];
+    Watched *entryPtr = &queuePtr->watch.entries[index];
 
-    switch (Readiness(entryPtr->fd, queuePtr->mark, queuePtr->markLength)) {
+    switch (Readiness(entryPtr->fd, queuePtr->watch.mark,
+	    queuePtr->watch.markLength)) {
     case CONN_SILENT:
 	return;
     case CONN_PARTIAL:
@@ -3092,10 +3125,10 @@ TakeWatched(
 
 static void
 HandWatchedOver(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int index)
 {
-    Message message = queuePtr->watched[index].message;
+    Message message = queuePtr->watch.entries[index].message;
     int fd = ForgetWatched(queuePtr, index, 0);
 
     MakePending(queuePtr, fd, &message);
@@ -3151,11 +3184,11 @@ HandWatchedOver(
 
 static int
 ReadQueue(
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
     Message message;
     ssize_t got;
-    int fd, old = -1, sock = queuePtr->askFds[0], taken = 0;
+    int fd, old = -1, sock = queuePtr->asks.askFds[0], taken = 0;
     int32_t *countPtr = &TRAILER(queuePtr->board)->queuedCount;
 
     for (;;) {
@@ -3175,7 +3208,7 @@ ReadQueue(
 		    MSG_DONTWAIT);
 	}
 	if (got < 0 && errno == EMFILE) {
-	    queuePtr->lastErrno = EMFILE;
+	    queuePtr->accept.lastErrno = EMFILE;
 	    if (CloseOldestWatched(queuePtr)) {
 		/* Room made for it: read it now. */
 		continue;
@@ -3190,11 +3223,11 @@ ReadQueue(
 	    /* Empty: on to the next old queue, if any. */
 	    do {
 		old++;
-	    } while (old < OLD_QUEUES && queuePtr->oldAskFds[old] < 0);
+	    } while (old < OLD_QUEUES && queuePtr->asks.oldAskFds[old] < 0);
 	    if (old == OLD_QUEUES) {
 		return 1;
 	    }
-	    sock = queuePtr->oldAskFds[old];
+	    sock = queuePtr->asks.oldAskFds[old];
 	    continue;
 	}
 	if (old >= 0) {
@@ -3218,7 +3251,7 @@ ReadQueue(
 		    || (message.kind == KIND_RETURN && fd >= 0)
 		    || (message.kind == KIND_RELEASE && fd >= 0))) {
 	    /* Nobody here sends such a message: discard it. */
-	    queuePtr->lastErrno = EBADMSG;
+	    queuePtr->accept.lastErrno = EBADMSG;
 	    CloseFd(&fd);
 	    continue;
 	}
@@ -3254,7 +3287,7 @@ ReadQueue(
 
 static void
 ActOnQueueMessage(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int fd,
     Message *messagePtr)
 {
@@ -3273,13 +3306,14 @@ ActOnQueueMessage(
 	    CloseFd(&fd);
 	    return;
 	}
-	if (!GrowList((void **) &queuePtr->asks, &queuePtr->askSpace,
-		queuePtr->numAsks, sizeof(uint64_t))) {
-	    queuePtr->lastErrno = ENOMEM;
+	if (!GrowList((void **) &queuePtr->asks.askers,
+		&queuePtr->asks.askSpace, queuePtr->asks.numAsks,
+		sizeof(uint64_t))) {
+	    queuePtr->accept.lastErrno = ENOMEM;
 	    ForgetReplySocket(queuePtr, index);
 	    return;
 	}
-	queuePtr->asks[queuePtr->numAsks++] = messagePtr->asker;
+	queuePtr->asks.askers[queuePtr->asks.numAsks++] = messagePtr->asker;
 	break;
     case KIND_WITHDRAW:
 	/*
@@ -3288,11 +3322,12 @@ ActOnQueueMessage(
 	 * comes back up the queue as a KIND_RETURN.
 	 */
 
-	for (index = queuePtr->numAsks - 1; index >= 0; index--) {
-	    if (queuePtr->asks[index] == messagePtr->asker) {
-		queuePtr->numAsks--;
-		memmove(queuePtr->asks + index, queuePtr->asks + index + 1,
-			(queuePtr->numAsks - index) * sizeof(uint64_t));
+	for (index = queuePtr->asks.numAsks - 1; index >= 0; index--) {
+	    if (queuePtr->asks.askers[index] == messagePtr->asker) {
+		queuePtr->asks.numAsks--;
+		memmove(queuePtr->asks.askers + index,
+			queuePtr->asks.askers + index + 1,
+			(queuePtr->asks.numAsks - index) * sizeof(uint64_t));
 		break;
 	    }
 	}
@@ -3303,12 +3338,13 @@ ActOnQueueMessage(
 	 * goes out at once. After 'close', nobody would hand it over.
 	 */
 
-	if (queuePtr->state == NOT_LISTENING) {
-	    queuePtr->closed++;
+	if (queuePtr->accept.state == NOT_LISTENING) {
+	    queuePtr->counts.closed++;
 	    close(fd);
 	    break;
 	}
-	switch (Readiness(fd, queuePtr->mark, queuePtr->markLength)) {
+	switch (Readiness(fd, queuePtr->watch.mark,
+		queuePtr->watch.markLength)) {
 	case CONN_HAS_DATA:
 	    MakePending(queuePtr, fd, messagePtr);
 	    break;
@@ -3317,7 +3353,7 @@ ActOnQueueMessage(
 	    WatchConnection(queuePtr, fd, messagePtr, WATCH_PARKED);
 	    break;
 	case CONN_HUNG_UP:
-	    queuePtr->closed++;
+	    queuePtr->counts.closed++;
 	    close(fd);
 	    break;
 	}
@@ -3326,7 +3362,7 @@ ActOnQueueMessage(
 	messagePtr->kind = KIND_CONNECTION;
 	if (!AddPending(queuePtr, fd, messagePtr)) {
 	    /* Its client sees end of file; nothing else can be done. */
-	    queuePtr->lastErrno = ENOMEM;
+	    queuePtr->accept.lastErrno = ENOMEM;
 	    close(fd);
 	    return;
 	}
@@ -3355,16 +3391,16 @@ ActOnQueueMessage(
 
 static void
 ForgetOldQueue(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int index)
 {
 #ifdef SS_LINUX
-    if (queuePtr->pollFd >= 0) {
-	epoll_ctl(queuePtr->pollFd, EPOLL_CTL_DEL, queuePtr->oldAskFds[index],
-		NULL);
+    if (queuePtr->accept.pollFd >= 0) {
+	epoll_ctl(queuePtr->accept.pollFd, EPOLL_CTL_DEL,
+		queuePtr->asks.oldAskFds[index], NULL);
     }
 #endif
-    CloseFd(&queuePtr->oldAskFds[index]);
+    CloseFd(&queuePtr->asks.oldAskFds[index]);
 }
 
 /*
@@ -3389,32 +3425,33 @@ ForgetOldQueue(
 
 static int
 AddReplySocket(
-    Queue *queuePtr,
+    PortState *queuePtr,
     uint64_t asker,
     int fd)
 {
     int index = FindReplySocket(queuePtr, asker);
 
     if (index >= 0) {
-	WatchHangUp(queuePtr, &queuePtr->replySockets[index], 0);
-	close(queuePtr->replySockets[index].fd);
-	queuePtr->replySockets[index].fd = fd;
-	WatchHangUp(queuePtr, &queuePtr->replySockets[index], 1);
+	WatchHangUp(queuePtr, &queuePtr->asks.replySockets[index], 0);
+	close(queuePtr->asks.replySockets[index].fd);
+	queuePtr->asks.replySockets[index].fd = fd;
+	WatchHangUp(queuePtr, &queuePtr->asks.replySockets[index], 1);
 	return index;
     }
-    if (queuePtr->numReplySockets >= queuePtr->pruneMark) {
+    if (queuePtr->asks.numReplySockets >= queuePtr->asks.pruneMark) {
 	PruneReplySockets(queuePtr);
     }
-    if (!GrowList((void **) &queuePtr->replySockets, &queuePtr->replySpace,
-	    queuePtr->numReplySockets, sizeof(ReplySocket))) {
-	queuePtr->lastErrno = ENOMEM;
+    if (!GrowList((void **) &queuePtr->asks.replySockets,
+	    &queuePtr->asks.replySpace, queuePtr->asks.numReplySockets,
+	    sizeof(ReplySocket))) {
+	queuePtr->accept.lastErrno = ENOMEM;
 	return -1;
     }
-    index = queuePtr->numReplySockets++;
-    queuePtr->replySockets[index].asker = asker;
-    queuePtr->replySockets[index].fd = fd;
-    queuePtr->replySockets[index].slotPtr = NULL;
-    WatchHangUp(queuePtr, &queuePtr->replySockets[index], 1);
+    index = queuePtr->asks.numReplySockets++;
+    queuePtr->asks.replySockets[index].asker = asker;
+    queuePtr->asks.replySockets[index].fd = fd;
+    queuePtr->asks.replySockets[index].slotPtr = NULL;
+    WatchHangUp(queuePtr, &queuePtr->asks.replySockets[index], 1);
     return index;
 }
 
@@ -3436,13 +3473,13 @@ AddReplySocket(
 
 static int
 FindReplySocket(
-    Queue *queuePtr,
+    PortState *queuePtr,
     uint64_t asker)
 {
     int index;
 
-    for (index = 0; index < queuePtr->numReplySockets; index++) {
-	if (queuePtr->replySockets[index].asker == asker) {
+    for (index = 0; index < queuePtr->asks.numReplySockets; index++) {
+	if (queuePtr->asks.replySockets[index].asker == asker) {
 	    return index;
 	}
     }
@@ -3468,24 +3505,24 @@ FindReplySocket(
 
 static void
 ForgetReplySocket(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int index)
 {
-    uint64_t asker = queuePtr->replySockets[index].asker;
+    uint64_t asker = queuePtr->asks.replySockets[index].asker;
     int i, kept = 0;
 
-    WatchHangUp(queuePtr, &queuePtr->replySockets[index], 0);
-    close(queuePtr->replySockets[index].fd);
-    queuePtr->numReplySockets--;
-    memmove(queuePtr->replySockets + index,
-	    queuePtr->replySockets + index + 1,
-	    (queuePtr->numReplySockets - index) * sizeof(ReplySocket));
-    for (i = 0; i < queuePtr->numAsks; i++) {
-	if (queuePtr->asks[i] != asker) {
-	    queuePtr->asks[kept++] = queuePtr->asks[i];
+    WatchHangUp(queuePtr, &queuePtr->asks.replySockets[index], 0);
+    close(queuePtr->asks.replySockets[index].fd);
+    queuePtr->asks.numReplySockets--;
+    memmove(queuePtr->asks.replySockets + index,
+	    queuePtr->asks.replySockets + index + 1,
+	    (queuePtr->asks.numReplySockets - index) * sizeof(ReplySocket));
+    for (i = 0; i < queuePtr->asks.numAsks; i++) {
+	if (queuePtr->asks.askers[i] != asker) {
+	    queuePtr->asks.askers[kept++] = queuePtr->asks.askers[i];
 	}
     }
-    queuePtr->numAsks = kept;
+    queuePtr->asks.numAsks = kept;
 }
 
 /*
@@ -3511,18 +3548,18 @@ ForgetReplySocket(
 
 static void
 WatchHangUp(
-    Queue *queuePtr,
+    PortState *queuePtr,
     const ReplySocket *socketPtr,
     int watch)
 {
 #ifdef SS_LINUX
     struct epoll_event event;
 
-    if (queuePtr->pollFd >= 0) {
+    if (queuePtr->accept.pollFd >= 0) {
 	memset(&event, 0, sizeof(event));
 	event.data.u64 = socketPtr->asker;
-	epoll_ctl(queuePtr->pollFd, watch ? EPOLL_CTL_ADD : EPOLL_CTL_DEL,
-		socketPtr->fd, &event);
+	epoll_ctl(queuePtr->accept.pollFd,
+		watch ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, socketPtr->fd, &event);
     }
 #else
     (void) queuePtr;
@@ -3552,14 +3589,14 @@ WatchHangUp(
 
 static void
 PruneReplySockets(
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
     int index = 0;
 
-    while (index < queuePtr->numReplySockets) {
+    while (index < queuePtr->asks.numReplySockets) {
 	struct pollfd pfd;
 
-	pfd.fd = queuePtr->replySockets[index].fd;
+	pfd.fd = queuePtr->asks.replySockets[index].fd;
 	pfd.events = POLLOUT;
 	pfd.revents = 0;
 	if (poll(&pfd, 1, 0) >= 0 && (pfd.revents & (POLLHUP | POLLERR))) {
@@ -3568,7 +3605,7 @@ PruneReplySockets(
 	    index++;
 	}
     }
-    queuePtr->pruneMark = (2 * index > PRUNE_MIN) ? 2 * index : PRUNE_MIN;
+    queuePtr->asks.pruneMark = (2 * index > PRUNE_MIN) ? 2 * index : PRUNE_MIN;
 }
 
 /*
@@ -3627,25 +3664,27 @@ GrowList(
 
 static int
 AddPending(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int fd,
     const Message *messagePtr)
 {
     int i;
 
-    if (!GrowList((void **) &queuePtr->pending, &queuePtr->pendingSpace,
-	    queuePtr->numPending, sizeof(Pending))) {
+    if (!GrowList((void **) &queuePtr->pending.list,
+	    &queuePtr->pending.pendingSpace, queuePtr->pending.numPending,
+	    sizeof(Pending))) {
 	return 0;
     }
-    i = queuePtr->numPending;
+    i = queuePtr->pending.numPending;
     while (i > 0
-	    && queuePtr->pending[i-1].message.sequence > messagePtr->sequence) {
-	queuePtr->pending[i] = queuePtr->pending[i-1];
+	    && queuePtr->pending.list[i-1].message.sequence
+		> messagePtr->sequence) {
+	queuePtr->pending.list[i] = queuePtr->pending.list[i-1];
 	i--;
     }
-    queuePtr->pending[i].fd = fd;
-    queuePtr->pending[i].message = *messagePtr;
-    queuePtr->numPending++;
+    queuePtr->pending.list[i].fd = fd;
+    queuePtr->pending.list[i].message = *messagePtr;
+    queuePtr->pending.numPending++;
     return 1;
 }
 
@@ -3668,12 +3707,12 @@ AddPending(
 
 static void
 RemoveFirstPending(
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
-    close(queuePtr->pending[0].fd);
-    queuePtr->numPending--;
-    memmove(queuePtr->pending, queuePtr->pending + 1,
-	    queuePtr->numPending * sizeof(Pending));
+    close(queuePtr->pending.list[0].fd);
+    queuePtr->pending.numPending--;
+    memmove(queuePtr->pending.list, queuePtr->pending.list + 1,
+	    queuePtr->pending.numPending * sizeof(Pending));
 }
 
 /*
@@ -3698,7 +3737,7 @@ RemoveFirstPending(
 
 static int
 SendUp(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int fd,
     Message *messagePtr)
 {
@@ -3706,7 +3745,7 @@ SendUp(
     int error;
 
     __atomic_add_fetch(countPtr, 1, __ATOMIC_SEQ_CST);
-    if (ancil_send_fd(queuePtr->askFds[1], fd, messagePtr,
+    if (ancil_send_fd(queuePtr->asks.askFds[1], fd, messagePtr,
 	    sizeof(Message), MSG_DONTWAIT) == 0) {
 	return 0;
     }
@@ -3737,7 +3776,7 @@ SendUp(
 
 static int
 SendReady(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int fd,
     Message *messagePtr)
 {
@@ -3745,7 +3784,7 @@ SendReady(
     int error;
 
     __atomic_add_fetch(countPtr, 1, __ATOMIC_SEQ_CST);
-    if (ancil_send_fd(queuePtr->readyFds[1], fd, messagePtr,
+    if (ancil_send_fd(queuePtr->pending.readyFds[1], fd, messagePtr,
 	    sizeof(Message), MSG_DONTWAIT) == 0) {
 	return 0;
     }
@@ -3777,26 +3816,26 @@ SendReady(
 
 static void
 DrainReady(
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
     Message message;
     int fd;
 
-    while (queuePtr->readyMayHold) {
+    while (queuePtr->pending.readyMayHold) {
 	switch (TakeReady(queuePtr, &fd, &message)) {
 	case 1:
 	    if (!AddPending(queuePtr, fd, &message)) {
 		/* Put it back behind the others rather than lose it. */
-		queuePtr->lastErrno = ENOMEM;
+		queuePtr->accept.lastErrno = ENOMEM;
 		if (SendReady(queuePtr, fd, &message) < 0) {
-		    queuePtr->lastErrno = errno;
+		    queuePtr->accept.lastErrno = errno;
 		}
 		close(fd);
 		return;
 	    }
 	    break;
 	case 0:
-	    queuePtr->readyMayHold = 0;
+	    queuePtr->pending.readyMayHold = 0;
 	    return;
 	default:
 	    return;
@@ -3825,15 +3864,15 @@ DrainReady(
 
 static int
 PendingAfterDrain(
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
     int pending;
 
     pthread_mutex_lock(&queueLock);
-    if (queuePtr->numAsks > 0) {
+    if (queuePtr->asks.numAsks > 0) {
 	DrainReady(queuePtr);
     }
-    pending = (queuePtr->numPending > 0);
+    pending = (queuePtr->pending.numPending > 0);
     pthread_mutex_unlock(&queueLock);
     return pending;
 }
@@ -3865,7 +3904,7 @@ PendingAfterDrain(
 
 static int
 TakeReady(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int *fdPtr,
     Message *messagePtr)
 {
@@ -3873,13 +3912,13 @@ TakeReady(
     int room;
 
     for (;;) {
-	room = fcntl(queuePtr->readyFds[0], F_DUPFD_CLOEXEC, 0);
+	room = fcntl(queuePtr->pending.readyFds[0], F_DUPFD_CLOEXEC, 0);
 	if (room < 0) {
-	    queuePtr->lastErrno = errno;
+	    queuePtr->accept.lastErrno = errno;
 	    return -1;
 	}
 	close(room);
-	got = ancil_take_fd(queuePtr->readyFds[0], fdPtr, messagePtr,
+	got = ancil_take_fd(queuePtr->pending.readyFds[0], fdPtr, messagePtr,
 		sizeof(Message), MSG_DONTWAIT);
 	if (got > 0) {
 	    __atomic_sub_fetch(&TRAILER(queuePtr->board)->readyCount, 1,
@@ -3889,11 +3928,11 @@ TakeReady(
 	    return 1;
 	}
 	if (got > 0 || (got < 0 && errno == EBADMSG)) {
-	    queuePtr->lastErrno = EBADMSG;
+	    queuePtr->accept.lastErrno = EBADMSG;
 	    continue;
 	}
 	if (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
-	    queuePtr->lastErrno = errno;
+	    queuePtr->accept.lastErrno = errno;
 	}
 	return 0;
     }
@@ -3923,13 +3962,13 @@ TakeReady(
 
 static int
 SendToOldestAsk(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int *errorPtr)
 {
     int error;
 
-    while (queuePtr->numAsks > 0) {
-	int index = FindReplySocket(queuePtr, queuePtr->asks[0]);
+    while (queuePtr->asks.numAsks > 0) {
+	int index = FindReplySocket(queuePtr, queuePtr->asks.askers[0]);
 	int sent;
 
 	if (index < 0) {
@@ -3939,15 +3978,16 @@ SendToOldestAsk(
 	     * Should that change, the ask goes, not the connection.
 	     */
 
-	    queuePtr->numAsks--;
-	    memmove(queuePtr->asks, queuePtr->asks + 1,
-		    queuePtr->numAsks * sizeof(uint64_t));
+	    queuePtr->asks.numAsks--;
+	    memmove(queuePtr->asks.askers, queuePtr->asks.askers + 1,
+		    queuePtr->asks.numAsks * sizeof(uint64_t));
 	    continue;
 	}
-	StampHanded(HandingTo(queuePtr, &queuePtr->replySockets[index]));
-	sent = ancil_send_fd(queuePtr->replySockets[index].fd,
-		queuePtr->pending[0].fd, &queuePtr->pending[0].message,
-		sizeof(Message), MSG_DONTWAIT);
+	StampHanded(HandingTo(queuePtr, &queuePtr->asks.replySockets[index]));
+	sent = ancil_send_fd(queuePtr->asks.replySockets[index].fd,
+		queuePtr->pending.list[0].fd,
+		&queuePtr->pending.list[0].message, sizeof(Message),
+		MSG_DONTWAIT);
 
 	error = (sent == 0) ? 0 : errno;
 	if (error == ETOOMANYREFS || error == ENOBUFS || error == ENOMEM
@@ -3958,14 +3998,14 @@ SendToOldestAsk(
 	     * read yet.)
 	     */
 
-	    queuePtr->lastErrno = error;
+	    queuePtr->accept.lastErrno = error;
 	    *errorPtr = error;
 	    return 0;
 	}
 	if (sent == 0) {
-	    queuePtr->numAsks--;
-	    memmove(queuePtr->asks, queuePtr->asks + 1,
-		    queuePtr->numAsks * sizeof(uint64_t));
+	    queuePtr->asks.numAsks--;
+	    memmove(queuePtr->asks.askers, queuePtr->asks.askers + 1,
+		    queuePtr->asks.numAsks * sizeof(uint64_t));
 	    RemoveFirstPending(queuePtr);
 	    return 1;
 	}
@@ -4005,19 +4045,19 @@ SendToOldestAsk(
 
 static int
 HandOverFirstPending(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int wait)
 {
     for (;;) {
 	int error = 0, emptied = 1;
 
 	pthread_mutex_lock(&queueLock);
-	if (queuePtr->numAsks == 0 && __atomic_load_n(
+	if (queuePtr->asks.numAsks == 0 && __atomic_load_n(
 		&TRAILER(queuePtr->board)->queuedCount, __ATOMIC_SEQ_CST) > 0) {
 	    /* An ask may be queued (the count says none is, else). */
 	    emptied = ReadQueue(queuePtr);
 	}
-	if (queuePtr->numAsks > 0) {
+	if (queuePtr->asks.numAsks > 0) {
 	    /*
 	     * An ask raced a connection into the ready queue: that one is
 	     * older than the first pending, so it goes first.
@@ -4029,22 +4069,22 @@ HandOverFirstPending(
 	    pthread_mutex_unlock(&queueLock);
 	    return 1;
 	}
-	if (queuePtr->numAsks == 0 && emptied) {
+	if (queuePtr->asks.numAsks == 0 && emptied) {
 	    /*
 	     * Nobody is asking: leave it ready for the next 'client' to
 	     * take, if the ready queue has room.
 	     */
 
-	    if (SendReady(queuePtr, queuePtr->pending[0].fd,
-		    &queuePtr->pending[0].message) == 0) {
+	    if (SendReady(queuePtr, queuePtr->pending.list[0].fd,
+		    &queuePtr->pending.list[0].message) == 0) {
 		RemoveFirstPending(queuePtr);
-		queuePtr->readyMayHold = 1;
+		queuePtr->pending.readyMayHold = 1;
 		pthread_mutex_unlock(&queueLock);
 		return 1;
 	    }
 	    if (errno != EAGAIN && errno != EWOULDBLOCK) {
 		error = errno;
-		queuePtr->lastErrno = error;
+		queuePtr->accept.lastErrno = error;
 	    }
 	}
 	pthread_mutex_unlock(&queueLock);
@@ -4060,8 +4100,8 @@ HandOverFirstPending(
 	    if (!WaitFor(queuePtr, -1, 0, -1, 0, PAUSE_MS)) {
 		return 0;
 	    }
-	} else if (!WaitFor(queuePtr, queuePtr->askFds[0], POLLIN,
-		queuePtr->readyFds[1], POLLOUT, -1)) {
+	} else if (!WaitFor(queuePtr, queuePtr->asks.askFds[0], POLLIN,
+		queuePtr->pending.readyFds[1], POLLOUT, -1)) {
 	    return 0;
 	}
     }
@@ -4111,7 +4151,7 @@ ClientCmd(
     Tcl_Obj *const objv[])
 {
     Tcl_Obj *handlerObj = objv[objc-1];
-    Queue *queuePtr;
+    PortState *queuePtr;
     Receiver *receiverPtr;
     Tcl_Size length;
     int fd;
@@ -4131,7 +4171,7 @@ ClientCmd(
 	Tcl_SetErrorCode(interp, "TCL", "VALUE", "HANDLER", NULL);
 	return TCL_ERROR;
     }
-    if (forkGeneration != 0 && forkBreaksNotifier) {
+    if (forkGeneration != 0 && notifier.forkBreaks) {
 	int major, minor;
 
 	Tcl_GetVersion(&major, &minor, NULL, NULL);
@@ -4229,7 +4269,7 @@ AskForConnection(
     Tcl_Interp *interp,
     Receiver *receiverPtr)
 {
-    Queue *queuePtr = receiverPtr->queuePtr;
+    PortState *queuePtr = receiverPtr->queuePtr;
     int watch, error;
 
     /*
@@ -4281,7 +4321,7 @@ AskForConnection(
 static int
 SetAskError(
     Tcl_Interp *interp,
-    Queue *queuePtr,
+    PortState *queuePtr,
     int error)
 {
     if (error == EPIPE || error == ECONNREFUSED || error == ECONNRESET
@@ -4329,11 +4369,11 @@ LookupQueue(
     int objc,
     Tcl_Obj *const objv[],
     int first,
-    Queue **queuePtrPtr)
+    PortState **queuePtrPtr)
 {
     static const char *const options[] = {"-port", NULL};
     int port = -1, index;
-    Queue *queuePtr;
+    PortState *queuePtr;
 
     if (first < objc) {
 	if (Tcl_GetIndexFromObj(interp, objv[first], options, "option", 0,
@@ -4387,11 +4427,11 @@ LookupQueue(
 
 static void
 WaitForRoom(
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
     struct pollfd pfd;
 
-    pfd.fd = queuePtr->askFds[1];
+    pfd.fd = queuePtr->asks.askFds[1];
     pfd.events = POLLOUT;
     pfd.revents = 0;
     poll(&pfd, 1, QUEUE_WAIT_MS);
@@ -4433,7 +4473,8 @@ SendAsk(
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
 	    return errno;
 	}
-	if (pair[0] >= FD_SETSIZE && selectNotifier && !watchInThread) {
+	if (pair[0] >= FD_SETSIZE && notifier.usesSelect
+		&& !notifier.watchInThread) {
 	    close(pair[0]);
 	    close(pair[1]);
 	    return -1;
@@ -4486,7 +4527,7 @@ WatchReplySocket(
     sigset_t all, old;
     int error;
 
-    if (watchInThread) {
+    if (notifier.watchInThread) {
 	pthread_mutex_lock(&queueLock);
 	receiverPtr->pollFd = epoll_create1(EPOLL_CLOEXEC);
 	error = (receiverPtr->pollFd < 0) ? errno : 0;
@@ -4751,7 +4792,7 @@ ReceiveConnection(
     int mask)
 {
     Receiver *receiverPtr = clientData;
-    Queue *queuePtr = receiverPtr->queuePtr;
+    PortState *queuePtr = receiverPtr->queuePtr;
     Tcl_Interp *interp = receiverPtr->dataPtr->interp;
     Message message;
     ssize_t got;
@@ -4770,7 +4811,7 @@ ReceiveConnection(
 	 * rather than be woken for it over and over.
 	 */
 
-	if (!watchInThread) {
+	if (!notifier.watchInThread) {
 	    Tcl_DeleteFileHandler(receiverPtr->replyFd);
 	}
 	receiverPtr->retryTimer = Tcl_CreateTimerHandler(PAUSE_MS,
@@ -4803,7 +4844,7 @@ ReceiveConnection(
 		    "of port %d", queuePtr->port), "BADMESSAGE");
 	} else {
 	    pthread_mutex_lock(&queueLock);
-	    queuePtr->lastErrno = EBADMSG;
+	    queuePtr->accept.lastErrno = EBADMSG;
 	    pthread_mutex_unlock(&queueLock);
 	}
 	return;
@@ -4858,7 +4899,7 @@ RetryReceive(
     if (DropIfStale(receiverPtr)) {
 	return;
     }
-    if (watchInThread) {
+    if (notifier.watchInThread) {
 	RearmReplySocket(receiverPtr);
     } else {
 	Tcl_CreateFileHandler(receiverPtr->replyFd, TCL_READABLE,
@@ -5031,7 +5072,7 @@ FinishRequest(
     const Message *messagePtr)
 {
     Tcl_Interp *interp = receiverPtr->dataPtr->interp;
-    Queue *queuePtr = receiverPtr->queuePtr;
+    PortState *queuePtr = receiverPtr->queuePtr;
     Tcl_Obj *handlerObj = receiverPtr->handlerObj;
 
     if (receiverPtr->state == TAKEN) {
@@ -5042,7 +5083,7 @@ FinishRequest(
     MarkSlot(receiverPtr, (fd >= 0 ? SLOT_SERVING : SLOT_IDLE), messagePtr);
     if (fd >= 0) {
 	pthread_mutex_lock(&queueLock);
-	queuePtr->received++;
+	queuePtr->counts.received++;
 	pthread_mutex_unlock(&queueLock);
 	DeliverConnection(interp, handlerObj, queuePtr, fd, messagePtr);
     }
@@ -5072,7 +5113,7 @@ static void
 DeliverConnection(
     Tcl_Interp *interp,
     Tcl_Obj *handlerObj,
-    Queue *queuePtr,
+    PortState *queuePtr,
     int fd,
     const Message *messagePtr)
 {
@@ -5254,7 +5295,7 @@ static int
 WithdrawRequest(
     Receiver *receiverPtr)
 {
-    Queue *queuePtr = receiverPtr->queuePtr;
+    PortState *queuePtr = receiverPtr->queuePtr;
     Message message;
     ssize_t got;
     int fd = -1, error, tries;
@@ -5294,7 +5335,7 @@ WithdrawRequest(
 	     */
 
 	    pthread_mutex_lock(&queueLock);
-	    queuePtr->lastErrno = error;
+	    queuePtr->accept.lastErrno = error;
 	    pthread_mutex_unlock(&queueLock);
 	}
     }
@@ -5325,7 +5366,7 @@ WithdrawRequest(
 
 static void
 ReturnConnections(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int fd,
     const Message *messagePtr)
 {
@@ -5334,7 +5375,7 @@ ReturnConnections(
     do {
 	message.kind = KIND_RETURN;
 	if (SendUp(queuePtr, fd, &message) < 0) {
-	    queuePtr->lastErrno = errno;
+	    queuePtr->accept.lastErrno = errno;
 	}
 	close(fd);
     } while (TakeReady(queuePtr, &fd, &message) == 1);
@@ -5366,7 +5407,7 @@ CancelCmd(
     int objc,
     Tcl_Obj *const objv[])
 {
-    Queue *queuePtr;
+    PortState *queuePtr;
     Receiver *receiverPtr;
 
     if (objc != 2 && objc != 4) {
@@ -5403,7 +5444,7 @@ CancelCmd(
 static Receiver *
 NewReceiver(
     InterpData *dataPtr,
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
     Receiver *receiverPtr = (Receiver *) ckalloc(sizeof(Receiver));
 
@@ -5453,7 +5494,7 @@ NewReceiver(
 static Receiver *
 FindReceiver(
     InterpData *dataPtr,
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
     Receiver *receiverPtr, *nextPtr, *foundPtr = NULL;
 
@@ -5564,7 +5605,7 @@ CloseReplySocket(
     if (receiverPtr->retryTimer != NULL) {
 	Tcl_DeleteTimerHandler(receiverPtr->retryTimer);
 	receiverPtr->retryTimer = NULL;
-    } else if (receiverPtr->replyFd >= 0 && !watchInThread) {
+    } else if (receiverPtr->replyFd >= 0 && !notifier.watchInThread) {
 	Tcl_DeleteFileHandler(receiverPtr->replyFd);
     }
     StopWatcher(receiverPtr);
@@ -5608,7 +5649,7 @@ static void
 ReturnReceived(
     Receiver *receiverPtr)
 {
-    Queue *queuePtr = receiverPtr->queuePtr;
+    PortState *queuePtr = receiverPtr->queuePtr;
     Message message;
     ssize_t got;
     int fd;
@@ -5633,7 +5674,7 @@ ReturnReceived(
 	    CloseFd(&reserveFd);
 	} else if (got == 0 || (got < 0 && errno != EBADMSG)) {
 	    if (got < 0 && errno == EMFILE) {
-		queuePtr->lastErrno = EMFILE;
+		queuePtr->accept.lastErrno = EMFILE;
 	    }
 	    break;
 	}
@@ -5788,7 +5829,7 @@ ReleaseCmd(
     Receiver *receiverPtr;
     Message message;
     const char *name;
-    Queue *queuePtr;
+    PortState *queuePtr;
     Tcl_DString blockingDs;
     int error, fd, kept;
 
@@ -6075,7 +6116,7 @@ DetachConnection(
 
 static int
 SendReleased(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int fd,
     Message *messagePtr,
     int wait)
@@ -6122,7 +6163,7 @@ SendReleased(
 
 static void
 WaitReleasing(
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
     struct timespec pause = {0, 1000000L};
     int ms;
@@ -6158,7 +6199,7 @@ WaitReleasing(
 
 static int
 Linger(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int fd)
 {
     struct pollfd fds[2];
@@ -6174,12 +6215,12 @@ Linger(
 
     if (__atomic_load_n(&TRAILER(queuePtr->board)->readyCount,
 	    __ATOMIC_SEQ_CST) > 0
-	    && (ioctl(queuePtr->readyFds[0], FIONREAD, &readyBytes) < 0
+	    && (ioctl(queuePtr->pending.readyFds[0], FIONREAD, &readyBytes) < 0
 	    || readyBytes > 0)) {
 	return 0;
     }
     fds[0].fd = fd;
-    fds[1].fd = queuePtr->readyFds[0];
+    fds[1].fd = queuePtr->pending.readyFds[0];
     fds[0].events = fds[1].events = POLLIN;
 #ifdef POLLRDHUP
     fds[0].events |= POLLRDHUP;
@@ -6266,7 +6307,7 @@ static void
 SendKept(
     Receiver *receiverPtr)
 {
-    Queue *queuePtr = receiverPtr->queuePtr;
+    PortState *queuePtr = receiverPtr->queuePtr;
     Message message = receiverPtr->keptMessage;
 
     int error;
@@ -6276,7 +6317,7 @@ SendKept(
     }
     error = SendReleased(queuePtr, receiverPtr->keptFd, &message, 0);
     if (error > 0) {
-	queuePtr->lastErrno = error;
+	queuePtr->accept.lastErrno = error;
     }
     CloseFd(&receiverPtr->keptFd);
 }
@@ -6349,7 +6390,7 @@ KeepFor(
 	error = pthread_create(&keeper, NULL, ExpireKept, NULL);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (error != 0) {
-	    receiverPtr->queuePtr->lastErrno = error;
+	    receiverPtr->queuePtr->accept.lastErrno = error;
 	} else {
 	    keeperState = KEEPER_AWAKE;
 	}
@@ -6742,7 +6783,7 @@ MarkSlot(
 
 static Slot *
 HandingTo(
-    Queue *queuePtr,
+    PortState *queuePtr,
     ReplySocket *socketPtr)
 {
     Slot *slotPtr = socketPtr->slotPtr;
@@ -6987,7 +7028,7 @@ StartMark(
 
 static Tcl_Obj *
 BoardObj(
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
     static const char *const stateNames[] = {
 	"", "waiting", "serving", "idle", "exited"
@@ -7273,7 +7314,7 @@ ParseSeconds(
  *----------------------------------------------------------------------
  */
 
-static Queue *
+static PortState *
 MakePortStateLocked(
     Tcl_Interp *interp,
     int port,
@@ -7283,7 +7324,7 @@ MakePortStateLocked(
     const char *what = "the queue";
     const char *how = "";
     Slot *board;
-    Queue *queuePtr;
+    PortState *queuePtr;
 
     /*
      * The accept thread accepts only while nothing is pending, so with
@@ -7312,8 +7353,8 @@ MakePortStateLocked(
     }
     pthread_mutex_lock(&queueLock);
     queuePtr = AddQueue(port, queueFds, readyFds, boardFd, board);
-    queuePtr->pending = pending;
-    queuePtr->pendingSpace = LIST_MIN;
+    queuePtr->pending.list = pending;
+    queuePtr->pending.pendingSpace = LIST_MIN;
     return queuePtr;
 
   failed:
@@ -7347,7 +7388,7 @@ MakePortStateLocked(
 
 static void
 PublishMarkAndReopen(
-    Queue *queuePtr,
+    PortState *queuePtr,
     const char *mark,
     Tcl_Size markLength)
 {
@@ -7397,7 +7438,7 @@ ServerCmd(
     struct rlimit limit;
     char boundAddr[NI_MAXHOST];
     int boundPort, listenFd;
-    Queue *queuePtr;
+    PortState *queuePtr;
 
     if (ParseServerOptions(interp, objc, objv, &opt) != TCL_OK) {
 	return TCL_ERROR;
@@ -7444,22 +7485,22 @@ ServerCmd(
 	    return TCL_ERROR;
 	}
     }
-    queuePtr->state = LISTENING;
-    memcpy(queuePtr->mark, opt.mark, (size_t) opt.markLength);
-    queuePtr->markLength = (size_t) opt.markLength;
+    queuePtr->accept.state = LISTENING;
+    memcpy(queuePtr->watch.mark, opt.mark, (size_t) opt.markLength);
+    queuePtr->watch.markLength = (size_t) opt.markLength;
     PublishMarkAndReopen(queuePtr, opt.mark, opt.markLength);
-    memcpy(queuePtr->myaddr, boundAddr, sizeof(queuePtr->myaddr));
-    memcpy(queuePtr->timeoutNs, opt.timeoutNs, sizeof(opt.timeoutNs));
+    memcpy(queuePtr->accept.myaddr, boundAddr, sizeof(queuePtr->accept.myaddr));
+    memcpy(queuePtr->watch.timeoutNs, opt.timeoutNs, sizeof(opt.timeoutNs));
 
     /*
      * Watched connections may take half the descriptors this process can
      * have: the other half is the workers' and the application's.
      */
 
-    queuePtr->watchLimit = WATCH_MAX;
+    queuePtr->watch.watchLimit = WATCH_MAX;
     if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY
 	    && limit.rlim_cur / 2 < WATCH_MAX) {
-	queuePtr->watchLimit = (int) (limit.rlim_cur / 2);
+	queuePtr->watch.watchLimit = (int) (limit.rlim_cur / 2);
     }
     if (opt.adoptFd >= 0) {
 	AdoptPassed(queuePtr, opt.adoptFd);
@@ -7796,7 +7837,7 @@ OpenNewListener(
 
 static void
 AdoptPassed(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int adoptFd)
 {
     const char *value = getenv(LISTENER_ENV);
@@ -7840,10 +7881,11 @@ AdoptPassed(
 	}
 	if (isQueue) {
 	    fcntl((int) fd, F_SETFD, FD_CLOEXEC);
-	    for (i = 0; i < OLD_QUEUES && queuePtr->oldAskFds[i] >= 0; i++) {
+	    for (i = 0; i < OLD_QUEUES && queuePtr->asks.oldAskFds[i] >= 0;
+		    i++) {
 	    }
 	    if (i < OLD_QUEUES) {
-		queuePtr->oldAskFds[i] = (int) fd;
+		queuePtr->asks.oldAskFds[i] = (int) fd;
 	    } else {
 		/* Its workers' releases close their connections. */
 		close((int) fd);
@@ -7861,7 +7903,7 @@ AdoptPassed(
 	message.magic = MESSAGE_MAGIC;
 	message.addrLen = length;
 	if (kind < 0 || (kind == WATCH_SILENT
-		&& queuePtr->timeoutNs[WATCH_SILENT] == 0)) {
+		&& queuePtr->watch.timeoutNs[WATCH_SILENT] == 0)) {
 	    /* Pending, or silent where this program hands over at once. */
 	    MakePending(queuePtr, (int) fd, &message);
 	} else {
@@ -8014,7 +8056,7 @@ MakeQueueSockets(
  *----------------------------------------------------------------------
  */
 
-static Queue *
+static PortState *
 AddQueue(
     int port,
     const int askFds[2],
@@ -8022,30 +8064,30 @@ AddQueue(
     int boardFd,
     Slot *board)
 {
-    Queue *queuePtr = (Queue *) ckalloc(sizeof(Queue));
-    Queue **linkPtr = &firstQueuePtr;
+    PortState *queuePtr = (PortState *) ckalloc(sizeof(PortState));
+    PortState **linkPtr = &firstQueuePtr;
     int i;
 
-    memset(queuePtr, 0, sizeof(Queue));
+    memset(queuePtr, 0, sizeof(PortState));
     queuePtr->port = port;
-    queuePtr->askFds[0] = askFds[0];
-    queuePtr->askFds[1] = askFds[1];
-    queuePtr->readyFds[0] = readyFds[0];
-    queuePtr->readyFds[1] = readyFds[1];
+    queuePtr->asks.askFds[0] = askFds[0];
+    queuePtr->asks.askFds[1] = askFds[1];
+    queuePtr->pending.readyFds[0] = readyFds[0];
+    queuePtr->pending.readyFds[1] = readyFds[1];
     queuePtr->boardFd = boardFd;
     queuePtr->board = board;
-    queuePtr->listenFd = -1;
-    queuePtr->pollFd = -1;
-    queuePtr->wakeFds[0] = queuePtr->wakeFds[1] = -1;
-    queuePtr->pruneMark = PRUNE_MIN;
-    queuePtr->state = NOT_LISTENING;
-    queuePtr->freeWatched = -1;
-    queuePtr->watchPollFd = -1;
+    queuePtr->accept.listenFd = -1;
+    queuePtr->accept.pollFd = -1;
+    queuePtr->accept.wakeFds[0] = queuePtr->accept.wakeFds[1] = -1;
+    queuePtr->asks.pruneMark = PRUNE_MIN;
+    queuePtr->accept.state = NOT_LISTENING;
+    queuePtr->watch.freeWatched = -1;
+    queuePtr->watch.watchPollFd = -1;
     for (i = 0; i < WATCH_KINDS; i++) {
-	queuePtr->firstWatched[i] = queuePtr->lastWatched[i] = -1;
+	queuePtr->watch.firstWatched[i] = queuePtr->watch.lastWatched[i] = -1;
     }
     for (i = 0; i < OLD_QUEUES; i++) {
-	queuePtr->oldAskFds[i] = -1;
+	queuePtr->asks.oldAskFds[i] = -1;
     }
     while (*linkPtr != NULL) {
 	linkPtr = &(*linkPtr)->nextPtr;
@@ -8079,18 +8121,18 @@ AddQueue(
 static int
 ClaimRefused(
     Tcl_Interp *interp,
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
     /* Closed, but its accept thread may still be handing over. */
     FinishDraining(queuePtr);
-    if (queuePtr->state != NOT_LISTENING) {
+    if (queuePtr->accept.state != NOT_LISTENING) {
 	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
 		"couldn't open socket on port %d: this process is already "
 		"listening on it", queuePtr->port));
 	SetPortErrorCode(interp, "BUSY", queuePtr->port);
 	return 1;
     }
-    if (queuePtr->askFds[0] < 0) {
+    if (queuePtr->asks.askFds[0] < 0) {
 	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
 		"couldn't open socket on port %d: this process inherited "
 		"that port's queue from the process that serves it",
@@ -8124,9 +8166,9 @@ static int
 ClaimListening(
     Tcl_Interp *interp,
     Tcl_Obj *objPtr,
-    Queue **queuePtrPtr)
+    PortState **queuePtrPtr)
 {
-    Queue *queuePtr;
+    PortState *queuePtr;
     int port;
 
     if (ParsePort(interp, objPtr, &port) != TCL_OK) {
@@ -8134,14 +8176,14 @@ ClaimListening(
     }
     pthread_mutex_lock(&queueLock);
     queuePtr = FindQueue(port);
-    if (queuePtr == NULL || queuePtr->state != LISTENING) {
+    if (queuePtr == NULL || queuePtr->accept.state != LISTENING) {
 	pthread_mutex_unlock(&queueLock);
 	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
 		"this process is not listening on port %d", port));
 	SetPortErrorCode(interp, "NOTLISTENING", port);
 	return TCL_ERROR;
     }
-    queuePtr->state = STOPPING;
+    queuePtr->accept.state = STOPPING;
     pthread_mutex_unlock(&queueLock);
     *queuePtrPtr = queuePtr;
     return TCL_OK;
@@ -8177,7 +8219,7 @@ CloseCmd(
     int objc,
     Tcl_Obj *const objv[])
 {
-    Queue *queuePtr;
+    PortState *queuePtr;
     ssize_t written;
     int i;
 
@@ -8202,7 +8244,7 @@ CloseCmd(
     pthread_mutex_lock(&queueLock);
     __atomic_store_n(&TRAILER(queuePtr->board)->closed, 1, __ATOMIC_SEQ_CST);
     CloseAllWatched(queuePtr, 1);
-    if (queuePtr->numPending == 0) {
+    if (queuePtr->pending.numPending == 0) {
 	/*
 	 * Nothing to hand over: stop the thread now, as its descriptors
 	 * are better closed before 'close' returns. What it accepted and
@@ -8217,7 +8259,7 @@ CloseCmd(
 	ReadQueue(queuePtr);
 	CloseAllWatched(queuePtr, 1);
 	for (i = 0; i < OLD_QUEUES; i++) {
-	    if (queuePtr->oldAskFds[i] >= 0) {
+	    if (queuePtr->asks.oldAskFds[i] >= 0) {
 		ForgetOldQueue(queuePtr, i);
 	    }
 	}
@@ -8225,11 +8267,11 @@ CloseCmd(
 	Tcl_ResetResult(interp);
 	return TCL_OK;
     }
-    queuePtr->state = DRAINING;
-    CloseFd(&queuePtr->listenFd);
+    queuePtr->accept.state = DRAINING;
+    CloseFd(&queuePtr->accept.listenFd);
     pthread_mutex_unlock(&queueLock);
     do {
-	written = write(queuePtr->wakeFds[1], "x", 1);
+	written = write(queuePtr->accept.wakeFds[1], "x", 1);
     } while (written < 0 && errno == EINTR);
     Tcl_ResetResult(interp);
     return TCL_OK;
@@ -8262,7 +8304,7 @@ InfoCmd(
     Tcl_Obj *const objv[])
 {
     Tcl_Obj *resultObj;
-    Queue *queuePtr;
+    PortState *queuePtr;
     Receiver *receiverPtr;
     int port, requested, readyBytes;
 
@@ -8305,7 +8347,7 @@ InfoCmd(
      * each.
      */
 
-    if (ioctl(queuePtr->readyFds[0], FIONREAD, &readyBytes) < 0) {
+    if (ioctl(queuePtr->pending.readyFds[0], FIONREAD, &readyBytes) < 0) {
 	readyBytes = 0;
     }
 
@@ -8313,20 +8355,20 @@ InfoCmd(
     Tcl_DictObjPut(NULL, resultObj, Tcl_NewStringObj((key), -1), (valueObj))
     pthread_mutex_lock(&queueLock);
     PUT("port", Tcl_NewIntObj(queuePtr->port));
-    PUT("myaddr", Tcl_NewStringObj(queuePtr->myaddr, -1));
-    PUT("listening", Tcl_NewBooleanObj(queuePtr->state == LISTENING));
-    PUT("accepted", Tcl_NewLongObj(queuePtr->accepted));
-    PUT("received", Tcl_NewLongObj(queuePtr->received));
+    PUT("myaddr", Tcl_NewStringObj(queuePtr->accept.myaddr, -1));
+    PUT("listening", Tcl_NewBooleanObj(queuePtr->accept.state == LISTENING));
+    PUT("accepted", Tcl_NewLongObj(queuePtr->counts.accepted));
+    PUT("received", Tcl_NewLongObj(queuePtr->counts.received));
     PUT("requested", Tcl_NewBooleanObj(requested));
-    PUT("waiting", Tcl_NewIntObj(queuePtr->numAsks));
-    PUT("queued", Tcl_NewIntObj(queuePtr->numPending
+    PUT("waiting", Tcl_NewIntObj(queuePtr->asks.numAsks));
+    PUT("queued", Tcl_NewIntObj(queuePtr->pending.numPending
 	    + readyBytes / (int) sizeof(Message)));
-    PUT("watching", Tcl_NewIntObj(queuePtr->numWatched[WATCH_SILENT]
-	    + queuePtr->numWatched[WATCH_PARKED]));
-    PUT("parked", Tcl_NewIntObj(queuePtr->numWatched[WATCH_PARKED]));
-    PUT("closed", Tcl_NewLongObj(queuePtr->closed));
-    PUT("watchlimit", Tcl_NewIntObj(queuePtr->watchLimit));
-    errno = queuePtr->lastErrno;
+    PUT("watching", Tcl_NewIntObj(queuePtr->watch.numWatched[WATCH_SILENT]
+	    + queuePtr->watch.numWatched[WATCH_PARKED]));
+    PUT("parked", Tcl_NewIntObj(queuePtr->watch.numWatched[WATCH_PARKED]));
+    PUT("closed", Tcl_NewLongObj(queuePtr->counts.closed));
+    PUT("watchlimit", Tcl_NewIntObj(queuePtr->watch.watchLimit));
+    errno = queuePtr->accept.lastErrno;
     PUT("lasterror", Tcl_NewStringObj(errno ? Tcl_ErrnoId() : "", -1));
     pthread_mutex_unlock(&queueLock);
     PUT("workers", BoardObj(queuePtr));
@@ -8369,28 +8411,30 @@ InfoCmd(
 
 static int
 KeepAcrossExec(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int keep)
 {
     int i, kind, index, error = 0;
 
-    for (i = 0; i < queuePtr->numPending; i++) {
-	if (fcntl(queuePtr->pending[i].fd, F_SETFD, keep ? 0 : FD_CLOEXEC) < 0
+    for (i = 0; i < queuePtr->pending.numPending; i++) {
+	if (fcntl(queuePtr->pending.list[i].fd, F_SETFD,
+		keep ? 0 : FD_CLOEXEC) < 0
 		&& error == 0) {
 	    error = errno;
 	}
     }
     for (kind = 0; kind < WATCH_KINDS; kind++) {
-	for (index = queuePtr->firstWatched[kind]; index >= 0;
-		index = queuePtr->watched[index].next) {
-	    if (fcntl(queuePtr->watched[index].fd, F_SETFD,
+	for (index = queuePtr->watch.firstWatched[kind]; index >= 0;
+		index = queuePtr->watch.entries[index].next) {
+	    if (fcntl(queuePtr->watch.entries[index].fd, F_SETFD,
 		    keep ? 0 : FD_CLOEXEC) < 0 && error == 0) {
 		error = errno;
 	    }
 	}
     }
     for (i = -1; i < OLD_QUEUES; i++) {
-	int fd = (i < 0) ? queuePtr->askFds[0] : queuePtr->oldAskFds[i];
+	int fd = (i < 0) ? queuePtr->asks.askFds[0]
+		: queuePtr->asks.oldAskFds[i];
 
 	if (fd >= 0 && fcntl(fd, F_SETFD, keep ? 0 : FD_CLOEXEC) < 0
 		&& error == 0) {
@@ -8438,7 +8482,7 @@ ReexecCmd(
     int objc,
     Tcl_Obj *const objv[])
 {
-    Queue *queuePtr;
+    PortState *queuePtr;
     const char **argv;
     Tcl_Obj *valueObj;
     sigset_t scripted, oldMask;
@@ -8478,25 +8522,26 @@ ReexecCmd(
     Tcl_IncrRefCount(valueObj);
     pthread_mutex_lock(&queueLock);
     DrainReady(queuePtr);
-    for (i = 0; i < queuePtr->numPending; i++) {
-	Tcl_AppendPrintfToObj(valueObj, " %d", queuePtr->pending[i].fd);
+    for (i = 0; i < queuePtr->pending.numPending; i++) {
+	Tcl_AppendPrintfToObj(valueObj, " %d", queuePtr->pending.list[i].fd);
     }
     for (kind = 0; kind < WATCH_KINDS; kind++) {
-	for (index = queuePtr->firstWatched[kind]; index >= 0;
-		index = queuePtr->watched[index].next) {
+	for (index = queuePtr->watch.firstWatched[kind]; index >= 0;
+		index = queuePtr->watch.entries[index].next) {
 	    Tcl_AppendPrintfToObj(valueObj, " %c%d",
 		    (kind == WATCH_SILENT) ? 's' : 'p',
-		    queuePtr->watched[index].fd);
+		    queuePtr->watch.entries[index].fd);
 	}
     }
     for (i = -1; i < OLD_QUEUES; i++) {
-	int fd = (i < 0) ? queuePtr->askFds[0] : queuePtr->oldAskFds[i];
+	int fd = (i < 0) ? queuePtr->asks.askFds[0]
+		: queuePtr->asks.oldAskFds[i];
 
 	if (fd >= 0) {
 	    Tcl_AppendPrintfToObj(valueObj, " q%d", fd);
 	}
     }
-    queuePtr->state = LISTENING;
+    queuePtr->accept.state = LISTENING;
     pthread_mutex_unlock(&queueLock);
 
     argv = (const char **) ckalloc((objc - 2) * sizeof(char *));
@@ -8588,7 +8633,7 @@ SpawnCmd(
     Tcl_Obj *const objv[])
 {
     Tcl_Channel handOverChan, chan;
-    Queue *queuePtr;
+    PortState *queuePtr;
     Message message;
     const char **argv;
     char token[3 * TCL_INTEGER_SPACE + 3];
@@ -8628,21 +8673,21 @@ SpawnCmd(
 	message.port = queuePtr->port;
 	message.sequence = nonce;
 	/* Numeric, so it always fits; memset() left its terminator. */
-	memcpy(&message.addr, queuePtr->myaddr,
-		strnlen(queuePtr->myaddr, sizeof(message.addr) - 1));
+	memcpy(&message.addr, queuePtr->accept.myaddr,
+		strnlen(queuePtr->accept.myaddr, sizeof(message.addr) - 1));
 	if (ancil_send_fd(pair[0], queuePtr->boardFd, &message,
 		sizeof(message), MSG_DONTWAIT) < 0) {
 	    error = errno;
 	    break;
 	}
 	message.kind = KIND_ADOPT_ASK;
-	if (ancil_send_fd(pair[0], queuePtr->askFds[1], &message,
+	if (ancil_send_fd(pair[0], queuePtr->asks.askFds[1], &message,
 		sizeof(message), MSG_DONTWAIT) < 0) {
 	    error = errno;
 	    break;
 	}
 	message.kind = KIND_ADOPT_READY;
-	if (ancil_send_fd(pair[0], queuePtr->readyFds[0], &message,
+	if (ancil_send_fd(pair[0], queuePtr->pending.readyFds[0], &message,
 		sizeof(message), MSG_DONTWAIT) < 0) {
 	    error = errno;
 	}
@@ -8846,7 +8891,7 @@ AddAdoptedQueue(
     int readyFd)
 {
     int askFds[2], readyFds[2];
-    Queue *queuePtr;
+    PortState *queuePtr;
     Slot *board = MapBoard(boardFd);
     int error = (board == NULL) ? errno : EBADMSG;
 
@@ -8867,7 +8912,7 @@ AddAdoptedQueue(
     }
     queuePtr = AddQueue(messagePtr->port, askFds, readyFds, boardFd, board);
     ((char *) &messagePtr->addr)[sizeof(messagePtr->addr) - 1] = '\0';
-    snprintf(queuePtr->myaddr, sizeof(queuePtr->myaddr), "%s",
+    snprintf(queuePtr->accept.myaddr, sizeof(queuePtr->accept.myaddr), "%s",
 	    (char *) &messagePtr->addr);
     pthread_mutex_unlock(&queueLock);
     return 0;
@@ -9151,8 +9196,10 @@ WatchParentLife(
  *	Names they share with the rest of the file: signalLock and
  *	forkGeneration (taken and counted by the fork handlers),
  *	ForgetSignals (called by AtForkChild), ParseSignal (used by
- *	'spawn -parentdeath'), CloseFd, and the commands that
- *	Socketserver_Init creates.
+ *	'spawn -parentdeath'), the commands that Socketserver_Init
+ *	creates; and, from the rest, notifier.forkBreaks, processExiting,
+ *	queueLock with KeepReserve (the reserve descriptor), CloseFd and
+ *	ReplaceInChild.
  *
  *======================================================================
  */
@@ -9252,7 +9299,7 @@ ThreadWakePipe(
     for (pipePtr = firstWakePipe; pipePtr != NULL; pipePtr = nextPtr) {
 	nextPtr = pipePtr->nextPtr;
 	if (pipePtr->generation != forkGeneration) {
-	    if (pipePtr->thread != self || !forkBreaksNotifier) {
+	    if (pipePtr->thread != self || !notifier.forkBreaks) {
 		FreeWakePipe(pipePtr);
 	    }
 	} else if (pipePtr->thread == self) {
@@ -9365,7 +9412,7 @@ ForgetThreadSignals(
 	    RemoveSignalScript(signo);
 	}
     }
-    if (pipePtr->generation == forkGeneration || !forkBreaksNotifier) {
+    if (pipePtr->generation == forkGeneration || !notifier.forkBreaks) {
 	FreeWakePipe(pipePtr);
     }
     pthread_mutex_unlock(&signalLock);
