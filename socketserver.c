@@ -7168,12 +7168,7 @@ ParseServerOptions(
 
     *optionsPtr = serverDefaults;
 
-    for (i = 2; i < objc; i++) {
-	const char *word = Tcl_GetString(objv[i]);
-
-	if (word[0] != '-') {
-	    break;
-	}
+    for (i = 2; i < objc && Tcl_GetString(objv[i])[0] == '-'; i++) {
 	if (Tcl_GetIndexFromObj(interp, objv[i], options, "option", 0,
 		&index) != TCL_OK) {
 	    return TCL_ERROR;
