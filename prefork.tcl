@@ -24,6 +24,15 @@
 package require Tcl 8.6-
 package require socketserver 2.0
 
+#========================================================================
+#
+# Configuration
+#
+#	The package's variables: the options with their defaults, and the
+#	state of whichever role this process plays.
+#
+#========================================================================
+
 namespace eval ::socketserver::prefork {
     namespace export prefork
 
@@ -83,6 +92,15 @@ namespace eval ::socketserver::prefork {
     variable FirstGeneration 0	;# The generation of the first worker.
     variable FirstFailure {}	;# Why the application failed to load in it.
 }
+
+#========================================================================
+#
+# The entry point and its helpers
+#
+#	socketserver::prefork, the options (Usage, Validate), systemd's
+#	socket activation (Activated), the log (Log, Count).
+#
+#========================================================================
 
 # socketserver::prefork ?option value ...? handler --
 #	The entry point: validates the options, then becomes the supervisor
@@ -294,7 +312,14 @@ proc ::socketserver::prefork::Count {n noun {plural {}}} {
     return "$n [expr {$plural eq "" ? "${noun}s" : $plural}]"
 }
 
-# --- the worker ----------------------------------------------------------
+#========================================================================
+#
+# The worker
+#
+#	A worker's loop: ask for a connection, serve it, follow the
+#	rules, leave when told or when its -maxrequests is reached.
+#
+#========================================================================
 
 namespace eval ::socketserver::prefork {
     variable Handler		;# Command prefix for each connection.
@@ -432,7 +457,14 @@ proc ::socketserver::prefork::WorkerError {msg opts} {
     }
 }
 
-# --- the supervisor ------------------------------------------------------
+#========================================================================
+#
+# The supervisor
+#
+#	Start-up, listening, systemd (notify, watchdog, its variables) and
+#	the descriptor check.
+#
+#========================================================================
 #
 # Each worker is an entry of Workers, by pid: a dict of
 #   chan	its output (standard output and error), read by Output
@@ -705,7 +737,14 @@ proc ::socketserver::prefork::CheckDescriptors {} {
     }
 }
 
-# --- upgrade in place (SIGUSR2) ------------------------------------------
+#========================================================================
+#
+# Upgrade in place (SIGUSR2)
+#
+#	The dry run, then 'reexec' of the same command line; the new
+#	program takes over the old one's workers (TakeOver).
+#
+#========================================================================
 #
 # The supervisor replaces its own program, keeping its pid (so systemd's
 # MainPID, Type=notify and pid files stay right) and its listener (so no
@@ -921,6 +960,16 @@ proc ::socketserver::prefork::TakeOver {} {
 		: ", [Count $ignored {entry} entries] of SOCKETSERVER_LISTENER ignored"}],\
 	    [Count [array size Previous] {old worker}] finishing)"
 }
+
+#========================================================================
+#
+# Workers: start, output, scoreboard
+#
+#	Starting workers with 'spawn' (StartWorker, Fill, BackOff), logging
+#	their output within a budget (Output, Take, LogOutput), and reading
+#	the scoreboard (Observe, Survey).
+#
+#========================================================================
 
 # StartWorker --
 #	Spawns a worker of the current generation running the script again.
@@ -1272,6 +1321,15 @@ proc ::socketserver::prefork::Survey {} {
     }
 }
 
+#========================================================================
+#
+# Exits, loads and retiring
+#
+#	SIGCHLD (Reap, Exited), a generation that loads or fails to
+#	(Loaded, Settle), and retiring or killing a worker.
+#
+#========================================================================
+
 # Reap --
 #	SIGCHLD: every worker that has ended is collected, whoever still
 #	holds its output (a program its handler started, say).
@@ -1514,6 +1572,12 @@ proc ::socketserver::prefork::KillFor {pid why} {
     Kill KILL $pid
 }
 
+#========================================================================
+#
+# Reload (SIGHUP) and resize (SIGTTIN, SIGTTOU)
+#
+#========================================================================
+
 # Reload --
 #	SIGHUP: a new generation; the old one is retired only once the new
 #	one has loaded the application.
@@ -1643,6 +1707,12 @@ proc ::socketserver::prefork::Resize {delta} {
 	Settle
     }
 }
+
+#========================================================================
+#
+# Status (SIGUSR1) and stopping (SIGTERM, SIGINT)
+#
+#========================================================================
 
 # Status --
 #	SIGUSR1: a line per worker, as the scoreboard has it now, and the

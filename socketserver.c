@@ -19,26 +19,65 @@
  *	from which the next 'client' takes it at once, with no ask and no
  *	wake-up.
  *
- *	One connection, start to end, in the order of this file:
- *	    AcceptConnections (accept thread) accept()s it,
- *	    HandOverFirstPending              sends the oldest it holds to
- *	                                      the oldest ask, or into the
- *	                                      ready queue;
- *	    ClientCmd (asking process)        had sent that ask (SendAsk), or
- *	                                      takes a ready connection;
- *	    ReceiveConnection                 recvmsg()s it from the reply
- *	                                      socket, woken by a watcher
- *	                                      thread (Tcl 8) or a file
- *	                                      handler (Tcl 9), or
- *	    DeliverTaken                      delivers the ready one;
- *	    FinishRequest, DeliverConnection  wrap it and call the handler.
- *	Then: the other ways a request ends (cancel, refusal), a receiver's
- *	life, the commands that make and describe servers, and spawn.
- *
  *	A worker is a process forked from the serving process, or a program
- *	it started with 'spawn' (SpawnCmd), which adopts the queues when it
- *	loads the package (AdoptQueues). ::socketserver::signal (SignalObjCmd)
- *	runs scripts for signals from the event loop.
+ *	it started with 'spawn', which adopts the queues when it loads the
+ *	package.
+ *
+ *	Contents, in the order of a connection's life (each section opens
+ *	with a banner of '=' lines; the prototypes below are grouped the
+ *	same way):
+ *
+ *	Set-up                  Socketserver_Init, the ensemble
+ *	                        (SocketserverObjCmd), per-interpreter data,
+ *	                        the process's set-up, fork and exit
+ *	                        handlers. Start reading here.
+ *	The accept thread       StartAccepting, AcceptConnections: waits
+ *	                        (WaitIdle), accepts (AcceptOneConnection),
+ *	                        stops (StopAccepting).
+ *	Watched connections     Connections held until readable ('server
+ *	                        -ready') or between requests ('release'):
+ *	                        the watch table.
+ *	The queue and hand-over ReadQueue (asks, withdrawals, connections
+ *	                        sent up), reply sockets, pending
+ *	                        connections, the ready queue, and
+ *	                        HandOverFirstPending: the oldest pending
+ *	                        connection to the oldest ask.
+ *	The worker's receive    ClientCmd (SendAsk, or a ready connection),
+ *	and delivery            ReceiveConnection or DeliverTaken,
+ *	                        FinishRequest, DeliverConnection (the
+ *	                        handler); cancel, refusal, withdrawal; a
+ *	                        receiver's life (NewReceiver ...
+ *	                        DropReceiver).
+ *	Release                 ReleaseCmd: linger, keep (the keeper
+ *	                        thread), or send the connection up.
+ *	The scoreboard          Slots in shared memory, the trailer, and
+ *	                        BoardObj, which reads them for 'info'.
+ *	Server, close and info  ServerCmd, the listener, a port's state
+ *	                        (PortState, AddQueue), CloseCmd, InfoCmd.
+ *	Upgrade and adoption    ReexecCmd, SpawnCmd, and AdoptQueues in the
+ *	                        program that was handed the queues.
+ *	Process tools           signal, kill, exited, wait, descriptors,
+ *	                        notify, runas: no port state; the few names
+ *	                        they share are listed at their banner.
+ *
+ *	Return conventions, one per kind of function:
+ *	    - Commands, and helpers that take an interpreter: a standard Tcl
+ *	      result; TCL_ERROR leaves a message and -errorcode (POSIX ...
+ *	      or SOCKETSERVER ...) in the interpreter.
+ *	    - Predicates and attempts (Is..., Drained, FreeSlot, AddPending,
+ *	      ...): 1 for yes or done, 0 for no or not done.
+ *	    - Lookups: the pointer or NULL (FindQueue, FindReceiver), the
+ *	      index or -1 (FindReplySocket).
+ *	    - Senders that wrap one system call (SendUp, SendReady,
+ *	      MakeQueueSockets, and ancillary.h): as the call, 0 or -1 with
+ *	      errno set. Functions that make or arm something from several
+ *	      calls (MakeAcceptPoll, WatchReplySocket, DetachConnection,
+ *	      WatchParent): 0, or the errno value of the call that failed,
+ *	      with nothing left half made.
+ *	    - Tcl event procedures: 1 once handled, 0 to stay queued.
+ *	      Thread bodies: NULL.
+ *	Each function's block says where it differs (SendAsk, TakeReady and
+ *	SendReleased have a third outcome).
  *
  * Copyright (c) 2026 The socketserver authors.
  * See the file "LICENSE" for information on usage and redistribution.
@@ -364,113 +403,132 @@ typedef struct BoardTrailer {
 				 * stop pipe, listener, queue, old queues. */
 
 /*
- * One queue per port, process-wide, never freed: workers forked earlier
- * keep using it across 'close' and a later 'server' on the same port.
+ * A port's state: one per port, process-wide, never freed: workers forked
+ * earlier keep using it across 'close' and a later 'server' on the same
+ * port. One embedded struct per concern: the accept thread, the asks and
+ * reply sockets (the queue proper), the pending connections and the ready
+ * queue, the watch table, and the counts.
  *
  * queueLock guards the list and every field marked (L). Every descriptor
  * the accept thread creates or receives (accept(), recvmsg() of asks) is
  * created and recorded here under the lock, so that a fork, whose prepare
  * handler takes the lock, never copies one that the child handler does
- * not know about and close. The accept thread reads listenFd, askFds[0]
- * and wakeFds without the lock: they are set before it starts and changed
- * only after it is joined.
+ * not know about and close. The accept thread reads accept.listenFd,
+ * asks.askFds[0] and accept.wakeFds without the lock: they are set before
+ * it starts and changed only after it is joined.
  */
 
-typedef struct Queue {
-    struct Queue *nextPtr;	/* Next queue of the process. (L) */
+typedef struct PortState {
+    struct PortState *nextPtr;	/* Next port of the process. (L) */
     int port;			/* Port number; fixed. */
-    int askFds[2];		/* The queue. [0] is read by the accept
-				 * thread (-1 in forked children); every
-				 * process writes asks to [1]. (L) */
-    int readyFds[2];		/* Connections accepted while no ask was
-				 * waiting: [1], in the serving process
-				 * only, is written by the accept thread;
-				 * a process calling 'client' takes one from
-				 * [0] at once if there is one. Its send
-				 * buffer holds only a few. (L) */
-    int readyMayHold;		/* 0 once the accept thread found [0]
-				 * empty and has not written since. (L) */
-    int listenFd;		/* Listening socket or -1. (L) */
-    int pollFd;			/* Linux: the accept thread's epoll instance
-				 * (WaitIdle), while it runs; else -1. (L) */
-    int wakeFds[2];		/* Pipe whose read end, when readable, tells
-				 * the accept thread to stop. (L) */
-    int state;			/* NOT_LISTENING, LISTENING, DRAINING or
+    int boardFd;		/* The scoreboard's memfd, kept to hand to
+				 * spawned programs; fixed. */
+    Slot *board;		/* The scoreboard, BOARD_SLOTS slots, mapped
+				 * shared; fixed. Lock-free: see Slot. */
+
+    struct {			/* The accept thread. */
+	int state;		/* NOT_LISTENING, LISTENING, DRAINING or
 				 * STOPPING. (L) */
-    pthread_t thread;		/* The accept thread, when state isn't
+	pthread_t thread;	/* The thread, when state isn't
 				 * NOT_LISTENING. */
-    char myaddr[NI_MAXHOST];	/* Numeric address last listened on. (L) */
-    Pending *pending;		/* Connections to hand over, in accept
-				 * order (by sequence): the accept thread
-				 * hands over the first. Accepted ones,
-				 * returned ones and, when one is returned,
-				 * those it takes back from the ready queue
-				 * to put it in front of them. malloc'd. (L) */
-    int numPending;		/* How many. (L) */
-    int pendingSpace;		/* How many fit without realloc(). (L) */
-    uint64_t nextSequence;	/* Sequence of the next accepted
-				 * connection. (L) */
-    ReplySocket *replySockets;	/* Every receiver that has asked, by the
-				 * first ask's order, malloc'd. (L) */
-    int numReplySockets;	/* How many. (L) */
-    int replySpace;		/* How many fit without realloc(). (L) */
-    int pruneMark;		/* Look for hung-up reply sockets when
-				 * numReplySockets passes this. (L) */
-    uint64_t *asks;		/* The asks read so far and not answered or
-				 * withdrawn: their askers' ids, oldest
-				 * first, malloc'd. (L) */
-    int numAsks;		/* How many. (L) */
-    int askSpace;		/* How many fit without realloc(). (L) */
-    long accepted;		/* Connections this process accepted. (L) */
-    long received;		/* Connections this process took. (L) */
-    int lastErrno;		/* Last error the accept thread met, or 0.
-				 * (L) */
-    uint64_t timeoutNs[WATCH_KINDS];
-				/* How long a connection of each kind is
-				 * watched, ns: 'server -ready' (0: hand
-				 * every connection over at once) and
-				 * -keepalive. (L) */
-    char mark[MARK_MAX];	/* 'server -readyafter': the accept thread's
-				 * own copy of the trailer's mark, which
-				 * workers can write. (L) */
-    size_t markLength;		/* Its length, at most MARK_MAX. (L) */
-    Watched *watched;		/* Entries of watched connections, used and
-				 * free, malloc'd. (L) */
-    int watchSpace;		/* How many entries. (L) */
-    int freeWatched;		/* First free entry, or -1. (L) */
-    int firstWatched[WATCH_KINDS];
-				/* Each kind's list: oldest entry, */
-    int lastWatched[WATCH_KINDS];
-				/* newest entry (-1: empty), */
-    int numWatched[WATCH_KINDS];/* and length. (L) */
-    int watchLimit;		/* Most connections watched at once: half
-				 * the descriptor limit at 'server', at most
-				 * WATCH_MAX. (L) */
-    int watchPollFd;		/* Linux: the epoll instance that holds the
-				 * watched connections, itself held by
-				 * pollFd; else -1. (L) */
-    long closed;		/* Connections this process closed without
-				 * handing them over: silent to the end of
-				 * -ready or -keepalive, gone while parked,
-				 * closed for room, or by 'close'. (L) */
-    int oldAskFds[OLD_QUEUES];	/* Reading ends of the queues of the
+	int listenFd;		/* Listening socket or -1. (L) */
+	int pollFd;		/* Linux: its epoll instance (WaitIdle),
+				 * while it runs; else -1. (L) */
+	int wakeFds[2];		/* Pipe whose read end, when readable, tells
+				 * it to stop. (L) */
+	char myaddr[NI_MAXHOST];/* Numeric address last listened on. (L) */
+	int lastErrno;		/* Last error it met, or 0. (L) */
+    } accept;
+
+    struct {			/* The queue: asks and reply sockets. */
+	int askFds[2];		/* [0] is read by the accept thread (-1 in
+				 * forked children); every process writes
+				 * asks to [1]. (L) */
+	int oldAskFds[OLD_QUEUES];
+				/* Reading ends of the queues of the
 				 * programs this one replaced ('reexec'), or
 				 * -1: their workers, still finishing, send
 				 * released and returned connections up
 				 * them. Read with askFds[0], for those
 				 * only, until their last worker is gone
 				 * (end of file) or 'close'. (L) */
-    int passed;			/* Connections the last 'server -fd'
-				 * took over from a 'reexec' (AdoptPassed).
+	uint64_t *askers;	/* The asks read so far and not answered or
+				 * withdrawn: their askers' ids, oldest
+				 * first, malloc'd. (L) */
+	int numAsks;		/* How many. (L) */
+	int askSpace;		/* How many fit without realloc(). (L) */
+	ReplySocket *replySockets;
+				/* Every receiver that has asked, by the
+				 * first ask's order, malloc'd. (L) */
+	int numReplySockets;	/* How many. (L) */
+	int replySpace;		/* How many fit without realloc(). (L) */
+	int pruneMark;		/* Look for hung-up reply sockets when
+				 * numReplySockets passes this. (L) */
+    } asks;
+
+    struct {			/* Connections not handed over yet. */
+	Pending *list;		/* To hand over, in accept order (by
+				 * sequence): the accept thread hands over
+				 * the first. Accepted ones, returned ones
+				 * and, when one is returned, those it takes
+				 * back from the ready queue to put it in
+				 * front of them. malloc'd. (L) */
+	int numPending;		/* How many. (L) */
+	int pendingSpace;	/* How many fit without realloc(). (L) */
+	uint64_t nextSequence;	/* Sequence of the next accepted
+				 * connection. (L) */
+	int readyFds[2];	/* The ready queue: connections accepted
+				 * while no ask was waiting: [1], in the
+				 * serving process only, is written by the
+				 * accept thread; a process calling 'client'
+				 * takes one from [0] at once if there is
+				 * one. Its send buffer holds only a few.
 				 * (L) */
-    int ignored;		/* Entries of LISTENER_ENV it did not take:
+	int readyMayHold;	/* 0 once the accept thread found readyFds[0]
+				 * empty and has not written since. (L) */
+    } pending;
+
+    struct {			/* The watch table: watched connections. */
+	uint64_t timeoutNs[WATCH_KINDS];
+				/* How long a connection of each kind is
+				 * watched, ns: 'server -ready' (0: hand
+				 * every connection over at once) and
+				 * -keepalive. (L) */
+	char mark[MARK_MAX];	/* 'server -readyafter': the accept thread's
+				 * own copy of the trailer's mark, which
+				 * workers can write. (L) */
+	size_t markLength;	/* Its length, at most MARK_MAX. (L) */
+	Watched *entries;	/* Entries, used and free, malloc'd. (L) */
+	int watchSpace;		/* How many entries. (L) */
+	int freeWatched;	/* First free entry, or -1. (L) */
+	int firstWatched[WATCH_KINDS];
+				/* Each kind's list: oldest entry, */
+	int lastWatched[WATCH_KINDS];
+				/* newest entry (-1: empty), */
+	int numWatched[WATCH_KINDS];
+				/* and length. (L) */
+	int watchLimit;		/* Most connections watched at once: half
+				 * the descriptor limit at 'server', at most
+				 * WATCH_MAX. (L) */
+	int watchPollFd;	/* Linux: the epoll instance that holds the
+				 * watched connections, itself held by
+				 * accept.pollFd; else -1. (L) */
+    } watch;
+
+    struct {			/* What 'info' reports. */
+	long accepted;		/* Connections this process accepted. (L) */
+	long received;		/* Connections this process took. (L) */
+	long closed;		/* Connections this process closed without
+				 * handing them over: silent to the end of
+				 * -ready or -keepalive, gone while parked,
+				 * closed for room, or by 'close'. (L) */
+	int passed;		/* Connections the last 'server -fd' took
+				 * over from a 'reexec' (AdoptPassed). (L) */
+	int ignored;		/* Entries of LISTENER_ENV it did not take:
 				 * malformed, repeated, or no connection that
 				 * crossed the exec. (L) */
-    int boardFd;		/* The scoreboard's memfd, kept to hand to
-				 * spawned programs; fixed. */
-    Slot *board;		/* The scoreboard, BOARD_SLOTS slots, mapped
-				 * shared; fixed. Lock-free: see Slot. */
-} Queue;
+    } counts;
+} PortState;
 
 /*
  * The state of an interpreter's request for one connection from a queue.
@@ -502,7 +560,7 @@ typedef struct Receiver {
     struct Receiver *nextInProcess;
 				/* Next receiver of the process. (L) */
     struct InterpData *dataPtr;	/* The interpreter. */
-    Queue *queuePtr;		/* The queue it receives from. */
+    PortState *queuePtr;		/* The queue it receives from. */
     uint64_t id;		/* Names it in its asks: process id and the
 				 * board's count of receivers, unique even
 				 * across a reuse of the pid. */
@@ -580,7 +638,7 @@ typedef struct ReceiverEvent {
 typedef struct Delivered {
     struct Delivered *nextPtr;	/* Next of the process. (L) */
     Tcl_Channel chan;		/* Its channel. */
-    Queue *queuePtr;		/* The queue it came from. */
+    PortState *queuePtr;		/* The queue it came from. */
     Message message;		/* Its message: the peer's address. */
 } Delivered;
 
@@ -619,7 +677,7 @@ struct TclIntPlatStubs {
 extern char **environ;		/* What 'spawn' gives its program. */
 
 static pthread_mutex_t queueLock = PTHREAD_MUTEX_INITIALIZER;
-static Queue *firstQueuePtr = NULL;	/* Queues of this process. (L) */
+static PortState *firstQueuePtr = NULL;	/* Queues of this process. (L) */
 static Receiver *allReceivers = NULL;	/* Receivers of every interpreter
 					 * of the process. (L) */
 static int defaultPort = -1;		/* Port of the first server. (L) */
@@ -733,25 +791,30 @@ static int adoptError = 0;		/* Why adopting the queues handed over
 static int atforkError = 0;		/* Why pthread_atfork() refused the
 					 * fork handlers, or 0; set once by
 					 * SetupProcess. */
-static int forkBreaksNotifier = 0;	/* 1 where Tcl's event loop does not
-					 * survive fork() (Tcl 9 on Linux);
-					 * set once by SetupProcess. */
 static int closeShutsDown = 1;		/* 1 where closing a socket channel
 					 * shuts its reading side down first
 					 * (every Tcl but 8.6): see
 					 * DetachConnection; set once by
 					 * SetupProcess. */
-static int selectNotifier = 0;		/* 1 where Tcl's notifier watches file
-					 * handlers with select() (Tcl 8), so
-					 * not a descriptor from FD_SETSIZE
-					 * up; set once by SetupProcess. */
 static int threadedTcl = 0;		/* 1 if Tcl is built with threads;
 					 * set by Socketserver_Init. (L) */
-static int watchInThread = 0;		/* 1 where reply sockets are watched
-					 * by watcher threads (Tcl 8 with
-					 * threads, on Linux), 0 where by file
-					 * handlers; set once by SetupProcess.
-					 * See WatchReplySocket. */
+
+/*
+ * What this process's Tcl notifier can do, set once by SetupProcess before
+ * any thread of ours starts, read without a lock after.
+ */
+
+static struct {
+    int forkBreaks;		/* 1 where Tcl's event loop does not survive
+				 * fork() (Tcl 9 on Linux). */
+    int usesSelect;		/* 1 where Tcl's notifier watches file
+				 * handlers with select() (Tcl 8), so not a
+				 * descriptor from FD_SETSIZE up. */
+    int watchInThread;		/* 1 where reply sockets are watched by
+				 * watcher threads (Tcl 8 with threads, on
+				 * Linux), 0 where by file handlers. See
+				 * WatchReplySocket. */
+} notifier = {0, 0, 0};
 
 #define ASSOC_KEY	"socketserver"
 #define LISTENER_ENV	"SOCKETSERVER_LISTENER"
@@ -824,62 +887,264 @@ static int watchInThread = 0;		/* 1 where reply sockets are watched
 				 * process has never served. */
 
 /*
+ * What 'server' was asked for (ParseServerOptions).
+ */
+
+typedef struct ServerOptions {
+    const char *mark;		/* -readyafter, markLength bytes ("" if
+				 * none). */
+    Tcl_Size markLength;
+    uint64_t timeoutNs[WATCH_KINDS];
+				/* -ready and -keepalive, ns. */
+    const char *myaddr;		/* -myaddr. */
+    int backlog;		/* -backlog. */
+    int adoptFd;		/* -fd, or -1. */
+    int port;			/* The port, 0 if none was given (or 0). */
+} ServerOptions;
+
+static const ServerOptions serverDefaults = {
+    "", 0, {0, DEFAULT_KEEPALIVE_NS}, "0.0.0.0", SOMAXCONN, -1, 0
+};
+
+/*
  * Static routines for this file:
  */
 
-static void		AtForkChild(void);
-static void		AtForkParent(void);
-static void		AtForkPrepare(void);
-static void *		AcceptConnections(void *clientData);
-static int		AcceptOneConnection(Queue *queuePtr);
-static int		CancelCmd(InterpData *dataPtr, Tcl_Interp *interp,
-			    int objc, Tcl_Obj *const objv[]);
-static int		ClientCmd(InterpData *dataPtr, Tcl_Interp *interp,
-			    int objc, Tcl_Obj *const objv[]);
-static Queue *		AddQueue(int port, const int askFds[2],
-			    const int readyFds[2], int boardFd, Slot *board);
-static void		AdoptQueues(void);
-static int		ClaimRefused(Tcl_Interp *interp, Queue *queuePtr);
-static int		CloseCmd(Tcl_Interp *interp, int objc,
+/* Set-up */
+
+static int		SocketserverObjCmd(ClientData clientData,
+			    Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
-static void		CloseFd(int *fdPtr);
-static int		ReplaceInChild(int fd, int nullFd);
-static void		EndInterpThread(ClientData clientData);
 static void		DeleteInterpData(ClientData clientData,
 			    Tcl_Interp *interp);
-static void		DeliverConnection(Tcl_Interp *interp,
-			    Tcl_Obj *handlerObj, Queue *queuePtr, int fd,
+static void		EndInterpThread(ClientData clientData);
+static void		CloseFd(int *fdPtr);
+static int		ReplaceInChild(int fd, int nullFd);
+static void		SetupProcess(void);
+static void		AtForkPrepare(void);
+static void		AtForkParent(void);
+static void		AtForkChild(void);
+static void		FinalizeServers(ClientData clientData);
+static PortState *		FindQueue(int port);
+
+/* The accept thread */
+
+static int		StartAccepting(Tcl_Interp *interp, PortState *queuePtr,
+			    int listenFd);
+static int		MakeAcceptPoll(PortState *queuePtr);
+static void *		AcceptConnections(void *clientData);
+static int		WaitIdle(PortState *queuePtr, int *listenReadyPtr,
+			    int *askReadyPtr);
+static int		WaitFor(PortState *queuePtr, int fd, short events,
+			    int otherFd, short otherEvents, int timeoutMs);
+static int		AcceptOneConnection(PortState *queuePtr);
+static ConnReadiness	Readiness(int fd, const char *mark,
+			    size_t markLength);
+static int		MakePending(PortState *queuePtr, int fd,
+			    Message *messagePtr);
+static int		ToldToStop(PortState *queuePtr);
+static int		Drained(PortState *queuePtr);
+static void		FinishDraining(PortState *queuePtr);
+static void		StopAccepting(PortState *queuePtr, int *listenFdPtr);
+
+/* Watched connections */
+
+static void		WatchConnection(PortState *queuePtr, int fd,
+			    Message *messagePtr, WatchKind kind);
+static int		ForgetWatched(PortState *queuePtr, int index,
+			    int closing);
+static int		CloseOldestWatched(PortState *queuePtr);
+static void		CloseAllWatched(PortState *queuePtr, int counting);
+static int		WatchWaitMs(PortState *queuePtr);
+static void		ServeWatched(PortState *queuePtr, int readable);
+static void		TakeWatched(PortState *queuePtr, int index,
+			    int hungUp);
+static void		HandWatchedOver(PortState *queuePtr, int index);
+
+/* The queue and hand-over */
+
+static int		ReadQueue(PortState *queuePtr);
+static void		ActOnQueueMessage(PortState *queuePtr, int fd,
+			    Message *messagePtr);
+static void		ForgetOldQueue(PortState *queuePtr, int index);
+static int		AddReplySocket(PortState *queuePtr, uint64_t asker,
+			    int fd);
+static int		FindReplySocket(PortState *queuePtr, uint64_t asker);
+static void		ForgetReplySocket(PortState *queuePtr, int index);
+static void		WatchHangUp(PortState *queuePtr,
+			    const ReplySocket *socketPtr, int watch);
+static void		PruneReplySockets(PortState *queuePtr);
+static int		GrowList(void **listPtr, int *spacePtr, int count,
+			    size_t size);
+static int		AddPending(PortState *queuePtr, int fd,
 			    const Message *messagePtr);
-static int		DeliverTaken(Tcl_Event *evPtr, int flags);
-static void		CloseReplySocket(Receiver *receiverPtr);
-static void		StopWatcher(Receiver *receiverPtr);
-static void		ReturnReceived(Receiver *receiverPtr);
-static void		KeepReserve(void);
-static void		RearmReplySocket(Receiver *receiverPtr);
-static int		ReplyReadable(Tcl_Event *evPtr, int flags);
+static void		RemoveFirstPending(PortState *queuePtr);
+static int		SendUp(PortState *queuePtr, int fd,
+			    Message *messagePtr);
+static int		SendReady(PortState *queuePtr, int fd,
+			    Message *messagePtr);
+static void		DrainReady(PortState *queuePtr);
+static int		PendingAfterDrain(PortState *queuePtr);
+static int		TakeReady(PortState *queuePtr, int *fdPtr,
+			    Message *messagePtr);
+static int		HandOverFirstPending(PortState *queuePtr, int wait);
+static int		SendToOldestAsk(PortState *queuePtr, int *errorPtr);
+
+/* The worker's receive and delivery */
+
+static int		ClientCmd(InterpData *dataPtr, Tcl_Interp *interp,
+			    int objc, Tcl_Obj *const objv[]);
+static int		AskForConnection(Tcl_Interp *interp,
+			    Receiver *receiverPtr);
+static int		SetAskError(Tcl_Interp *interp, PortState *queuePtr,
+			    int error);
+static int		LookupQueue(Tcl_Interp *interp, int objc,
+			    Tcl_Obj *const objv[], int first,
+			    PortState **queuePtrPtr);
+static void		WaitForRoom(PortState *queuePtr);
+static int		SendAsk(Receiver *receiverPtr);
 static int		WatchReplySocket(Receiver *receiverPtr);
 #ifdef SS_LINUX
 static void *		WatchReplies(void *clientData);
+#endif
+static int		ReplyReadable(Tcl_Event *evPtr, int flags);
+static void		RearmReplySocket(Receiver *receiverPtr);
+#ifdef SS_LINUX
 static void		PrepareReplyEvent(Receiver *receiverPtr);
 #endif
-static int		DropIfStale(Receiver *receiverPtr);
-static void		DropReceiver(Receiver *receiverPtr);
-static Receiver *	FindReceiver(InterpData *dataPtr, Queue *queuePtr);
+static void		ReceiveConnection(ClientData clientData, int mask);
+static void		RetryReceive(ClientData clientData);
+static int		DeliverTaken(Tcl_Event *evPtr, int flags);
+static int		IsEventOf(Tcl_Event *evPtr, ClientData clientData);
+static void		DeleteEventsOf(Receiver *receiverPtr,
+			    Tcl_EventProc *proc);
+static int		IsConnection(ssize_t got, int fd,
+			    const Message *messagePtr);
 static void		FinishRequest(Receiver *receiverPtr, int fd,
 			    const Message *messagePtr);
-static Queue *		FindQueue(int port);
-static void		FinalizeServers(ClientData clientData);
-static int		InfoCmd(InterpData *dataPtr, Tcl_Interp *interp,
+static void		DeliverConnection(Tcl_Interp *interp,
+			    Tcl_Obj *handlerObj, PortState *queuePtr, int fd,
+			    const Message *messagePtr);
+static void		ForgetDelivered(ClientData clientData);
+static void		RefuseRequest(Receiver *receiverPtr,
+			    Tcl_Obj *messageObj, const char *code);
+static int		WithdrawRequest(Receiver *receiverPtr);
+static void		ReturnConnections(PortState *queuePtr, int fd,
+			    const Message *messagePtr);
+static int		CancelCmd(InterpData *dataPtr, Tcl_Interp *interp,
 			    int objc, Tcl_Obj *const objv[]);
-static int		LookupQueue(Tcl_Interp *interp, int objc,
-			    Tcl_Obj *const objv[], int first,
-			    Queue **queuePtrPtr);
+static Receiver *	NewReceiver(InterpData *dataPtr, PortState *queuePtr);
+static Receiver *	FindReceiver(InterpData *dataPtr, PortState *queuePtr);
+static int		DropIfStale(Receiver *receiverPtr);
+static void		StopWatcher(Receiver *receiverPtr);
+static void		CloseReplySocket(Receiver *receiverPtr);
+static void		ReturnReceived(Receiver *receiverPtr);
+static void		KeepReserve(void);
+static void		DropReceiver(Receiver *receiverPtr);
+
+/* Release */
+
+static int		ReleaseCmd(InterpData *dataPtr, Tcl_Interp *interp,
+			    int objc, Tcl_Obj *const objv[]);
+static int		RefuseUnreleasable(Tcl_Interp *interp,
+			    Tcl_Channel chan, const char *name,
+			    Delivered **deliveredPtrPtr, int *fdPtr);
+static int		KeepForNextRequest(Receiver *receiverPtr, int fd,
+			    const Message *messagePtr);
+static int		DetachConnection(int fd);
+static int		SendReleased(PortState *queuePtr, int fd,
+			    Message *messagePtr, int wait);
+static void		WaitReleasing(PortState *queuePtr);
+static int		Linger(PortState *queuePtr, int fd);
+static int		ReadMark(const BoardTrailer *trailerPtr, char *mark,
+			    size_t *lengthPtr);
+static void		SendKept(Receiver *receiverPtr);
+static void		SendKeptWhenIdle(ClientData clientData);
+static void		KeepFor(Receiver *receiverPtr);
+static void *		ExpireKept(void *clientData);
+static void		StopKeeper(void);
+static void		InitKeeperCond(void);
+
+/* The scoreboard */
+
+static Slot *		MakeBoard(int *fdPtr);
+static Slot *		MapBoard(int fd);
+static void		ClaimSlot(Receiver *receiverPtr);
+static void		MarkSlot(Receiver *receiverPtr, SlotState state,
+			    const Message *messagePtr);
+static Slot *		HandingTo(PortState *queuePtr, ReplySocket *socketPtr);
+static void		StampHanded(Slot *slotPtr);
+static int		FreeSlot(Slot *slotPtr, uint64_t owner);
+static pid_t		SlotPid(uint64_t asker);
+static int		OwnerGone(pid_t pid, uint32_t started);
+static uint32_t		StartMark(pid_t pid);
+static Tcl_Obj *	BoardObj(PortState *queuePtr);
+
+/* Server, close and info */
+
+static int		ServerCmd(Tcl_Interp *interp, int objc,
+			    Tcl_Obj *const objv[]);
+static int		ParseServerOptions(Tcl_Interp *interp, int objc,
+			    Tcl_Obj *const objv[],
+			    ServerOptions *optionsPtr);
+static int		ParseSeconds(Tcl_Interp *interp, const char *option,
+			    Tcl_Obj *valueObj, const char *code,
+			    uint64_t *nsPtr);
+static PortState *	MakePortStateLocked(Tcl_Interp *interp, int port,
+			    int listenFd);
+static void		PublishMarkAndReopen(PortState *queuePtr,
+			    const char *mark, Tcl_Size markLength);
+static int		IsAscii(const char *string, Tcl_Size length);
+static int		GetIntInRange(Tcl_Obj *objPtr, Tcl_WideInt min,
+			    Tcl_WideInt max, int *valuePtr);
+static int		ParsePort(Tcl_Interp *interp, Tcl_Obj *objPtr,
+			    int *portPtr);
+static void		SetPortErrorCode(Tcl_Interp *interp,
+			    const char *code, int port);
 static int		OpenListener(Tcl_Interp *interp, const char *myaddr,
 			    int port, int backlog, int *fdPtr,
 			    int *boundPortPtr, char *boundAddr);
+static int		OpenNewListener(Tcl_Interp *interp,
+			    const char *myaddr, int port, int backlog,
+			    int *fdPtr, int *boundPortPtr, char *boundAddr);
+static void		AdoptPassed(PortState *queuePtr, int adoptFd);
+static int		AdoptListener(Tcl_Interp *interp, int fd, int port,
+			    int *fdPtr, int *boundPortPtr, char *boundAddr);
 static int		MakeQueueSockets(int askFds[2], int readyFds[2]);
-static void		AdoptPassed(Queue *queuePtr, int adoptFd);
-static int		AdoptEntries(Queue *queuePtr, const char *entries,
+static PortState *		AddQueue(int port, const int askFds[2],
+			    const int readyFds[2], int boardFd, Slot *board);
+static int		ClaimRefused(Tcl_Interp *interp, PortState *queuePtr);
+static int		ClaimListening(Tcl_Interp *interp, Tcl_Obj *objPtr,
+			    PortState **queuePtrPtr);
+static int		CloseCmd(Tcl_Interp *interp, int objc,
+			    Tcl_Obj *const objv[]);
+static int		InfoCmd(InterpData *dataPtr, Tcl_Interp *interp,
+			    int objc, Tcl_Obj *const objv[]);
+
+/* Upgrade and adoption */
+
+static int		KeepAcrossExec(PortState *queuePtr, int keep);
+static int		ReexecCmd(Tcl_Interp *interp, int objc,
+			    Tcl_Obj *const objv[]);
+static int		SpawnCmd(Tcl_Interp *interp, int objc,
+			    Tcl_Obj *const objv[]);
+static uint64_t		MakeNonce(int salt);
+static int		IsQueueSocket(int fd);
+static void		AdoptQueues(void);
+static int		IsAdoptionMessage(ssize_t got, int fd,
+			    const Message *messagePtr, uint64_t nonce,
+			    int askFd, int boardFd);
+static int		AddAdoptedQueue(Message *messagePtr, int boardFd,
+			    int askFd, int readyFd);
+static int		HandedOverBy(long spawner, uint64_t nonce);
+static int		WatchParent(long spawner, int deathSignal);
+#ifndef SS_LINUX
+static void *		WatchParentLife(void *clientData);
+#endif
+
+/* Process tools */
+
+static int		AdoptEntries(PortState *queuePtr, const char *entries,
 			    Tcl_HashTable *seenPtr);
 static int		CrossedExecAsQueue(int fd);
 static int		CrossedExec(int fd, struct sockaddr_storage *addrPtr,
@@ -887,129 +1152,23 @@ static int		CrossedExec(int fd, struct sockaddr_storage *addrPtr,
 static char *		ReadPassedList(int listFd, int port, int listenFd,
 			    int *countPtr);
 static int		ParseDecimal(const char **textPtr, int *valuePtr);
-static int		WritePassedList(Queue *queuePtr, int listenFd);
-static int		AdoptListener(Tcl_Interp *interp, int fd, int port,
-			    int *fdPtr, int *boundPortPtr, char *boundAddr);
-static int		OpenNewListener(Tcl_Interp *interp,
-			    const char *myaddr, int port, int backlog,
-			    int *fdPtr, int *boundPortPtr, char *boundAddr);
-static int		ParsePort(Tcl_Interp *interp, Tcl_Obj *objPtr,
-			    int *portPtr);
-static int		IsAscii(const char *string, Tcl_Size length);
-static int		GetIntInRange(Tcl_Obj *objPtr, Tcl_WideInt min,
-			    Tcl_WideInt max, int *valuePtr);
-static int		HandOverFirstPending(Queue *queuePtr, int wait);
-static ConnReadiness	Readiness(int fd, const char *mark,
-			    size_t markLength);
-static int		ReadMark(const BoardTrailer *trailerPtr, char *mark,
-			    size_t *lengthPtr);
-static int		MakePending(Queue *queuePtr, int fd,
-			    Message *messagePtr);
-static void		WatchConnection(Queue *queuePtr, int fd,
-			    Message *messagePtr, WatchKind kind);
-static int		ForgetWatched(Queue *queuePtr, int index,
-			    int closing);
-static int		CloseOldestWatched(Queue *queuePtr);
-static void		CloseAllWatched(Queue *queuePtr, int counting);
-static int		WatchWaitMs(Queue *queuePtr);
-static void		ServeWatched(Queue *queuePtr, int readable);
-static void		TakeWatched(Queue *queuePtr, int index,
-			    int hungUp);
-static void		HandWatchedOver(Queue *queuePtr, int index);
-static int		IsConnection(ssize_t got, int fd,
-			    const Message *messagePtr);
-static int		IsEventOf(Tcl_Event *evPtr, ClientData clientData);
-static void		DeleteEventsOf(Receiver *receiverPtr,
-			    Tcl_EventProc *proc);
-static int		AddReplySocket(Queue *queuePtr, uint64_t asker,
-			    int fd);
-static int		FindReplySocket(Queue *queuePtr, uint64_t asker);
-static void		ForgetReplySocket(Queue *queuePtr, int index);
-static int		GrowList(void **listPtr, int *spacePtr, int count,
-			    size_t size);
-static Receiver *	NewReceiver(InterpData *dataPtr, Queue *queuePtr);
-static Tcl_Obj *	BoardObj(Queue *queuePtr);
-static Slot *		MakeBoard(int *fdPtr);
-static Slot *		MapBoard(int fd);
-static void		ClaimSlot(Receiver *receiverPtr);
-static void		MarkSlot(Receiver *receiverPtr, SlotState state,
-			    const Message *messagePtr);
-static int		FreeSlot(Slot *slotPtr, uint64_t owner);
-static pid_t		SlotPid(uint64_t asker);
-static int		OwnerGone(pid_t pid, uint32_t started);
-static uint32_t		StartMark(pid_t pid);
-static Slot *		HandingTo(Queue *queuePtr, ReplySocket *socketPtr);
-static void		StampHanded(Slot *slotPtr);
-static void		PruneReplySockets(Queue *queuePtr);
-static int		MakeAcceptPoll(Queue *queuePtr);
-static int		WaitIdle(Queue *queuePtr, int *listenReadyPtr,
-			    int *askReadyPtr);
-static void		WatchHangUp(Queue *queuePtr,
-			    const ReplySocket *socketPtr, int watch);
-static int		SendAsk(Receiver *receiverPtr);
-static void		WaitForRoom(Queue *queuePtr);
-static int		ReadQueue(Queue *queuePtr);
-static void		ForgetOldQueue(Queue *queuePtr, int index);
-static int		SendUp(Queue *queuePtr, int fd,
-			    Message *messagePtr);
-static int		SendReady(Queue *queuePtr, int fd,
-			    Message *messagePtr);
-static int		TakeReady(Queue *queuePtr, int *fdPtr,
-			    Message *messagePtr);
-static int		PendingAfterDrain(Queue *queuePtr);
-static int		AddPending(Queue *queuePtr, int fd,
-			    const Message *messagePtr);
-static void		DrainReady(Queue *queuePtr);
-static void		RemoveFirstPending(Queue *queuePtr);
-static int		WithdrawRequest(Receiver *receiverPtr);
-static void		ReceiveConnection(ClientData clientData, int mask);
-static void		ReturnConnections(Queue *queuePtr, int fd,
-			    const Message *messagePtr);
-static void		RetryReceive(ClientData clientData);
-static void		ForgetDelivered(ClientData clientData);
-static int		ReleaseCmd(InterpData *dataPtr, Tcl_Interp *interp,
-			    int objc, Tcl_Obj *const objv[]);
-static int		Linger(Queue *queuePtr, int fd);
-static int		DetachConnection(int fd);
-static int		SendReleased(Queue *queuePtr, int fd,
-			    Message *messagePtr, int wait);
-static void		WaitReleasing(Queue *queuePtr);
-static void		SendKept(Receiver *receiverPtr);
-static void		SendKeptWhenIdle(ClientData clientData);
-static void		KeepFor(Receiver *receiverPtr);
-static void *		ExpireKept(void *clientData);
-static void		StopKeeper(void);
-static void		InitKeeperCond(void);
-static void		RefuseRequest(Receiver *receiverPtr,
-			    Tcl_Obj *messageObj, const char *code);
-static void		SetPortErrorCode(Tcl_Interp *interp,
-			    const char *code, int port);
-static int		IsQueueSocket(int fd);
-static int		HandedOverBy(long spawner, uint64_t nonce);
-static int		WatchParent(long spawner, int deathSignal);
-#ifndef SS_LINUX
-static void *		WatchParentLife(void *clientData);
-#endif
-static uint64_t		MakeNonce(int salt);
-static int		ServerCmd(Tcl_Interp *interp, int objc,
-			    Tcl_Obj *const objv[]);
-static int		KeepAcrossExec(Queue *queuePtr, int keep);
-static int		ReexecCmd(Tcl_Interp *interp, int objc,
-			    Tcl_Obj *const objv[]);
+static int		WritePassedList(PortState *queuePtr, int listenFd);
 static int		AboveStandard(int *fdPtr);
 static int		StartProgram(char **argv, char **envp, int in,
 			    int out, pid_t *pidPtr, int *failedExecPtr);
 static CommandChannelProc * CommandChannelMaker(void);
-static int		SpawnCmd(Tcl_Interp *interp, int objc,
-			    Tcl_Obj *const objv[]);
 static void		CatchSignal(int signo);
-static void		ForgetSignals(int nullFd);
-static void		ForgetThreadSignals(ClientData clientData);
+static WakePipe *	ThreadWakePipe(Tcl_Interp *interp);
 static void		FreeWakePipe(WakePipe *pipePtr);
-static void		RemoveSignalScript(int signo);
+static void		ForgetThreadSignals(ClientData clientData);
 static void		RunCaughtSignals(ClientData clientData, int mask);
+static void		RemoveSignalScript(int signo);
+static void		ForgetSignals(int nullFd);
 static int		ParseSignal(Tcl_Interp *interp, Tcl_Obj *objPtr,
 			    int catchable, int *signoPtr);
+static int		SignalObjCmd(ClientData clientData,
+			    Tcl_Interp *interp, int objc,
+			    Tcl_Obj *const objv[]);
 static int		KillObjCmd(ClientData clientData,
 			    Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
@@ -1018,39 +1177,310 @@ static int		GetPid(Tcl_Interp *interp, Tcl_Obj *objPtr,
 static int		ExitedObjCmd(ClientData clientData,
 			    Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
+static int		WaitObjCmd(ClientData clientData,
+			    Tcl_Interp *interp, int objc,
+			    Tcl_Obj *const objv[]);
 static int		DescriptorsObjCmd(ClientData clientData,
 			    Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
 static int		NotifyObjCmd(ClientData clientData,
 			    Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
-static int		WaitObjCmd(ClientData clientData,
-			    Tcl_Interp *interp, int objc,
-			    Tcl_Obj *const objv[]);
 static int		RunasObjCmd(ClientData clientData,
 			    Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
-static int		SignalObjCmd(ClientData clientData,
-			    Tcl_Interp *interp, int objc,
-			    Tcl_Obj *const objv[]);
-static WakePipe *	ThreadWakePipe(Tcl_Interp *interp);
-static void		SetupProcess(void);
-static int		SocketserverObjCmd(ClientData clientData,
-			    Tcl_Interp *interp, int objc,
-			    Tcl_Obj *const objv[]);
-static int		StartAccepting(Tcl_Interp *interp, Queue *queuePtr,
-			    int listenFd);
-static void		StopAccepting(Queue *queuePtr, int *listenFdPtr);
-static int		ToldToStop(Queue *queuePtr);
-static int		Drained(Queue *queuePtr);
-static void		FinishDraining(Queue *queuePtr);
-static int		ClaimListening(Tcl_Interp *interp, Tcl_Obj *objPtr,
-			    Queue **queuePtrPtr);
-static int		WaitFor(Queue *queuePtr, int fd, short events,
-			    int otherFd, short otherEvents, int timeoutMs);
 
 DLLEXPORT int		Socketserver_Init(Tcl_Interp *interp);
 DLLEXPORT int		Socketserver_SafeInit(Tcl_Interp *interp);
+
+/*
+ *======================================================================
+ *
+ * Set-up --
+ *
+ *	The package's entry (Socketserver_Init), the
+ *	::socketserver::socket ensemble and its interpreter data; the
+ *	process's one-time set-up (SetupProcess), the fork handlers that
+ *	keep every descriptor and lock right in a child, and the exit
+ *	handler (FinalizeServers). Start reading here.
+ *
+ *======================================================================
+ */
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * Socketserver_Init --
+ *
+ *	Initializes the package in interp: creates ::socketserver::socket.
+ *
+ * Results:
+ *	A standard Tcl result.
+ *
+ * Side effects:
+ *	The first call in a process installs fork and exit handlers; each
+ *	call a thread exit handler for the interpreter (EndInterpThread).
+ *
+ *----------------------------------------------------------------------
+ */
+
+int
+Socketserver_Init(
+    Tcl_Interp *interp)
+{
+    InterpData *dataPtr;
+
+    if (Tcl_InitStubs(interp, "8.6-", 0) == NULL) {
+	return TCL_ERROR;
+    }
+    if (Tcl_GetVar2(interp, "tcl_platform", "threaded", TCL_GLOBAL_ONLY)
+	    != NULL) {
+	pthread_mutex_lock(&queueLock);
+	threadedTcl = 1;
+	pthread_mutex_unlock(&queueLock);
+    }
+    pthread_once(&setupOnce, SetupProcess);
+    if (atforkError != 0) {
+	errno = atforkError;
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't install socketserver's fork handlers: %s",
+		Tcl_PosixError(interp)));
+	return TCL_ERROR;
+    }
+    if (adoptError != 0) {
+	errno = adoptError;
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't adopt the queues handed over by the spawning "
+		"process: %s", Tcl_PosixError(interp)));
+	return TCL_ERROR;
+    }
+
+    /*
+     * The hand-over's variable is gone from the process's environment;
+     * keep this interpreter's env array in step.
+     */
+
+    Tcl_UnsetVar2(interp, "env", SPAWN_ENV, TCL_GLOBAL_ONLY);
+
+    dataPtr = (InterpData *) ckalloc(sizeof(InterpData));
+    dataPtr->interp = interp;
+    dataPtr->firstReceiverPtr = NULL;
+    Tcl_SetAssocData(interp, ASSOC_KEY, DeleteInterpData, dataPtr);
+    Tcl_CreateThreadExitHandler(EndInterpThread, dataPtr);
+    Tcl_CreateObjCommand(interp, "::socketserver::socket",
+	    SocketserverObjCmd, dataPtr, NULL);
+    Tcl_CreateObjCommand(interp, "::socketserver::signal",
+	    SignalObjCmd, NULL, NULL);
+    Tcl_CreateObjCommand(interp, "::socketserver::kill",
+	    KillObjCmd, NULL, NULL);
+    Tcl_CreateObjCommand(interp, "::socketserver::exited",
+	    ExitedObjCmd, NULL, NULL);
+    Tcl_CreateObjCommand(interp, "::socketserver::descriptors",
+	    DescriptorsObjCmd, NULL, NULL);
+    Tcl_CreateObjCommand(interp, "::socketserver::notify",
+	    NotifyObjCmd, NULL, NULL);
+    Tcl_CreateObjCommand(interp, "::socketserver::runas",
+	    RunasObjCmd, NULL, NULL);
+    Tcl_CreateObjCommand(interp, "::socketserver::wait",
+	    WaitObjCmd, NULL, NULL);
+
+    /*
+     * Which build this is: what the scripts may rely on differs (see the
+     * manual page).
+     */
+
+    if (Tcl_SetVar2(interp, "::socketserver::build", NULL, BUILD_NAME,
+	    TCL_GLOBAL_ONLY | TCL_LEAVE_ERR_MSG) == NULL) {
+	return TCL_ERROR;
+    }
+    return Tcl_PkgProvide(interp, PACKAGE_NAME, PACKAGE_VERSION);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * Socketserver_SafeInit --
+ *
+ *	Refuses: a safe interpreter must not open listening sockets.
+ *
+ * Results:
+ *	TCL_ERROR with a message.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+int
+Socketserver_SafeInit(
+    Tcl_Interp *interp)
+{
+    if (Tcl_InitStubs(interp, "8.6-", 0) == NULL) {
+	return TCL_ERROR;
+    }
+    Tcl_SetObjResult(interp, Tcl_NewStringObj(
+	    "socketserver can't be loaded into a safe interpreter: it opens "
+	    "listening sockets and shares them with forked processes", -1));
+    Tcl_SetErrorCode(interp, "SOCKETSERVER", "SAFE", NULL);
+    return TCL_ERROR;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * SocketserverObjCmd --
+ *
+ *	::socketserver::socket subcommand ?arg ...?
+ *
+ * Results:
+ *	A standard Tcl result.
+ *
+ * Side effects:
+ *	See the subcommands.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+SocketserverObjCmd(
+    ClientData clientData,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    static const char *const subcommands[] = {
+	"cancel", "client", "close", "info", "reexec", "release", "server",
+	"spawn", NULL
+    };
+    enum subcommands {
+	SUB_CANCEL, SUB_CLIENT, SUB_CLOSE, SUB_INFO, SUB_REEXEC, SUB_RELEASE,
+	SUB_SERVER, SUB_SPAWN
+    };
+    InterpData *dataPtr = clientData;
+    int index;
+
+    if (objc < 2) {
+	Tcl_WrongNumArgs(interp, 1, objv, "subcommand ?arg ...?");
+	return TCL_ERROR;
+    }
+    if (Tcl_GetIndexFromObj(interp, objv[1], subcommands, "subcommand", 0,
+	    &index) != TCL_OK) {
+	return TCL_ERROR;
+    }
+
+    switch ((enum subcommands) index) {
+    case SUB_CANCEL:
+	/* $cmd cancel ?-port port? */
+	return CancelCmd(dataPtr, interp, objc, objv);
+    case SUB_CLIENT:
+	/* $cmd client ?-port port? handler */
+	return ClientCmd(dataPtr, interp, objc, objv);
+    case SUB_CLOSE:
+	/* $cmd close port */
+	return CloseCmd(interp, objc, objv);
+    case SUB_INFO:
+	/* $cmd info ?port? */
+	return InfoCmd(dataPtr, interp, objc, objv);
+    case SUB_REEXEC:
+	/* $cmd reexec port command ?arg ...? */
+	return ReexecCmd(interp, objc, objv);
+    case SUB_RELEASE:
+	/* $cmd release channel */
+	return ReleaseCmd(dataPtr, interp, objc, objv);
+    case SUB_SERVER:
+	/* $cmd server ?-ready s? ?-keepalive s? ?-myaddr addr? ?-backlog n?
+	 * port | -fd fd ?port? */
+	return ServerCmd(interp, objc, objv);
+    case SUB_SPAWN:
+	/* $cmd spawn command ?arg ...? */
+	return SpawnCmd(interp, objc, objv);
+    }
+    return TCL_ERROR;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * DeleteInterpData --
+ *
+ *	Interpreter deletion: withdraws its pending requests and removes
+ *	the signal scripts it set.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	Frees the interpreter's data. Servers stay: they belong to the
+ *	process.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+DeleteInterpData(
+    ClientData clientData,
+    Tcl_Interp *interp)
+{
+    InterpData *dataPtr = clientData;
+
+    int signo;
+
+    Tcl_DeleteThreadExitHandler(EndInterpThread, dataPtr);
+    while (dataPtr->firstReceiverPtr != NULL) {
+	DropReceiver(dataPtr->firstReceiverPtr);
+    }
+    pthread_mutex_lock(&signalLock);
+    for (signo = 1; signo < NSIG; signo++) {
+	if (signalHandlers[signo] != NULL
+		&& signalHandlers[signo]->interp == interp) {
+	    RemoveSignalScript(signo);
+	}
+    }
+    pthread_mutex_unlock(&signalLock);
+    ckfree((char *) dataPtr);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * EndInterpThread --
+ *
+ *	Thread exit handler of the thread of an interpreter that was not
+ *	deleted (thread::exit ends a thread so): drops its receivers as its
+ *	deletion would, so that no watcher thread is left to queue events
+ *	for a thread that is gone (or for the next one, which glibc gives
+ *	the same id), and no connection is left in a reply socket that
+ *	nobody reads. Its signal scripts go with the thread's wake pipe
+ *	(ForgetThreadSignals).
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	See DropReceiver. Nothing changes when the whole process exits
+ *	(processExiting): FinalizeServers has done what must be done.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+EndInterpThread(
+    ClientData clientData)
+{
+    InterpData *dataPtr = clientData;
+    int exiting;
+
+    pthread_mutex_lock(&queueLock);
+    exiting = processExiting;
+    pthread_mutex_unlock(&queueLock);
+    if (exiting) {
+	return;
+    }
+    while (dataPtr->firstReceiverPtr != NULL) {
+	DropReceiver(dataPtr->firstReceiverPtr);
+    }
+}
 
 /*
  *----------------------------------------------------------------------
@@ -1135,7 +1565,7 @@ SetupProcess(void)
     int major, minor;
 
     Tcl_GetVersion(&major, &minor, NULL, NULL);
-    selectNotifier = (major < 9);
+    notifier.usesSelect = (major < 9);
     closeShutsDown = !(major == 8 && minor <= 6);
 #if defined(__linux__) || defined(__FreeBSD__) || defined(__NetBSD__) \
 	|| defined(__OpenBSD__) || defined(__DragonFly__)
@@ -1146,7 +1576,7 @@ SetupProcess(void)
      * inherit at all.) A fact about Tcl, so the portable build too.
      */
 
-    forkBreaksNotifier = (major >= 9);
+    notifier.forkBreaks = (major >= 9);
 #endif
 #ifdef SS_LINUX
     /*
@@ -1154,7 +1584,7 @@ SetupProcess(void)
      */
 
     pthread_mutex_lock(&queueLock);
-    watchInThread = (major < 9 && threadedTcl);
+    notifier.watchInThread = (major < 9 && threadedTcl);
     pthread_mutex_unlock(&queueLock);
 #endif
     pthread_mutex_lock(&queueLock);
@@ -1230,35 +1660,35 @@ AtForkParent(void)
 static void
 AtForkChild(void)
 {
-    Queue *queuePtr;
+    PortState *queuePtr;
     Receiver *receiverPtr;
     int i, nullFd;
 
     for (queuePtr = firstQueuePtr; queuePtr != NULL;
 	    queuePtr = queuePtr->nextPtr) {
-	CloseFd(&queuePtr->listenFd);
-	CloseFd(&queuePtr->pollFd);
-	CloseFd(&queuePtr->askFds[0]);
+	CloseFd(&queuePtr->accept.listenFd);
+	CloseFd(&queuePtr->accept.pollFd);
+	CloseFd(&queuePtr->asks.askFds[0]);
 	for (i = 0; i < OLD_QUEUES; i++) {
-	    CloseFd(&queuePtr->oldAskFds[i]);
+	    CloseFd(&queuePtr->asks.oldAskFds[i]);
 	}
-	CloseFd(&queuePtr->readyFds[1]);
-	CloseFd(&queuePtr->wakeFds[0]);
-	CloseFd(&queuePtr->wakeFds[1]);
-	for (i = 0; i < queuePtr->numPending; i++) {
-	    CloseFd(&queuePtr->pending[i].fd);
+	CloseFd(&queuePtr->pending.readyFds[1]);
+	CloseFd(&queuePtr->accept.wakeFds[0]);
+	CloseFd(&queuePtr->accept.wakeFds[1]);
+	for (i = 0; i < queuePtr->pending.numPending; i++) {
+	    CloseFd(&queuePtr->pending.list[i].fd);
 	}
-	queuePtr->numPending = 0;
+	queuePtr->pending.numPending = 0;
 	CloseAllWatched(queuePtr, 0);
-	for (i = 0; i < queuePtr->numReplySockets; i++) {
-	    CloseFd(&queuePtr->replySockets[i].fd);
+	for (i = 0; i < queuePtr->asks.numReplySockets; i++) {
+	    CloseFd(&queuePtr->asks.replySockets[i].fd);
 	}
-	queuePtr->numReplySockets = 0;
-	queuePtr->numAsks = 0;
-	queuePtr->state = NOT_LISTENING;
-	queuePtr->accepted = 0;
-	queuePtr->received = 0;
-	queuePtr->lastErrno = 0;
+	queuePtr->asks.numReplySockets = 0;
+	queuePtr->asks.numAsks = 0;
+	queuePtr->accept.state = NOT_LISTENING;
+	queuePtr->counts.accepted = 0;
+	queuePtr->counts.received = 0;
+	queuePtr->accept.lastErrno = 0;
     }
 
     nullFd = (reserveFd >= 0) ? reserveFd
@@ -1267,7 +1697,7 @@ AtForkChild(void)
 	    receiverPtr = receiverPtr->nextInProcess) {
 	if (receiverPtr->replyFd >= 0
 		&& !ReplaceInChild(receiverPtr->replyFd, nullFd)
-		&& watchInThread) {
+		&& notifier.watchInThread) {
 	    /* Only the watcher thread, gone here, watched it. */
 	    CloseFd(&receiverPtr->replyFd);
 	}
@@ -1320,7 +1750,7 @@ static void
 FinalizeServers(
     ClientData clientData)
 {
-    Queue *queuePtr;
+    PortState *queuePtr;
     Receiver *receiverPtr;
 
     (void) clientData;
@@ -1328,8 +1758,8 @@ FinalizeServers(
     processExiting = 1;
     for (queuePtr = firstQueuePtr; queuePtr != NULL;
 	    queuePtr = queuePtr->nextPtr) {
-	if (queuePtr->state != NOT_LISTENING) {
-	    queuePtr->state = STOPPING;
+	if (queuePtr->accept.state != NOT_LISTENING) {
+	    queuePtr->accept.state = STOPPING;
 	    pthread_mutex_unlock(&queueLock);
 	    StopAccepting(queuePtr, NULL);
 	    pthread_mutex_lock(&queueLock);
@@ -1388,11 +1818,11 @@ FinalizeServers(
  *----------------------------------------------------------------------
  */
 
-static Queue *
+static PortState *
 FindQueue(
     int port)
 {
-    Queue *queuePtr;
+    PortState *queuePtr;
 
     for (queuePtr = firstQueuePtr; queuePtr != NULL;
 	    queuePtr = queuePtr->nextPtr) {
@@ -1404,12 +1834,25 @@ FindQueue(
 }
 
 /*
+ *======================================================================
+ *
+ * The accept thread --
+ *
+ *	One per port that this process serves: it accepts connections,
+ *	reads the port's ask queue, waits for either (WaitIdle), and ends
+ *	when 'close' or the exit handler tells it to (StopAccepting). It
+ *	never touches an interpreter.
+ *
+ *======================================================================
+ */
+
+/*
  *----------------------------------------------------------------------
  *
  * StartAccepting --
  *
  *	Hands listenFd to a new accept thread for queuePtr. The caller
- *	has set queuePtr->state to LISTENING.
+ *	has set queuePtr->accept.state to LISTENING.
  *
  * Results:
  *	TCL_OK, or TCL_ERROR with a message in interp.
@@ -1424,7 +1867,7 @@ FindQueue(
 static int
 StartAccepting(
     Tcl_Interp *interp,
-    Queue *queuePtr,
+    PortState *queuePtr,
     int listenFd)
 {
     int wakeFds[2], error;
@@ -1442,9 +1885,9 @@ StartAccepting(
     }
 
     pthread_mutex_lock(&queueLock);
-    queuePtr->listenFd = listenFd;
-    queuePtr->wakeFds[0] = wakeFds[0];
-    queuePtr->wakeFds[1] = wakeFds[1];
+    queuePtr->accept.listenFd = listenFd;
+    queuePtr->accept.wakeFds[0] = wakeFds[0];
+    queuePtr->accept.wakeFds[1] = wakeFds[1];
     error = MakeAcceptPoll(queuePtr);
     pthread_mutex_unlock(&queueLock);
 
@@ -1456,8 +1899,8 @@ StartAccepting(
     if (error == 0) {
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
-	error = pthread_create(&queuePtr->thread, NULL, AcceptConnections,
-		queuePtr);
+	error = pthread_create(&queuePtr->accept.thread, NULL,
+		AcceptConnections, queuePtr);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (error == 0) {
 	    return TCL_OK;
@@ -1465,10 +1908,10 @@ StartAccepting(
     }
 
     pthread_mutex_lock(&queueLock);
-    CloseFd(&queuePtr->pollFd);
-    CloseFd(&queuePtr->wakeFds[0]);
-    CloseFd(&queuePtr->wakeFds[1]);
-    queuePtr->listenFd = -1;
+    CloseFd(&queuePtr->accept.pollFd);
+    CloseFd(&queuePtr->accept.wakeFds[0]);
+    CloseFd(&queuePtr->accept.wakeFds[1]);
+    queuePtr->accept.listenFd = -1;
     pthread_mutex_unlock(&queueLock);
 
   failed:
@@ -1484,7 +1927,7 @@ StartAccepting(
     __atomic_store_n(&TRAILER(queuePtr->board)->closed, 1, __ATOMIC_SEQ_CST);
     WaitReleasing(queuePtr);
     pthread_mutex_lock(&queueLock);
-    queuePtr->state = NOT_LISTENING;
+    queuePtr->accept.state = NOT_LISTENING;
     ReadQueue(queuePtr);
     CloseAllWatched(queuePtr, 1);
     pthread_mutex_unlock(&queueLock);
@@ -1517,33 +1960,34 @@ StartAccepting(
 
 static int
 MakeAcceptPoll(
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
 #ifdef SS_LINUX
     struct epoll_event event;
     int fds[4], i, error;
 
-    if (queuePtr->watchPollFd < 0) {
-	queuePtr->watchPollFd = epoll_create1(EPOLL_CLOEXEC);
-	if (queuePtr->watchPollFd < 0) {
+    if (queuePtr->watch.watchPollFd < 0) {
+	queuePtr->watch.watchPollFd = epoll_create1(EPOLL_CLOEXEC);
+	if (queuePtr->watch.watchPollFd < 0) {
 	    return errno;
 	}
     }
-    queuePtr->pollFd = epoll_create1(EPOLL_CLOEXEC);
-    if (queuePtr->pollFd < 0) {
+    queuePtr->accept.pollFd = epoll_create1(EPOLL_CLOEXEC);
+    if (queuePtr->accept.pollFd < 0) {
 	return errno;
     }
-    fds[ACCEPT_STOP] = queuePtr->wakeFds[0];
-    fds[ACCEPT_LISTEN] = queuePtr->listenFd;
-    fds[ACCEPT_QUEUE] = queuePtr->askFds[0];
-    fds[ACCEPT_WATCH] = queuePtr->watchPollFd;
+    fds[ACCEPT_STOP] = queuePtr->accept.wakeFds[0];
+    fds[ACCEPT_LISTEN] = queuePtr->accept.listenFd;
+    fds[ACCEPT_QUEUE] = queuePtr->asks.askFds[0];
+    fds[ACCEPT_WATCH] = queuePtr->watch.watchPollFd;
     for (i = 0; i < 4; i++) {
 	memset(&event, 0, sizeof(event));
 	event.events = EPOLLIN;
 	event.data.u64 = i;
-	if (epoll_ctl(queuePtr->pollFd, EPOLL_CTL_ADD, fds[i], &event) < 0) {
+	if (epoll_ctl(queuePtr->accept.pollFd, EPOLL_CTL_ADD, fds[i],
+		&event) < 0) {
 	    error = errno;
-	    CloseFd(&queuePtr->pollFd);
+	    CloseFd(&queuePtr->accept.pollFd);
 	    return error;
 	}
     }
@@ -1551,15 +1995,16 @@ MakeAcceptPoll(
 	memset(&event, 0, sizeof(event));
 	event.events = EPOLLIN;
 	event.data.u64 = ACCEPT_QUEUE;
-	if (queuePtr->oldAskFds[i] >= 0 && epoll_ctl(queuePtr->pollFd,
-		EPOLL_CTL_ADD, queuePtr->oldAskFds[i], &event) < 0) {
+	if (queuePtr->asks.oldAskFds[i] >= 0
+		&& epoll_ctl(queuePtr->accept.pollFd, EPOLL_CTL_ADD,
+		    queuePtr->asks.oldAskFds[i], &event) < 0) {
 	    error = errno;
-	    CloseFd(&queuePtr->pollFd);
+	    CloseFd(&queuePtr->accept.pollFd);
 	    return error;
 	}
     }
-    for (i = 0; i < queuePtr->numReplySockets; i++) {
-	WatchHangUp(queuePtr, &queuePtr->replySockets[i], 1);
+    for (i = 0; i < queuePtr->asks.numReplySockets; i++) {
+	WatchHangUp(queuePtr, &queuePtr->asks.replySockets[i], 1);
     }
 #else
     (void) queuePtr;
@@ -1590,7 +2035,7 @@ static void *
 AcceptConnections(
     void *clientData)
 {
-    Queue *queuePtr = clientData;
+    PortState *queuePtr = clientData;
 
     for (;;) {
 	if (!PendingAfterDrain(queuePtr)) {
@@ -1630,6 +2075,7 @@ AcceptConnections(
     return NULL;
 }
 
+#ifdef SS_LINUX
 /*
  *----------------------------------------------------------------------
  *
@@ -1657,11 +2103,10 @@ AcceptConnections(
 
 static int
 WaitIdle(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int *listenReadyPtr,
     int *askReadyPtr)
 {
-#ifdef SS_LINUX
     struct epoll_event events[16];
     int i, n, index, timeoutMs, watchReady = 0;
 
@@ -1669,7 +2114,7 @@ WaitIdle(
     pthread_mutex_lock(&queueLock);
     timeoutMs = WatchWaitMs(queuePtr);
     pthread_mutex_unlock(&queueLock);
-    n = epoll_wait(queuePtr->pollFd, events, 16, timeoutMs);
+    n = epoll_wait(queuePtr->accept.pollFd, events, 16, timeoutMs);
     if (n < 0) {
 	/* Signals are blocked: only a shortage of memory gets here. */
 	return WaitFor(queuePtr, -1, 0, -1, 0, PAUSE_MS);
@@ -1711,7 +2156,34 @@ WaitIdle(
 	}
     }
     return 1;
+}
 #else
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * WaitIdle --
+ *
+ *	The portable build's WaitIdle: the same with poll(), over the stop
+ *	pipe, the listener, the queues and every reply socket (for hang-ups
+ *	only). Without epoll, watched connections are polled every
+ *	WATCH_POLL_MS (WatchWaitMs).
+ *
+ * Results:
+ *	As WaitIdle above.
+ *
+ * Side effects:
+ *	As WaitIdle above.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+WaitIdle(
+    PortState *queuePtr,
+    int *listenReadyPtr,
+    int *askReadyPtr)
+{
     struct pollfd few[FIXED_FDS], *fds = few;
     uint64_t *askers = NULL;
     int i, n, m, index, kind, timeoutMs, stop;
@@ -1729,9 +2201,9 @@ WaitIdle(
     *listenReadyPtr = *askReadyPtr = 0;
     pthread_mutex_lock(&queueLock);
     timeoutMs = WatchWaitMs(queuePtr);
-    n = queuePtr->numReplySockets;
-    m = queuePtr->numWatched[WATCH_SILENT]
-	    + queuePtr->numWatched[WATCH_PARKED];
+    n = queuePtr->asks.numReplySockets;
+    m = queuePtr->watch.numWatched[WATCH_SILENT]
+	    + queuePtr->watch.numWatched[WATCH_PARKED];
     if (n + m > 0) {
 	fds = malloc((FIXED_FDS + n + m) * sizeof(struct pollfd));
 	askers = malloc((n + 1) * sizeof(uint64_t));	/* Never malloc(0). */
@@ -1744,20 +2216,20 @@ WaitIdle(
 	}
     }
     for (i = 0; i < OLD_QUEUES; i++) {
-	fds[3 + i].fd = queuePtr->oldAskFds[i];
+	fds[3 + i].fd = queuePtr->asks.oldAskFds[i];
     }
     for (i = 0; i < n; i++) {
-	fds[FIXED_FDS + i].fd = queuePtr->replySockets[i].fd;
+	fds[FIXED_FDS + i].fd = queuePtr->asks.replySockets[i].fd;
 	fds[FIXED_FDS + i].events = 0;
 	fds[FIXED_FDS + i].revents = 0;
-	askers[i] = queuePtr->replySockets[i].asker;
+	askers[i] = queuePtr->asks.replySockets[i].asker;
     }
     m = 0;
     for (kind = 0; fds != few && kind < WATCH_KINDS; kind++) {
-	for (index = queuePtr->firstWatched[kind]; index >= 0;
-		index = queuePtr->watched[index].next) {
-	    if (!queuePtr->watched[index].lookLater) {
-		fds[FIXED_FDS + n + m].fd = queuePtr->watched[index].fd;
+	for (index = queuePtr->watch.firstWatched[kind]; index >= 0;
+		index = queuePtr->watch.entries[index].next) {
+	    if (!queuePtr->watch.entries[index].lookLater) {
+		fds[FIXED_FDS + n + m].fd = queuePtr->watch.entries[index].fd;
 		fds[FIXED_FDS + n + m].events = POLLIN;
 		fds[FIXED_FDS + n + m].revents = 0;
 		m++;
@@ -1765,9 +2237,9 @@ WaitIdle(
 	}
     }
     pthread_mutex_unlock(&queueLock);
-    fds[0].fd = queuePtr->wakeFds[0];
-    fds[1].fd = queuePtr->listenFd;
-    fds[2].fd = queuePtr->askFds[0];
+    fds[0].fd = queuePtr->accept.wakeFds[0];
+    fds[1].fd = queuePtr->accept.listenFd;
+    fds[2].fd = queuePtr->asks.askFds[0];
     for (i = 0; i < FIXED_FDS; i++) {
 	fds[i].events = POLLIN;
 	fds[i].revents = 0;
@@ -1788,7 +2260,7 @@ WaitIdle(
 	if (fds[FIXED_FDS + i].revents & (POLLHUP | POLLERR)) {
 	    /* Unless another thread forgot it meanwhile. */
 	    index = FindReplySocket(queuePtr, askers[i]);
-	    if (index >= 0 && queuePtr->replySockets[index].fd
+	    if (index >= 0 && queuePtr->asks.replySockets[index].fd
 		    == fds[FIXED_FDS + i].fd) {
 		ForgetReplySocket(queuePtr, index);
 	    }
@@ -1807,8 +2279,8 @@ WaitIdle(
     }
     free(askers);
     return (!stop || !ToldToStop(queuePtr));
-#endif
 }
+#endif
 
 /*
  *----------------------------------------------------------------------
@@ -1831,7 +2303,7 @@ WaitIdle(
 
 static int
 WaitFor(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int fd,
     short events,
     int otherFd,
@@ -1843,12 +2315,12 @@ WaitFor(
 
     pthread_mutex_lock(&queueLock);
     watchMs = WatchWaitMs(queuePtr);
-    fds[3].fd = (watchMs >= 0) ? queuePtr->watchPollFd : -1;
+    fds[3].fd = (watchMs >= 0) ? queuePtr->watch.watchPollFd : -1;
     pthread_mutex_unlock(&queueLock);
     if (watchMs >= 0 && (timeoutMs < 0 || watchMs < timeoutMs)) {
 	timeoutMs = watchMs;
     }
-    fds[0].fd = queuePtr->wakeFds[0];
+    fds[0].fd = queuePtr->accept.wakeFds[0];
     fds[0].events = POLLIN;
     fds[0].revents = 0;
     fds[1].fd = fd;
@@ -1903,7 +2375,7 @@ WaitFor(
 
 static int
 AcceptOneConnection(
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
     Message message;
     socklen_t addrLen = sizeof(message.addr);
@@ -1911,25 +2383,26 @@ AcceptOneConnection(
 
     memset(&message, 0, sizeof(message));
     pthread_mutex_lock(&queueLock);
-    if (queuePtr->listenFd < 0) {
+    if (queuePtr->accept.listenFd < 0) {
 	/* 'close' closed it (DRAINING) after the wait saw it readable. */
 	pthread_mutex_unlock(&queueLock);
 	return 0;
     }
-    fd = accept4(queuePtr->listenFd, (struct sockaddr *) &message.addr,
+    fd = accept4(queuePtr->accept.listenFd, (struct sockaddr *) &message.addr,
 	    &addrLen, SOCK_CLOEXEC);
     if (fd >= 0) {
 	message.magic = MESSAGE_MAGIC;
 	message.addrLen = addrLen;
-	queuePtr->accepted++;
+	queuePtr->counts.accepted++;
 
 	/*
 	 * With -ready, one look: a connection that has sent nothing yet is
 	 * watched rather than handed over.
 	 */
 
-	ConnReadiness readiness = (queuePtr->timeoutNs[WATCH_SILENT] > 0)
-		? Readiness(fd, queuePtr->mark, queuePtr->markLength)
+	ConnReadiness readiness = (queuePtr->watch.timeoutNs[WATCH_SILENT] > 0)
+		? Readiness(fd, queuePtr->watch.mark,
+		    queuePtr->watch.markLength)
 		: CONN_HAS_DATA;
 
 	if (readiness == CONN_SILENT || readiness == CONN_PARTIAL) {
@@ -1941,7 +2414,7 @@ AcceptOneConnection(
     } else {
 	error = errno;
 	if (error != EAGAIN && error != EWOULDBLOCK && error != EINTR) {
-	    queuePtr->lastErrno = error;
+	    queuePtr->accept.lastErrno = error;
 	}
 	if ((error == EMFILE || error == ENFILE)
 		&& CloseOldestWatched(queuePtr)) {
@@ -2036,20 +2509,210 @@ Readiness(
 
 static int
 MakePending(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int fd,
     Message *messagePtr)
 {
     messagePtr->kind = KIND_CONNECTION;
-    messagePtr->sequence = queuePtr->nextSequence++;
+    messagePtr->sequence = queuePtr->pending.nextSequence++;
     if (!AddPending(queuePtr, fd, messagePtr)) {
-	queuePtr->lastErrno = ENOMEM;
-	queuePtr->closed++;
+	queuePtr->accept.lastErrno = ENOMEM;
+	queuePtr->counts.closed++;
 	close(fd);
 	return 0;
     }
     return 1;
 }
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ToldToStop --
+ *
+ *	Accept thread: its stop pipe is readable. While DRAINING that only
+ *	says 'close' closed the listener: the thread reads the pipe empty
+ *	and goes on.
+ *
+ * Results:
+ *	1 if the thread must stop, 0 if it goes on draining.
+ *
+ * Side effects:
+ *	See above.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+ToldToStop(
+    PortState *queuePtr)
+{
+    char bytes[16];
+    int stop;
+
+    pthread_mutex_lock(&queueLock);
+    stop = (queuePtr->accept.state != DRAINING);
+    if (!stop) {
+	/* Readable: read() returns at once. */
+	if (read(queuePtr->accept.wakeFds[0], bytes, sizeof(bytes)) < 0) {
+	    queuePtr->accept.lastErrno = errno;
+	}
+    }
+    pthread_mutex_unlock(&queueLock);
+    return stop;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * Drained --
+ *
+ *	Accept thread, nothing pending: whether it is DRAINING, then done.
+ *
+ * Results:
+ *	1 if the thread ends now, else 0.
+ *
+ * Side effects:
+ *	A drained thread closes what it waited with and detaches itself:
+ *	nobody joins it, the queue is NOT_LISTENING.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+Drained(
+    PortState *queuePtr)
+{
+    int i, drained;
+
+    pthread_mutex_lock(&queueLock);
+    drained = (queuePtr->accept.state == DRAINING);
+    pthread_mutex_unlock(&queueLock);
+    if (drained) {
+	WaitReleasing(queuePtr);
+    }
+    pthread_mutex_lock(&queueLock);
+    drained = (queuePtr->accept.state == DRAINING);
+    if (drained) {
+	/*
+	 * A last look at the queue: a connection released meanwhile is
+	 * closed (WatchConnection), one returned is pending after all.
+	 */
+
+	ReadQueue(queuePtr);
+	drained = (queuePtr->pending.numPending == 0);
+    }
+    if (drained) {
+	for (i = 0; i < OLD_QUEUES; i++) {
+	    if (queuePtr->asks.oldAskFds[i] >= 0) {
+		ForgetOldQueue(queuePtr, i);
+	    }
+	}
+	CloseFd(&queuePtr->accept.pollFd);
+	CloseFd(&queuePtr->accept.wakeFds[0]);
+	CloseFd(&queuePtr->accept.wakeFds[1]);
+	queuePtr->accept.state = NOT_LISTENING;
+	pthread_detach(pthread_self());
+    }
+    pthread_mutex_unlock(&queueLock);
+    return drained;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * FinishDraining --
+ *
+ *	queueLock held: if the accept thread of queuePtr is still draining
+ *	after 'close', stops and joins it (StopAccepting), so that the port
+ *	can be listened on again, with what is still pending going first.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	Releases and takes queueLock again while it joins.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+FinishDraining(
+    PortState *queuePtr)
+{
+    if (queuePtr->accept.state == DRAINING) {
+	queuePtr->accept.state = STOPPING;
+	pthread_mutex_unlock(&queueLock);
+	StopAccepting(queuePtr, NULL);
+	pthread_mutex_lock(&queueLock);
+    }
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * StopAccepting --
+ *
+ *	Stops and joins the accept thread of queuePtr, then closes its
+ *	listener, or with listenFdPtr not NULL hands it to the caller. The
+ *	caller has set the state to STOPPING (ClaimListening,
+ *	FinishDraining).
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	New connections are refused, or wait in the kept listener's backlog.
+ *	Connections accepted but not handed over yet go to the waiting asks
+ *	now, or else to the ready queue, where the next 'client' takes them;
+ *	those that do not fit stay pending and go first when accepting
+ *	resumes.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+StopAccepting(
+    PortState *queuePtr,
+    int *listenFdPtr)
+{
+    ssize_t written;
+
+    do {
+	written = write(queuePtr->accept.wakeFds[1], "x", 1);
+    } while (written < 0 && errno == EINTR);
+    /* A new pipe always takes these one or two bytes. */
+    pthread_join(queuePtr->accept.thread, NULL);
+
+    while (PendingAfterDrain(queuePtr)
+	    && HandOverFirstPending(queuePtr, 0)) {
+	/* Until no ask waits while a connection does. */
+    }
+    pthread_mutex_lock(&queueLock);
+    if (listenFdPtr != NULL) {
+	*listenFdPtr = queuePtr->accept.listenFd;
+	queuePtr->accept.listenFd = -1;
+    }
+    CloseFd(&queuePtr->accept.listenFd);
+    CloseFd(&queuePtr->accept.pollFd);
+    CloseFd(&queuePtr->accept.wakeFds[0]);
+    CloseFd(&queuePtr->accept.wakeFds[1]);
+    queuePtr->accept.state = NOT_LISTENING;
+    pthread_mutex_unlock(&queueLock);
+}
+
+/*
+ *======================================================================
+ *
+ * Watched connections --
+ *
+ *	Connections the accept thread holds instead of handing them over
+ *	because they have nothing to read yet ('server -ready') or came
+ *	back between requests ('release'): the watch table, one list per
+ *	kind in deadline order, and what happens when one becomes
+ *	readable, hangs up or times out.
+ *
+ *======================================================================
+ */
 
 /*
  *----------------------------------------------------------------------
@@ -2075,7 +2738,7 @@ MakePending(
 
 static void
 WatchConnection(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int fd,
     Message *messagePtr,
     WatchKind kind)
@@ -2084,37 +2747,39 @@ WatchConnection(
     int index, error = 0;
     struct timespec now;
 
-    if (queuePtr->timeoutNs[kind] == 0 || queuePtr->state == DRAINING
-	    || queuePtr->state == NOT_LISTENING) {
+    if (queuePtr->watch.timeoutNs[kind] == 0
+	    || queuePtr->accept.state == DRAINING
+	    || queuePtr->accept.state == NOT_LISTENING) {
 	/* No keep-alive; or the server is closed: nobody would serve it. */
-	queuePtr->closed++;
+	queuePtr->counts.closed++;
 	close(fd);
 	return;
     }
-    if (queuePtr->numWatched[WATCH_SILENT] + queuePtr->numWatched[WATCH_PARKED]
-	    >= queuePtr->watchLimit) {
+    if (queuePtr->watch.numWatched[WATCH_SILENT]
+	    + queuePtr->watch.numWatched[WATCH_PARKED]
+	    >= queuePtr->watch.watchLimit) {
 	CloseOldestWatched(queuePtr);
     }
-    if (queuePtr->freeWatched < 0) {
-	int space = queuePtr->watchSpace, i;
+    if (queuePtr->watch.freeWatched < 0) {
+	int space = queuePtr->watch.watchSpace, i;
 
-	if (GrowList((void **) &queuePtr->watched, &queuePtr->watchSpace,
-		space, sizeof(Watched))) {
-	    for (i = queuePtr->watchSpace - 1; i >= space; i--) {
-		queuePtr->watched[i].fd = -1;
-		queuePtr->watched[i].tag = 0;
-		queuePtr->watched[i].next = queuePtr->freeWatched;
-		queuePtr->freeWatched = i;
+	if (GrowList((void **) &queuePtr->watch.entries,
+		&queuePtr->watch.watchSpace, space, sizeof(Watched))) {
+	    for (i = queuePtr->watch.watchSpace - 1; i >= space; i--) {
+		queuePtr->watch.entries[i].fd = -1;
+		queuePtr->watch.entries[i].tag = 0;
+		queuePtr->watch.entries[i].next = queuePtr->watch.freeWatched;
+		queuePtr->watch.freeWatched = i;
 	    }
 	} else {
 	    error = ENOMEM;
 	}
     }
-    index = queuePtr->freeWatched;
+    index = queuePtr->watch.freeWatched;
 #ifdef SS_LINUX
-    if (error == 0 && queuePtr->watchPollFd < 0) {
-	queuePtr->watchPollFd = epoll_create1(EPOLL_CLOEXEC);
-	if (queuePtr->watchPollFd < 0) {
+    if (error == 0 && queuePtr->watch.watchPollFd < 0) {
+	queuePtr->watch.watchPollFd = epoll_create1(EPOLL_CLOEXEC);
+	if (queuePtr->watch.watchPollFd < 0) {
 	    error = errno;
 	}
     }
@@ -2124,42 +2789,43 @@ WatchConnection(
 	memset(&event, 0, sizeof(event));
 	/* Edge-triggered: a part of a request leaves it watched. */
 	event.events = EPOLLIN | EPOLLRDHUP | EPOLLET;
-	event.data.u64 = ((uint64_t) queuePtr->watched[index].tag << 32)
+	event.data.u64 = ((uint64_t) queuePtr->watch.entries[index].tag << 32)
 		| (uint32_t) index;
-	if (epoll_ctl(queuePtr->watchPollFd, EPOLL_CTL_ADD, fd, &event) < 0) {
+	if (epoll_ctl(queuePtr->watch.watchPollFd, EPOLL_CTL_ADD, fd,
+		&event) < 0) {
 	    error = errno;
 	}
     }
 #endif
     if (error != 0) {
-	queuePtr->lastErrno = error;
+	queuePtr->accept.lastErrno = error;
 	if (kind == WATCH_SILENT) {
 	    MakePending(queuePtr, fd, messagePtr);
 	} else {
-	    queuePtr->closed++;
+	    queuePtr->counts.closed++;
 	    close(fd);
 	}
 	return;
     }
 
-    entryPtr = &queuePtr->watched[index];
-    queuePtr->freeWatched = entryPtr->next;
+    entryPtr = &queuePtr->watch.entries[index];
+    queuePtr->watch.freeWatched = entryPtr->next;
     clock_gettime(CLOCK_MONOTONIC, &now);
     entryPtr->fd = fd;
     entryPtr->kind = kind;
     entryPtr->lookLater = 0;
     entryPtr->deadline = (uint64_t) now.tv_sec * 1000000000u + now.tv_nsec
-	    + queuePtr->timeoutNs[kind];
+	    + queuePtr->watch.timeoutNs[kind];
     entryPtr->message = *messagePtr;
     entryPtr->next = -1;
-    entryPtr->prev = queuePtr->lastWatched[kind];
+    entryPtr->prev = queuePtr->watch.lastWatched[kind];
     if (entryPtr->prev >= 0) {
-	queuePtr->watched[entryPtr->prev].next = index;
+	queuePtr->watch.entries[entryPtr->prev].next = index;
     } else {
-	queuePtr->firstWatched[kind] = index;
+	queuePtr->watch.firstWatched[kind] = index;
     }
-    queuePtr->lastWatched[kind] = index;
-    queuePtr->numWatched[kind]++;
+    queuePtr->watch.lastWatched[kind] = index;
+    queuePtr->watch.numWatched[kind]++;
 }
 
 /*
@@ -2181,28 +2847,28 @@ WatchConnection(
 
 static int
 ForgetWatched(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int index,
     int closing)
 {
-    Watched *entryPtr = &queuePtr->watched[index];
+    Watched *entryPtr = &queuePtr->watch.entries[index];
     int fd = entryPtr->fd;
 
     if (entryPtr->prev >= 0) {
-	queuePtr->watched[entryPtr->prev].next = entryPtr->next;
+	queuePtr->watch.entries[entryPtr->prev].next = entryPtr->next;
     } else {
-	queuePtr->firstWatched[entryPtr->kind] = entryPtr->next;
+	queuePtr->watch.firstWatched[entryPtr->kind] = entryPtr->next;
     }
     if (entryPtr->next >= 0) {
-	queuePtr->watched[entryPtr->next].prev = entryPtr->prev;
+	queuePtr->watch.entries[entryPtr->next].prev = entryPtr->prev;
     } else {
-	queuePtr->lastWatched[entryPtr->kind] = entryPtr->prev;
+	queuePtr->watch.lastWatched[entryPtr->kind] = entryPtr->prev;
     }
-    queuePtr->numWatched[entryPtr->kind]--;
+    queuePtr->watch.numWatched[entryPtr->kind]--;
     entryPtr->fd = -1;
     entryPtr->tag++;
-    entryPtr->next = queuePtr->freeWatched;
-    queuePtr->freeWatched = index;
+    entryPtr->next = queuePtr->watch.freeWatched;
+    queuePtr->watch.freeWatched = index;
 #ifdef SS_LINUX
     {
 	struct epoll_event event;
@@ -2213,11 +2879,11 @@ ForgetWatched(
 	 * would report it readable for ever.
 	 */
 
-	epoll_ctl(queuePtr->watchPollFd, EPOLL_CTL_DEL, fd, &event);
+	epoll_ctl(queuePtr->watch.watchPollFd, EPOLL_CTL_DEL, fd, &event);
     }
 #endif
     if (closing) {
-	queuePtr->closed++;
+	queuePtr->counts.closed++;
 	CloseFd(&fd);
     }
     return fd;
@@ -2244,12 +2910,12 @@ ForgetWatched(
 
 static int
 CloseOldestWatched(
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
-    int index = queuePtr->firstWatched[WATCH_PARKED];
+    int index = queuePtr->watch.firstWatched[WATCH_PARKED];
 
     if (index < 0) {
-	index = queuePtr->firstWatched[WATCH_SILENT];
+	index = queuePtr->watch.firstWatched[WATCH_SILENT];
     }
     if (index < 0) {
 	return 0;
@@ -2278,7 +2944,7 @@ CloseOldestWatched(
 
 static void
 CloseAllWatched(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int counting)
 {
     int kind;
@@ -2289,17 +2955,17 @@ CloseAllWatched(
 	 * child took out of it would be gone from the parent's.
 	 */
 
-	CloseFd(&queuePtr->watchPollFd);
+	CloseFd(&queuePtr->watch.watchPollFd);
     }
     for (kind = 0; kind < WATCH_KINDS; kind++) {
-	while (queuePtr->firstWatched[kind] >= 0) {
-	    ForgetWatched(queuePtr, queuePtr->firstWatched[kind], 1);
+	while (queuePtr->watch.firstWatched[kind] >= 0) {
+	    ForgetWatched(queuePtr, queuePtr->watch.firstWatched[kind], 1);
 	}
     }
     if (!counting) {
-	queuePtr->closed = 0;
+	queuePtr->counts.closed = 0;
     }
-    CloseFd(&queuePtr->watchPollFd);
+    CloseFd(&queuePtr->watch.watchPollFd);
 }
 
 /*
@@ -2323,16 +2989,16 @@ CloseAllWatched(
 
 static int
 WatchWaitMs(
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
     uint64_t deadline = UINT64_MAX, nowNs;
     struct timespec now;
     int kind, index;
 
     for (kind = 0; kind < WATCH_KINDS; kind++) {
-	index = queuePtr->firstWatched[kind];
-	if (index >= 0 && queuePtr->watched[index].deadline < deadline) {
-	    deadline = queuePtr->watched[index].deadline;
+	index = queuePtr->watch.firstWatched[kind];
+	if (index >= 0 && queuePtr->watch.entries[index].deadline < deadline) {
+	    deadline = queuePtr->watch.entries[index].deadline;
 	}
     }
     if (deadline == UINT64_MAX) {
@@ -2376,7 +3042,7 @@ WatchWaitMs(
 
 static void
 ServeWatched(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int readable)
 {
     struct timespec now;
@@ -2390,16 +3056,16 @@ ServeWatched(
 
     if (readable) {
 #ifdef SS_LINUX
-	int batches = (queuePtr->numWatched[WATCH_SILENT]
-		+ queuePtr->numWatched[WATCH_PARKED]) / WATCH_BATCH + 1;
+	int batches = (queuePtr->watch.numWatched[WATCH_SILENT]
+		+ queuePtr->watch.numWatched[WATCH_PARKED]) / WATCH_BATCH + 1;
 
 	do {
-	    n = epoll_wait(queuePtr->watchPollFd, events, WATCH_BATCH, 0);
+	    n = epoll_wait(queuePtr->watch.watchPollFd, events, WATCH_BATCH, 0);
 	    for (i = 0; i < n; i++) {
 		index = (int) (uint32_t) events[i].data.u64;
-		if (index >= queuePtr->watchSpace
-			|| queuePtr->watched[index].fd < 0
-			|| queuePtr->watched[index].tag
+		if (index >= queuePtr->watch.watchSpace
+			|| queuePtr->watch.entries[index].fd < 0
+			|| queuePtr->watch.entries[index].tag
 			    != (uint32_t) (events[i].data.u64 >> 32)) {
 		    /* For a connection closed in this batch already. */
 		    continue;
@@ -2420,17 +3086,17 @@ ServeWatched(
 	    }
 	} while (n == WATCH_BATCH && --batches > 0);
 #else
-	n = queuePtr->numWatched[WATCH_SILENT]
-		+ queuePtr->numWatched[WATCH_PARKED];
+	n = queuePtr->watch.numWatched[WATCH_SILENT]
+		+ queuePtr->watch.numWatched[WATCH_PARKED];
 	fds = malloc(n * sizeof(struct pollfd));
 	if (fds != NULL) {
 	    int *indexes = malloc(n * sizeof(int));
 
 	    i = 0;
 	    for (kind = 0; indexes != NULL && kind < WATCH_KINDS; kind++) {
-		for (index = queuePtr->firstWatched[kind]; index >= 0;
-			index = queuePtr->watched[index].next) {
-		    fds[i].fd = queuePtr->watched[index].fd;
+		for (index = queuePtr->watch.firstWatched[kind]; index >= 0;
+			index = queuePtr->watch.entries[index].next) {
+		    fds[i].fd = queuePtr->watch.entries[index].fd;
 		    fds[i].events = POLLIN;
 		    fds[i].revents = 0;
 		    indexes[i++] = index;
@@ -2453,14 +3119,15 @@ ServeWatched(
     clock_gettime(CLOCK_MONOTONIC, &now);
     nowNs = (uint64_t) now.tv_sec * 1000000000u + now.tv_nsec;
     for (kind = 0; kind < WATCH_KINDS; kind++) {
-	while ((index = queuePtr->firstWatched[kind]) >= 0
-		&& queuePtr->watched[index].deadline <= nowNs) {
+	while ((index = queuePtr->watch.firstWatched[kind]) >= 0
+		&& queuePtr->watch.entries[index].deadline <= nowNs) {
 	    /*
 	     * One last look: bytes that came with the deadline still count.
 	     */
 
-	    if (Readiness(queuePtr->watched[index].fd, queuePtr->mark,
-		    queuePtr->markLength) == CONN_HAS_DATA) {
+	    if (Readiness(queuePtr->watch.entries[index].fd,
+		    queuePtr->watch.mark, queuePtr->watch.markLength)
+		    == CONN_HAS_DATA) {
 		HandWatchedOver(queuePtr, index);
 	    } else {
 		ForgetWatched(queuePtr, index, 1);
@@ -2488,13 +3155,14 @@ ServeWatched(
 
 static void
 TakeWatched(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int index,
     int hungUp)
 {
-    Watched *entryPtr = &queuePtr->watched[index];
+    Watched *entryPtr = &queuePtr->watch.entries[index];
 
-    switch (Readiness(entryPtr->fd, queuePtr->mark, queuePtr->markLength)) {
+    switch (Readiness(entryPtr->fd, queuePtr->watch.mark,
+	    queuePtr->watch.markLength)) {
     case CONN_SILENT:
 	entryPtr->lookLater = 1;
 	return;
@@ -2538,14 +3206,28 @@ TakeWatched(
 
 static void
 HandWatchedOver(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int index)
 {
-    Message message = queuePtr->watched[index].message;
+    Message message = queuePtr->watch.entries[index].message;
     int fd = ForgetWatched(queuePtr, index, 0);
 
     MakePending(queuePtr, fd, &message);
 }
+
+/*
+ *======================================================================
+ *
+ * The queue and hand-over --
+ *
+ *	The accept thread's side of a port's queue: reading asks,
+ *	withdrawals and connections sent up (ReadQueue), the reply
+ *	sockets of the askers, the pending connections, the ready queue,
+ *	and the hand-over of the oldest pending connection to the oldest
+ *	ask (HandOverFirstPending).
+ *
+ *======================================================================
+ */
 
 /*
  *----------------------------------------------------------------------
@@ -2583,11 +3265,11 @@ HandWatchedOver(
 
 static int
 ReadQueue(
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
     Message message;
     ssize_t got;
-    int fd, index, old = -1, sock = queuePtr->askFds[0], taken = 0;
+    int fd, old = -1, sock = queuePtr->asks.askFds[0], taken = 0;
     int32_t *countPtr = &TRAILER(queuePtr->board)->queuedCount;
 
     for (;;) {
@@ -2607,7 +3289,7 @@ ReadQueue(
 		    MSG_DONTWAIT);
 	}
 	if (got < 0 && errno == EMFILE) {
-	    queuePtr->lastErrno = EMFILE;
+	    queuePtr->accept.lastErrno = EMFILE;
 	    if (CloseOldestWatched(queuePtr)) {
 		/* Room made for it: read it now. */
 		continue;
@@ -2622,11 +3304,11 @@ ReadQueue(
 	    /* Empty: on to the next old queue, if any. */
 	    do {
 		old++;
-	    } while (old < OLD_QUEUES && queuePtr->oldAskFds[old] < 0);
+	    } while (old < OLD_QUEUES && queuePtr->asks.oldAskFds[old] < 0);
 	    if (old == OLD_QUEUES) {
 		return 1;
 	    }
-	    sock = queuePtr->oldAskFds[old];
+	    sock = queuePtr->asks.oldAskFds[old];
 	    continue;
 	}
 	if (old >= 0) {
@@ -2650,83 +3332,123 @@ ReadQueue(
 		    || (message.kind == KIND_RETURN && fd >= 0)
 		    || (message.kind == KIND_RELEASE && fd >= 0))) {
 	    /* Nobody here sends such a message: discard it. */
-	    queuePtr->lastErrno = EBADMSG;
+	    queuePtr->accept.lastErrno = EBADMSG;
 	    CloseFd(&fd);
 	    continue;
 	}
-	switch (message.kind) {
-	case KIND_ASK:
-	    index = (fd >= 0) ? AddReplySocket(queuePtr, message.asker, fd)
-		    : FindReplySocket(queuePtr, message.asker);
-	    if (index < 0) {
-		/*
-		 * No room to record the socket (ENOMEM), or a later ask of a
-		 * receiver already forgotten (its socket was hung up).
-		 */
+	ActOnQueueMessage(queuePtr, fd, &message);
+    }
+}
 
-		CloseFd(&fd);
-		continue;
-	    }
-	    if (!GrowList((void **) &queuePtr->asks, &queuePtr->askSpace,
-		    queuePtr->numAsks, sizeof(uint64_t))) {
-		queuePtr->lastErrno = ENOMEM;
-		ForgetReplySocket(queuePtr, index);
-		continue;
-	    }
-	    queuePtr->asks[queuePtr->numAsks++] = message.asker;
-	    break;
-	case KIND_WITHDRAW:
+/*
+ *----------------------------------------------------------------------
+ *
+ * ActOnQueueMessage --
+ *
+ *	Accept thread, queueLock held: does what one well-formed message
+ *	read from a queue (ReadQueue) asks. An ask joins the FIFO of asks
+ *	(and the first of a receiver brings its reply socket); a withdrawal
+ *	takes its asker's newest ask out again; a released connection is
+ *	parked (watched) until its next request, or pending at once if that
+ *	has come; a returned connection goes back into the pending list at
+ *	its place in accept order, and the ready queue is drained into that
+ *	list so that the returned one goes out before them.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	fd is recorded or closed. ENOMEM in lastErrno when there was no
+ *	room to record it: a receiver whose ask can't be recorded is
+ *	forgotten (it sees end of file, as if the serving process were
+ *	gone, rather than wait for ever).
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+ActOnQueueMessage(
+    PortState *queuePtr,
+    int fd,
+    Message *messagePtr)
+{
+    int index;
+
+    switch (messagePtr->kind) {
+    case KIND_ASK:
+	index = (fd >= 0) ? AddReplySocket(queuePtr, messagePtr->asker, fd)
+		: FindReplySocket(queuePtr, messagePtr->asker);
+	if (index < 0) {
 	    /*
-	     * Its newest ask, if one is left: the others keep their places.
-	     * None is left when the connection for it was sent already; it
-	     * comes back up the queue as a KIND_RETURN.
+	     * No room to record the socket (ENOMEM), or a later ask of a
+	     * receiver already forgotten (its socket was hung up).
 	     */
 
-	    for (index = queuePtr->numAsks - 1; index >= 0; index--) {
-		if (queuePtr->asks[index] == message.asker) {
-		    queuePtr->numAsks--;
-		    memmove(queuePtr->asks + index, queuePtr->asks + index + 1,
-			    (queuePtr->numAsks - index) * sizeof(uint64_t));
-		    break;
-		}
-	    }
-	    break;
-	case KIND_RELEASE:
-	    /*
-	     * Its next request may be here already (pipelined): then it
-	     * goes out at once. After 'close', nobody would hand it over.
-	     */
+	    CloseFd(&fd);
+	    return;
+	}
+	if (!GrowList((void **) &queuePtr->asks.askers,
+		&queuePtr->asks.askSpace, queuePtr->asks.numAsks,
+		sizeof(uint64_t))) {
+	    queuePtr->accept.lastErrno = ENOMEM;
+	    ForgetReplySocket(queuePtr, index);
+	    return;
+	}
+	queuePtr->asks.askers[queuePtr->asks.numAsks++] = messagePtr->asker;
+	break;
+    case KIND_WITHDRAW:
+	/*
+	 * Its newest ask, if one is left: the others keep their places.
+	 * None is left when the connection for it was sent already; it
+	 * comes back up the queue as a KIND_RETURN.
+	 */
 
-	    if (queuePtr->state == NOT_LISTENING) {
-		queuePtr->closed++;
-		close(fd);
+	for (index = queuePtr->asks.numAsks - 1; index >= 0; index--) {
+	    if (queuePtr->asks.askers[index] == messagePtr->asker) {
+		queuePtr->asks.numAsks--;
+		memmove(queuePtr->asks.askers + index,
+			queuePtr->asks.askers + index + 1,
+			(queuePtr->asks.numAsks - index) * sizeof(uint64_t));
 		break;
 	    }
-	    switch (Readiness(fd, queuePtr->mark, queuePtr->markLength)) {
-	    case CONN_HAS_DATA:
-		MakePending(queuePtr, fd, &message);
-		break;
-	    case CONN_SILENT:
-	    case CONN_PARTIAL:
-		WatchConnection(queuePtr, fd, &message, WATCH_PARKED);
-		break;
-	    case CONN_HUNG_UP:
-		queuePtr->closed++;
-		close(fd);
-		break;
-	    }
-	    break;
-	default:
-	    message.kind = KIND_CONNECTION;
-	    if (!AddPending(queuePtr, fd, &message)) {
-		/* Its client sees end of file; nothing else can be done. */
-		queuePtr->lastErrno = ENOMEM;
-		close(fd);
-		continue;
-	    }
-	    DrainReady(queuePtr);
+	}
+	break;
+    case KIND_RELEASE:
+	/*
+	 * Its next request may be here already (pipelined): then it
+	 * goes out at once. After 'close', nobody would hand it over.
+	 */
+
+	if (queuePtr->accept.state == NOT_LISTENING) {
+	    queuePtr->counts.closed++;
+	    close(fd);
 	    break;
 	}
+	switch (Readiness(fd, queuePtr->watch.mark,
+		queuePtr->watch.markLength)) {
+	case CONN_HAS_DATA:
+	    MakePending(queuePtr, fd, messagePtr);
+	    break;
+	case CONN_SILENT:
+	case CONN_PARTIAL:
+	    WatchConnection(queuePtr, fd, messagePtr, WATCH_PARKED);
+	    break;
+	case CONN_HUNG_UP:
+	    queuePtr->counts.closed++;
+	    close(fd);
+	    break;
+	}
+	break;
+    default:
+	messagePtr->kind = KIND_CONNECTION;
+	if (!AddPending(queuePtr, fd, messagePtr)) {
+	    /* Its client sees end of file; nothing else can be done. */
+	    queuePtr->accept.lastErrno = ENOMEM;
+	    close(fd);
+	    return;
+	}
+	DrainReady(queuePtr);
+	break;
     }
 }
 
@@ -2750,16 +3472,16 @@ ReadQueue(
 
 static void
 ForgetOldQueue(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int index)
 {
 #ifdef SS_LINUX
-    if (queuePtr->pollFd >= 0) {
-	epoll_ctl(queuePtr->pollFd, EPOLL_CTL_DEL, queuePtr->oldAskFds[index],
-		NULL);
+    if (queuePtr->accept.pollFd >= 0) {
+	epoll_ctl(queuePtr->accept.pollFd, EPOLL_CTL_DEL,
+		queuePtr->asks.oldAskFds[index], NULL);
     }
 #endif
-    CloseFd(&queuePtr->oldAskFds[index]);
+    CloseFd(&queuePtr->asks.oldAskFds[index]);
 }
 
 /*
@@ -2784,32 +3506,33 @@ ForgetOldQueue(
 
 static int
 AddReplySocket(
-    Queue *queuePtr,
+    PortState *queuePtr,
     uint64_t asker,
     int fd)
 {
     int index = FindReplySocket(queuePtr, asker);
 
     if (index >= 0) {
-	WatchHangUp(queuePtr, &queuePtr->replySockets[index], 0);
-	close(queuePtr->replySockets[index].fd);
-	queuePtr->replySockets[index].fd = fd;
-	WatchHangUp(queuePtr, &queuePtr->replySockets[index], 1);
+	WatchHangUp(queuePtr, &queuePtr->asks.replySockets[index], 0);
+	close(queuePtr->asks.replySockets[index].fd);
+	queuePtr->asks.replySockets[index].fd = fd;
+	WatchHangUp(queuePtr, &queuePtr->asks.replySockets[index], 1);
 	return index;
     }
-    if (queuePtr->numReplySockets >= queuePtr->pruneMark) {
+    if (queuePtr->asks.numReplySockets >= queuePtr->asks.pruneMark) {
 	PruneReplySockets(queuePtr);
     }
-    if (!GrowList((void **) &queuePtr->replySockets, &queuePtr->replySpace,
-	    queuePtr->numReplySockets, sizeof(ReplySocket))) {
-	queuePtr->lastErrno = ENOMEM;
+    if (!GrowList((void **) &queuePtr->asks.replySockets,
+	    &queuePtr->asks.replySpace, queuePtr->asks.numReplySockets,
+	    sizeof(ReplySocket))) {
+	queuePtr->accept.lastErrno = ENOMEM;
 	return -1;
     }
-    index = queuePtr->numReplySockets++;
-    queuePtr->replySockets[index].asker = asker;
-    queuePtr->replySockets[index].fd = fd;
-    queuePtr->replySockets[index].slotPtr = NULL;
-    WatchHangUp(queuePtr, &queuePtr->replySockets[index], 1);
+    index = queuePtr->asks.numReplySockets++;
+    queuePtr->asks.replySockets[index].asker = asker;
+    queuePtr->asks.replySockets[index].fd = fd;
+    queuePtr->asks.replySockets[index].slotPtr = NULL;
+    WatchHangUp(queuePtr, &queuePtr->asks.replySockets[index], 1);
     return index;
 }
 
@@ -2831,13 +3554,13 @@ AddReplySocket(
 
 static int
 FindReplySocket(
-    Queue *queuePtr,
+    PortState *queuePtr,
     uint64_t asker)
 {
     int index;
 
-    for (index = 0; index < queuePtr->numReplySockets; index++) {
-	if (queuePtr->replySockets[index].asker == asker) {
+    for (index = 0; index < queuePtr->asks.numReplySockets; index++) {
+	if (queuePtr->asks.replySockets[index].asker == asker) {
 	    return index;
 	}
     }
@@ -2863,24 +3586,24 @@ FindReplySocket(
 
 static void
 ForgetReplySocket(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int index)
 {
-    uint64_t asker = queuePtr->replySockets[index].asker;
+    uint64_t asker = queuePtr->asks.replySockets[index].asker;
     int i, kept = 0;
 
-    WatchHangUp(queuePtr, &queuePtr->replySockets[index], 0);
-    close(queuePtr->replySockets[index].fd);
-    queuePtr->numReplySockets--;
-    memmove(queuePtr->replySockets + index,
-	    queuePtr->replySockets + index + 1,
-	    (queuePtr->numReplySockets - index) * sizeof(ReplySocket));
-    for (i = 0; i < queuePtr->numAsks; i++) {
-	if (queuePtr->asks[i] != asker) {
-	    queuePtr->asks[kept++] = queuePtr->asks[i];
+    WatchHangUp(queuePtr, &queuePtr->asks.replySockets[index], 0);
+    close(queuePtr->asks.replySockets[index].fd);
+    queuePtr->asks.numReplySockets--;
+    memmove(queuePtr->asks.replySockets + index,
+	    queuePtr->asks.replySockets + index + 1,
+	    (queuePtr->asks.numReplySockets - index) * sizeof(ReplySocket));
+    for (i = 0; i < queuePtr->asks.numAsks; i++) {
+	if (queuePtr->asks.askers[i] != asker) {
+	    queuePtr->asks.askers[kept++] = queuePtr->asks.askers[i];
 	}
     }
-    queuePtr->numAsks = kept;
+    queuePtr->asks.numAsks = kept;
 }
 
 /*
@@ -2906,18 +3629,18 @@ ForgetReplySocket(
 
 static void
 WatchHangUp(
-    Queue *queuePtr,
+    PortState *queuePtr,
     const ReplySocket *socketPtr,
     int watch)
 {
 #ifdef SS_LINUX
     struct epoll_event event;
 
-    if (queuePtr->pollFd >= 0) {
+    if (queuePtr->accept.pollFd >= 0) {
 	memset(&event, 0, sizeof(event));
 	event.data.u64 = socketPtr->asker;
-	epoll_ctl(queuePtr->pollFd, watch ? EPOLL_CTL_ADD : EPOLL_CTL_DEL,
-		socketPtr->fd, &event);
+	epoll_ctl(queuePtr->accept.pollFd,
+		watch ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, socketPtr->fd, &event);
     }
 #else
     (void) queuePtr;
@@ -2947,14 +3670,14 @@ WatchHangUp(
 
 static void
 PruneReplySockets(
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
     int index = 0;
 
-    while (index < queuePtr->numReplySockets) {
+    while (index < queuePtr->asks.numReplySockets) {
 	struct pollfd pfd;
 
-	pfd.fd = queuePtr->replySockets[index].fd;
+	pfd.fd = queuePtr->asks.replySockets[index].fd;
 	pfd.events = POLLOUT;
 	pfd.revents = 0;
 	if (poll(&pfd, 1, 0) >= 0 && (pfd.revents & (POLLHUP | POLLERR))) {
@@ -2963,7 +3686,7 @@ PruneReplySockets(
 	    index++;
 	}
     }
-    queuePtr->pruneMark = (2 * index > PRUNE_MIN) ? 2 * index : PRUNE_MIN;
+    queuePtr->asks.pruneMark = (2 * index > PRUNE_MIN) ? 2 * index : PRUNE_MIN;
 }
 
 /*
@@ -3022,25 +3745,27 @@ GrowList(
 
 static int
 AddPending(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int fd,
     const Message *messagePtr)
 {
     int i;
 
-    if (!GrowList((void **) &queuePtr->pending, &queuePtr->pendingSpace,
-	    queuePtr->numPending, sizeof(Pending))) {
+    if (!GrowList((void **) &queuePtr->pending.list,
+	    &queuePtr->pending.pendingSpace, queuePtr->pending.numPending,
+	    sizeof(Pending))) {
 	return 0;
     }
-    i = queuePtr->numPending;
+    i = queuePtr->pending.numPending;
     while (i > 0
-	    && queuePtr->pending[i-1].message.sequence > messagePtr->sequence) {
-	queuePtr->pending[i] = queuePtr->pending[i-1];
+	    && queuePtr->pending.list[i-1].message.sequence
+		> messagePtr->sequence) {
+	queuePtr->pending.list[i] = queuePtr->pending.list[i-1];
 	i--;
     }
-    queuePtr->pending[i].fd = fd;
-    queuePtr->pending[i].message = *messagePtr;
-    queuePtr->numPending++;
+    queuePtr->pending.list[i].fd = fd;
+    queuePtr->pending.list[i].message = *messagePtr;
+    queuePtr->pending.numPending++;
     return 1;
 }
 
@@ -3063,12 +3788,12 @@ AddPending(
 
 static void
 RemoveFirstPending(
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
-    close(queuePtr->pending[0].fd);
-    queuePtr->numPending--;
-    memmove(queuePtr->pending, queuePtr->pending + 1,
-	    queuePtr->numPending * sizeof(Pending));
+    close(queuePtr->pending.list[0].fd);
+    queuePtr->pending.numPending--;
+    memmove(queuePtr->pending.list, queuePtr->pending.list + 1,
+	    queuePtr->pending.numPending * sizeof(Pending));
 }
 
 /*
@@ -3093,7 +3818,7 @@ RemoveFirstPending(
 
 static int
 SendUp(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int fd,
     Message *messagePtr)
 {
@@ -3101,7 +3826,7 @@ SendUp(
     int error;
 
     __atomic_add_fetch(countPtr, 1, __ATOMIC_SEQ_CST);
-    if (ancil_send_fd(queuePtr->askFds[1], fd, messagePtr,
+    if (ancil_send_fd(queuePtr->asks.askFds[1], fd, messagePtr,
 	    sizeof(Message), MSG_DONTWAIT) == 0) {
 	return 0;
     }
@@ -3132,7 +3857,7 @@ SendUp(
 
 static int
 SendReady(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int fd,
     Message *messagePtr)
 {
@@ -3140,7 +3865,7 @@ SendReady(
     int error;
 
     __atomic_add_fetch(countPtr, 1, __ATOMIC_SEQ_CST);
-    if (ancil_send_fd(queuePtr->readyFds[1], fd, messagePtr,
+    if (ancil_send_fd(queuePtr->pending.readyFds[1], fd, messagePtr,
 	    sizeof(Message), MSG_DONTWAIT) == 0) {
 	return 0;
     }
@@ -3172,26 +3897,26 @@ SendReady(
 
 static void
 DrainReady(
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
     Message message;
     int fd;
 
-    while (queuePtr->readyMayHold) {
+    while (queuePtr->pending.readyMayHold) {
 	switch (TakeReady(queuePtr, &fd, &message)) {
 	case 1:
 	    if (!AddPending(queuePtr, fd, &message)) {
 		/* Put it back behind the others rather than lose it. */
-		queuePtr->lastErrno = ENOMEM;
+		queuePtr->accept.lastErrno = ENOMEM;
 		if (SendReady(queuePtr, fd, &message) < 0) {
-		    queuePtr->lastErrno = errno;
+		    queuePtr->accept.lastErrno = errno;
 		}
 		close(fd);
 		return;
 	    }
 	    break;
 	case 0:
-	    queuePtr->readyMayHold = 0;
+	    queuePtr->pending.readyMayHold = 0;
 	    return;
 	default:
 	    return;
@@ -3220,15 +3945,15 @@ DrainReady(
 
 static int
 PendingAfterDrain(
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
     int pending;
 
     pthread_mutex_lock(&queueLock);
-    if (queuePtr->numAsks > 0) {
+    if (queuePtr->asks.numAsks > 0) {
 	DrainReady(queuePtr);
     }
-    pending = (queuePtr->numPending > 0);
+    pending = (queuePtr->pending.numPending > 0);
     pthread_mutex_unlock(&queueLock);
     return pending;
 }
@@ -3260,7 +3985,7 @@ PendingAfterDrain(
 
 static int
 TakeReady(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int *fdPtr,
     Message *messagePtr)
 {
@@ -3268,13 +3993,13 @@ TakeReady(
     int room;
 
     for (;;) {
-	room = fcntl(queuePtr->readyFds[0], F_DUPFD_CLOEXEC, 0);
+	room = fcntl(queuePtr->pending.readyFds[0], F_DUPFD_CLOEXEC, 0);
 	if (room < 0) {
-	    queuePtr->lastErrno = errno;
+	    queuePtr->accept.lastErrno = errno;
 	    return -1;
 	}
 	close(room);
-	got = ancil_take_fd(queuePtr->readyFds[0], fdPtr, messagePtr,
+	got = ancil_take_fd(queuePtr->pending.readyFds[0], fdPtr, messagePtr,
 		sizeof(Message), MSG_DONTWAIT);
 	if (got > 0) {
 	    __atomic_sub_fetch(&TRAILER(queuePtr->board)->readyCount, 1,
@@ -3284,14 +4009,96 @@ TakeReady(
 	    return 1;
 	}
 	if (got > 0 || (got < 0 && errno == EBADMSG)) {
-	    queuePtr->lastErrno = EBADMSG;
+	    queuePtr->accept.lastErrno = EBADMSG;
 	    continue;
 	}
 	if (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
-	    queuePtr->lastErrno = errno;
+	    queuePtr->accept.lastErrno = errno;
 	}
 	return 0;
     }
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * SendToOldestAsk --
+ *
+ *	Accept thread (or 'close'), queueLock held, a connection pending:
+ *	sends the first pending connection over the reply socket of the
+ *	oldest ask whose receiver is still there, forgetting the reply
+ *	sockets (and asks) of those that are gone.
+ *
+ * Results:
+ *	1 if sent. 0 if not, with *errorPtr 0 (no ask left) or the errno
+ *	value of a shortage to retry after (ETOOMANYREFS, ENOBUFS, ENOMEM,
+ *	or EAGAIN for a full reply socket): the ask then stays first.
+ *
+ * Side effects:
+ *	A sent connection leaves the pending list, its ask the asks, and
+ *	its receiver's slot is stamped handed (StampHanded).
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+SendToOldestAsk(
+    PortState *queuePtr,
+    int *errorPtr)
+{
+    int error;
+
+    while (queuePtr->asks.numAsks > 0) {
+	int index = FindReplySocket(queuePtr, queuePtr->asks.askers[0]);
+	int sent;
+
+	if (index < 0) {
+	    /*
+	     * Never so: a receiver's asks are recorded only with its
+	     * socket and dropped with it (ReadQueue, ForgetReplySocket).
+	     * Should that change, the ask goes, not the connection.
+	     */
+
+	    queuePtr->asks.numAsks--;
+	    memmove(queuePtr->asks.askers, queuePtr->asks.askers + 1,
+		    queuePtr->asks.numAsks * sizeof(uint64_t));
+	    continue;
+	}
+	StampHanded(HandingTo(queuePtr, &queuePtr->asks.replySockets[index]));
+	sent = ancil_send_fd(queuePtr->asks.replySockets[index].fd,
+		queuePtr->pending.list[0].fd,
+		&queuePtr->pending.list[0].message, sizeof(Message),
+		MSG_DONTWAIT);
+
+	error = (sent == 0) ? 0 : errno;
+	if (error == ETOOMANYREFS || error == ENOBUFS || error == ENOMEM
+		|| error == EAGAIN || error == EWOULDBLOCK) {
+	    /*
+	     * The ask stays first in line; retry shortly. (EAGAIN: the
+	     * reply socket is full of connections its process has not
+	     * read yet.)
+	     */
+
+	    queuePtr->accept.lastErrno = error;
+	    *errorPtr = error;
+	    return 0;
+	}
+	if (sent == 0) {
+	    queuePtr->asks.numAsks--;
+	    memmove(queuePtr->asks.askers, queuePtr->asks.askers + 1,
+		    queuePtr->asks.numAsks * sizeof(uint64_t));
+	    RemoveFirstPending(queuePtr);
+	    return 1;
+	}
+
+	/*
+	 * EPIPE and the like: the receiver is gone, and its asks with it.
+	 */
+
+	ForgetReplySocket(queuePtr, index);
+    }
+    *errorPtr = 0;
+    return 0;
 }
 
 /*
@@ -3319,19 +4126,19 @@ TakeReady(
 
 static int
 HandOverFirstPending(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int wait)
 {
     for (;;) {
 	int error = 0, emptied = 1;
 
 	pthread_mutex_lock(&queueLock);
-	if (queuePtr->numAsks == 0 && __atomic_load_n(
+	if (queuePtr->asks.numAsks == 0 && __atomic_load_n(
 		&TRAILER(queuePtr->board)->queuedCount, __ATOMIC_SEQ_CST) > 0) {
 	    /* An ask may be queued (the count says none is, else). */
 	    emptied = ReadQueue(queuePtr);
 	}
-	if (queuePtr->numAsks > 0) {
+	if (queuePtr->asks.numAsks > 0) {
 	    /*
 	     * An ask raced a connection into the ready queue: that one is
 	     * older than the first pending, so it goes first.
@@ -3339,71 +4146,26 @@ HandOverFirstPending(
 
 	    DrainReady(queuePtr);
 	}
-	while (queuePtr->numAsks > 0) {
-	    int index = FindReplySocket(queuePtr, queuePtr->asks[0]);
-	    int sent;
-
-	    if (index < 0) {
-		/*
-		 * Never so: a receiver's asks are recorded only with its
-		 * socket and dropped with it (ReadQueue, ForgetReplySocket).
-		 * Should that change, the ask goes, not the connection.
-		 */
-
-		queuePtr->numAsks--;
-		memmove(queuePtr->asks, queuePtr->asks + 1,
-			queuePtr->numAsks * sizeof(uint64_t));
-		continue;
-	    }
-	    StampHanded(HandingTo(queuePtr, &queuePtr->replySockets[index]));
-	    sent = ancil_send_fd(queuePtr->replySockets[index].fd,
-		    queuePtr->pending[0].fd, &queuePtr->pending[0].message,
-		    sizeof(Message), MSG_DONTWAIT);
-
-	    error = (sent == 0) ? 0 : errno;
-	    if (error == ETOOMANYREFS || error == ENOBUFS || error == ENOMEM
-		    || error == EAGAIN || error == EWOULDBLOCK) {
-		/*
-		 * The ask stays first in line; retry shortly. (EAGAIN: the
-		 * reply socket is full of connections its process has not
-		 * read yet.)
-		 */
-
-		queuePtr->lastErrno = error;
-		break;
-	    }
-	    if (sent == 0) {
-		queuePtr->numAsks--;
-		memmove(queuePtr->asks, queuePtr->asks + 1,
-			queuePtr->numAsks * sizeof(uint64_t));
-		RemoveFirstPending(queuePtr);
-		pthread_mutex_unlock(&queueLock);
-		return 1;
-	    }
-
-	    /*
-	     * EPIPE and the like: the receiver is gone, and its asks with it.
-	     */
-
-	    ForgetReplySocket(queuePtr, index);
-	    error = 0;
+	if (SendToOldestAsk(queuePtr, &error)) {
+	    pthread_mutex_unlock(&queueLock);
+	    return 1;
 	}
-	if (queuePtr->numAsks == 0 && emptied) {
+	if (queuePtr->asks.numAsks == 0 && emptied) {
 	    /*
 	     * Nobody is asking: leave it ready for the next 'client' to
 	     * take, if the ready queue has room.
 	     */
 
-	    if (SendReady(queuePtr, queuePtr->pending[0].fd,
-		    &queuePtr->pending[0].message) == 0) {
+	    if (SendReady(queuePtr, queuePtr->pending.list[0].fd,
+		    &queuePtr->pending.list[0].message) == 0) {
 		RemoveFirstPending(queuePtr);
-		queuePtr->readyMayHold = 1;
+		queuePtr->pending.readyMayHold = 1;
 		pthread_mutex_unlock(&queueLock);
 		return 1;
 	    }
 	    if (errno != EAGAIN && errno != EWOULDBLOCK) {
 		error = errno;
-		queuePtr->lastErrno = error;
+		queuePtr->accept.lastErrno = error;
 	    }
 	}
 	pthread_mutex_unlock(&queueLock);
@@ -3419,234 +4181,27 @@ HandOverFirstPending(
 	    if (!WaitFor(queuePtr, -1, 0, -1, 0, PAUSE_MS)) {
 		return 0;
 	    }
-	} else if (!WaitFor(queuePtr, queuePtr->askFds[0], POLLIN,
-		queuePtr->readyFds[1], POLLOUT, -1)) {
+	} else if (!WaitFor(queuePtr, queuePtr->asks.askFds[0], POLLIN,
+		queuePtr->pending.readyFds[1], POLLOUT, -1)) {
 	    return 0;
 	}
     }
 }
 
 /*
- *----------------------------------------------------------------------
+ *======================================================================
  *
- * ToldToStop --
+ * The worker's receive and delivery --
  *
- *	Accept thread: its stop pipe is readable. While DRAINING that only
- *	says 'close' closed the listener: the thread reads the pipe empty
- *	and goes on.
+ *	A worker's side: 'client' asks (SendAsk) or takes a ready
+ *	connection, the reply socket is watched (a watcher thread on Tcl
+ *	8, a file handler on Tcl 9), ReceiveConnection takes the
+ *	connection and DeliverConnection calls the handler. Then the
+ *	other ends of a request ('cancel', refusal, withdrawal) and a
+ *	receiver's life.
  *
- * Results:
- *	1 if the thread must stop, 0 if it goes on draining.
- *
- * Side effects:
- *	See above.
- *
- *----------------------------------------------------------------------
+ *======================================================================
  */
-
-static int
-ToldToStop(
-    Queue *queuePtr)
-{
-    char bytes[16];
-    int stop;
-
-    pthread_mutex_lock(&queueLock);
-    stop = (queuePtr->state != DRAINING);
-    if (!stop) {
-	/* Readable: read() returns at once. */
-	if (read(queuePtr->wakeFds[0], bytes, sizeof(bytes)) < 0) {
-	    queuePtr->lastErrno = errno;
-	}
-    }
-    pthread_mutex_unlock(&queueLock);
-    return stop;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * Drained --
- *
- *	Accept thread, nothing pending: whether it is DRAINING, then done.
- *
- * Results:
- *	1 if the thread ends now, else 0.
- *
- * Side effects:
- *	A drained thread closes what it waited with and detaches itself:
- *	nobody joins it, the queue is NOT_LISTENING.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-Drained(
-    Queue *queuePtr)
-{
-    int i, drained;
-
-    pthread_mutex_lock(&queueLock);
-    drained = (queuePtr->state == DRAINING);
-    pthread_mutex_unlock(&queueLock);
-    if (drained) {
-	WaitReleasing(queuePtr);
-    }
-    pthread_mutex_lock(&queueLock);
-    drained = (queuePtr->state == DRAINING);
-    if (drained) {
-	/*
-	 * A last look at the queue: a connection released meanwhile is
-	 * closed (WatchConnection), one returned is pending after all.
-	 */
-
-	ReadQueue(queuePtr);
-	drained = (queuePtr->numPending == 0);
-    }
-    if (drained) {
-	for (i = 0; i < OLD_QUEUES; i++) {
-	    if (queuePtr->oldAskFds[i] >= 0) {
-		ForgetOldQueue(queuePtr, i);
-	    }
-	}
-	CloseFd(&queuePtr->pollFd);
-	CloseFd(&queuePtr->wakeFds[0]);
-	CloseFd(&queuePtr->wakeFds[1]);
-	queuePtr->state = NOT_LISTENING;
-	pthread_detach(pthread_self());
-    }
-    pthread_mutex_unlock(&queueLock);
-    return drained;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * FinishDraining --
- *
- *	queueLock held: if the accept thread of queuePtr is still draining
- *	after 'close', stops and joins it (StopAccepting), so that the port
- *	can be listened on again, with what is still pending going first.
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	Releases and takes queueLock again while it joins.
- *
- *----------------------------------------------------------------------
- */
-
-static void
-FinishDraining(
-    Queue *queuePtr)
-{
-    if (queuePtr->state == DRAINING) {
-	queuePtr->state = STOPPING;
-	pthread_mutex_unlock(&queueLock);
-	StopAccepting(queuePtr, NULL);
-	pthread_mutex_lock(&queueLock);
-    }
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * StopAccepting --
- *
- *	Stops and joins the accept thread of queuePtr, then closes its
- *	listener, or with listenFdPtr not NULL hands it to the caller. The
- *	caller has set the state to STOPPING (ClaimListening,
- *	FinishDraining).
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	New connections are refused, or wait in the kept listener's backlog.
- *	Connections accepted but not handed over yet go to the waiting asks
- *	now, or else to the ready queue, where the next 'client' takes them;
- *	those that do not fit stay pending and go first when accepting
- *	resumes.
- *
- *----------------------------------------------------------------------
- */
-
-static void
-StopAccepting(
-    Queue *queuePtr,
-    int *listenFdPtr)
-{
-    ssize_t written;
-
-    do {
-	written = write(queuePtr->wakeFds[1], "x", 1);
-    } while (written < 0 && errno == EINTR);
-    /* A new pipe always takes these one or two bytes. */
-    pthread_join(queuePtr->thread, NULL);
-
-    while (PendingAfterDrain(queuePtr)
-	    && HandOverFirstPending(queuePtr, 0)) {
-	/* Until no ask waits while a connection does. */
-    }
-    pthread_mutex_lock(&queueLock);
-    if (listenFdPtr != NULL) {
-	*listenFdPtr = queuePtr->listenFd;
-	queuePtr->listenFd = -1;
-    }
-    CloseFd(&queuePtr->listenFd);
-    CloseFd(&queuePtr->pollFd);
-    CloseFd(&queuePtr->wakeFds[0]);
-    CloseFd(&queuePtr->wakeFds[1]);
-    queuePtr->state = NOT_LISTENING;
-    pthread_mutex_unlock(&queueLock);
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * ClaimListening --
- *
- *	Finds the queue of the port in objPtr that this process listens on,
- *	and marks it STOPPING: 'close' and 'reexec' then stop its accept
- *	thread (StopAccepting).
- *
- * Results:
- *	TCL_OK with *queuePtrPtr set; or TCL_ERROR with a message and
- *	-errorcode {SOCKETSERVER NOTLISTENING port} or {TCL VALUE PORT}.
- *
- * Side effects:
- *	See above.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-ClaimListening(
-    Tcl_Interp *interp,
-    Tcl_Obj *objPtr,
-    Queue **queuePtrPtr)
-{
-    Queue *queuePtr;
-    int port;
-
-    if (ParsePort(interp, objPtr, &port) != TCL_OK) {
-	return TCL_ERROR;
-    }
-    pthread_mutex_lock(&queueLock);
-    queuePtr = FindQueue(port);
-    if (queuePtr == NULL || queuePtr->state != LISTENING) {
-	pthread_mutex_unlock(&queueLock);
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		"this process is not listening on port %d", port));
-	SetPortErrorCode(interp, "NOTLISTENING", port);
-	return TCL_ERROR;
-    }
-    queuePtr->state = STOPPING;
-    pthread_mutex_unlock(&queueLock);
-    *queuePtrPtr = queuePtr;
-    return TCL_OK;
-}
 
 /*
  *----------------------------------------------------------------------
@@ -3677,10 +4232,10 @@ ClientCmd(
     Tcl_Obj *const objv[])
 {
     Tcl_Obj *handlerObj = objv[objc-1];
-    Queue *queuePtr;
+    PortState *queuePtr;
     Receiver *receiverPtr;
     Tcl_Size length;
-    int fd, watch, error;
+    int fd;
 
     if ((objc != 3 && objc != 5)
 	    || (objc == 3 && strcmp(Tcl_GetString(objv[2]), "-port") == 0)) {
@@ -3697,7 +4252,7 @@ ClientCmd(
 	Tcl_SetErrorCode(interp, "TCL", "VALUE", "HANDLER", NULL);
 	return TCL_ERROR;
     }
-    if (forkGeneration != 0 && forkBreaksNotifier) {
+    if (forkGeneration != 0 && notifier.forkBreaks) {
 	int major, minor;
 
 	Tcl_GetVersion(&major, &minor, NULL, NULL);
@@ -3753,51 +4308,10 @@ ClientCmd(
 	eventPtr->receiverPtr = receiverPtr;
 	Tcl_QueueEvent((Tcl_Event *) eventPtr, TCL_QUEUE_TAIL);
     } else {
-	watch = (receiverPtr->replyFd < 0);
-	error = SendAsk(receiverPtr);
 	pthread_mutex_unlock(&queueLock);
-	if (error == EAGAIN || error == EWOULDBLOCK) {
-	    WaitForRoom(queuePtr);
-	    pthread_mutex_lock(&queueLock);
-	    watch = (receiverPtr->replyFd < 0);
-	    error = SendAsk(receiverPtr);
-	    pthread_mutex_unlock(&queueLock);
-	}
-	if (error == EPIPE || error == ECONNREFUSED || error == ECONNRESET
-		|| error == ENOTCONN) {
-	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		    "couldn't ask for a connection from port %d: the serving "
-		    "process is gone", queuePtr->port));
-	    SetPortErrorCode(interp, "CLOSED", queuePtr->port);
-	    return TCL_ERROR;
-	} else if (error == -1) {
-	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		    "couldn't ask for a connection from port %d: every "
-		    "descriptor below %d is in use and Tcl's notifier can't "
-		    "watch higher ones", queuePtr->port, FD_SETSIZE));
-	    SetPortErrorCode(interp, "FDLIMIT", queuePtr->port);
-	    return TCL_ERROR;
-	} else if (error != 0) {
-	    errno = error;
-	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		    "couldn't ask for a connection from port %d: %s",
-		    queuePtr->port, Tcl_PosixError(interp)));
+	if (AskForConnection(interp, receiverPtr) != TCL_OK) {
 	    return TCL_ERROR;
 	}
-	if (watch && (error = WatchReplySocket(receiverPtr)) != 0) {
-	    /*
-	     * The ask is up: the serving process finds the socket hung up
-	     * and forgets it, with its ask.
-	     */
-
-	    CloseReplySocket(receiverPtr);
-	    errno = error;
-	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		    "couldn't ask for a connection from port %d: %s",
-		    queuePtr->port, Tcl_PosixError(interp)));
-	    return TCL_ERROR;
-	}
-	receiverPtr->state = ASKED;
     }
     MarkSlot(receiverPtr, SLOT_WAITING, NULL);
     if (receiverPtr->state == TAKEN) {
@@ -3808,6 +4322,108 @@ ClientCmd(
     Tcl_IncrRefCount(handlerObj);
     Tcl_ResetResult(interp);
     return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * AskForConnection --
+ *
+ *	Sends receiverPtr's ask up its queue (SendAsk), waiting once for
+ *	room if the queue is full (WaitForRoom), and watches the reply
+ *	socket if this ask made it. Called without queueLock.
+ *
+ * Results:
+ *	TCL_OK, or TCL_ERROR with a message and -errorcode in interp
+ *	(SetAskError).
+ *
+ * Side effects:
+ *	The request becomes ASKED. On a failure to watch, the reply socket
+ *	is closed: the serving process finds it hung up and forgets it, with
+ *	its ask.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+AskForConnection(
+    Tcl_Interp *interp,
+    Receiver *receiverPtr)
+{
+    PortState *queuePtr = receiverPtr->queuePtr;
+    int watch, error;
+
+    /*
+     * Under the lock, so that a fork never copies a reply socket that the
+     * child handler does not know about.
+     */
+
+    pthread_mutex_lock(&queueLock);
+    watch = (receiverPtr->replyFd < 0);
+    error = SendAsk(receiverPtr);
+    pthread_mutex_unlock(&queueLock);
+    if (error == EAGAIN || error == EWOULDBLOCK) {
+	WaitForRoom(queuePtr);
+	pthread_mutex_lock(&queueLock);
+	watch = (receiverPtr->replyFd < 0);
+	error = SendAsk(receiverPtr);
+	pthread_mutex_unlock(&queueLock);
+    }
+    if (error != 0) {
+	return SetAskError(interp, queuePtr, error);
+    }
+    if (watch && (error = WatchReplySocket(receiverPtr)) != 0) {
+	CloseReplySocket(receiverPtr);
+	return SetAskError(interp, queuePtr, error);
+    }
+    receiverPtr->state = ASKED;
+    return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * SetAskError --
+ *
+ *	Puts the message and -errorcode for an ask that failed with error
+ *	(as SendAsk or WatchReplySocket returned it) in interp.
+ *
+ * Results:
+ *	TCL_ERROR.
+ *
+ * Side effects:
+ *	-errorcode {SOCKETSERVER CLOSED port} when the serving process is
+ *	gone, {SOCKETSERVER FDLIMIT port} for -1 (no descriptor Tcl's
+ *	notifier can watch), else {POSIX ...}.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+SetAskError(
+    Tcl_Interp *interp,
+    PortState *queuePtr,
+    int error)
+{
+    if (error == EPIPE || error == ECONNREFUSED || error == ECONNRESET
+	    || error == ENOTCONN) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't ask for a connection from port %d: the serving "
+		"process is gone", queuePtr->port));
+	SetPortErrorCode(interp, "CLOSED", queuePtr->port);
+    } else if (error == -1) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't ask for a connection from port %d: every "
+		"descriptor below %d is in use and Tcl's notifier can't "
+		"watch higher ones", queuePtr->port, FD_SETSIZE));
+	SetPortErrorCode(interp, "FDLIMIT", queuePtr->port);
+    } else {
+	errno = error;
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"couldn't ask for a connection from port %d: %s",
+		queuePtr->port, Tcl_PosixError(interp)));
+    }
+    return TCL_ERROR;
 }
 
 /*
@@ -3834,11 +4450,11 @@ LookupQueue(
     int objc,
     Tcl_Obj *const objv[],
     int first,
-    Queue **queuePtrPtr)
+    PortState **queuePtrPtr)
 {
     static const char *const options[] = {"-port", NULL};
     int port = -1, index;
-    Queue *queuePtr;
+    PortState *queuePtr;
 
     if (first < objc) {
 	if (Tcl_GetIndexFromObj(interp, objv[first], options, "option", 0,
@@ -3892,11 +4508,11 @@ LookupQueue(
 
 static void
 WaitForRoom(
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
     struct pollfd pfd;
 
-    pfd.fd = queuePtr->askFds[1];
+    pfd.fd = queuePtr->asks.askFds[1];
     pfd.events = POLLOUT;
     pfd.revents = 0;
     poll(&pfd, 1, QUEUE_WAIT_MS);
@@ -3938,7 +4554,8 @@ SendAsk(
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
 	    return errno;
 	}
-	if (pair[0] >= FD_SETSIZE && selectNotifier && !watchInThread) {
+	if (pair[0] >= FD_SETSIZE && notifier.usesSelect
+		&& !notifier.watchInThread) {
 	    close(pair[0]);
 	    close(pair[1]);
 	    return -1;
@@ -3991,7 +4608,7 @@ WatchReplySocket(
     sigset_t all, old;
     int error;
 
-    if (watchInThread) {
+    if (notifier.watchInThread) {
 	pthread_mutex_lock(&queueLock);
 	receiverPtr->pollFd = epoll_create1(EPOLL_CLOEXEC);
 	error = (receiverPtr->pollFd < 0) ? errno : 0;
@@ -4043,6 +4660,7 @@ WatchReplySocket(
 }
 
 #ifdef SS_LINUX
+
 /*
  *----------------------------------------------------------------------
  *
@@ -4188,6 +4806,7 @@ RearmReplySocket(
 }
 
 #ifdef SS_LINUX
+
 /*
  *----------------------------------------------------------------------
  *
@@ -4254,7 +4873,7 @@ ReceiveConnection(
     int mask)
 {
     Receiver *receiverPtr = clientData;
-    Queue *queuePtr = receiverPtr->queuePtr;
+    PortState *queuePtr = receiverPtr->queuePtr;
     Tcl_Interp *interp = receiverPtr->dataPtr->interp;
     Message message;
     ssize_t got;
@@ -4273,7 +4892,7 @@ ReceiveConnection(
 	 * rather than be woken for it over and over.
 	 */
 
-	if (!watchInThread) {
+	if (!notifier.watchInThread) {
 	    Tcl_DeleteFileHandler(receiverPtr->replyFd);
 	}
 	receiverPtr->retryTimer = Tcl_CreateTimerHandler(PAUSE_MS,
@@ -4306,7 +4925,7 @@ ReceiveConnection(
 		    "of port %d", queuePtr->port), "BADMESSAGE");
 	} else {
 	    pthread_mutex_lock(&queueLock);
-	    queuePtr->lastErrno = EBADMSG;
+	    queuePtr->accept.lastErrno = EBADMSG;
 	    pthread_mutex_unlock(&queueLock);
 	}
 	return;
@@ -4361,7 +4980,7 @@ RetryReceive(
     if (DropIfStale(receiverPtr)) {
 	return;
     }
-    if (watchInThread) {
+    if (notifier.watchInThread) {
 	RearmReplySocket(receiverPtr);
     } else {
 	Tcl_CreateFileHandler(receiverPtr->replyFd, TCL_READABLE,
@@ -4534,7 +5153,7 @@ FinishRequest(
     const Message *messagePtr)
 {
     Tcl_Interp *interp = receiverPtr->dataPtr->interp;
-    Queue *queuePtr = receiverPtr->queuePtr;
+    PortState *queuePtr = receiverPtr->queuePtr;
     Tcl_Obj *handlerObj = receiverPtr->handlerObj;
 
     if (receiverPtr->state == TAKEN) {
@@ -4545,7 +5164,7 @@ FinishRequest(
     MarkSlot(receiverPtr, (fd >= 0 ? SLOT_SERVING : SLOT_IDLE), messagePtr);
     if (fd >= 0) {
 	pthread_mutex_lock(&queueLock);
-	queuePtr->received++;
+	queuePtr->counts.received++;
 	pthread_mutex_unlock(&queueLock);
 	DeliverConnection(interp, handlerObj, queuePtr, fd, messagePtr);
     }
@@ -4575,7 +5194,7 @@ static void
 DeliverConnection(
     Tcl_Interp *interp,
     Tcl_Obj *handlerObj,
-    Queue *queuePtr,
+    PortState *queuePtr,
     int fd,
     const Message *messagePtr)
 {
@@ -4696,6 +5315,554 @@ ForgetDelivered(
 /*
  *----------------------------------------------------------------------
  *
+ * RefuseRequest --
+ *
+ *	Ends a request with a background error: messageObj as the message,
+ *	and -errorcode {SOCKETSERVER code port} if code is not NULL (else
+ *	the POSIX error code already set in interp).
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	The interpreter's background error handler runs.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+RefuseRequest(
+    Receiver *receiverPtr,
+    Tcl_Obj *messageObj,
+    const char *code)
+{
+    Tcl_Interp *interp = receiverPtr->dataPtr->interp;
+    int port = receiverPtr->queuePtr->port;
+
+    FinishRequest(receiverPtr, -1, NULL);
+    Tcl_Preserve(interp);
+    Tcl_SetObjResult(interp, messageObj);
+    if (code != NULL) {
+	SetPortErrorCode(interp, code, port);
+    }
+    Tcl_AddErrorInfo(interp, "\n    (socketserver request for a connection)");
+    Tcl_BackgroundException(interp, TCL_ERROR);
+    Tcl_Release(interp);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * WithdrawRequest --
+ *
+ *	'cancel': withdraws a receiver's request without losing a
+ *	connection. One that has come already (taken from the ready queue,
+ *	or waiting on the reply socket) is delivered instead. Otherwise a
+ *	KIND_WITHDRAW takes the ask back; if the serving process sent a
+ *	connection for it before reading that, the connection comes on the
+ *	reply socket later and goes back up the queue (ReceiveConnection).
+ *
+ * Results:
+ *	1 if the request was withdrawn, 0 if a connection had come and its
+ *	handler has run.
+ *
+ * Side effects:
+ *	See FinishRequest.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+WithdrawRequest(
+    Receiver *receiverPtr)
+{
+    PortState *queuePtr = receiverPtr->queuePtr;
+    Message message;
+    ssize_t got;
+    int fd = -1, error, tries;
+
+    if (receiverPtr->state == TAKEN) {
+	pthread_mutex_lock(&queueLock);
+	fd = receiverPtr->takenFd;
+	receiverPtr->takenFd = -1;
+	pthread_mutex_unlock(&queueLock);
+	message = receiverPtr->takenMessage;
+    } else if (receiverPtr->retryTimer == NULL) {
+	got = ancil_recv_fd(receiverPtr->replyFd, &fd, &message,
+		sizeof(message), MSG_DONTWAIT);
+	if (got <= 0 || !IsConnection(got, fd, &message)) {
+	    /* End of file and errors are the file handler's to see. */
+	    fd = -1;
+	}
+    }
+    if (fd < 0) {
+	memset(&message, 0, sizeof(message));
+	message.magic = MESSAGE_MAGIC;
+	message.kind = KIND_WITHDRAW;
+	message.asker = receiverPtr->id;
+	for (tries = 0; tries < 2; tries++) {
+	    /* No descriptor: no need for the lock. */
+	    error = (SendUp(queuePtr, -1, &message) == 0) ? 0 : errno;
+	    if (tries == 0 && (error == EAGAIN || error == EWOULDBLOCK)) {
+		WaitForRoom(queuePtr);
+	    } else {
+		break;
+	    }
+	}
+	if (error != 0 && error != EPIPE && error != ECONNREFUSED) {
+	    /*
+	     * The ask stays (its connection will come back up the queue);
+	     * with the serving process gone there is nothing to withdraw.
+	     */
+
+	    pthread_mutex_lock(&queueLock);
+	    queuePtr->accept.lastErrno = error;
+	    pthread_mutex_unlock(&queueLock);
+	}
+    }
+    FinishRequest(receiverPtr, fd, &message);
+    return (fd < 0);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ReturnConnections --
+ *
+ *	queueLock held: sends a connection that this process will not serve
+ *	up the queue, to be handed over again at its place in accept order;
+ *	and behind it every connection that waits in the ready queue, where
+ *	the next 'client' anywhere would take them before it: the serving
+ *	process puts them all back in accept order.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	Closes this process's copies. If the serving process is gone or its
+ *	queue is full, a connection is lost and lastErrno says why.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+ReturnConnections(
+    PortState *queuePtr,
+    int fd,
+    const Message *messagePtr)
+{
+    Message message = *messagePtr;
+
+    do {
+	message.kind = KIND_RETURN;
+	if (SendUp(queuePtr, fd, &message) < 0) {
+	    queuePtr->accept.lastErrno = errno;
+	}
+	close(fd);
+    } while (TakeReady(queuePtr, &fd, &message) == 1);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * CancelCmd --
+ *
+ *	$cmd cancel ?-port port?
+ *	Withdraws this interpreter's pending request.
+ *
+ * Results:
+ *	TCL_OK with 1 if a request was withdrawn, 0 if none was pending;
+ *	or TCL_ERROR.
+ *
+ * Side effects:
+ *	Nothing is taken from the queue: connections stay there for the
+ *	next requester.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+CancelCmd(
+    InterpData *dataPtr,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    PortState *queuePtr;
+    Receiver *receiverPtr;
+
+    if (objc != 2 && objc != 4) {
+	Tcl_WrongNumArgs(interp, 2, objv, "?-port port?");
+	return TCL_ERROR;
+    }
+    if (LookupQueue(interp, objc, objv, 2, &queuePtr) != TCL_OK) {
+	return TCL_ERROR;
+    }
+    receiverPtr = FindReceiver(dataPtr, queuePtr);
+    Tcl_SetObjResult(interp, Tcl_NewBooleanObj(receiverPtr != NULL
+	    && receiverPtr->state != NO_REQUEST
+	    && WithdrawRequest(receiverPtr)));
+    return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * NewReceiver --
+ *
+ *	Makes the interpreter's receiver for a queue, with no reply socket
+ *	and no request yet.
+ *
+ * Results:
+ *	The receiver.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static Receiver *
+NewReceiver(
+    InterpData *dataPtr,
+    PortState *queuePtr)
+{
+    Receiver *receiverPtr = (Receiver *) ckalloc(sizeof(Receiver));
+
+    memset(receiverPtr, 0, sizeof(Receiver));
+    receiverPtr->dataPtr = dataPtr;
+    receiverPtr->queuePtr = queuePtr;
+    receiverPtr->thread = Tcl_GetCurrentThread();
+    receiverPtr->replyFd = -1;
+    receiverPtr->pollFd = -1;
+    receiverPtr->stopFd = -1;
+    receiverPtr->takenFd = -1;
+    receiverPtr->keptFd = -1;
+    receiverPtr->retryTimer = NULL;
+    receiverPtr->state = NO_REQUEST;
+    receiverPtr->handlerObj = NULL;
+    receiverPtr->generation = forkGeneration;
+    receiverPtr->nextPtr = dataPtr->firstReceiverPtr;
+    dataPtr->firstReceiverPtr = receiverPtr;
+    pthread_mutex_lock(&queueLock);
+    KeepReserve();
+    receiverPtr->id = ((uint64_t) getpid() << 32) | __atomic_fetch_add(
+	    &TRAILER(queuePtr->board)->receivers, 1, __ATOMIC_RELAXED);
+    receiverPtr->nextInProcess = allReceivers;
+    allReceivers = receiverPtr;
+    pthread_mutex_unlock(&queueLock);
+    ClaimSlot(receiverPtr);
+    return receiverPtr;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * FindReceiver --
+ *
+ *	Looks up the interpreter's receiver for a queue, dropping any
+ *	receiver copied from the parent of a fork on the way.
+ *
+ * Results:
+ *	The receiver or NULL.
+ *
+ * Side effects:
+ *	Stale receivers are freed.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static Receiver *
+FindReceiver(
+    InterpData *dataPtr,
+    PortState *queuePtr)
+{
+    Receiver *receiverPtr, *nextPtr, *foundPtr = NULL;
+
+    for (receiverPtr = dataPtr->firstReceiverPtr; receiverPtr != NULL;
+	    receiverPtr = nextPtr) {
+	nextPtr = receiverPtr->nextPtr;
+	if (!DropIfStale(receiverPtr) && receiverPtr->queuePtr == queuePtr) {
+	    foundPtr = receiverPtr;
+	}
+    }
+    return foundPtr;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * DropIfStale --
+ *
+ *	The one guard against state that fork() copied: every way into the
+ *	receive side (the commands through FindReceiver, the file handler,
+ *	the timer and the event) passes it first. A receiver made before
+ *	this process's last fork belongs to the parent: AtForkChild has
+ *	already closed or replaced this process's copies of its descriptors.
+ *
+ * Results:
+ *	1 if the receiver was stale and is freed, else 0.
+ *
+ * Side effects:
+ *	See DropReceiver.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+DropIfStale(
+    Receiver *receiverPtr)
+{
+    if (receiverPtr->generation == forkGeneration) {
+	return 0;
+    }
+    DropReceiver(receiverPtr);
+    return 1;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * StopWatcher --
+ *
+ *	Tells a receiver's watcher thread to end, if nobody has yet, and
+ *	joins it.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	None once the thread has been stopped, or was never started, or the
+ *	receiver was copied by a fork (AtForkChild clears watching).
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+StopWatcher(
+    Receiver *receiverPtr)
+{
+    uint64_t one = 1;
+
+    pthread_mutex_lock(&queueLock);
+    if (!receiverPtr->watching) {
+	pthread_mutex_unlock(&queueLock);
+	return;
+    }
+    receiverPtr->watching = 0;
+
+    /* A new eventfd always takes one write. */
+    while (write(receiverPtr->stopFd, &one, sizeof(one)) < 0
+	    && errno == EINTR) {
+    }
+    pthread_mutex_unlock(&queueLock);
+    pthread_join(receiverPtr->watcher, NULL);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * CloseReplySocket --
+ *
+ *	Stops watching a receiver's reply socket (joining its watcher
+ *	thread) and closes it; frees the event the watcher did not queue.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	The serving process forgets the receiver when it next tries to send
+ *	to it (or prunes it).
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+CloseReplySocket(
+    Receiver *receiverPtr)
+{
+    ReceiverEvent *eventPtr;
+
+    if (receiverPtr->retryTimer != NULL) {
+	Tcl_DeleteTimerHandler(receiverPtr->retryTimer);
+	receiverPtr->retryTimer = NULL;
+    } else if (receiverPtr->replyFd >= 0 && !notifier.watchInThread) {
+	Tcl_DeleteFileHandler(receiverPtr->replyFd);
+    }
+    StopWatcher(receiverPtr);
+    DeleteEventsOf(receiverPtr, ReplyReadable);
+    pthread_mutex_lock(&queueLock);
+    CloseFd(&receiverPtr->replyFd);
+    CloseFd(&receiverPtr->pollFd);
+    CloseFd(&receiverPtr->stopFd);
+    eventPtr = receiverPtr->readyEventPtr;
+    receiverPtr->readyEventPtr = NULL;
+    pthread_mutex_unlock(&queueLock);
+    if (eventPtr != NULL) {
+	ckfree((char *) eventPtr);
+    }
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ReturnReceived --
+ *
+ *	queueLock held, live receiver: shuts its reply socket for reading,
+ *	so that the serving process can no longer send to it, and sends
+ *	every connection that came before, like a ready connection its
+ *	request took, back up the queue (ReturnConnections).
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	The receiver holds no connection any more. A process that has no
+ *	descriptor to spare closes its reserve one to take them, one at a
+ *	time, and opens it again. (Without a reserve, EMFILE: a connection
+ *	this process has no room for is closed with the socket; lastErrno
+ *	says so.)
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+ReturnReceived(
+    Receiver *receiverPtr)
+{
+    PortState *queuePtr = receiverPtr->queuePtr;
+    Message message;
+    ssize_t got;
+    int fd;
+
+    if (receiverPtr->takenFd >= 0) {
+	ReturnConnections(queuePtr, receiverPtr->takenFd,
+		&receiverPtr->takenMessage);
+	receiverPtr->takenFd = -1;
+    }
+    SendKept(receiverPtr);
+    if (receiverPtr->replyFd < 0) {
+	return;
+    }
+    shutdown(receiverPtr->replyFd, SHUT_RD);
+    for (;;) {
+	got = ancil_recv_fd(receiverPtr->replyFd, &fd, &message,
+		sizeof(message), MSG_DONTWAIT);
+	if (got > 0 && IsConnection(got, fd, &message)) {
+	    /* Closes fd: the slot is free for the next one. */
+	    ReturnConnections(queuePtr, fd, &message);
+	} else if (got < 0 && errno == EMFILE && reserveFd >= 0) {
+	    CloseFd(&reserveFd);
+	} else if (got == 0 || (got < 0 && errno != EBADMSG)) {
+	    if (got < 0 && errno == EMFILE) {
+		queuePtr->accept.lastErrno = EMFILE;
+	    }
+	    break;
+	}
+    }
+    KeepReserve();
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * KeepReserve --
+ *
+ *	queueLock held: opens the reserve descriptor if the process has
+ *	none (the first receiver, or ReturnReceived used it).
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	If this fails, a later call tries again; until then a return at
+ *	EMFILE closes the connection, and lastErrno says so.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+KeepReserve(void)
+{
+    if (reserveFd < 0) {
+	reserveFd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    }
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * DropReceiver --
+ *
+ *	Frees a receiver (interpreter deleted, or stale) without losing a
+ *	connection (ReturnReceived).
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	For a stale receiver only this process's copies go: the parent
+ *	still owns the request.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+DropReceiver(
+    Receiver *receiverPtr)
+{
+    Receiver **linkPtr = &receiverPtr->dataPtr->firstReceiverPtr;
+
+    while (*linkPtr != receiverPtr) {
+	linkPtr = &(*linkPtr)->nextPtr;
+    }
+    *linkPtr = receiverPtr->nextPtr;
+
+    if (receiverPtr->state == TAKEN) {
+	DeleteEventsOf(receiverPtr, DeliverTaken);
+    }
+    if (receiverPtr->generation == forkGeneration) {
+	pthread_mutex_lock(&queueLock);
+	ReturnReceived(receiverPtr);
+	pthread_mutex_unlock(&queueLock);
+	if (receiverPtr->slotPtr != NULL) {
+	    FreeSlot(receiverPtr->slotPtr, receiverPtr->id);
+	}
+    }
+    CloseReplySocket(receiverPtr);
+
+    pthread_mutex_lock(&queueLock);
+    linkPtr = &allReceivers;
+    while (*linkPtr != receiverPtr) {
+	linkPtr = &(*linkPtr)->nextInProcess;
+    }
+    *linkPtr = receiverPtr->nextInProcess;
+    CloseFd(&receiverPtr->takenFd);
+    CloseFd(&receiverPtr->keptFd);
+    pthread_mutex_unlock(&queueLock);
+    Tcl_CancelIdleCall(SendKeptWhenIdle, receiverPtr);
+    if (receiverPtr->handlerObj != NULL) {
+	Tcl_DecrRefCount(receiverPtr->handlerObj);
+    }
+    ckfree((char *) receiverPtr);
+}
+
+/*
+ *======================================================================
+ *
+ * Release --
+ *
+ *	'release': a handler gives a keep-alive connection back. It
+ *	lingers for the next request (Linger), keeps it for its own
+ *	interpreter's next 'client' (the keeper thread), or sends it up
+ *	the queue for the serving process to watch.
+ *
+ *======================================================================
+ */
+
+/*
+ *----------------------------------------------------------------------
+ *
  * ReleaseCmd --
  *
  *	$cmd release channel
@@ -4742,9 +5909,8 @@ ReleaseCmd(
     Delivered *deliveredPtr;
     Receiver *receiverPtr;
     Message message;
-    ClientData handle;
-    const char *name, *code = NULL;
-    Queue *queuePtr;
+    const char *name;
+    PortState *queuePtr;
     Tcl_DString blockingDs;
     int error, fd, kept;
 
@@ -4757,50 +5923,10 @@ ReleaseCmd(
     if (chan == NULL) {
 	return TCL_ERROR;
     }
-    pthread_mutex_lock(&queueLock);
-    for (deliveredPtr = firstDelivered; deliveredPtr != NULL
-	    && deliveredPtr->chan != chan; deliveredPtr = deliveredPtr->nextPtr) {
-    }
-    pthread_mutex_unlock(&queueLock);
-    if (deliveredPtr == NULL) {
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": not a "
-		"connection from a socketserver queue", name));
-	Tcl_SetErrorCode(interp, "SOCKETSERVER", "NOTCONNECTION", name, NULL);
+    if (RefuseUnreleasable(interp, chan, name, &deliveredPtr, &fd)) {
 	return TCL_ERROR;
     }
     queuePtr = deliveredPtr->queuePtr;
-    if (Tcl_GetTopChannel(chan) != chan) {
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": a "
-		"transformation is stacked on it", name));
-	code = "STACKED";
-    } else if (Tcl_InputBuffered(chan) > 0) {
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": it "
-		"holds %d bytes of input not read yet", name,
-		(int) Tcl_InputBuffered(chan)));
-	code = "UNREAD";
-    } else if (Tcl_OutputBuffered(chan) > 0) {
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": it "
-		"holds %d bytes of output not flushed yet", name,
-		(int) Tcl_OutputBuffered(chan)));
-	code = "UNFLUSHED";
-    } else if (Tcl_GetChannelHandle(chan, TCL_READABLE, &handle) != TCL_OK
-	    || (intptr_t) handle < 0 || (intptr_t) handle > INT_MAX) {
-	/*
-	 * Never so for the TCP channel made here, whose handle is its
-	 * descriptor in either direction; but a number that comes from Tcl
-	 * is checked before it is sent anywhere.
-	 */
-
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": it "
-		"has no descriptor", name));
-	Tcl_SetErrorCode(interp, "SOCKETSERVER", "NOTCONNECTION", name, NULL);
-	return TCL_ERROR;
-    }
-    if (code != NULL) {
-	SetPortErrorCode(interp, code, queuePtr->port);
-	return TCL_ERROR;
-    }
-    fd = (int) (intptr_t) handle;
 
     /*
      * Whoever takes the connection next trusts it to be blocking
@@ -4842,23 +5968,7 @@ ReleaseCmd(
 		&& !__atomic_load_n(&TRAILER(queuePtr->board)->replaced,
 		    __ATOMIC_ACQUIRE)
 		&& Linger(queuePtr, fd)) {
-	    /* The keeper leaves it alone until it is detached. */
-	    pthread_mutex_lock(&queueLock);
-	    receiverPtr->keptFd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-	    receiverPtr->keptMessage = message;
-	    receiverPtr->keptUntil = UINT64_MAX;
-	    pthread_mutex_unlock(&queueLock);
-	    kept = (receiverPtr->keptFd >= 0 && DetachConnection(fd) == 0);
-	    pthread_mutex_lock(&queueLock);
-	    if (kept) {
-		KeepFor(receiverPtr);
-	    } else {
-		CloseFd(&receiverPtr->keptFd);
-	    }
-	    pthread_mutex_unlock(&queueLock);
-	    if (kept) {
-		Tcl_DoWhenIdle(SendKeptWhenIdle, receiverPtr);
-	    }
+	    kept = KeepForNextRequest(receiverPtr, fd, &message);
 	}
 	error = kept ? 0 : SendReleased(queuePtr, fd, &message, 1);
 	if (!kept && error == 0) {
@@ -4877,6 +5987,135 @@ ReleaseCmd(
     }
     Tcl_ResetResult(interp);
     return TCL_OK;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * RefuseUnreleasable --
+ *
+ *	The refusals of 'release': chan (named name) must be a connection
+ *	delivered from a queue, with no transformation stacked on it, no
+ *	unread input, no unflushed output, and a descriptor.
+ *
+ * Results:
+ *	0 with *deliveredPtrPtr and *fdPtr set if chan may be released; 1
+ *	with a message and -errorcode {SOCKETSERVER NOTCONNECTION channel}
+ *	or {SOCKETSERVER STACKED|UNREAD|UNFLUSHED port} in interp if not.
+ *
+ * Side effects:
+ *	None: a refused channel is left as it was.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+RefuseUnreleasable(
+    Tcl_Interp *interp,
+    Tcl_Channel chan,
+    const char *name,
+    Delivered **deliveredPtrPtr,
+    int *fdPtr)
+{
+    Delivered *deliveredPtr;
+    ClientData handle;
+    const char *code = NULL;
+
+    pthread_mutex_lock(&queueLock);
+    for (deliveredPtr = firstDelivered; deliveredPtr != NULL
+	    && deliveredPtr->chan != chan; deliveredPtr = deliveredPtr->nextPtr) {
+    }
+    pthread_mutex_unlock(&queueLock);
+    *deliveredPtrPtr = deliveredPtr;
+    if (deliveredPtr == NULL) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": not a "
+		"connection from a socketserver queue", name));
+	Tcl_SetErrorCode(interp, "SOCKETSERVER", "NOTCONNECTION", name, NULL);
+	return 1;
+    }
+    if (Tcl_GetTopChannel(chan) != chan) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": a "
+		"transformation is stacked on it", name));
+	code = "STACKED";
+    } else if (Tcl_InputBuffered(chan) > 0) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": it "
+		"holds %d bytes of input not read yet", name,
+		(int) Tcl_InputBuffered(chan)));
+	code = "UNREAD";
+    } else if (Tcl_OutputBuffered(chan) > 0) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": it "
+		"holds %d bytes of output not flushed yet", name,
+		(int) Tcl_OutputBuffered(chan)));
+	code = "UNFLUSHED";
+    } else if (Tcl_GetChannelHandle(chan, TCL_READABLE, &handle) != TCL_OK
+	    || (intptr_t) handle < 0 || (intptr_t) handle > INT_MAX) {
+	/*
+	 * Never so for the TCP channel made here, whose handle is its
+	 * descriptor in either direction; but a number that comes from Tcl
+	 * is checked before it is sent anywhere.
+	 */
+
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf("can't release \"%s\": it "
+		"has no descriptor", name));
+	Tcl_SetErrorCode(interp, "SOCKETSERVER", "NOTCONNECTION", name, NULL);
+	return 1;
+    }
+    if (code != NULL) {
+	SetPortErrorCode(interp, code, deliveredPtr->queuePtr->port);
+	return 1;
+    }
+    *fdPtr = (int) (intptr_t) handle;
+    return 0;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * KeepForNextRequest --
+ *
+ *	Keeps a released connection, whose next request Linger found, for
+ *	receiverPtr's next 'client': a close-on-exec copy of fd becomes its
+ *	kept connection and fd is detached from its channel
+ *	(DetachConnection).
+ *
+ * Results:
+ *	1 if kept, 0 if not (no descriptor for the copy, or the detach
+ *	failed): then the caller sends fd up the queue.
+ *
+ * Side effects:
+ *	A kept connection goes up the queue after all when the event loop
+ *	is next idle without a 'client' (SendKeptWhenIdle) or after KEEP_NS
+ *	(the keeper, KeepFor).
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+KeepForNextRequest(
+    Receiver *receiverPtr,
+    int fd,
+    const Message *messagePtr)
+{
+    int kept;
+
+    /* The keeper leaves it alone until it is detached. */
+    pthread_mutex_lock(&queueLock);
+    receiverPtr->keptFd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    receiverPtr->keptMessage = *messagePtr;
+    receiverPtr->keptUntil = UINT64_MAX;
+    pthread_mutex_unlock(&queueLock);
+    kept = (receiverPtr->keptFd >= 0 && DetachConnection(fd) == 0);
+    pthread_mutex_lock(&queueLock);
+    if (kept) {
+	KeepFor(receiverPtr);
+    } else {
+	CloseFd(&receiverPtr->keptFd);
+    }
+    pthread_mutex_unlock(&queueLock);
+    if (kept) {
+	Tcl_DoWhenIdle(SendKeptWhenIdle, receiverPtr);
+    }
+    return kept;
 }
 
 /*
@@ -4958,7 +6197,7 @@ DetachConnection(
 
 static int
 SendReleased(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int fd,
     Message *messagePtr,
     int wait)
@@ -5005,7 +6244,7 @@ SendReleased(
 
 static void
 WaitReleasing(
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
     struct timespec pause = {0, 1000000L};
     int ms;
@@ -5041,7 +6280,7 @@ WaitReleasing(
 
 static int
 Linger(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int fd)
 {
     struct pollfd fds[2];
@@ -5057,12 +6296,12 @@ Linger(
 
     if (__atomic_load_n(&TRAILER(queuePtr->board)->readyCount,
 	    __ATOMIC_SEQ_CST) > 0
-	    && (ioctl(queuePtr->readyFds[0], FIONREAD, &readyBytes) < 0
+	    && (ioctl(queuePtr->pending.readyFds[0], FIONREAD, &readyBytes) < 0
 	    || readyBytes > 0)) {
 	return 0;
     }
     fds[0].fd = fd;
-    fds[1].fd = queuePtr->readyFds[0];
+    fds[1].fd = queuePtr->pending.readyFds[0];
     fds[0].events = fds[1].events = POLLIN;
 #ifdef POLLRDHUP
     fds[0].events |= POLLRDHUP;
@@ -5149,7 +6388,7 @@ static void
 SendKept(
     Receiver *receiverPtr)
 {
-    Queue *queuePtr = receiverPtr->queuePtr;
+    PortState *queuePtr = receiverPtr->queuePtr;
     Message message = receiverPtr->keptMessage;
 
     int error;
@@ -5159,7 +6398,7 @@ SendKept(
     }
     error = SendReleased(queuePtr, receiverPtr->keptFd, &message, 0);
     if (error > 0) {
-	queuePtr->lastErrno = error;
+	queuePtr->accept.lastErrno = error;
     }
     CloseFd(&receiverPtr->keptFd);
 }
@@ -5232,7 +6471,7 @@ KeepFor(
 	error = pthread_create(&keeper, NULL, ExpireKept, NULL);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (error != 0) {
-	    receiverPtr->queuePtr->lastErrno = error;
+	    receiverPtr->queuePtr->accept.lastErrno = error;
 	} else {
 	    keeperState = KEEPER_AWAKE;
 	}
@@ -5374,197 +6613,17 @@ InitKeeperCond(void)
 }
 
 /*
- *----------------------------------------------------------------------
+ *======================================================================
  *
- * RefuseRequest --
+ * The scoreboard --
  *
- *	Ends a request with a background error: messageObj as the message,
- *	and -errorcode {SOCKETSERVER code port} if code is not NULL (else
- *	the POSIX error code already set in interp).
+ *	The shared memory in which each receiver says what it does
+ *	(Slot), and the trailer every process of the port reads: making
+ *	and mapping it, claiming, marking and freeing slots, and reading
+ *	it for 'info' (BoardObj).
  *
- * Results:
- *	None.
- *
- * Side effects:
- *	The interpreter's background error handler runs.
- *
- *----------------------------------------------------------------------
+ *======================================================================
  */
-
-static void
-RefuseRequest(
-    Receiver *receiverPtr,
-    Tcl_Obj *messageObj,
-    const char *code)
-{
-    Tcl_Interp *interp = receiverPtr->dataPtr->interp;
-    int port = receiverPtr->queuePtr->port;
-
-    FinishRequest(receiverPtr, -1, NULL);
-    Tcl_Preserve(interp);
-    Tcl_SetObjResult(interp, messageObj);
-    if (code != NULL) {
-	SetPortErrorCode(interp, code, port);
-    }
-    Tcl_AddErrorInfo(interp, "\n    (socketserver request for a connection)");
-    Tcl_BackgroundException(interp, TCL_ERROR);
-    Tcl_Release(interp);
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * WithdrawRequest --
- *
- *	'cancel': withdraws a receiver's request without losing a
- *	connection. One that has come already (taken from the ready queue,
- *	or waiting on the reply socket) is delivered instead. Otherwise a
- *	KIND_WITHDRAW takes the ask back; if the serving process sent a
- *	connection for it before reading that, the connection comes on the
- *	reply socket later and goes back up the queue (ReceiveConnection).
- *
- * Results:
- *	1 if the request was withdrawn, 0 if a connection had come and its
- *	handler has run.
- *
- * Side effects:
- *	See FinishRequest.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-WithdrawRequest(
-    Receiver *receiverPtr)
-{
-    Queue *queuePtr = receiverPtr->queuePtr;
-    Message message;
-    ssize_t got;
-    int fd = -1, error, tries;
-
-    if (receiverPtr->state == TAKEN) {
-	pthread_mutex_lock(&queueLock);
-	fd = receiverPtr->takenFd;
-	receiverPtr->takenFd = -1;
-	pthread_mutex_unlock(&queueLock);
-	message = receiverPtr->takenMessage;
-    } else if (receiverPtr->retryTimer == NULL) {
-	got = ancil_recv_fd(receiverPtr->replyFd, &fd, &message,
-		sizeof(message), MSG_DONTWAIT);
-	if (got <= 0 || !IsConnection(got, fd, &message)) {
-	    /* End of file and errors are the file handler's to see. */
-	    fd = -1;
-	}
-    }
-    if (fd < 0) {
-	memset(&message, 0, sizeof(message));
-	message.magic = MESSAGE_MAGIC;
-	message.kind = KIND_WITHDRAW;
-	message.asker = receiverPtr->id;
-	for (tries = 0; tries < 2; tries++) {
-	    /* No descriptor: no need for the lock. */
-	    error = (SendUp(queuePtr, -1, &message) == 0) ? 0 : errno;
-	    if (tries == 0 && (error == EAGAIN || error == EWOULDBLOCK)) {
-		WaitForRoom(queuePtr);
-	    } else {
-		break;
-	    }
-	}
-	if (error != 0 && error != EPIPE && error != ECONNREFUSED) {
-	    /*
-	     * The ask stays (its connection will come back up the queue);
-	     * with the serving process gone there is nothing to withdraw.
-	     */
-
-	    pthread_mutex_lock(&queueLock);
-	    queuePtr->lastErrno = error;
-	    pthread_mutex_unlock(&queueLock);
-	}
-    }
-    FinishRequest(receiverPtr, fd, &message);
-    return (fd < 0);
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * ReturnConnections --
- *
- *	queueLock held: sends a connection that this process will not serve
- *	up the queue, to be handed over again at its place in accept order;
- *	and behind it every connection that waits in the ready queue, where
- *	the next 'client' anywhere would take them before it: the serving
- *	process puts them all back in accept order.
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	Closes this process's copies. If the serving process is gone or its
- *	queue is full, a connection is lost and lastErrno says why.
- *
- *----------------------------------------------------------------------
- */
-
-static void
-ReturnConnections(
-    Queue *queuePtr,
-    int fd,
-    const Message *messagePtr)
-{
-    Message message = *messagePtr;
-
-    do {
-	message.kind = KIND_RETURN;
-	if (SendUp(queuePtr, fd, &message) < 0) {
-	    queuePtr->lastErrno = errno;
-	}
-	close(fd);
-    } while (TakeReady(queuePtr, &fd, &message) == 1);
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * CancelCmd --
- *
- *	$cmd cancel ?-port port?
- *	Withdraws this interpreter's pending request.
- *
- * Results:
- *	TCL_OK with 1 if a request was withdrawn, 0 if none was pending;
- *	or TCL_ERROR.
- *
- * Side effects:
- *	Nothing is taken from the queue: connections stay there for the
- *	next requester.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-CancelCmd(
-    InterpData *dataPtr,
-    Tcl_Interp *interp,
-    int objc,
-    Tcl_Obj *const objv[])
-{
-    Queue *queuePtr;
-    Receiver *receiverPtr;
-
-    if (objc != 2 && objc != 4) {
-	Tcl_WrongNumArgs(interp, 2, objv, "?-port port?");
-	return TCL_ERROR;
-    }
-    if (LookupQueue(interp, objc, objv, 2, &queuePtr) != TCL_OK) {
-	return TCL_ERROR;
-    }
-    receiverPtr = FindReceiver(dataPtr, queuePtr);
-    Tcl_SetObjResult(interp, Tcl_NewBooleanObj(receiverPtr != NULL
-	    && receiverPtr->state != NO_REQUEST
-	    && WithdrawRequest(receiverPtr)));
-    return TCL_OK;
-}
 
 /*
  *----------------------------------------------------------------------
@@ -5805,7 +6864,7 @@ MarkSlot(
 
 static Slot *
 HandingTo(
-    Queue *queuePtr,
+    PortState *queuePtr,
     ReplySocket *socketPtr)
 {
     Slot *slotPtr = socketPtr->slotPtr;
@@ -6028,343 +7087,398 @@ StartMark(
 /*
  *----------------------------------------------------------------------
  *
- * NewReceiver --
+ * BoardObj --
  *
- *	Makes the interpreter's receiver for a queue, with no reply socket
- *	and no request yet.
+ *	What every receiver of a queue is doing, read from its scoreboard.
+ *	Slots of processes that are gone (collected after they ended, or
+ *	whose pid another process has taken since) are freed on the way;
+ *	one whose fields no receiver would write is left out.
  *
  * Results:
- *	The receiver.
+ *	A new list of dicts, one per receiver: pid, state (waiting, serving,
+ *	idle, or exited: not yet collected), for (seconds in that state),
+ *	served (connections delivered), while serving peer (address and
+ *	port), and handed (seconds since) if it waits but was handed a
+ *	connection it has not taken.
+ *
+ * Side effects:
+ *	See above.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static Tcl_Obj *
+BoardObj(
+    PortState *queuePtr)
+{
+    static const char *const stateNames[] = {
+	"", "waiting", "serving", "idle", "exited"
+    };
+    Tcl_Obj *listObj = Tcl_NewObj();
+    struct timespec now;
+    uint64_t nowNs;
+    int i;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    nowNs = (uint64_t) now.tv_sec * 1000000000u + (uint64_t) now.tv_nsec;
+    for (i = 0; i < BOARD_SLOTS; i++) {
+	Slot *slotPtr = &queuePtr->board[i], copy;
+	Tcl_Obj *workerObj;
+	uint32_t seq;
+	int tries = 0;
+	pid_t pid;
+
+	do {
+	    seq = __atomic_load_n(&slotPtr->seq, __ATOMIC_ACQUIRE);
+	    copy.asker = __atomic_load_n(&slotPtr->asker, __ATOMIC_ACQUIRE);
+	    copy.started = __atomic_load_n(&slotPtr->started,
+		    __ATOMIC_RELAXED);
+	    copy.state = __atomic_load_n(&slotPtr->state, __ATOMIC_RELAXED);
+	    copy.since = __atomic_load_n(&slotPtr->since, __ATOMIC_RELAXED);
+	    copy.served = __atomic_load_n(&slotPtr->served, __ATOMIC_RELAXED);
+	    copy.family = __atomic_load_n(&slotPtr->family, __ATOMIC_RELAXED);
+	    copy.peerPort = __atomic_load_n(&slotPtr->peerPort,
+		    __ATOMIC_RELAXED);
+	    memcpy(copy.peerAddr, slotPtr->peerAddr, sizeof(copy.peerAddr));
+	    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+	} while ((seq % 2 == 1
+		|| seq != __atomic_load_n(&slotPtr->seq, __ATOMIC_RELAXED))
+		&& ++tries < SEQ_TRIES);
+	copy.handed = __atomic_load_n(&slotPtr->handed, __ATOMIC_RELAXED);
+	if (copy.asker == 0) {
+	    continue;
+	}
+
+	/*
+	 * Whoever wrote the slot may be gone even if it died while writing
+	 * (started is written only with the slot taken: it is its owner's,
+	 * or 0). What no receiver writes is not listed: an asker below
+	 * 2^32 (a slot being freed), a state or a count out of range.
+	 */
+
+	pid = SlotPid(copy.asker);
+	if (pid == 0 || OwnerGone(pid, (copy.asker > UINT32_MAX)
+		? copy.started : 0)) {
+	    FreeSlot(slotPtr, copy.asker);
+	    continue;
+	}
+	if (tries == SEQ_TRIES || copy.asker <= UINT32_MAX
+		|| copy.state < SLOT_WAITING || copy.state > SLOT_EXITED
+		|| copy.served > (uint64_t) INT64_MAX) {
+	    continue;
+	}
+	workerObj = Tcl_NewObj();
+#define PUT(key, valueObj) \
+    Tcl_DictObjPut(NULL, workerObj, Tcl_NewStringObj((key), -1), (valueObj))
+	PUT("pid", Tcl_NewIntObj((int) pid));
+	PUT("state", Tcl_NewStringObj(stateNames[copy.state], -1));
+	PUT("for", Tcl_NewDoubleObj(nowNs > copy.since
+		? (double) (nowNs - copy.since) / 1e9 : 0.0));
+	PUT("served", Tcl_NewWideIntObj((Tcl_WideInt) copy.served));
+	if (copy.state == SLOT_WAITING && copy.handed > copy.since) {
+	    /* Handed a connection since it asked: it has not taken it. */
+	    PUT("handed", Tcl_NewDoubleObj(nowNs > copy.handed
+		    ? (double) (nowNs - copy.handed) / 1e9 : 0.0));
+	}
+	if (copy.state == SLOT_SERVING) {
+	    char text[INET6_ADDRSTRLEN];
+	    Tcl_Obj *peerObj[2];
+
+	    if (inet_ntop(copy.family, copy.peerAddr, text, sizeof(text))
+		    == NULL) {
+		text[0] = '\0';
+	    }
+	    peerObj[0] = Tcl_NewStringObj(text, -1);
+	    peerObj[1] = Tcl_NewIntObj((int) copy.peerPort);
+	    PUT("peer", Tcl_NewListObj(2, peerObj));
+	}
+#undef PUT
+	Tcl_ListObjAppendElement(NULL, listObj, workerObj);
+    }
+    return listObj;
+}
+
+/*
+ *======================================================================
+ *
+ * Server, close and info --
+ *
+ *	The serving process's commands: 'server' (its options, the
+ *	listener, a port's state made once and kept), 'close', and
+ *	'info', which describes a port.
+ *
+ *======================================================================
+ */
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ParseServerOptions --
+ *
+ *	Reads the options and the port of 'server' (objv[2] on) into
+ *	*optionsPtr, as Tcl's own 'socket' reads options: up to the first
+ *	word that does not start with "-", each option's value the word
+ *	after it.
+ *
+ * Results:
+ *	TCL_OK with *optionsPtr set, or TCL_ERROR with a message and
+ *	-errorcode (TCL ARGUMENT ..., TCL VALUE ...) in interp.
  *
  * Side effects:
  *	None.
- *
- *----------------------------------------------------------------------
- */
-
-static Receiver *
-NewReceiver(
-    InterpData *dataPtr,
-    Queue *queuePtr)
-{
-    Receiver *receiverPtr = (Receiver *) ckalloc(sizeof(Receiver));
-
-    memset(receiverPtr, 0, sizeof(Receiver));
-    receiverPtr->dataPtr = dataPtr;
-    receiverPtr->queuePtr = queuePtr;
-    receiverPtr->thread = Tcl_GetCurrentThread();
-    receiverPtr->replyFd = -1;
-    receiverPtr->pollFd = -1;
-    receiverPtr->stopFd = -1;
-    receiverPtr->takenFd = -1;
-    receiverPtr->keptFd = -1;
-    receiverPtr->retryTimer = NULL;
-    receiverPtr->state = NO_REQUEST;
-    receiverPtr->handlerObj = NULL;
-    receiverPtr->generation = forkGeneration;
-    receiverPtr->nextPtr = dataPtr->firstReceiverPtr;
-    dataPtr->firstReceiverPtr = receiverPtr;
-    pthread_mutex_lock(&queueLock);
-    KeepReserve();
-    receiverPtr->id = ((uint64_t) getpid() << 32) | __atomic_fetch_add(
-	    &TRAILER(queuePtr->board)->receivers, 1, __ATOMIC_RELAXED);
-    receiverPtr->nextInProcess = allReceivers;
-    allReceivers = receiverPtr;
-    pthread_mutex_unlock(&queueLock);
-    ClaimSlot(receiverPtr);
-    return receiverPtr;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * FindReceiver --
- *
- *	Looks up the interpreter's receiver for a queue, dropping any
- *	receiver copied from the parent of a fork on the way.
- *
- * Results:
- *	The receiver or NULL.
- *
- * Side effects:
- *	Stale receivers are freed.
- *
- *----------------------------------------------------------------------
- */
-
-static Receiver *
-FindReceiver(
-    InterpData *dataPtr,
-    Queue *queuePtr)
-{
-    Receiver *receiverPtr, *nextPtr, *foundPtr = NULL;
-
-    for (receiverPtr = dataPtr->firstReceiverPtr; receiverPtr != NULL;
-	    receiverPtr = nextPtr) {
-	nextPtr = receiverPtr->nextPtr;
-	if (!DropIfStale(receiverPtr) && receiverPtr->queuePtr == queuePtr) {
-	    foundPtr = receiverPtr;
-	}
-    }
-    return foundPtr;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * DropIfStale --
- *
- *	The one guard against state that fork() copied: every way into the
- *	receive side (the commands through FindReceiver, the file handler,
- *	the timer and the event) passes it first. A receiver made before
- *	this process's last fork belongs to the parent: AtForkChild has
- *	already closed or replaced this process's copies of its descriptors.
- *
- * Results:
- *	1 if the receiver was stale and is freed, else 0.
- *
- * Side effects:
- *	See DropReceiver.
  *
  *----------------------------------------------------------------------
  */
 
 static int
-DropIfStale(
-    Receiver *receiverPtr)
+ParseServerOptions(
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[],
+    ServerOptions *optionsPtr)
 {
-    if (receiverPtr->generation == forkGeneration) {
-	return 0;
-    }
-    DropReceiver(receiverPtr);
-    return 1;
-}
+    static const char *const options[] = {
+	"-backlog", "-fd", "-keepalive", "-myaddr", "-ready", "-readyafter",
+	NULL
+    };
+    enum options {
+	OPT_BACKLOG, OPT_FD, OPT_KEEPALIVE, OPT_MYADDR, OPT_READY,
+	OPT_READYAFTER
+    };
+    int i, index, bindOptions = 0;
 
-/*
- *----------------------------------------------------------------------
- *
- * StopWatcher --
- *
- *	Tells a receiver's watcher thread to end, if nobody has yet, and
- *	joins it.
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	None once the thread has been stopped, or was never started, or the
- *	receiver was copied by a fork (AtForkChild clears watching).
- *
- *----------------------------------------------------------------------
- */
+    *optionsPtr = serverDefaults;
 
-static void
-StopWatcher(
-    Receiver *receiverPtr)
-{
-    uint64_t one = 1;
-
-    pthread_mutex_lock(&queueLock);
-    if (!receiverPtr->watching) {
-	pthread_mutex_unlock(&queueLock);
-	return;
-    }
-    receiverPtr->watching = 0;
-
-    /* A new eventfd always takes one write. */
-    while (write(receiverPtr->stopFd, &one, sizeof(one)) < 0
-	    && errno == EINTR) {
-    }
-    pthread_mutex_unlock(&queueLock);
-    pthread_join(receiverPtr->watcher, NULL);
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * CloseReplySocket --
- *
- *	Stops watching a receiver's reply socket (joining its watcher
- *	thread) and closes it; frees the event the watcher did not queue.
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	The serving process forgets the receiver when it next tries to send
- *	to it (or prunes it).
- *
- *----------------------------------------------------------------------
- */
-
-static void
-CloseReplySocket(
-    Receiver *receiverPtr)
-{
-    ReceiverEvent *eventPtr;
-
-    if (receiverPtr->retryTimer != NULL) {
-	Tcl_DeleteTimerHandler(receiverPtr->retryTimer);
-	receiverPtr->retryTimer = NULL;
-    } else if (receiverPtr->replyFd >= 0 && !watchInThread) {
-	Tcl_DeleteFileHandler(receiverPtr->replyFd);
-    }
-    StopWatcher(receiverPtr);
-    DeleteEventsOf(receiverPtr, ReplyReadable);
-    pthread_mutex_lock(&queueLock);
-    CloseFd(&receiverPtr->replyFd);
-    CloseFd(&receiverPtr->pollFd);
-    CloseFd(&receiverPtr->stopFd);
-    eventPtr = receiverPtr->readyEventPtr;
-    receiverPtr->readyEventPtr = NULL;
-    pthread_mutex_unlock(&queueLock);
-    if (eventPtr != NULL) {
-	ckfree((char *) eventPtr);
-    }
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * ReturnReceived --
- *
- *	queueLock held, live receiver: shuts its reply socket for reading,
- *	so that the serving process can no longer send to it, and sends
- *	every connection that came before, like a ready connection its
- *	request took, back up the queue (ReturnConnections).
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	The receiver holds no connection any more. A process that has no
- *	descriptor to spare closes its reserve one to take them, one at a
- *	time, and opens it again. (Without a reserve, EMFILE: a connection
- *	this process has no room for is closed with the socket; lastErrno
- *	says so.)
- *
- *----------------------------------------------------------------------
- */
-
-static void
-ReturnReceived(
-    Receiver *receiverPtr)
-{
-    Queue *queuePtr = receiverPtr->queuePtr;
-    Message message;
-    ssize_t got;
-    int fd;
-
-    if (receiverPtr->takenFd >= 0) {
-	ReturnConnections(queuePtr, receiverPtr->takenFd,
-		&receiverPtr->takenMessage);
-	receiverPtr->takenFd = -1;
-    }
-    SendKept(receiverPtr);
-    if (receiverPtr->replyFd < 0) {
-	return;
-    }
-    shutdown(receiverPtr->replyFd, SHUT_RD);
-    for (;;) {
-	got = ancil_recv_fd(receiverPtr->replyFd, &fd, &message,
-		sizeof(message), MSG_DONTWAIT);
-	if (got > 0 && IsConnection(got, fd, &message)) {
-	    /* Closes fd: the slot is free for the next one. */
-	    ReturnConnections(queuePtr, fd, &message);
-	} else if (got < 0 && errno == EMFILE && reserveFd >= 0) {
-	    CloseFd(&reserveFd);
-	} else if (got == 0 || (got < 0 && errno != EBADMSG)) {
-	    if (got < 0 && errno == EMFILE) {
-		queuePtr->lastErrno = EMFILE;
+    for (i = 2; i < objc && Tcl_GetString(objv[i])[0] == '-'; i++) {
+	if (Tcl_GetIndexFromObj(interp, objv[i], options, "option", 0,
+		&index) != TCL_OK) {
+	    return TCL_ERROR;
+	}
+	if (++i == objc) {
+	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		    "no argument given for %s option", options[index]));
+	    Tcl_SetErrorCode(interp, "TCL", "ARGUMENT", "MISSING", NULL);
+	    return TCL_ERROR;
+	}
+	switch ((enum options) index) {
+	case OPT_BACKLOG:
+	    if (!GetIntInRange(objv[i], 1, INT_MAX, &optionsPtr->backlog)) {
+		Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+			"expected positive integer backlog but got \"%s\"",
+			Tcl_GetString(objv[i])));
+		Tcl_SetErrorCode(interp, "TCL", "VALUE", "BACKLOG", NULL);
+		return TCL_ERROR;
+	    }
+	    bindOptions = 1;
+	    break;
+	case OPT_FD:
+	    if (!GetIntInRange(objv[i], 0, INT_MAX, &optionsPtr->adoptFd)) {
+		Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+			"expected a descriptor number but got \"%s\"",
+			Tcl_GetString(objv[i])));
+		Tcl_SetErrorCode(interp, "TCL", "VALUE", "FD", NULL);
+		return TCL_ERROR;
+	    }
+	    break;
+	case OPT_MYADDR:
+	    optionsPtr->myaddr = Tcl_GetString(objv[i]);
+	    bindOptions = 1;
+	    break;
+	case OPT_READYAFTER:
+	    optionsPtr->mark = Tcl_GetStringFromObj(objv[i],
+		    &optionsPtr->markLength);
+	    if (optionsPtr->markLength > MARK_MAX
+		    || !IsAscii(optionsPtr->mark, optionsPtr->markLength)) {
+		Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+			"expected at most %d ASCII characters for -readyafter "
+			"but got \"%s\"", MARK_MAX, optionsPtr->mark));
+		Tcl_SetErrorCode(interp, "TCL", "VALUE", "READYAFTER", NULL);
+		return TCL_ERROR;
+	    }
+	    break;
+	case OPT_KEEPALIVE:
+	case OPT_READY:
+	    if (ParseSeconds(interp, options[index], objv[i],
+		    (index == OPT_READY) ? "READY" : "KEEPALIVE",
+		    &optionsPtr->timeoutNs[(index == OPT_READY)
+			    ? WATCH_SILENT : WATCH_PARKED]) != TCL_OK) {
+		return TCL_ERROR;
 	    }
 	    break;
 	}
     }
-    KeepReserve();
+    if ((optionsPtr->adoptFd < 0 && i != objc - 1)
+	    || (optionsPtr->adoptFd >= 0 && i < objc - 1)) {
+	Tcl_WrongNumArgs(interp, 2, objv,
+		"?-ready s? ?-readyafter string? ?-keepalive s? ?-myaddr addr? "
+		"?-backlog n? port | -fd fd ?port?");
+	return TCL_ERROR;
+    }
+    if (optionsPtr->adoptFd >= 0 && bindOptions) {
+	Tcl_SetObjResult(interp, Tcl_NewStringObj(
+		"-fd takes a socket that listens already: -myaddr and "
+		"-backlog don't apply", -1));
+	Tcl_SetErrorCode(interp, "TCL", "ARGUMENT", "FD", NULL);
+	return TCL_ERROR;
+    }
+    if (i == objc - 1
+	    && ParsePort(interp, objv[i], &optionsPtr->port) != TCL_OK) {
+	return TCL_ERROR;
+    }
+    return TCL_OK;
 }
 
 /*
  *----------------------------------------------------------------------
  *
- * KeepReserve --
+ * ParseSeconds --
  *
- *	queueLock held: opens the reserve descriptor if the process has
- *	none (the first receiver, or ReturnReceived used it).
+ *	Reads the value of 'server -ready' or -keepalive: a number of
+ *	seconds from 0 to 86400.
  *
  * Results:
- *	None.
+ *	TCL_OK with *nsPtr set (a time too short to count in ns is still no
+ *	0: 1 ns), or TCL_ERROR with a message and -errorcode {TCL VALUE
+ *	code} in interp.
  *
  * Side effects:
- *	If this fails, a later call tries again; until then a return at
- *	EMFILE closes the connection, and lastErrno says so.
+ *	None.
  *
  *----------------------------------------------------------------------
  */
 
-static void
-KeepReserve(void)
+static int
+ParseSeconds(
+    Tcl_Interp *interp,
+    const char *option,
+    Tcl_Obj *valueObj,
+    const char *code,
+    uint64_t *nsPtr)
 {
-    if (reserveFd < 0) {
-	reserveFd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    double seconds;
+
+    if (Tcl_GetDoubleFromObj(NULL, valueObj, &seconds) != TCL_OK
+	    || !(seconds >= 0 && seconds <= 86400)) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"expected a number of seconds from 0 to 86400 for %s "
+		"but got \"%s\"", option, Tcl_GetString(valueObj)));
+	Tcl_SetErrorCode(interp, "TCL", "VALUE", code, NULL);
+	return TCL_ERROR;
     }
+    *nsPtr = (seconds > 0 && seconds < 1e-9) ? 1
+	    : (uint64_t) (seconds * 1e9);
+    return TCL_OK;
 }
 
 /*
  *----------------------------------------------------------------------
  *
- * DropReceiver --
+ * MakePortStateLocked --
  *
- *	Frees a receiver (interpreter deleted, or stale) without losing a
- *	connection (ReturnReceived).
+ *	Makes the state of a port this process has never served: its
+ *	pending list, its queue and ready queue (MakeQueueSockets) and its
+ *	scoreboard (MakeBoard), and adds it to the process's list
+ *	(AddQueue). Called without queueLock.
  *
  * Results:
- *	None.
+ *	The new port's state, with queueLock held; or NULL, without the
+ *	lock, with a message and -errorcode {POSIX ...} in interp.
  *
  * Side effects:
- *	For a stale receiver only this process's copies go: the parent
- *	still owns the request.
+ *	On failure, listenFd is closed and nothing made is left open.
  *
  *----------------------------------------------------------------------
  */
 
-static void
-DropReceiver(
-    Receiver *receiverPtr)
+static PortState *
+MakePortStateLocked(
+    Tcl_Interp *interp,
+    int port,
+    int listenFd)
 {
-    Receiver **linkPtr = &receiverPtr->dataPtr->firstReceiverPtr;
+    int queueFds[2], readyFds[2], boardFd, i, error;
+    const char *what = "the queue";
+    const char *how = "";
+    Slot *board;
+    PortState *queuePtr;
 
-    while (*linkPtr != receiverPtr) {
-	linkPtr = &(*linkPtr)->nextPtr;
-    }
-    *linkPtr = receiverPtr->nextPtr;
+    /*
+     * The accept thread accepts only while nothing is pending, so with
+     * this room an accepted connection always fits in the list.
+     */
 
-    if (receiverPtr->state == TAKEN) {
-	DeleteEventsOf(receiverPtr, DeliverTaken);
+    Pending *pending = malloc(LIST_MIN * sizeof(Pending));
+
+    if (pending == NULL) {
+	errno = ENOMEM;
+	goto failed;
     }
-    if (receiverPtr->generation == forkGeneration) {
-	pthread_mutex_lock(&queueLock);
-	ReturnReceived(receiverPtr);
-	pthread_mutex_unlock(&queueLock);
-	if (receiverPtr->slotPtr != NULL) {
-	    FreeSlot(receiverPtr->slotPtr, receiverPtr->id);
+    if (MakeQueueSockets(queueFds, readyFds) != 0) {
+	how = " (SOCK_SEQPACKET socketpairs)";
+	goto failed;
+    }
+    if ((board = MakeBoard(&boardFd)) == NULL) {
+	error = errno;
+	for (i = 0; i < 2; i++) {
+	    close(queueFds[i]);
+	    close(readyFds[i]);
 	}
+	errno = error;
+	what = "the scoreboard";
+	goto failed;
     }
-    CloseReplySocket(receiverPtr);
-
     pthread_mutex_lock(&queueLock);
-    linkPtr = &allReceivers;
-    while (*linkPtr != receiverPtr) {
-	linkPtr = &(*linkPtr)->nextInProcess;
-    }
-    *linkPtr = receiverPtr->nextInProcess;
-    CloseFd(&receiverPtr->takenFd);
-    CloseFd(&receiverPtr->keptFd);
-    pthread_mutex_unlock(&queueLock);
-    Tcl_CancelIdleCall(SendKeptWhenIdle, receiverPtr);
-    if (receiverPtr->handlerObj != NULL) {
-	Tcl_DecrRefCount(receiverPtr->handlerObj);
-    }
-    ckfree((char *) receiverPtr);
+    queuePtr = AddQueue(port, queueFds, readyFds, boardFd, board);
+    queuePtr->pending.list = pending;
+    queuePtr->pending.pendingSpace = LIST_MIN;
+    return queuePtr;
+
+  failed:
+    error = errno;
+    free(pending);
+    close(listenFd);
+    errno = error;
+    Tcl_SetObjResult(interp, Tcl_ObjPrintf("couldn't create %s for port "
+	    "%d%s: %s", what, port, how, Tcl_PosixError(interp)));
+    return NULL;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * PublishMarkAndReopen --
+ *
+ *	Writes the workers' copy of the -readyafter mark into the port's
+ *	scoreboard trailer, whole (a seqlock: a worker that looked at closed
+ *	before the last 'close' may read it now), then clears closed: one
+ *	that sees the port open sees its mark. Called with queueLock held.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	From here on, 'release' in workers sends connections up again.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+PublishMarkAndReopen(
+    PortState *queuePtr,
+    const char *mark,
+    Tcl_Size markLength)
+{
+    BoardTrailer *trailerPtr = TRAILER(queuePtr->board);
+    uint32_t markSeq;
+
+    markSeq = __atomic_load_n(&trailerPtr->markSeq, __ATOMIC_RELAXED) | 1;
+    __atomic_store_n(&trailerPtr->markSeq, markSeq, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+    memcpy(trailerPtr->mark, mark, (size_t) markLength);
+    __atomic_store_n(&trailerPtr->markLength, (uint32_t) markLength,
+	    __ATOMIC_RELAXED);
+    __atomic_store_n(&trailerPtr->markSeq, markSeq + 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&trailerPtr->closed, 0, __ATOMIC_SEQ_CST);
 }
 
 /*
@@ -6372,11 +7486,13 @@ DropReceiver(
  *
  * ServerCmd --
  *
- *	$cmd server ?-myaddr addr? ?-backlog n? port
- *	$cmd server -fd fd ?port?
+ *	$cmd server ?-ready s? ?-readyafter string? ?-keepalive s?
+ *	    ?-myaddr addr? ?-backlog n? port
+ *	$cmd server ?-ready s? ?-readyafter string? ?-keepalive s?
+ *	    -fd fd ?port?
  *	Listens on port, or on the listening socket the process inherited
  *	as descriptor fd (systemd's socket activation, an upgrade in place),
- *	and starts the accept thread, creating the port's queue or resuming
+ *	and starts the accept thread, creating the port's state or resuming
  *	into the one this process already has.
  *
  * Results:
@@ -6394,117 +7510,13 @@ ServerCmd(
     int objc,
     Tcl_Obj *const objv[])
 {
-    static const char *const options[] = {
-	"-backlog", "-fd", "-keepalive", "-myaddr", "-ready", "-readyafter",
-	NULL
-    };
-    enum options {
-	OPT_BACKLOG, OPT_FD, OPT_KEEPALIVE, OPT_MYADDR, OPT_READY,
-	OPT_READYAFTER
-    };
-    const char *mark = "";
-    Tcl_Size markLength = 0;
-    uint64_t timeoutNs[WATCH_KINDS] = {0, DEFAULT_KEEPALIVE_NS};
+    ServerOptions opt;
     struct rlimit limit;
-    double seconds;
-    const char *myaddr = "0.0.0.0";
     char boundAddr[NI_MAXHOST];
-    int backlog = SOMAXCONN, port = 0, boundPort, listenFd, i, index;
-    int adoptFd = -1, bindOptions = 0;
-    int queueFds[2], readyFds[2], boardFd;
-    uint32_t markSeq;
-    Slot *board;
-    BoardTrailer *trailerPtr;
-    Queue *queuePtr;
+    int boundPort, listenFd;
+    PortState *queuePtr;
 
-    /*
-     * Options as Tcl's own 'socket' reads them: up to the first word that
-     * does not start with "-", each option's value the word after it.
-     */
-
-    for (i = 2; i < objc; i++) {
-	const char *word = Tcl_GetString(objv[i]);
-
-	if (word[0] != '-') {
-	    break;
-	}
-	if (Tcl_GetIndexFromObj(interp, objv[i], options, "option", 0,
-		&index) != TCL_OK) {
-	    return TCL_ERROR;
-	}
-	if (++i == objc) {
-	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		    "no argument given for %s option", options[index]));
-	    Tcl_SetErrorCode(interp, "TCL", "ARGUMENT", "MISSING", NULL);
-	    return TCL_ERROR;
-	}
-	switch ((enum options) index) {
-	case OPT_BACKLOG:
-	    if (!GetIntInRange(objv[i], 1, INT_MAX, &backlog)) {
-		Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-			"expected positive integer backlog but got \"%s\"",
-			Tcl_GetString(objv[i])));
-		Tcl_SetErrorCode(interp, "TCL", "VALUE", "BACKLOG", NULL);
-		return TCL_ERROR;
-	    }
-	    bindOptions = 1;
-	    break;
-	case OPT_FD:
-	    if (!GetIntInRange(objv[i], 0, INT_MAX, &adoptFd)) {
-		Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-			"expected a descriptor number but got \"%s\"",
-			Tcl_GetString(objv[i])));
-		Tcl_SetErrorCode(interp, "TCL", "VALUE", "FD", NULL);
-		return TCL_ERROR;
-	    }
-	    break;
-	case OPT_MYADDR:
-	    myaddr = Tcl_GetString(objv[i]);
-	    bindOptions = 1;
-	    break;
-	case OPT_READYAFTER:
-	    mark = Tcl_GetStringFromObj(objv[i], &markLength);
-	    if (markLength > MARK_MAX || !IsAscii(mark, markLength)) {
-		Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-			"expected at most %d ASCII characters for -readyafter "
-			"but got \"%s\"", MARK_MAX, mark));
-		Tcl_SetErrorCode(interp, "TCL", "VALUE", "READYAFTER", NULL);
-		return TCL_ERROR;
-	    }
-	    break;
-	case OPT_KEEPALIVE:
-	case OPT_READY:
-	    if (Tcl_GetDoubleFromObj(NULL, objv[i], &seconds) != TCL_OK
-		    || !(seconds >= 0 && seconds <= 86400)) {
-		Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-			"expected a number of seconds from 0 to 86400 for %s "
-			"but got \"%s\"", options[index],
-			Tcl_GetString(objv[i])));
-		Tcl_SetErrorCode(interp, "TCL", "VALUE",
-			(index == OPT_READY) ? "READY" : "KEEPALIVE", NULL);
-		return TCL_ERROR;
-	    }
-	    /* A time too short to count in ns is still no "0". */
-	    timeoutNs[(index == OPT_READY) ? WATCH_SILENT : WATCH_PARKED] =
-		    (seconds > 0 && seconds < 1e-9) ? 1
-		    : (uint64_t) (seconds * 1e9);
-	    break;
-	}
-    }
-    if ((adoptFd < 0 && i != objc - 1) || (adoptFd >= 0 && i < objc - 1)) {
-	Tcl_WrongNumArgs(interp, 2, objv,
-		"?-ready s? ?-readyafter string? ?-keepalive s? ?-myaddr addr? "
-		"?-backlog n? port | -fd fd ?port?");
-	return TCL_ERROR;
-    }
-    if (adoptFd >= 0 && bindOptions) {
-	Tcl_SetObjResult(interp, Tcl_NewStringObj(
-		"-fd takes a socket that listens already: -myaddr and "
-		"-backlog don't apply", -1));
-	Tcl_SetErrorCode(interp, "TCL", "ARGUMENT", "FD", NULL);
-	return TCL_ERROR;
-    }
-    if (i == objc - 1 && ParsePort(interp, objv[i], &port) != TCL_OK) {
+    if (ParseServerOptions(interp, objc, objv, &opt) != TCL_OK) {
 	return TCL_ERROR;
     }
 
@@ -6514,25 +7526,25 @@ ServerCmd(
      */
 
     pthread_mutex_lock(&queueLock);
-    queuePtr = (port != 0) ? FindQueue(port) : NULL;
+    queuePtr = (opt.port != 0) ? FindQueue(opt.port) : NULL;
     if (queuePtr != NULL && ClaimRefused(interp, queuePtr)) {
 	pthread_mutex_unlock(&queueLock);
 	return TCL_ERROR;
     }
     pthread_mutex_unlock(&queueLock);
 
-    if (adoptFd >= 0) {
-	if (AdoptListener(interp, adoptFd, port, &listenFd, &boundPort,
-		boundAddr) != TCL_OK) {
+    if (opt.adoptFd >= 0) {
+	if (AdoptListener(interp, opt.adoptFd, opt.port, &listenFd,
+		&boundPort, boundAddr) != TCL_OK) {
 	    return TCL_ERROR;
 	}
-    } else if (OpenNewListener(interp, myaddr, port, backlog, &listenFd,
-	    &boundPort, boundAddr) != TCL_OK) {
+    } else if (OpenNewListener(interp, opt.myaddr, opt.port, opt.backlog,
+	    &listenFd, &boundPort, boundAddr) != TCL_OK) {
 	return TCL_ERROR;
     }
 
     /*
-     * Find or make the queue of the bound port, and claim it.
+     * Find or make the state of the bound port, and claim it.
      */
 
     pthread_mutex_lock(&queueLock);
@@ -6544,92 +7556,39 @@ ServerCmd(
     }
     if (queuePtr == NULL) {
 	pthread_mutex_unlock(&queueLock);
-	Pending *pending = malloc(LIST_MIN * sizeof(Pending));
-
-	/*
-	 * The accept thread accepts only while nothing is pending, so with
-	 * this room an accepted connection always fits in the list.
-	 */
-
-	if (pending == NULL) {
-	    close(listenFd);
-	    errno = ENOMEM;
-	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		    "couldn't create the queue for port %d: %s", boundPort,
-		    Tcl_PosixError(interp)));
+	queuePtr = MakePortStateLocked(interp, boundPort, listenFd);
+	if (queuePtr == NULL) {
 	    return TCL_ERROR;
 	}
-	if (MakeQueueSockets(queueFds, readyFds) != 0) {
-	    free(pending);
-	    close(listenFd);
-	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		    "couldn't create the queue for port %d (SOCK_SEQPACKET "
-		    "socketpairs): %s", boundPort, Tcl_PosixError(interp)));
-	    return TCL_ERROR;
-	}
-	if ((board = MakeBoard(&boardFd)) == NULL) {
-	    int error = errno;
-
-	    free(pending);
-	    close(listenFd);
-	    for (i = 0; i < 2; i++) {
-		close(queueFds[i]);
-		close(readyFds[i]);
-	    }
-	    errno = error;
-	    Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		    "couldn't create the scoreboard for port %d: %s",
-		    boundPort, Tcl_PosixError(interp)));
-	    return TCL_ERROR;
-	}
-	pthread_mutex_lock(&queueLock);
-	queuePtr = AddQueue(boundPort, queueFds, readyFds, boardFd, board);
-	queuePtr->pending = pending;
-	queuePtr->pendingSpace = LIST_MIN;
     }
-    queuePtr->state = LISTENING;
-    memcpy(queuePtr->mark, mark, (size_t) markLength);
-    queuePtr->markLength = (size_t) markLength;
-
-    /*
-     * The workers' copy of the mark, whole (a seqlock: a worker that
-     * looked at closed before the last 'close' may read it now), before
-     * closed is cleared: one that sees the port open sees its mark.
-     */
-
-    trailerPtr = TRAILER(queuePtr->board);
-    markSeq = __atomic_load_n(&trailerPtr->markSeq, __ATOMIC_RELAXED) | 1;
-    __atomic_store_n(&trailerPtr->markSeq, markSeq, __ATOMIC_RELAXED);
-    __atomic_thread_fence(__ATOMIC_RELEASE);
-    memcpy(trailerPtr->mark, mark, (size_t) markLength);
-    __atomic_store_n(&trailerPtr->markLength, (uint32_t) markLength,
-	    __ATOMIC_RELAXED);
-    __atomic_store_n(&trailerPtr->markSeq, markSeq + 1, __ATOMIC_RELEASE);
-    __atomic_store_n(&trailerPtr->closed, 0, __ATOMIC_SEQ_CST);
-    memcpy(queuePtr->myaddr, boundAddr, sizeof(queuePtr->myaddr));
-    memcpy(queuePtr->timeoutNs, timeoutNs, sizeof(timeoutNs));
-    queuePtr->passed = queuePtr->ignored = 0;
+    queuePtr->accept.state = LISTENING;
+    memcpy(queuePtr->watch.mark, opt.mark, (size_t) opt.markLength);
+    queuePtr->watch.markLength = (size_t) opt.markLength;
+    PublishMarkAndReopen(queuePtr, opt.mark, opt.markLength);
+    memcpy(queuePtr->accept.myaddr, boundAddr, sizeof(queuePtr->accept.myaddr));
+    memcpy(queuePtr->watch.timeoutNs, opt.timeoutNs, sizeof(opt.timeoutNs));
+    queuePtr->counts.passed = queuePtr->counts.ignored = 0;
 
     /*
      * Watched connections may take half the descriptors this process can
      * have: the other half is the workers' and the application's.
      */
 
-    queuePtr->watchLimit = WATCH_MAX;
+    queuePtr->watch.watchLimit = WATCH_MAX;
     if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY
 	    && limit.rlim_cur / 2 < WATCH_MAX) {
-	queuePtr->watchLimit = (int) (limit.rlim_cur / 2);
+	queuePtr->watch.watchLimit = (int) (limit.rlim_cur / 2);
     }
-    if (adoptFd >= 0) {
-	AdoptPassed(queuePtr, adoptFd);
+    if (opt.adoptFd >= 0) {
+	AdoptPassed(queuePtr, opt.adoptFd);
     }
     pthread_mutex_unlock(&queueLock);
 
     if (StartAccepting(interp, queuePtr, listenFd) != TCL_OK) {
 	return TCL_ERROR;
     }
-    if (adoptFd >= 0) {
-	close(adoptFd);
+    if (opt.adoptFd >= 0) {
+	close(opt.adoptFd);
     }
     Tcl_SetObjResult(interp, Tcl_NewIntObj(boundPort));
     return TCL_OK;
@@ -6963,7 +7922,7 @@ OpenNewListener(
 
 static void
 AdoptPassed(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int adoptFd)
 {
     const char *value = getenv(LISTENER_ENV);
@@ -6989,14 +7948,14 @@ AdoptPassed(
 	    list = ReadPassedList(listFd, port, adoptFd, &count);
 	}
 	if (list == NULL) {
-	    queuePtr->ignored++;
+	    queuePtr->counts.ignored++;
 	} else {
 	    Tcl_CreateHashEntry(&seen, (void *) (intptr_t) listFd, &isNew);
 	    numEntries = AdoptEntries(queuePtr, strchr(list, '\n') + 1,
 		    &seen);
 
 	    /* Entries lost or added on the way. */
-	    queuePtr->ignored += abs(count - numEntries);
+	    queuePtr->counts.ignored += abs(count - numEntries);
 	    ckfree(list);
 	}
     }
@@ -7024,7 +7983,7 @@ AdoptPassed(
 
 static int
 AdoptEntries(
-    Queue *queuePtr,
+    PortState *queuePtr,
     const char *entries,
     Tcl_HashTable *seenPtr)
 {
@@ -7051,7 +8010,7 @@ AdoptEntries(
 	}
 	if (!ParseDecimal(&p, &fd)
 		|| (*p != ' ' && *p != '\n' && *p != '\0')) {
-	    queuePtr->ignored++;
+	    queuePtr->counts.ignored++;
 	    while (*p != ' ' && *p != '\n' && *p != '\0') {
 		p++;
 	    }
@@ -7061,14 +8020,14 @@ AdoptEntries(
 	memset(&message, 0, sizeof(message));
 	if (isQueue) {
 	    if (!isNew || !CrossedExecAsQueue(fd)) {
-		queuePtr->ignored++;
+		queuePtr->counts.ignored++;
 		continue;
 	    }
 	    fcntl(fd, F_SETFD, FD_CLOEXEC);
-	    for (i = 0; i < OLD_QUEUES && queuePtr->oldAskFds[i] >= 0; i++) {
+	    for (i = 0; i < OLD_QUEUES && queuePtr->asks.oldAskFds[i] >= 0; i++) {
 	    }
 	    if (i < OLD_QUEUES) {
-		queuePtr->oldAskFds[i] = fd;
+		queuePtr->asks.oldAskFds[i] = fd;
 	    } else {
 		/* Its workers' releases close their connections. */
 		close(fd);
@@ -7079,7 +8038,7 @@ AdoptEntries(
 	switch (isNew ? CrossedExec(fd, &message.addr, &length) : 0) {
 	case 0:
 	    /* Not a connection of ours: someone else's to close. */
-	    queuePtr->ignored++;
+	    queuePtr->counts.ignored++;
 	    continue;
 	case -1:
 	    /* Ours, but its client is gone. */
@@ -7087,11 +8046,11 @@ AdoptEntries(
 	    continue;
 	}
 	fcntl(fd, F_SETFD, FD_CLOEXEC);
-	queuePtr->passed++;
+	queuePtr->counts.passed++;
 	message.magic = MESSAGE_MAGIC;
 	message.addrLen = length;
 	if (kind < 0 || (kind == WATCH_SILENT
-		&& queuePtr->timeoutNs[WATCH_SILENT] == 0)) {
+		&& queuePtr->watch.timeoutNs[WATCH_SILENT] == 0)) {
 	    /* Pending, or silent where this program hands over at once. */
 	    MakePending(queuePtr, fd, &message);
 	} else {
@@ -7318,7 +8277,7 @@ ParseDecimal(
 
 static int
 WritePassedList(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int listenFd)
 {
     Tcl_Obj *listObj;
@@ -7341,28 +8300,28 @@ WritePassedList(
     if (fd < 0) {
 	return -1;
     }
-    numQueues = (queuePtr->askFds[0] >= 0);
+    numQueues = (queuePtr->asks.askFds[0] >= 0);
     for (i = 0; i < OLD_QUEUES; i++) {
-	numQueues += (queuePtr->oldAskFds[i] >= 0);
+	numQueues += (queuePtr->asks.oldAskFds[i] >= 0);
     }
     listObj = Tcl_ObjPrintf(PASSED_MAGIC " %d %d %d %d\n", PASSED_VERSION,
-	    queuePtr->port, listenFd, queuePtr->numPending
-	    + queuePtr->numWatched[WATCH_SILENT]
-	    + queuePtr->numWatched[WATCH_PARKED] + numQueues);
+	    queuePtr->port, listenFd, queuePtr->pending.numPending
+	    + queuePtr->watch.numWatched[WATCH_SILENT]
+	    + queuePtr->watch.numWatched[WATCH_PARKED] + numQueues);
     Tcl_IncrRefCount(listObj);
-    for (i = 0; i < queuePtr->numPending; i++) {
-	Tcl_AppendPrintfToObj(listObj, "%d ", queuePtr->pending[i].fd);
+    for (i = 0; i < queuePtr->pending.numPending; i++) {
+	Tcl_AppendPrintfToObj(listObj, "%d ", queuePtr->pending.list[i].fd);
     }
     for (kind = 0; kind < WATCH_KINDS; kind++) {
-	for (index = queuePtr->firstWatched[kind]; index >= 0;
-		index = queuePtr->watched[index].next) {
+	for (index = queuePtr->watch.firstWatched[kind]; index >= 0;
+		index = queuePtr->watch.entries[index].next) {
 	    Tcl_AppendPrintfToObj(listObj, "%c%d ",
 		    (kind == WATCH_SILENT) ? 's' : 'p',
-		    queuePtr->watched[index].fd);
+		    queuePtr->watch.entries[index].fd);
 	}
     }
     for (i = -1; i < OLD_QUEUES; i++) {
-	int queueFd = (i < 0) ? queuePtr->askFds[0] : queuePtr->oldAskFds[i];
+	int queueFd = (i < 0) ? queuePtr->asks.askFds[0] : queuePtr->asks.oldAskFds[i];
 
 	if (queueFd >= 0) {
 	    Tcl_AppendPrintfToObj(listObj, "q%d ", queueFd);
@@ -7533,7 +8492,7 @@ MakeQueueSockets(
  *----------------------------------------------------------------------
  */
 
-static Queue *
+static PortState *
 AddQueue(
     int port,
     const int askFds[2],
@@ -7541,30 +8500,30 @@ AddQueue(
     int boardFd,
     Slot *board)
 {
-    Queue *queuePtr = (Queue *) ckalloc(sizeof(Queue));
-    Queue **linkPtr = &firstQueuePtr;
+    PortState *queuePtr = (PortState *) ckalloc(sizeof(PortState));
+    PortState **linkPtr = &firstQueuePtr;
     int i;
 
-    memset(queuePtr, 0, sizeof(Queue));
+    memset(queuePtr, 0, sizeof(PortState));
     queuePtr->port = port;
-    queuePtr->askFds[0] = askFds[0];
-    queuePtr->askFds[1] = askFds[1];
-    queuePtr->readyFds[0] = readyFds[0];
-    queuePtr->readyFds[1] = readyFds[1];
+    queuePtr->asks.askFds[0] = askFds[0];
+    queuePtr->asks.askFds[1] = askFds[1];
+    queuePtr->pending.readyFds[0] = readyFds[0];
+    queuePtr->pending.readyFds[1] = readyFds[1];
     queuePtr->boardFd = boardFd;
     queuePtr->board = board;
-    queuePtr->listenFd = -1;
-    queuePtr->pollFd = -1;
-    queuePtr->wakeFds[0] = queuePtr->wakeFds[1] = -1;
-    queuePtr->pruneMark = PRUNE_MIN;
-    queuePtr->state = NOT_LISTENING;
-    queuePtr->freeWatched = -1;
-    queuePtr->watchPollFd = -1;
+    queuePtr->accept.listenFd = -1;
+    queuePtr->accept.pollFd = -1;
+    queuePtr->accept.wakeFds[0] = queuePtr->accept.wakeFds[1] = -1;
+    queuePtr->asks.pruneMark = PRUNE_MIN;
+    queuePtr->accept.state = NOT_LISTENING;
+    queuePtr->watch.freeWatched = -1;
+    queuePtr->watch.watchPollFd = -1;
     for (i = 0; i < WATCH_KINDS; i++) {
-	queuePtr->firstWatched[i] = queuePtr->lastWatched[i] = -1;
+	queuePtr->watch.firstWatched[i] = queuePtr->watch.lastWatched[i] = -1;
     }
     for (i = 0; i < OLD_QUEUES; i++) {
-	queuePtr->oldAskFds[i] = -1;
+	queuePtr->asks.oldAskFds[i] = -1;
     }
     while (*linkPtr != NULL) {
 	linkPtr = &(*linkPtr)->nextPtr;
@@ -7598,18 +8557,18 @@ AddQueue(
 static int
 ClaimRefused(
     Tcl_Interp *interp,
-    Queue *queuePtr)
+    PortState *queuePtr)
 {
     /* Closed, but its accept thread may still be handing over. */
     FinishDraining(queuePtr);
-    if (queuePtr->state != NOT_LISTENING) {
+    if (queuePtr->accept.state != NOT_LISTENING) {
 	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
 		"couldn't open socket on port %d: this process is already "
 		"listening on it", queuePtr->port));
 	SetPortErrorCode(interp, "BUSY", queuePtr->port);
 	return 1;
     }
-    if (queuePtr->askFds[0] < 0) {
+    if (queuePtr->asks.askFds[0] < 0) {
 	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
 		"couldn't open socket on port %d: this process inherited "
 		"that port's queue from the process that serves it",
@@ -7618,6 +8577,52 @@ ClaimRefused(
 	return 1;
     }
     return 0;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * ClaimListening --
+ *
+ *	Finds the queue of the port in objPtr that this process listens on,
+ *	and marks it STOPPING: 'close' and 'reexec' then stop its accept
+ *	thread (StopAccepting).
+ *
+ * Results:
+ *	TCL_OK with *queuePtrPtr set; or TCL_ERROR with a message and
+ *	-errorcode {SOCKETSERVER NOTLISTENING port} or {TCL VALUE PORT}.
+ *
+ * Side effects:
+ *	See above.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+ClaimListening(
+    Tcl_Interp *interp,
+    Tcl_Obj *objPtr,
+    PortState **queuePtrPtr)
+{
+    PortState *queuePtr;
+    int port;
+
+    if (ParsePort(interp, objPtr, &port) != TCL_OK) {
+	return TCL_ERROR;
+    }
+    pthread_mutex_lock(&queueLock);
+    queuePtr = FindQueue(port);
+    if (queuePtr == NULL || queuePtr->accept.state != LISTENING) {
+	pthread_mutex_unlock(&queueLock);
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"this process is not listening on port %d", port));
+	SetPortErrorCode(interp, "NOTLISTENING", port);
+	return TCL_ERROR;
+    }
+    queuePtr->accept.state = STOPPING;
+    pthread_mutex_unlock(&queueLock);
+    *queuePtrPtr = queuePtr;
+    return TCL_OK;
 }
 
 /*
@@ -7650,7 +8655,7 @@ CloseCmd(
     int objc,
     Tcl_Obj *const objv[])
 {
-    Queue *queuePtr;
+    PortState *queuePtr;
     ssize_t written;
     int i;
 
@@ -7675,7 +8680,7 @@ CloseCmd(
     pthread_mutex_lock(&queueLock);
     __atomic_store_n(&TRAILER(queuePtr->board)->closed, 1, __ATOMIC_SEQ_CST);
     CloseAllWatched(queuePtr, 1);
-    if (queuePtr->numPending == 0) {
+    if (queuePtr->pending.numPending == 0) {
 	/*
 	 * Nothing to hand over: stop the thread now, as its descriptors
 	 * are better closed before 'close' returns. What it accepted and
@@ -7690,7 +8695,7 @@ CloseCmd(
 	ReadQueue(queuePtr);
 	CloseAllWatched(queuePtr, 1);
 	for (i = 0; i < OLD_QUEUES; i++) {
-	    if (queuePtr->oldAskFds[i] >= 0) {
+	    if (queuePtr->asks.oldAskFds[i] >= 0) {
 		ForgetOldQueue(queuePtr, i);
 	    }
 	}
@@ -7698,15 +8703,130 @@ CloseCmd(
 	Tcl_ResetResult(interp);
 	return TCL_OK;
     }
-    queuePtr->state = DRAINING;
-    CloseFd(&queuePtr->listenFd);
+    queuePtr->accept.state = DRAINING;
+    CloseFd(&queuePtr->accept.listenFd);
     pthread_mutex_unlock(&queueLock);
     do {
-	written = write(queuePtr->wakeFds[1], "x", 1);
+	written = write(queuePtr->accept.wakeFds[1], "x", 1);
     } while (written < 0 && errno == EINTR);
     Tcl_ResetResult(interp);
     return TCL_OK;
 }
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * InfoCmd --
+ *
+ *	$cmd info ?port?
+ *	Without port: the ports this process knows. With port: a dict
+ *	describing it.
+ *
+ * Results:
+ *	TCL_OK with the list or dict, or TCL_ERROR ({SOCKETSERVER NOSERVER
+ *	port} for an unknown port).
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+InfoCmd(
+    InterpData *dataPtr,
+    Tcl_Interp *interp,
+    int objc,
+    Tcl_Obj *const objv[])
+{
+    Tcl_Obj *resultObj;
+    PortState *queuePtr;
+    Receiver *receiverPtr;
+    int port, requested, readyBytes;
+
+    if (objc != 2 && objc != 3) {
+	Tcl_WrongNumArgs(interp, 2, objv, "?port?");
+	return TCL_ERROR;
+    }
+    if (objc == 2) {
+	resultObj = Tcl_NewObj();
+	pthread_mutex_lock(&queueLock);
+	for (queuePtr = firstQueuePtr; queuePtr != NULL;
+		queuePtr = queuePtr->nextPtr) {
+	    Tcl_ListObjAppendElement(NULL, resultObj,
+		    Tcl_NewIntObj(queuePtr->port));
+	}
+	pthread_mutex_unlock(&queueLock);
+	Tcl_SetObjResult(interp, resultObj);
+	return TCL_OK;
+    }
+
+    if (ParsePort(interp, objv[2], &port) != TCL_OK) {
+	return TCL_ERROR;
+    }
+    pthread_mutex_lock(&queueLock);
+    queuePtr = FindQueue(port);
+    pthread_mutex_unlock(&queueLock);
+    if (queuePtr == NULL) {
+	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
+		"no server on port %d in this process", port));
+	SetPortErrorCode(interp, "NOSERVER", port);
+	return TCL_ERROR;
+    }
+    receiverPtr = FindReceiver(dataPtr, queuePtr);
+    requested = (receiverPtr != NULL && receiverPtr->state != NO_REQUEST);
+    resultObj = Tcl_NewObj();
+
+    /*
+     * The ready queue's reading end is in every process: FIONREAD there
+     * counts the bytes of every message waiting (Linux), one Message
+     * each.
+     */
+
+    if (ioctl(queuePtr->pending.readyFds[0], FIONREAD, &readyBytes) < 0) {
+	readyBytes = 0;
+    }
+
+#define PUT(key, valueObj) \
+    Tcl_DictObjPut(NULL, resultObj, Tcl_NewStringObj((key), -1), (valueObj))
+    pthread_mutex_lock(&queueLock);
+    PUT("port", Tcl_NewIntObj(queuePtr->port));
+    PUT("myaddr", Tcl_NewStringObj(queuePtr->accept.myaddr, -1));
+    PUT("listening", Tcl_NewBooleanObj(queuePtr->accept.state == LISTENING));
+    PUT("accepted", Tcl_NewLongObj(queuePtr->counts.accepted));
+    PUT("received", Tcl_NewLongObj(queuePtr->counts.received));
+    PUT("requested", Tcl_NewBooleanObj(requested));
+    PUT("waiting", Tcl_NewIntObj(queuePtr->asks.numAsks));
+    PUT("queued", Tcl_NewIntObj(queuePtr->pending.numPending
+	    + readyBytes / (int) sizeof(Message)));
+    PUT("watching", Tcl_NewIntObj(queuePtr->watch.numWatched[WATCH_SILENT]
+	    + queuePtr->watch.numWatched[WATCH_PARKED]));
+    PUT("parked", Tcl_NewIntObj(queuePtr->watch.numWatched[WATCH_PARKED]));
+    PUT("closed", Tcl_NewLongObj(queuePtr->counts.closed));
+    PUT("watchlimit", Tcl_NewIntObj(queuePtr->watch.watchLimit));
+    PUT("passed", Tcl_NewIntObj(queuePtr->counts.passed));
+    PUT("ignored", Tcl_NewIntObj(queuePtr->counts.ignored));
+    errno = queuePtr->accept.lastErrno;
+    PUT("lasterror", Tcl_NewStringObj(errno ? Tcl_ErrnoId() : "", -1));
+    pthread_mutex_unlock(&queueLock);
+    PUT("workers", BoardObj(queuePtr));
+#undef PUT
+    Tcl_SetObjResult(interp, resultObj);
+    return TCL_OK;
+}
+
+/*
+ *======================================================================
+ *
+ * Upgrade and adoption --
+ *
+ *	'reexec' (the program replaced in place, keeping its listeners
+ *	and pending connections), 'spawn' (a program started with the
+ *	queues handed over), and the adoption of what was handed over
+ *	when such a program loads the package (AdoptQueues).
+ *
+ *======================================================================
+ */
 
 /*
  *----------------------------------------------------------------------
@@ -7729,28 +8849,30 @@ CloseCmd(
 
 static int
 KeepAcrossExec(
-    Queue *queuePtr,
+    PortState *queuePtr,
     int keep)
 {
     int i, kind, index, error = 0;
 
-    for (i = 0; i < queuePtr->numPending; i++) {
-	if (fcntl(queuePtr->pending[i].fd, F_SETFD, keep ? 0 : FD_CLOEXEC) < 0
+    for (i = 0; i < queuePtr->pending.numPending; i++) {
+	if (fcntl(queuePtr->pending.list[i].fd, F_SETFD,
+		keep ? 0 : FD_CLOEXEC) < 0
 		&& error == 0) {
 	    error = errno;
 	}
     }
     for (kind = 0; kind < WATCH_KINDS; kind++) {
-	for (index = queuePtr->firstWatched[kind]; index >= 0;
-		index = queuePtr->watched[index].next) {
-	    if (fcntl(queuePtr->watched[index].fd, F_SETFD,
+	for (index = queuePtr->watch.firstWatched[kind]; index >= 0;
+		index = queuePtr->watch.entries[index].next) {
+	    if (fcntl(queuePtr->watch.entries[index].fd, F_SETFD,
 		    keep ? 0 : FD_CLOEXEC) < 0 && error == 0) {
 		error = errno;
 	    }
 	}
     }
     for (i = -1; i < OLD_QUEUES; i++) {
-	int fd = (i < 0) ? queuePtr->askFds[0] : queuePtr->oldAskFds[i];
+	int fd = (i < 0) ? queuePtr->asks.askFds[0]
+		: queuePtr->asks.oldAskFds[i];
 
 	if (fd >= 0 && fcntl(fd, F_SETFD, keep ? 0 : FD_CLOEXEC) < 0
 		&& error == 0) {
@@ -7799,7 +8921,7 @@ ReexecCmd(
     int objc,
     Tcl_Obj *const objv[])
 {
-    Queue *queuePtr;
+    PortState *queuePtr;
     const char **argv;
     char value[3 * TCL_INTEGER_SPACE + 8];
     sigset_t scripted, oldMask;
@@ -7839,7 +8961,7 @@ ReexecCmd(
     DrainReady(queuePtr);
     listFd = WritePassedList(queuePtr, listenFd);
     error = (listFd < 0) ? errno : 0;
-    queuePtr->state = LISTENING;
+    queuePtr->accept.state = LISTENING;
     pthread_mutex_unlock(&queueLock);
 
     argv = (const char **) ckalloc((objc - 2) * sizeof(char *));
@@ -7899,222 +9021,6 @@ ReexecCmd(
 /*
  *----------------------------------------------------------------------
  *
- * InfoCmd --
- *
- *	$cmd info ?port?
- *	Without port: the ports this process knows. With port: a dict
- *	describing it.
- *
- * Results:
- *	TCL_OK with the list or dict, or TCL_ERROR ({SOCKETSERVER NOSERVER
- *	port} for an unknown port).
- *
- * Side effects:
- *	None.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-InfoCmd(
-    InterpData *dataPtr,
-    Tcl_Interp *interp,
-    int objc,
-    Tcl_Obj *const objv[])
-{
-    Tcl_Obj *resultObj;
-    Queue *queuePtr;
-    Receiver *receiverPtr;
-    int port, requested, readyBytes;
-
-    if (objc != 2 && objc != 3) {
-	Tcl_WrongNumArgs(interp, 2, objv, "?port?");
-	return TCL_ERROR;
-    }
-    if (objc == 2) {
-	resultObj = Tcl_NewObj();
-	pthread_mutex_lock(&queueLock);
-	for (queuePtr = firstQueuePtr; queuePtr != NULL;
-		queuePtr = queuePtr->nextPtr) {
-	    Tcl_ListObjAppendElement(NULL, resultObj,
-		    Tcl_NewIntObj(queuePtr->port));
-	}
-	pthread_mutex_unlock(&queueLock);
-	Tcl_SetObjResult(interp, resultObj);
-	return TCL_OK;
-    }
-
-    if (ParsePort(interp, objv[2], &port) != TCL_OK) {
-	return TCL_ERROR;
-    }
-    pthread_mutex_lock(&queueLock);
-    queuePtr = FindQueue(port);
-    pthread_mutex_unlock(&queueLock);
-    if (queuePtr == NULL) {
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		"no server on port %d in this process", port));
-	SetPortErrorCode(interp, "NOSERVER", port);
-	return TCL_ERROR;
-    }
-    receiverPtr = FindReceiver(dataPtr, queuePtr);
-    requested = (receiverPtr != NULL && receiverPtr->state != NO_REQUEST);
-    resultObj = Tcl_NewObj();
-
-    /*
-     * The ready queue's reading end is in every process: FIONREAD there
-     * counts the bytes of every message waiting (Linux), one Message
-     * each.
-     */
-
-    if (ioctl(queuePtr->readyFds[0], FIONREAD, &readyBytes) < 0) {
-	readyBytes = 0;
-    }
-
-#define PUT(key, valueObj) \
-    Tcl_DictObjPut(NULL, resultObj, Tcl_NewStringObj((key), -1), (valueObj))
-    pthread_mutex_lock(&queueLock);
-    PUT("port", Tcl_NewIntObj(queuePtr->port));
-    PUT("myaddr", Tcl_NewStringObj(queuePtr->myaddr, -1));
-    PUT("listening", Tcl_NewBooleanObj(queuePtr->state == LISTENING));
-    PUT("accepted", Tcl_NewLongObj(queuePtr->accepted));
-    PUT("received", Tcl_NewLongObj(queuePtr->received));
-    PUT("requested", Tcl_NewBooleanObj(requested));
-    PUT("waiting", Tcl_NewIntObj(queuePtr->numAsks));
-    PUT("queued", Tcl_NewIntObj(queuePtr->numPending
-	    + readyBytes / (int) sizeof(Message)));
-    PUT("watching", Tcl_NewIntObj(queuePtr->numWatched[WATCH_SILENT]
-	    + queuePtr->numWatched[WATCH_PARKED]));
-    PUT("parked", Tcl_NewIntObj(queuePtr->numWatched[WATCH_PARKED]));
-    PUT("closed", Tcl_NewLongObj(queuePtr->closed));
-    PUT("watchlimit", Tcl_NewIntObj(queuePtr->watchLimit));
-    PUT("passed", Tcl_NewIntObj(queuePtr->passed));
-    PUT("ignored", Tcl_NewIntObj(queuePtr->ignored));
-    errno = queuePtr->lastErrno;
-    PUT("lasterror", Tcl_NewStringObj(errno ? Tcl_ErrnoId() : "", -1));
-    pthread_mutex_unlock(&queueLock);
-    PUT("workers", BoardObj(queuePtr));
-#undef PUT
-    Tcl_SetObjResult(interp, resultObj);
-    return TCL_OK;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * BoardObj --
- *
- *	What every receiver of a queue is doing, read from its scoreboard.
- *	Slots of processes that are gone (collected after they ended, or
- *	whose pid another process has taken since) are freed on the way;
- *	one whose fields no receiver would write is left out.
- *
- * Results:
- *	A new list of dicts, one per receiver: pid, state (waiting, serving,
- *	idle, or exited: not yet collected), for (seconds in that state),
- *	served (connections delivered), while serving peer (address and
- *	port), and handed (seconds since) if it waits but was handed a
- *	connection it has not taken.
- *
- * Side effects:
- *	See above.
- *
- *----------------------------------------------------------------------
- */
-
-static Tcl_Obj *
-BoardObj(
-    Queue *queuePtr)
-{
-    static const char *const stateNames[] = {
-	"", "waiting", "serving", "idle", "exited"
-    };
-    Tcl_Obj *listObj = Tcl_NewObj();
-    struct timespec now;
-    uint64_t nowNs;
-    int i;
-
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    nowNs = (uint64_t) now.tv_sec * 1000000000u + (uint64_t) now.tv_nsec;
-    for (i = 0; i < BOARD_SLOTS; i++) {
-	Slot *slotPtr = &queuePtr->board[i], copy;
-	Tcl_Obj *workerObj;
-	uint32_t seq;
-	int tries = 0;
-	pid_t pid;
-
-	do {
-	    seq = __atomic_load_n(&slotPtr->seq, __ATOMIC_ACQUIRE);
-	    copy.asker = __atomic_load_n(&slotPtr->asker, __ATOMIC_ACQUIRE);
-	    copy.started = __atomic_load_n(&slotPtr->started,
-		    __ATOMIC_RELAXED);
-	    copy.state = __atomic_load_n(&slotPtr->state, __ATOMIC_RELAXED);
-	    copy.since = __atomic_load_n(&slotPtr->since, __ATOMIC_RELAXED);
-	    copy.served = __atomic_load_n(&slotPtr->served, __ATOMIC_RELAXED);
-	    copy.family = __atomic_load_n(&slotPtr->family, __ATOMIC_RELAXED);
-	    copy.peerPort = __atomic_load_n(&slotPtr->peerPort,
-		    __ATOMIC_RELAXED);
-	    memcpy(copy.peerAddr, slotPtr->peerAddr, sizeof(copy.peerAddr));
-	    __atomic_thread_fence(__ATOMIC_ACQUIRE);
-	} while ((seq % 2 == 1
-		|| seq != __atomic_load_n(&slotPtr->seq, __ATOMIC_RELAXED))
-		&& ++tries < SEQ_TRIES);
-	copy.handed = __atomic_load_n(&slotPtr->handed, __ATOMIC_RELAXED);
-	if (copy.asker == 0) {
-	    continue;
-	}
-
-	/*
-	 * Whoever wrote the slot may be gone even if it died while writing
-	 * (started is written only with the slot taken: it is its owner's,
-	 * or 0). What no receiver writes is not listed: an asker below
-	 * 2^32 (a slot being freed), a state or a count out of range.
-	 */
-
-	pid = SlotPid(copy.asker);
-	if (pid == 0 || OwnerGone(pid, (copy.asker > UINT32_MAX)
-		? copy.started : 0)) {
-	    FreeSlot(slotPtr, copy.asker);
-	    continue;
-	}
-	if (tries == SEQ_TRIES || copy.asker <= UINT32_MAX
-		|| copy.state < SLOT_WAITING || copy.state > SLOT_EXITED
-		|| copy.served > (uint64_t) INT64_MAX) {
-	    continue;
-	}
-	workerObj = Tcl_NewObj();
-#define PUT(key, valueObj) \
-    Tcl_DictObjPut(NULL, workerObj, Tcl_NewStringObj((key), -1), (valueObj))
-	PUT("pid", Tcl_NewIntObj((int) pid));
-	PUT("state", Tcl_NewStringObj(stateNames[copy.state], -1));
-	PUT("for", Tcl_NewDoubleObj(nowNs > copy.since
-		? (double) (nowNs - copy.since) / 1e9 : 0.0));
-	PUT("served", Tcl_NewWideIntObj((Tcl_WideInt) copy.served));
-	if (copy.state == SLOT_WAITING && copy.handed > copy.since) {
-	    /* Handed a connection since it asked: it has not taken it. */
-	    PUT("handed", Tcl_NewDoubleObj(nowNs > copy.handed
-		    ? (double) (nowNs - copy.handed) / 1e9 : 0.0));
-	}
-	if (copy.state == SLOT_SERVING) {
-	    char text[INET6_ADDRSTRLEN];
-	    Tcl_Obj *peerObj[2];
-
-	    if (inet_ntop(copy.family, copy.peerAddr, text, sizeof(text))
-		    == NULL) {
-		text[0] = '\0';
-	    }
-	    peerObj[0] = Tcl_NewStringObj(text, -1);
-	    peerObj[1] = Tcl_NewIntObj((int) copy.peerPort);
-	    PUT("peer", Tcl_NewListObj(2, peerObj));
-	}
-#undef PUT
-	Tcl_ListObjAppendElement(NULL, listObj, workerObj);
-    }
-    return listObj;
-}
-
-/*
- *----------------------------------------------------------------------
- *
  * SpawnCmd --
  *
  *	$cmd spawn ?-parentdeath signal? command ?arg ...?
@@ -8158,7 +9064,7 @@ SpawnCmd(
     Tcl_Channel chan;
     Tcl_DString *words;
     Tcl_Pid *pidPtr;
-    Queue *queuePtr;
+    PortState *queuePtr;
     Message message;
     pid_t pid = 0;
     char **argv, **envp;
@@ -8207,21 +9113,21 @@ SpawnCmd(
 	message.port = queuePtr->port;
 	message.sequence = nonce;
 	/* Numeric, so it always fits; memset() left its terminator. */
-	memcpy(&message.addr, queuePtr->myaddr,
-		strnlen(queuePtr->myaddr, sizeof(message.addr) - 1));
+	memcpy(&message.addr, queuePtr->accept.myaddr,
+		strnlen(queuePtr->accept.myaddr, sizeof(message.addr) - 1));
 	if (ancil_send_fd(pair[0], queuePtr->boardFd, &message,
 		sizeof(message), MSG_DONTWAIT) < 0) {
 	    error = errno;
 	    break;
 	}
 	message.kind = KIND_ADOPT_ASK;
-	if (ancil_send_fd(pair[0], queuePtr->askFds[1], &message,
+	if (ancil_send_fd(pair[0], queuePtr->asks.askFds[1], &message,
 		sizeof(message), MSG_DONTWAIT) < 0) {
 	    error = errno;
 	    break;
 	}
 	message.kind = KIND_ADOPT_READY;
-	if (ancil_send_fd(pair[0], queuePtr->readyFds[0], &message,
+	if (ancil_send_fd(pair[0], queuePtr->pending.readyFds[0], &message,
 		sizeof(message), MSG_DONTWAIT) < 0) {
 	    error = errno;
 	}
@@ -8571,6 +9477,107 @@ IsQueueSocket(
 /*
  *----------------------------------------------------------------------
  *
+ * IsAdoptionMessage --
+ *
+ *	Checks one message of a hand-over (AdoptQueues): got bytes with fd,
+ *	carrying the token nonce, for a port number that can be; each port
+ *	comes as its scoreboard (a regular file of BOARD_BYTES), then its
+ *	queue's asking end, then its ready queue's reading end (Unix
+ *	SOCK_SEQPACKET sockets). askFd and boardFd are what this port has
+ *	brought so far (-1: nothing).
+ *
+ * Results:
+ *	1 if it is the message that comes next, else 0.
+ *
+ * Side effects:
+ *	None.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+IsAdoptionMessage(
+    ssize_t got,
+    int fd,
+    const Message *messagePtr,
+    uint64_t nonce,
+    int askFd,
+    int boardFd)
+{
+    struct stat info;
+
+    if ((size_t) got != sizeof(Message) || messagePtr->magic != MESSAGE_MAGIC
+	    || messagePtr->sequence != nonce || messagePtr->port > 65535) {
+	return 0;
+    }
+    if (messagePtr->kind == KIND_ADOPT_BOARD) {
+	return (boardFd < 0 && fstat(fd, &info) == 0
+		&& S_ISREG(info.st_mode)
+		&& info.st_size == (off_t) BOARD_BYTES);
+    }
+    return (IsQueueSocket(fd) && boardFd >= 0
+	    && (messagePtr->kind == KIND_ADOPT_READY) == (askFd >= 0)
+	    && (messagePtr->kind == KIND_ADOPT_ASK
+		|| messagePtr->kind == KIND_ADOPT_READY));
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * AddAdoptedQueue --
+ *
+ *	Adds the state of a port handed over whole (AdoptQueues): its
+ *	scoreboard boardFd, its queue's asking end askFd and its ready
+ *	queue's reading end readyFd, as a forked child has them (not
+ *	listening, counters at 0), with the address in *messagePtr.
+ *
+ * Results:
+ *	0, or an errno value (EBADMSG: this process knows the port already).
+ *
+ * Side effects:
+ *	The three descriptors are the port's, or closed on failure.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+AddAdoptedQueue(
+    Message *messagePtr,
+    int boardFd,
+    int askFd,
+    int readyFd)
+{
+    int askFds[2], readyFds[2];
+    PortState *queuePtr;
+    Slot *board = MapBoard(boardFd);
+    int error = (board == NULL) ? errno : EBADMSG;
+
+    askFds[0] = -1;
+    askFds[1] = askFd;
+    readyFds[0] = readyFd;
+    readyFds[1] = -1;
+    pthread_mutex_lock(&queueLock);
+    if (board == NULL || FindQueue(messagePtr->port) != NULL) {
+	pthread_mutex_unlock(&queueLock);
+	if (board != NULL) {
+	    munmap(board, BOARD_BYTES);
+	}
+	close(boardFd);
+	close(askFd);
+	close(readyFd);
+	return error;
+    }
+    queuePtr = AddQueue(messagePtr->port, askFds, readyFds, boardFd, board);
+    ((char *) &messagePtr->addr)[sizeof(messagePtr->addr) - 1] = '\0';
+    snprintf(queuePtr->accept.myaddr, sizeof(queuePtr->accept.myaddr), "%s",
+	    (char *) &messagePtr->addr);
+    pthread_mutex_unlock(&queueLock);
+    return 0;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * AdoptQueues --
  *
  *	Once per process, at the first load of the package: if this program
@@ -8600,7 +9607,6 @@ AdoptQueues(void)
     const char *value = getenv(SPAWN_ENV);
     unsigned long long nonce;
     long spawner;
-    struct stat info;
     Message message;
     ssize_t got;
     int fd, askFd = -1, boardFd = -1, nullFd, deathSignal = 0;
@@ -8642,16 +9648,7 @@ AdoptQueues(void)
 	 * then its ready queue's reading end.
 	 */
 
-	if ((size_t) got != sizeof(message) || message.magic != MESSAGE_MAGIC
-		|| message.sequence != nonce || message.port > 65535
-		|| (message.kind == KIND_ADOPT_BOARD
-		    ? (boardFd >= 0 || fstat(fd, &info) < 0
-			|| !S_ISREG(info.st_mode)
-			|| info.st_size != (off_t) BOARD_BYTES)
-		    : (!IsQueueSocket(fd) || boardFd < 0
-			|| (message.kind == KIND_ADOPT_READY) != (askFd >= 0)
-			|| (message.kind != KIND_ADOPT_ASK
-			    && message.kind != KIND_ADOPT_READY)))) {
+	if (!IsAdoptionMessage(got, fd, &message, nonce, askFd, boardFd)) {
 	    close(fd);
 	    adoptError = EBADMSG;
 	    break;
@@ -8661,34 +9658,13 @@ AdoptQueues(void)
 	} else if (message.kind == KIND_ADOPT_ASK) {
 	    askFd = fd;
 	} else {
-	    int askFds[2], readyFds[2];
-	    Queue *queuePtr;
-	    Slot *board = MapBoard(boardFd);
-	    int error = (board == NULL) ? errno : EBADMSG;
+	    int error = AddAdoptedQueue(&message, boardFd, askFd, fd);
 
-	    askFds[0] = -1;
-	    askFds[1] = askFd;
-	    readyFds[0] = fd;
-	    readyFds[1] = -1;
-	    askFd = -1;
-	    pthread_mutex_lock(&queueLock);
-	    if (board == NULL || FindQueue(message.port) != NULL) {
+	    boardFd = askFd = -1;
+	    if (error != 0) {
 		adoptError = error;
-		pthread_mutex_unlock(&queueLock);
-		if (board != NULL) {
-		    munmap(board, BOARD_BYTES);
-		}
-		close(askFds[1]);
-		close(fd);
 		break;
 	    }
-	    queuePtr = AddQueue(message.port, askFds, readyFds, boardFd,
-		    board);
-	    boardFd = -1;
-	    ((char *) &message.addr)[sizeof(message.addr) - 1] = '\0';
-	    snprintf(queuePtr->myaddr, sizeof(queuePtr->myaddr), "%s",
-		    (char *) &message.addr);
-	    pthread_mutex_unlock(&queueLock);
 	}
     }
     if (askFd >= 0) {
@@ -8830,6 +9806,7 @@ WatchParent(
 }
 
 #ifndef SS_LINUX
+
 /*
  *----------------------------------------------------------------------
  *
@@ -8863,6 +9840,26 @@ WatchParentLife(
     return NULL;
 }
 #endif
+
+/*
+ *======================================================================
+ *
+ * Process tools --
+ *
+ *	General process tools that know nothing of ports:
+ *	::socketserver::signal, kill, exited, wait, descriptors, notify
+ *	and runas.
+ *
+ *	Names they share with the rest of the file: signalLock and
+ *	forkGeneration (taken and counted by the fork handlers),
+ *	ForgetSignals (called by AtForkChild), ParseSignal (used by
+ *	'spawn -parentdeath'), the commands that Socketserver_Init
+ *	creates; and, from the rest, notifier.forkBreaks, processExiting,
+ *	queueLock with KeepReserve (the reserve descriptor), CloseFd and
+ *	ReplaceInChild.
+ *
+ *======================================================================
+ */
 
 /*
  * The signals, as 'kill -l' names them. A script may be set for those
@@ -8959,7 +9956,7 @@ ThreadWakePipe(
     for (pipePtr = firstWakePipe; pipePtr != NULL; pipePtr = nextPtr) {
 	nextPtr = pipePtr->nextPtr;
 	if (pipePtr->generation != forkGeneration) {
-	    if (pipePtr->thread != self || !forkBreaksNotifier) {
+	    if (pipePtr->thread != self || !notifier.forkBreaks) {
 		FreeWakePipe(pipePtr);
 	    }
 	} else if (pipePtr->thread == self) {
@@ -9072,7 +10069,7 @@ ForgetThreadSignals(
 	    RemoveSignalScript(signo);
 	}
     }
-    if (pipePtr->generation == forkGeneration || !forkBreaksNotifier) {
+    if (pipePtr->generation == forkGeneration || !notifier.forkBreaks) {
 	FreeWakePipe(pipePtr);
     }
     pthread_mutex_unlock(&signalLock);
@@ -9934,279 +10931,4 @@ RunasObjCmd(
     }
 #endif
     return TCL_OK;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * SocketserverObjCmd --
- *
- *	::socketserver::socket subcommand ?arg ...?
- *
- * Results:
- *	A standard Tcl result.
- *
- * Side effects:
- *	See the subcommands.
- *
- *----------------------------------------------------------------------
- */
-
-static int
-SocketserverObjCmd(
-    ClientData clientData,
-    Tcl_Interp *interp,
-    int objc,
-    Tcl_Obj *const objv[])
-{
-    static const char *const subcommands[] = {
-	"cancel", "client", "close", "info", "reexec", "release", "server",
-	"spawn", NULL
-    };
-    enum subcommands {
-	SUB_CANCEL, SUB_CLIENT, SUB_CLOSE, SUB_INFO, SUB_REEXEC, SUB_RELEASE,
-	SUB_SERVER, SUB_SPAWN
-    };
-    InterpData *dataPtr = clientData;
-    int index;
-
-    if (objc < 2) {
-	Tcl_WrongNumArgs(interp, 1, objv, "subcommand ?arg ...?");
-	return TCL_ERROR;
-    }
-    if (Tcl_GetIndexFromObj(interp, objv[1], subcommands, "subcommand", 0,
-	    &index) != TCL_OK) {
-	return TCL_ERROR;
-    }
-
-    switch ((enum subcommands) index) {
-    case SUB_CANCEL:
-	/* $cmd cancel ?-port port? */
-	return CancelCmd(dataPtr, interp, objc, objv);
-    case SUB_CLIENT:
-	/* $cmd client ?-port port? handler */
-	return ClientCmd(dataPtr, interp, objc, objv);
-    case SUB_CLOSE:
-	/* $cmd close port */
-	return CloseCmd(interp, objc, objv);
-    case SUB_INFO:
-	/* $cmd info ?port? */
-	return InfoCmd(dataPtr, interp, objc, objv);
-    case SUB_REEXEC:
-	/* $cmd reexec port command ?arg ...? */
-	return ReexecCmd(interp, objc, objv);
-    case SUB_RELEASE:
-	/* $cmd release channel */
-	return ReleaseCmd(dataPtr, interp, objc, objv);
-    case SUB_SERVER:
-	/* $cmd server ?-ready s? ?-keepalive s? ?-myaddr addr? ?-backlog n?
-	 * port | -fd fd ?port? */
-	return ServerCmd(interp, objc, objv);
-    case SUB_SPAWN:
-	/* $cmd spawn command ?arg ...? */
-	return SpawnCmd(interp, objc, objv);
-    }
-    return TCL_ERROR;
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * EndInterpThread --
- *
- *	Thread exit handler of the thread of an interpreter that was not
- *	deleted (thread::exit ends a thread so): drops its receivers as its
- *	deletion would, so that no watcher thread is left to queue events
- *	for a thread that is gone (or for the next one, which glibc gives
- *	the same id), and no connection is left in a reply socket that
- *	nobody reads. Its signal scripts go with the thread's wake pipe
- *	(ForgetThreadSignals).
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	See DropReceiver. Nothing changes when the whole process exits
- *	(processExiting): FinalizeServers has done what must be done.
- *
- *----------------------------------------------------------------------
- */
-
-static void
-EndInterpThread(
-    ClientData clientData)
-{
-    InterpData *dataPtr = clientData;
-    int exiting;
-
-    pthread_mutex_lock(&queueLock);
-    exiting = processExiting;
-    pthread_mutex_unlock(&queueLock);
-    if (exiting) {
-	return;
-    }
-    while (dataPtr->firstReceiverPtr != NULL) {
-	DropReceiver(dataPtr->firstReceiverPtr);
-    }
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * DeleteInterpData --
- *
- *	Interpreter deletion: withdraws its pending requests and removes
- *	the signal scripts it set.
- *
- * Results:
- *	None.
- *
- * Side effects:
- *	Frees the interpreter's data. Servers stay: they belong to the
- *	process.
- *
- *----------------------------------------------------------------------
- */
-
-static void
-DeleteInterpData(
-    ClientData clientData,
-    Tcl_Interp *interp)
-{
-    InterpData *dataPtr = clientData;
-
-    int signo;
-
-    Tcl_DeleteThreadExitHandler(EndInterpThread, dataPtr);
-    while (dataPtr->firstReceiverPtr != NULL) {
-	DropReceiver(dataPtr->firstReceiverPtr);
-    }
-    pthread_mutex_lock(&signalLock);
-    for (signo = 1; signo < NSIG; signo++) {
-	if (signalHandlers[signo] != NULL
-		&& signalHandlers[signo]->interp == interp) {
-	    RemoveSignalScript(signo);
-	}
-    }
-    pthread_mutex_unlock(&signalLock);
-    ckfree((char *) dataPtr);
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * Socketserver_Init --
- *
- *	Initializes the package in interp: creates ::socketserver::socket.
- *
- * Results:
- *	A standard Tcl result.
- *
- * Side effects:
- *	The first call in a process installs fork and exit handlers; each
- *	call a thread exit handler for the interpreter (EndInterpThread).
- *
- *----------------------------------------------------------------------
- */
-
-int
-Socketserver_Init(
-    Tcl_Interp *interp)
-{
-    InterpData *dataPtr;
-
-    if (Tcl_InitStubs(interp, "8.6-", 0) == NULL) {
-	return TCL_ERROR;
-    }
-    if (Tcl_GetVar2(interp, "tcl_platform", "threaded", TCL_GLOBAL_ONLY)
-	    != NULL) {
-	pthread_mutex_lock(&queueLock);
-	threadedTcl = 1;
-	pthread_mutex_unlock(&queueLock);
-    }
-    pthread_once(&setupOnce, SetupProcess);
-    if (atforkError != 0) {
-	errno = atforkError;
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		"couldn't install socketserver's fork handlers: %s",
-		Tcl_PosixError(interp)));
-	return TCL_ERROR;
-    }
-    if (adoptError != 0) {
-	errno = adoptError;
-	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-		"couldn't adopt the queues handed over by the spawning "
-		"process: %s", Tcl_PosixError(interp)));
-	return TCL_ERROR;
-    }
-
-    /*
-     * The hand-over's variable is gone from the process's environment;
-     * keep this interpreter's env array in step.
-     */
-
-    Tcl_UnsetVar2(interp, "env", SPAWN_ENV, TCL_GLOBAL_ONLY);
-
-    dataPtr = (InterpData *) ckalloc(sizeof(InterpData));
-    dataPtr->interp = interp;
-    dataPtr->firstReceiverPtr = NULL;
-    Tcl_SetAssocData(interp, ASSOC_KEY, DeleteInterpData, dataPtr);
-    Tcl_CreateThreadExitHandler(EndInterpThread, dataPtr);
-    Tcl_CreateObjCommand(interp, "::socketserver::socket",
-	    SocketserverObjCmd, dataPtr, NULL);
-    Tcl_CreateObjCommand(interp, "::socketserver::signal",
-	    SignalObjCmd, NULL, NULL);
-    Tcl_CreateObjCommand(interp, "::socketserver::kill",
-	    KillObjCmd, NULL, NULL);
-    Tcl_CreateObjCommand(interp, "::socketserver::exited",
-	    ExitedObjCmd, NULL, NULL);
-    Tcl_CreateObjCommand(interp, "::socketserver::descriptors",
-	    DescriptorsObjCmd, NULL, NULL);
-    Tcl_CreateObjCommand(interp, "::socketserver::notify",
-	    NotifyObjCmd, NULL, NULL);
-    Tcl_CreateObjCommand(interp, "::socketserver::runas",
-	    RunasObjCmd, NULL, NULL);
-    Tcl_CreateObjCommand(interp, "::socketserver::wait",
-	    WaitObjCmd, NULL, NULL);
-
-    /*
-     * Which build this is: what the scripts may rely on differs (see the
-     * manual page).
-     */
-
-    if (Tcl_SetVar2(interp, "::socketserver::build", NULL, BUILD_NAME,
-	    TCL_GLOBAL_ONLY | TCL_LEAVE_ERR_MSG) == NULL) {
-	return TCL_ERROR;
-    }
-    return Tcl_PkgProvide(interp, PACKAGE_NAME, PACKAGE_VERSION);
-}
-
-/*
- *----------------------------------------------------------------------
- *
- * Socketserver_SafeInit --
- *
- *	Refuses: a safe interpreter must not open listening sockets.
- *
- * Results:
- *	TCL_ERROR with a message.
- *
- * Side effects:
- *	None.
- *
- *----------------------------------------------------------------------
- */
-
-int
-Socketserver_SafeInit(
-    Tcl_Interp *interp)
-{
-    if (Tcl_InitStubs(interp, "8.6-", 0) == NULL) {
-	return TCL_ERROR;
-    }
-    Tcl_SetObjResult(interp, Tcl_NewStringObj(
-	    "socketserver can't be loaded into a safe interpreter: it opens "
-	    "listening sockets and shares them with forked processes", -1));
-    Tcl_SetErrorCode(interp, "SOCKETSERVER", "SAFE", NULL);
-    return TCL_ERROR;
 }
