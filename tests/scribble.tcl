@@ -66,9 +66,11 @@ if {$role eq "hostile"} {
 set port [::socketserver::socket server -ready 10 -readyafter "\n\n" \
 	-myaddr 127.0.0.1 0]
 
+# The workers die with this process: board.test kills it once it has
+# read its line, maybe before it has killed them itself.
 proc spawnWorker {args} {
-    set chan [::socketserver::socket spawn [info nameofexecutable] \
-	    [info script] {*}$args]
+    set chan [::socketserver::socket spawn -parentdeath KILL \
+	    [info nameofexecutable] [info script] {*}$args]
     if {[gets $chan line] < 0} {
 	error "the worker did not start"
     }
