@@ -1126,6 +1126,10 @@ static int		InfoCmd(InterpData *dataPtr, Tcl_Interp *interp,
 static int		KeepAcrossExec(PortState *queuePtr, int keep);
 static int		ReexecCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
+static int		SendHandOver(int sock, uint64_t nonce);
+static int		StartSpawned(Tcl_Obj *const wordv[], int argc,
+			    uint64_t nonce, int deathSignal, int in, int out,
+			    pid_t *pidPtr, int *failedExecPtr);
 static int		SpawnCmd(Tcl_Interp *interp, int objc,
 			    Tcl_Obj *const objv[]);
 static uint64_t		MakeNonce(int salt);
@@ -9021,6 +9025,139 @@ ReexecCmd(
 /*
  *----------------------------------------------------------------------
  *
+ * SendHandOver --
+ *
+ *	'spawn': queues on sock, for the program to adopt, every port's
+ *	scoreboard, the asking end of its queue and the reading end of its
+ *	ready queue (KIND_ADOPT_BOARD, KIND_ADOPT_ASK, KIND_ADOPT_READY),
+ *	each message carrying nonce and the port's numeric address.
+ *
+ * Results:
+ *	0, or the errno of the send that failed.
+ *
+ * Side effects:
+ *	Takes and releases queueLock.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+SendHandOver(
+    int sock,
+    uint64_t nonce)
+{
+    PortState *queuePtr;
+    Message message;
+    int error = 0;
+
+    pthread_mutex_lock(&queueLock);
+    for (queuePtr = firstQueuePtr; queuePtr != NULL && error == 0;
+	    queuePtr = queuePtr->nextPtr) {
+	memset(&message, 0, sizeof(message));
+	message.magic = MESSAGE_MAGIC;
+	message.kind = KIND_ADOPT_BOARD;
+	message.port = queuePtr->port;
+	message.sequence = nonce;
+	/* Numeric, so it always fits; memset() left its terminator. */
+	memcpy(&message.addr, queuePtr->accept.myaddr,
+		strnlen(queuePtr->accept.myaddr, sizeof(message.addr) - 1));
+	if (ancil_send_fd(sock, queuePtr->boardFd, &message,
+		sizeof(message), MSG_DONTWAIT) < 0) {
+	    error = errno;
+	    break;
+	}
+	message.kind = KIND_ADOPT_ASK;
+	if (ancil_send_fd(sock, queuePtr->asks.askFds[1], &message,
+		sizeof(message), MSG_DONTWAIT) < 0) {
+	    error = errno;
+	    break;
+	}
+	message.kind = KIND_ADOPT_READY;
+	if (ancil_send_fd(sock, queuePtr->pending.readyFds[0], &message,
+		sizeof(message), MSG_DONTWAIT) < 0) {
+	    error = errno;
+	}
+    }
+    pthread_mutex_unlock(&queueLock);
+    return error;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * StartSpawned --
+ *
+ *	'spawn': starts the program named by the argc words at wordv, its
+ *	standard input in, its standard output and error out, with this
+ *	process's environment and SPAWN_ENV naming this process, nonce and
+ *	deathSignal (0: none).
+ *
+ * Results:
+ *	As StartProgram: 0 with the program's pid in *pidPtr, or an errno
+ *	value, *failedExecPtr saying whether the exec itself failed.
+ *
+ * Side effects:
+ *	The program.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+StartSpawned(
+    Tcl_Obj *const wordv[],
+    int argc,
+    uint64_t nonce,
+    int deathSignal,
+    int in,
+    int out,
+    pid_t *pidPtr,
+    int *failedExecPtr)
+{
+    Tcl_DString *words;
+    char **argv, **envp;
+    char token[sizeof(SPAWN_ENV) + 3 * TCL_INTEGER_SPACE + 3];
+    int numEnv, i, j, error;
+
+    /*
+     * The words in the system's encoding, as 'exec' gives them; the
+     * environment is this process's, with SPAWN_ENV (replacing one it may
+     * have inherited).
+     */
+
+    words = (Tcl_DString *) ckalloc(argc * sizeof(Tcl_DString));
+    argv = (char **) ckalloc((argc + 1) * sizeof(char *));
+    for (i = 0; i < argc; i++) {
+	argv[i] = Tcl_UtfToExternalDString(NULL, Tcl_GetString(wordv[i]),
+		-1, &words[i]);
+    }
+    argv[argc] = NULL;
+    for (numEnv = 0; environ[numEnv] != NULL; numEnv++) {
+	/* Counting. */
+    }
+    envp = (char **) ckalloc((numEnv + 2) * sizeof(char *));
+    for (i = j = 0; i < numEnv; i++) {
+	if (strncmp(environ[i], SPAWN_ENV "=", sizeof(SPAWN_ENV)) != 0) {
+	    envp[j++] = environ[i];
+	}
+    }
+    snprintf(token, sizeof(token), SPAWN_ENV "=%ld %llu %d", (long) getpid(),
+	    (unsigned long long) nonce, deathSignal);
+    envp[j++] = token;
+    envp[j] = NULL;
+
+    error = StartProgram(argv, envp, in, out, pidPtr, failedExecPtr);
+    for (i = 0; i < argc; i++) {
+	Tcl_DStringFree(&words[i]);
+    }
+    ckfree((char *) words);
+    ckfree((char *) argv);
+    ckfree((char *) envp);
+    return error;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
  * SpawnCmd --
  *
  *	$cmd spawn ?-parentdeath signal? command ?arg ...?
@@ -9062,33 +9199,24 @@ SpawnCmd(
     Tcl_Obj *const objv[])
 {
     Tcl_Channel chan;
-    Tcl_DString *words;
     Tcl_Pid *pidPtr;
-    PortState *queuePtr;
-    Message message;
     pid_t pid = 0;
-    char **argv, **envp;
-    char token[sizeof(SPAWN_ENV) + 3 * TCL_INTEGER_SPACE + 3];
     uint64_t nonce;
-    int pair[2], output[2], argc, numEnv, i, j, error = 0;
+    int pair[2], output[2], error = 0;
     int deathSignal = 0, failedExec;
+    int skip = (objc >= 3
+	    && strcmp(Tcl_GetString(objv[2]), "-parentdeath") == 0) ? 2 : 0;
 
-    if (objc >= 3 && strcmp(Tcl_GetString(objv[2]), "-parentdeath") == 0) {
-	if (objc < 5) {
-	    Tcl_WrongNumArgs(interp, 2, objv,
-		    "?-parentdeath signal? command ?arg ...?");
-	    return TCL_ERROR;
-	}
-	if (ParseSignal(interp, objv[3], 0, &deathSignal) != TCL_OK) {
-	    return TCL_ERROR;
-	}
-	objc -= 2;
-	objv += 2;
-    }
-    if (objc < 3) {
-	Tcl_WrongNumArgs(interp, 2, objv, "?-parentdeath signal? command ?arg ...?");
+    if (objc < 3 + skip) {
+	Tcl_WrongNumArgs(interp, 2, objv,
+		"?-parentdeath signal? command ?arg ...?");
 	return TCL_ERROR;
     }
+    if (skip && ParseSignal(interp, objv[3], 0, &deathSignal) != TCL_OK) {
+	return TCL_ERROR;
+    }
+    objc -= skip;
+    objv += skip;
     if (CommandChannelMaker() == NULL) {
 	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
 		"couldn't spawn \"%s\": this Tcl has no command channel to "
@@ -9104,35 +9232,7 @@ SpawnCmd(
     }
     nonce = MakeNonce(pair[0]);
 
-    pthread_mutex_lock(&queueLock);
-    for (queuePtr = firstQueuePtr; queuePtr != NULL && error == 0;
-	    queuePtr = queuePtr->nextPtr) {
-	memset(&message, 0, sizeof(message));
-	message.magic = MESSAGE_MAGIC;
-	message.kind = KIND_ADOPT_BOARD;
-	message.port = queuePtr->port;
-	message.sequence = nonce;
-	/* Numeric, so it always fits; memset() left its terminator. */
-	memcpy(&message.addr, queuePtr->accept.myaddr,
-		strnlen(queuePtr->accept.myaddr, sizeof(message.addr) - 1));
-	if (ancil_send_fd(pair[0], queuePtr->boardFd, &message,
-		sizeof(message), MSG_DONTWAIT) < 0) {
-	    error = errno;
-	    break;
-	}
-	message.kind = KIND_ADOPT_ASK;
-	if (ancil_send_fd(pair[0], queuePtr->asks.askFds[1], &message,
-		sizeof(message), MSG_DONTWAIT) < 0) {
-	    error = errno;
-	    break;
-	}
-	message.kind = KIND_ADOPT_READY;
-	if (ancil_send_fd(pair[0], queuePtr->pending.readyFds[0], &message,
-		sizeof(message), MSG_DONTWAIT) < 0) {
-	    error = errno;
-	}
-    }
-    pthread_mutex_unlock(&queueLock);
+    error = SendHandOver(pair[0], nonce);
     close(pair[0]);
     if (error != 0) {
 	close(pair[1]);
@@ -9154,11 +9254,8 @@ SpawnCmd(
 	    || AboveStandard(&output[1]) < 0) {
 	error = errno;
 	close(pair[1]);
-	for (i = 0; i < 2; i++) {
-	    if (output[i] >= 0) {
-		close(output[i]);
-	    }
-	}
+	CloseFd(&output[0]);
+	CloseFd(&output[1]);
 	errno = error;
 	Tcl_SetObjResult(interp, Tcl_ObjPrintf(
 		"couldn't spawn \"%s\": %s", Tcl_GetString(objv[2]),
@@ -9166,41 +9263,8 @@ SpawnCmd(
 	return TCL_ERROR;
     }
 
-    /*
-     * The words in the system's encoding, as 'exec' gives them; the
-     * environment is this process's, with SPAWN_ENV (replacing one it may
-     * have inherited).
-     */
-
-    argc = objc - 2;
-    words = (Tcl_DString *) ckalloc(argc * sizeof(Tcl_DString));
-    argv = (char **) ckalloc((argc + 1) * sizeof(char *));
-    for (i = 0; i < argc; i++) {
-	argv[i] = Tcl_UtfToExternalDString(NULL, Tcl_GetString(objv[i + 2]),
-		-1, &words[i]);
-    }
-    argv[argc] = NULL;
-    for (numEnv = 0; environ[numEnv] != NULL; numEnv++) {
-	/* Counting. */
-    }
-    envp = (char **) ckalloc((numEnv + 2) * sizeof(char *));
-    for (i = j = 0; i < numEnv; i++) {
-	if (strncmp(environ[i], SPAWN_ENV "=", sizeof(SPAWN_ENV)) != 0) {
-	    envp[j++] = environ[i];
-	}
-    }
-    snprintf(token, sizeof(token), SPAWN_ENV "=%ld %llu %d", (long) getpid(),
-	    (unsigned long long) nonce, deathSignal);
-    envp[j++] = token;
-    envp[j] = NULL;
-
-    error = StartProgram(argv, envp, pair[1], output[1], &pid, &failedExec);
-    for (i = 0; i < argc; i++) {
-	Tcl_DStringFree(&words[i]);
-    }
-    ckfree((char *) words);
-    ckfree((char *) argv);
-    ckfree((char *) envp);
+    error = StartSpawned(objv + 2, objc - 2, nonce, deathSignal, pair[1],
+	    output[1], &pid, &failedExec);
 
     /*
      * The program has its copies; ours go, and with them the queued
