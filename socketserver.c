@@ -979,6 +979,8 @@ static int		GrowList(void **listPtr, int *spacePtr, int count,
 static int		AddPending(PortState *queuePtr, int fd,
 			    const Message *messagePtr);
 static void		RemoveFirstPending(PortState *queuePtr);
+static int		SendCounted(int sock, int32_t *countPtr, int fd,
+			    Message *messagePtr);
 static int		SendUp(PortState *queuePtr, int fd,
 			    Message *messagePtr);
 static int		SendReady(PortState *queuePtr, int fd,
@@ -3826,18 +3828,8 @@ SendUp(
     int fd,
     Message *messagePtr)
 {
-    int32_t *countPtr = &TRAILER(queuePtr->board)->queuedCount;
-    int error;
-
-    __atomic_add_fetch(countPtr, 1, __ATOMIC_SEQ_CST);
-    if (ancil_send_fd(queuePtr->asks.askFds[1], fd, messagePtr,
-	    sizeof(Message), MSG_DONTWAIT) == 0) {
-	return 0;
-    }
-    error = errno;
-    __atomic_sub_fetch(countPtr, 1, __ATOMIC_SEQ_CST);
-    errno = error;
-    return -1;
+    return SendCounted(queuePtr->asks.askFds[1],
+	    &TRAILER(queuePtr->board)->queuedCount, fd, messagePtr);
 }
 
 /*
@@ -3865,12 +3857,40 @@ SendReady(
     int fd,
     Message *messagePtr)
 {
-    int32_t *countPtr = &TRAILER(queuePtr->board)->readyCount;
+    return SendCounted(queuePtr->pending.readyFds[1],
+	    &TRAILER(queuePtr->board)->readyCount, fd, messagePtr);
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * SendCounted --
+ *
+ *	SendUp's and SendReady's work: sends a message (with descriptor fd,
+ *	or none: -1) on sock without blocking, adding 1 to *countPtr before
+ *	the send and taking it back if the send fails.
+ *
+ * Results:
+ *	0 if sent, else -1 and errno.
+ *
+ * Side effects:
+ *	None here: the caller closes its copy.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+SendCounted(
+    int sock,
+    int32_t *countPtr,
+    int fd,
+    Message *messagePtr)
+{
     int error;
 
     __atomic_add_fetch(countPtr, 1, __ATOMIC_SEQ_CST);
-    if (ancil_send_fd(queuePtr->pending.readyFds[1], fd, messagePtr,
-	    sizeof(Message), MSG_DONTWAIT) == 0) {
+    if (ancil_send_fd(sock, fd, messagePtr, sizeof(Message),
+	    MSG_DONTWAIT) == 0) {
 	return 0;
     }
     error = errno;
