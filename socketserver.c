@@ -751,6 +751,7 @@ static void		WatchConnection(Queue *queuePtr, int fd,
 static int		ForgetWatched(Queue *queuePtr, int index,
 			    int closing);
 static int		CloseOldestWatched(Queue *queuePtr);
+static int		AboveSelect(int fd);
 static void		CloseAllWatched(Queue *queuePtr, int counting);
 static int		WatchWaitMs(Queue *queuePtr);
 static void		ServeWatched(Queue *queuePtr, int readable);
@@ -1726,7 +1727,8 @@ MakePending(
  *	A connection that can't be watched (no memory, no room in epoll)
  *	is handed over at once if silent, as without -ready, or closed if
  *	parked, with the reason in lastErrno; a parked one is closed at
- *	once if -keepalive is 0.
+ *	once if -keepalive is 0. Under Tcl 8, one watched moves above
+ *	FD_SETSIZE if it can (AboveSelect).
  *
  *----------------------------------------------------------------------
  */
@@ -1749,6 +1751,7 @@ WatchConnection(
 	close(fd);
 	return;
     }
+    fd = AboveSelect(fd);
     if (queuePtr->numWatched[WATCH_SILENT] + queuePtr->numWatched[WATCH_PARKED]
 	    >= queuePtr->watchLimit) {
 	CloseOldestWatched(queuePtr);
@@ -1817,6 +1820,44 @@ WatchConnection(
     }
     queuePtr->lastWatched[kind] = index;
     queuePtr->numWatched[kind]++;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * AboveSelect --
+ *
+ *	Under Tcl 8's select() notifier (selectNotifier), moves connection
+ *	fd, if it is below FD_SETSIZE, to a close-on-exec number from
+ *	FD_SETSIZE up, if the descriptor limit has one. The connections the
+ *	serving process holds for long (watched, or passed by 'reexec') may
+ *	be thousands, and took every number below 1024: what Tcl opened
+ *	after them (a spawned worker's output, a signal's wake pipe, the
+ *	notifier's own pipe in a program 'reexec' started) got one it
+ *	cannot watch, and the process aborted in FD_SET. No Tcl channel is
+ *	made of these, so their numbers are free to move.
+ *
+ * Results:
+ *	The connection's number: new, or fd if it stays.
+ *
+ * Side effects:
+ *	fd is closed if the connection moved.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+AboveSelect(
+    int fd)
+{
+    int high;
+
+    if (!selectNotifier || fd >= FD_SETSIZE
+	    || (high = fcntl(fd, F_DUPFD_CLOEXEC, FD_SETSIZE)) < 0) {
+	return fd;
+    }
+    close(fd);
+    return high;
 }
 
 /*
@@ -6001,6 +6042,7 @@ AdoptEntries(
 	    continue;
 	}
 	fcntl(fd, F_SETFD, FD_CLOEXEC);
+	fd = AboveSelect(fd);
 	queuePtr->passed++;
 	message.magic = MESSAGE_MAGIC;
 	message.addrLen = length;
