@@ -953,6 +953,7 @@ static void		WatchConnection(PortState *queuePtr, int fd,
 			    Message *messagePtr, WatchKind kind);
 static int		ForgetWatched(PortState *queuePtr, int index,
 			    int closing);
+static int		AboveSelect(int fd);
 static int		CloseOldestWatched(PortState *queuePtr);
 static void		CloseAllWatched(PortState *queuePtr, int counting);
 static int		WatchWaitMs(PortState *queuePtr);
@@ -2737,7 +2738,8 @@ StopAccepting(
  *	A connection that can't be watched (no memory, no room in epoll)
  *	is handed over at once if silent, as without -ready, or closed if
  *	parked, with the reason in lastErrno; a parked one is closed at
- *	once if -keepalive is 0.
+ *	once if -keepalive is 0. Under Tcl 8, one watched moves above
+ *	FD_SETSIZE if it can (AboveSelect).
  *
  *----------------------------------------------------------------------
  */
@@ -2761,6 +2763,7 @@ WatchConnection(
 	close(fd);
 	return;
     }
+    fd = AboveSelect(fd);
     if (queuePtr->watch.numWatched[WATCH_SILENT]
 	    + queuePtr->watch.numWatched[WATCH_PARKED]
 	    >= queuePtr->watch.watchLimit) {
@@ -2832,6 +2835,47 @@ WatchConnection(
     }
     queuePtr->watch.lastWatched[kind] = index;
     queuePtr->watch.numWatched[kind]++;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * AboveSelect --
+ *
+ *	Under Tcl 8's select() notifier (notifier.usesSelect), moves
+ *	connection fd, if it is from FD_SETSIZE/2 to FD_SETSIZE - 1, to a
+ *	close-on-exec number from FD_SETSIZE up, if the descriptor limit has
+ *	one. (Below FD_SETSIZE/2 it stays: a process that holds a few
+ *	connections pays no system call for this, and the upper half of the
+ *	numbers select() can watch is always left to Tcl.) The connections the
+ *	serving process holds for long (watched, or passed by 'reexec') may
+ *	be thousands, and took every number below 1024: what Tcl opened
+ *	after them (a spawned worker's output, a signal's wake pipe, the
+ *	notifier's own pipe in a program 'reexec' started) got one it
+ *	cannot watch, and the process aborted in FD_SET. No Tcl channel is
+ *	made of these, so their numbers are free to move.
+ *
+ * Results:
+ *	The connection's number: new, or fd if it stays.
+ *
+ * Side effects:
+ *	fd is closed if the connection moved.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static int
+AboveSelect(
+    int fd)
+{
+    int high;
+
+    if (!notifier.usesSelect || fd < FD_SETSIZE / 2 || fd >= FD_SETSIZE
+	    || (high = fcntl(fd, F_DUPFD_CLOEXEC, FD_SETSIZE)) < 0) {
+	return fd;
+    }
+    close(fd);
+    return high;
 }
 
 /*
@@ -8070,6 +8114,7 @@ AdoptEntries(
 	    continue;
 	}
 	fcntl(fd, F_SETFD, FD_CLOEXEC);
+	fd = AboveSelect(fd);
 	queuePtr->counts.passed++;
 	message.magic = MESSAGE_MAGIC;
 	message.addrLen = length;
