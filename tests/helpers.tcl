@@ -13,6 +13,10 @@ testConstraint tclx [expr {![info exists ::env(SOCKETSERVER_SINGLE_PROCESS)]
 	&& ![catch {package require Tclx}]}]
 testConstraint ipv6 [expr {![catch {close [socket -server {} -myaddr ::1 0]}]}]
 testConstraint procfs [file isdirectory /proc/self/fd]
+# A supervisor with its workers, or a chain of programs across 'reexec':
+# under valgrind (make memcheck, make asan set SOCKETSERVER_SINGLE_PROCESS)
+# each of their processes takes seconds to start, and their waits time out.
+testConstraint fewProcesses [expr {![info exists ::env(SOCKETSERVER_SINGLE_PROCESS)]}]
 testConstraint prlimit [expr {[auto_execok prlimit] ne ""}]
 # Which build is tested: Linux's own interfaces (epoll, eventfd, memfd,
 # prctl, SO_PEERCRED), or 'make PORTABLE=1', POSIX's alone. A test of what
