@@ -95,10 +95,15 @@ proc reapSpawned {} {
     set ::spawned {}
 }
 
+# Under valgrind (make memcheck sets SOCKETSERVER_SINGLE_PROCESS) every
+# process takes seconds to start: the default bounds of the waits below are
+# six times longer there. They bound a wait for an event, never a pause.
+set ::waitScale [expr {[info exists ::env(SOCKETSERVER_SINGLE_PROCESS)] ? 6 : 1}]
+
 # waitUntil condition ?ms? --
 #	Runs the event loop until the expression holds; an error after ms.
 proc waitUntil {condition {ms 10000}} {
-    set deadline [expr {[clock milliseconds] + $ms}]
+    set deadline [expr {[clock milliseconds] + $ms * $::waitScale}]
     while {![uplevel 1 [list expr $condition]]} {
 	if {[clock milliseconds] > $deadline} {
 	    return -code error "timed out waiting for: $condition"
@@ -127,7 +132,8 @@ proc readLine {chan {ms 10000}} {
 	    set ::readResult($chan) eof
 	}
     }} $chan]
-    set id [after $ms [list set ::readResult($chan) timeout]]
+    set id [after [expr {$ms * $::waitScale}] \
+	[list set ::readResult($chan) timeout]]
     vwait ::readResult($chan)
     after cancel $id
     fileevent $chan readable {}
