@@ -108,8 +108,8 @@ endif
 BUILD     := $(if $(filter-out 0,$(strip $(PORTABLE))),portable,default)
 
 ALL_CFLAGS = $(CFLAGS) $(EXTRA_CFLAGS) -Wall -Wextra -fPIC -pthread \
-             -DUSE_TCL_STUBS $(if $(filter portable,$(BUILD)),-DSOCKETSERVER_PORTABLE) \
-             $(TCL_CFLAGS)
+             -DUSE_TCL_STUBS $(TCL_CFLAGS) \
+             $(if $(filter portable,$(BUILD)),-DSOCKETSERVER_PORTABLE)
 
 # The first auto_path directory under PREFIX (on Debian /usr/local/lib/tcltk),
 # else PREFIX/lib, which 'make install' then tells to put on TCLLIBPATH:

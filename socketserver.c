@@ -863,8 +863,8 @@ static struct {
 #define WATCH_BATCH	64	/* Watched connections' events read at
 				 * once. */
 #define WATCH_POLL_MS	10	/* Without epoll: how often the watched
-				 * connections are looked at all the same
-				 * (a part of a request only then). */
+				 * connections are looked at while one has
+				 * sent a part of a request (lookLater). */
 #define PEEK_MAX	8192	/* With -readyafter, bytes Readiness looks
 				 * at: a request head that fills them is as
 				 * good as whole. */
@@ -2201,8 +2201,7 @@ WaitIdle(
      * hang-ups only (no events asked: POLLHUP and POLLERR always come), and
      * the watched connections, to be woken as one becomes readable, as the
      * epoll instance holds them on Linux; without the memory for that, not
-     * this time (the watched connections are looked at every WATCH_POLL_MS
-     * all the same).
+     * this time: they are looked at every WATCH_POLL_MS instead.
      */
 
     *listenReadyPtr = *askReadyPtr = 0;
@@ -2244,6 +2243,9 @@ WaitIdle(
 	}
     }
     pthread_mutex_unlock(&queueLock);
+    if (fds == few && timeoutMs > WATCH_POLL_MS) {
+	timeoutMs = WATCH_POLL_MS;
+    }
     fds[0].fd = queuePtr->accept.wakeFds[0];
     fds[1].fd = queuePtr->accept.listenFd;
     fds[2].fd = queuePtr->asks.askFds[0];
@@ -2324,6 +2326,12 @@ WaitFor(
     watchMs = WatchWaitMs(queuePtr);
     fds[3].fd = (watchMs >= 0) ? queuePtr->watch.watchPollFd : -1;
     pthread_mutex_unlock(&queueLock);
+#ifndef SS_LINUX
+    /* No epoll instance of them to wait on: look at them this often. */
+    if (watchMs > WATCH_POLL_MS) {
+	watchMs = WATCH_POLL_MS;
+    }
+#endif
     if (watchMs >= 0 && (timeoutMs < 0 || watchMs < timeoutMs)) {
 	timeoutMs = watchMs;
     }
@@ -3027,9 +3035,9 @@ CloseAllWatched(
  *	first watched connection's deadline.
  *
  * Results:
- *	Milliseconds (rounded up), or -1 if nothing is watched. Without
- *	epoll, at most WATCH_POLL_MS: the watched connections are looked at
- *	that often.
+ *	Milliseconds (rounded up), or -1 if nothing is watched. In the
+ *	portable build, at most WATCH_POLL_MS while a part of a request is
+ *	watched (lookLater).
  *
  * Side effects:
  *	None.
@@ -3061,8 +3069,19 @@ WatchWaitMs(
     }
     deadline = (deadline - nowNs + 999999) / 1000000;
 #ifndef SS_LINUX
-    if (deadline > WATCH_POLL_MS) {
-	deadline = WATCH_POLL_MS;
+    /*
+     * The portable build's poll() leaves out the parts of requests: they
+     * are looked at this often.
+     */
+
+    for (kind = 0; deadline > WATCH_POLL_MS && kind < WATCH_KINDS; kind++) {
+	for (index = queuePtr->watch.firstWatched[kind]; index >= 0;
+		index = queuePtr->watch.entries[index].next) {
+	    if (queuePtr->watch.entries[index].lookLater) {
+		deadline = WATCH_POLL_MS;
+		break;
+	    }
+	}
     }
 #endif
     return (deadline > INT_MAX) ? INT_MAX : (int) deadline;
