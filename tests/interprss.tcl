@@ -13,13 +13,7 @@ package require socketserver
 
 lassign $argv count
 
-proc rss {} {
-    set f [open /proc/self/status]
-    set status [read $f]
-    close $f
-    regexp {VmRSS:\s+(\d+)} $status -> kb
-    return $kb
-}
+source [file join [file dirname [info script]] rss.tcl]
 
 set port [::socketserver::socket server -myaddr 127.0.0.1 0]
 set deadline [expr {[clock seconds] + 120}]
