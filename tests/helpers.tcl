@@ -43,6 +43,10 @@ set ::testsDir [file dirname [file normalize [info script]]]
 
 # The library 'make' builds for this Tcl: Tcl 9's are named "libtcl9...".
 set ::libFile lib[expr {[package vsatisfies [info tclversion] 9-] ? "tcl9" : ""}]socketserver2.0[info sharedlibextension]
+
+# The library the tests run against: the one 'package require' loaded
+# (make asan's is in tests/asan).
+set ::libPath [lindex [lsearch -inline -index 1 [info loaded] Socketserver] 0]
 set ::workers {}
 
 # forkWorker script --
