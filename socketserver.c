@@ -1110,7 +1110,7 @@ static int		OpenListener(Tcl_Interp *interp, const char *myaddr,
 static int		OpenNewListener(Tcl_Interp *interp,
 			    const char *myaddr, int port, int backlog,
 			    int *fdPtr, int *boundPortPtr, char *boundAddr);
-static void		AdoptPassed(PortState *queuePtr, int adoptFd);
+static int		AdoptPassed(PortState *queuePtr, int adoptFd);
 static int		AdoptListener(Tcl_Interp *interp, int fd, int port,
 			    int *fdPtr, int *boundPortPtr, char *boundAddr);
 static int		MakeQueueSockets(int askFds[2], int readyFds[2]);
@@ -1161,6 +1161,7 @@ static char *		ReadPassedList(int listFd, int port, int listenFd,
 static int		ParseDecimal(const char **textPtr, int *valuePtr);
 static int		WritePassedList(PortState *queuePtr, int listenFd);
 static int		AboveStandard(int *fdPtr);
+static void		CloseAdopted(int fd);
 static int		StartProgram(char **argv, char **envp, int in,
 			    int out, pid_t *pidPtr, int *failedExecPtr);
 static CommandChannelProc * CommandChannelMaker(void);
@@ -2406,6 +2407,13 @@ AcceptOneConnection(
     fd = accept4(queuePtr->accept.listenFd, (struct sockaddr *) &message.addr,
 	    &addrLen, SOCK_CLOEXEC);
     if (fd >= 0) {
+	/*
+	 * Never at a standard number, which 'reexec' would pass on as the
+	 * new program's stdin, stdout or stderr. (Failing that, with no
+	 * number to spare, it is still served.)
+	 */
+
+	AboveStandard(&fd);
 	message.magic = MESSAGE_MAGIC;
 	message.addrLen = addrLen;
 	queuePtr->counts.accepted++;
@@ -7377,8 +7385,9 @@ ParseServerOptions(
 	    if (optionsPtr->markLength > MARK_MAX
 		    || !IsAscii(optionsPtr->mark, optionsPtr->markLength)) {
 		Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-			"expected at most %d ASCII characters for -readyafter "
-			"but got \"%s\"", MARK_MAX, optionsPtr->mark));
+			"expected at most %d ASCII characters, none NUL, for "
+			"-readyafter but got \"%s\"", MARK_MAX,
+			optionsPtr->mark));
 		Tcl_SetErrorCode(interp, "TCL", "VALUE", "READYAFTER", NULL);
 		return TCL_ERROR;
 	    }
@@ -7600,7 +7609,7 @@ ServerCmd(
     ServerOptions opt;
     struct rlimit limit;
     char boundAddr[NI_MAXHOST];
-    int boundPort, listenFd;
+    int boundPort, listenFd, handedOver;
     PortState *queuePtr;
 
     if (ParseServerOptions(interp, objc, objv, &opt) != TCL_OK) {
@@ -7666,16 +7675,17 @@ ServerCmd(
 	    && limit.rlim_cur / 2 < WATCH_MAX) {
 	queuePtr->watch.watchLimit = (int) (limit.rlim_cur / 2);
     }
-    if (opt.adoptFd >= 0) {
-	AdoptPassed(queuePtr, opt.adoptFd);
-    }
+    handedOver = (opt.adoptFd >= 0 && AdoptPassed(queuePtr, opt.adoptFd));
     pthread_mutex_unlock(&queueLock);
+    if (handedOver) {
+	Tcl_UnsetVar2(interp, "env", LISTENER_ENV, TCL_GLOBAL_ONLY);
+    }
 
     if (StartAccepting(interp, queuePtr, listenFd) != TCL_OK) {
 	return TCL_ERROR;
     }
     if (opt.adoptFd >= 0) {
-	close(opt.adoptFd);
+	CloseAdopted(opt.adoptFd);
     }
     Tcl_SetObjResult(interp, Tcl_NewIntObj(boundPort));
     return TCL_OK;
@@ -7883,8 +7893,9 @@ OpenListener(
 	/* Close-on-exec from the start: another thread may exec. */
 	fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
 		ai->ai_protocol);
-	if (fd < 0) {
+	if (fd < 0 || AboveStandard(&fd) < 0) {
 	    error = errno;
+	    CloseFd(&fd);
 	    continue;
 	}
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) == 0
@@ -7996,18 +8007,18 @@ OpenNewListener(
  *	alone, as is a list that is refused whole (counted once).
  *
  * Results:
- *	None.
+ *	1 if LISTENER_ENV named this listener (the caller removes it, through
+ *	Tcl's env array, which a C unsetenv() would leave stale), else 0.
  *
  * Side effects:
- *	LISTENER_ENV is removed from the environment, the list's file
- *	closed. Each descriptor taken becomes close-on-exec; each connection
+ *	The list's file is closed. Each descriptor taken becomes close-on-exec; each connection
  *	taken is counted in queuePtr->passed; one whose client is gone is
  *	closed, one queue more than OLD_QUEUES too.
  *
  *----------------------------------------------------------------------
  */
 
-static void
+static int
 AdoptPassed(
     PortState *queuePtr,
     int adoptFd)
@@ -8021,7 +8032,7 @@ AdoptPassed(
 	    || !ParseDecimal(&value, &fd) || port != queuePtr->port
 	    || fd != adoptFd) {
 	/* Not the hand-over of this listener. */
-	return;
+	return 0;
     }
     Tcl_InitHashTable(&seen, TCL_ONE_WORD_KEYS);
     Tcl_CreateHashEntry(&seen, (void *) (intptr_t) adoptFd, &isNew);
@@ -8047,7 +8058,7 @@ AdoptPassed(
 	}
     }
     Tcl_DeleteHashTable(&seen);
-    unsetenv(LISTENER_ENV);
+    return 1;
 }
 
 /*
@@ -8103,7 +8114,9 @@ AdoptEntries(
 	    }
 	    continue;
 	}
+	/* 'reexec' passes none at a standard number (AboveStandard). */
 	Tcl_CreateHashEntry(seenPtr, (void *) (intptr_t) fd, &isNew);
+	isNew = isNew && fd > 2;
 	memset(&message, 0, sizeof(message));
 	if (isQueue) {
 	    if (!isNew || !CrossedExecAsQueue(fd)) {
@@ -8246,7 +8259,8 @@ CrossedExecAsQueue(
  *	a list.
  *
  * Side effects:
- *	listFd is closed if it is a regular file that crossed the exec.
+ *	listFd is closed if it is such a list; any other file is left
+ *	alone (it may be the application's).
  *
  *----------------------------------------------------------------------
  */
@@ -8270,7 +8284,6 @@ ReadPassedList(
 	return NULL;
     }
     if (info.st_size > PASSED_MAX) {
-	close(listFd);
 	return NULL;
     }
     list = ckalloc((size_t) info.st_size + 1);
@@ -8285,7 +8298,6 @@ ReadPassedList(
 	}
 	size += (size_t) got;
     }
-    close(listFd);
     list[size] = '\0';
     p = list;
     if (strncmp(p, PASSED_MAGIC " ", sizeof(PASSED_MAGIC)) != 0
@@ -8298,6 +8310,7 @@ ReadPassedList(
 	ckfree(list);
 	return NULL;
     }
+    close(listFd);
     return list;
 }
 
@@ -8385,7 +8398,8 @@ WritePassedList(
 	fcntl(fd, F_SETFD, FD_CLOEXEC);
     }
 #endif
-    if (fd < 0) {
+    if (fd < 0 || AboveStandard(&fd) < 0) {
+	CloseFd(&fd);
 	return -1;
     }
     numQueues = (queuePtr->asks.askFds[0] >= 0);
@@ -8523,7 +8537,8 @@ AdoptListener(
  *
  * MakeQueueSockets --
  *
- *	Makes the two socketpairs of a new queue, close-on-exec: the one
+ *	Makes the two socketpairs of a new queue, close-on-exec and above the
+ *	standard numbers (the queue crosses a 'reexec'): the one
  *	asks travel up, and the one ready connections wait in. The latter's
  *	send buffer is made as small as the kernel allows (about six
  *	messages), so that few connections wait there rather than in the
@@ -8553,9 +8568,17 @@ MakeQueueSockets(
 	    sizeof(smallest)) == 0
 	    && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0,
 		    askFds) == 0) {
-	return 0;
+	if (AboveStandard(&readyFds[0]) == 0 && AboveStandard(&readyFds[1]) == 0
+		&& AboveStandard(&askFds[0]) == 0
+		&& AboveStandard(&askFds[1]) == 0) {
+	    return 0;
+	}
+	error = errno;
+	close(askFds[0]);
+	close(askFds[1]);
+    } else {
+	error = errno;
     }
-    error = errno;
     close(readyFds[0]);
     close(readyFds[1]);
     errno = error;
@@ -9412,6 +9435,42 @@ AboveStandard(
     close(*fdPtr);
     *fdPtr = fd;
     return 0;
+}
+
+/*
+ *----------------------------------------------------------------------
+ *
+ * CloseAdopted --
+ *
+ *	Closes the descriptor 'server -fd' took over (the listener goes on
+ *	as its copy above 2). A standard one (an inetd-style listener on
+ *	standard input) gets /dev/null in its place instead, so that Tcl's
+ *	standard channel never names whatever this process opens next.
+ *
+ * Results:
+ *	None.
+ *
+ * Side effects:
+ *	See above.
+ *
+ *----------------------------------------------------------------------
+ */
+
+static void
+CloseAdopted(
+    int fd)
+{
+    int nullFd;
+
+    if (fd <= 2 && (nullFd = open("/dev/null", O_RDWR | O_CLOEXEC)) >= 0) {
+	/* dup2() clears close-on-exec: a standard descriptor crosses exec. */
+	if (dup2(nullFd, fd) < 0) {
+	    close(fd);
+	}
+	close(nullFd);
+	return;
+    }
+    close(fd);
 }
 
 /*

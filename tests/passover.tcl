@@ -112,7 +112,8 @@ set ::passChans {}
 #	the sh code case rewrites (passwrap.sh). Returns the new program's
 #	info line {watching queued passed ignored} and ready line, and if
 #	serve is 1, what each client got for a line, and the new program's
-#	last line and end. Waits up to a minute for each (three programs
+#	last line and end; if serve is 0, its info, var {LENGTH OPEN} and
+#	ready lines. Waits up to a minute for each (three programs
 #	start one after the other: slow under valgrind).
 proc passOn {case {serve 1}} {
     set ::env(CASE) $case
@@ -126,10 +127,10 @@ proc passOn {case {serve 1}} {
     set clients [lmap n {1 2 3} {connect $port}]
     lappend ::passChans {*}$clients
     set info [lrange [lindex [readLine $chan 60000] 1] 1 end]
-    readLine $chan 60000
+    set var [lrange [lindex [readLine $chan 60000] 1] 1 end]
     set ready [readLine $chan 60000]
     if {!$serve} {
-	return [list $info $ready]
+	return [list $info $var $ready]
     }
     set n 0
     set replies [lmap client $clients {
