@@ -107,11 +107,12 @@ namespace eval ::socketserver::prefork {
 #	or, in a worker, the worker's loop. Does not return in either role.
 proc ::socketserver::prefork::prefork {args} {
     variable Options
-    foreach word $args {
-	if {$word in {-help --help -h}} {
-	    puts [Usage]
-	    exit 0
-	}
+    set i [lsearch -regexp $args {^(-help|--help|-h)$}]
+    if {$i >= 0} {
+	# What an application set before the words it passed on
+	# (prefork -ready 10 {*}$argv handler) shows as its default.
+	puts [Usage [lrange $args 0 [expr {$i - ($i % 2) - 1}]]]
+	exit 0
     }
     if {[llength $args] % 2 == 0} {
 	return -code error -errorcode {SOCKETSERVER PREFORK USAGE} \
@@ -145,12 +146,19 @@ proc ::socketserver::prefork::prefork {args} {
     }
 }
 
-# Usage --
-#	The -help text.
-proc ::socketserver::prefork::Usage {} {
+# Usage given --
+#	The -help text; given, the options and values set before -help,
+#	shows as their defaults (control characters as the escapes
+#	-readyafter takes).
+proc ::socketserver::prefork::Usage {given} {
     variable Options
     set text "usage: socketserver::prefork ?option value ...? handler\n"
     foreach {name default help} $Options {
+	foreach {option value} $given {
+	    if {$option eq $name} {
+		set default [string map {\\ \\\\ \r \\r \n \\n \t \\t} $value]
+	    }
+	}
 	append text [format "  %-13s %s%s\n" $name $help \
 	    [expr {$default eq "" ? "" : " \[$default\]"}]]
     }
