@@ -94,6 +94,12 @@
 #	for each BENCH_BASELINE build, the row where this build's system
 #	calls, and its CPU, per request are highest against the baseline's.
 
+# Every row is a wrk load: without wrk, stop before any server starts.
+if {[auto_execok wrk] eq ""} {
+    puts stderr "wrk is missing: make bench measures every server with it\
+	(Debian: apt-get install wrk)"
+    exit 1
+}
 set here [file dirname [file normalize [info script]]]
 source [file join $here procstat.tcl]
 # For ::socketserver::kill, which stops a server's process group without
