@@ -94,10 +94,16 @@
 #	for each BENCH_BASELINE build, the row where this build's system
 #	calls, and its CPU, per request are highest against the baseline's.
 
+# Every row is a wrk load: without wrk, stop before any server starts.
+if {[auto_execok wrk] eq ""} {
+    puts stderr "wrk is missing: make bench measures every server with it\
+	(Debian: apt-get install wrk)"
+    exit 1
+}
 set here [file dirname [file normalize [info script]]]
 source [file join $here procstat.tcl]
 # For ::socketserver::kill, which stops a server's process group without
-# kill(1) (procps).
+# kill(1) (procps), and ::socketserver::signal (interrupted).
 package require socketserver
 set duration [expr {[info exists env(BENCH_DURATION)] ? $env(BENCH_DURATION) : 3}]
 set rounds [expr {[info exists env(BENCH_ROUNDS)] ? $env(BENCH_ROUNDS) : 3}]
@@ -185,12 +191,24 @@ proc groupAlive {pgid} {
     return 0
 }
 
+# The servers running, a dict from each one's pipe to its process group:
+# what interrupted stops.
+set servers {}
+
 # startServer command --
 #	Runs command in a new session (so its pid is its process group) and
-#	waits for its "ready PORT" line. Returns {pipe pgid port}.
+#	waits for its "ready PORT" line. Returns {pipe pgid port}. The new
+#	session keeps a terminal's SIGINT from the server: interrupted stops
+#	it. Not spawn -parentdeath, for a run killed with SIGKILL: it would
+#	signal the group's leader alone, and the workers of every server
+#	(c_reference's, TclX's, Apache's and Node's children) stop only with
+#	their process group; and the server would get a socket for standard
+#	input and its standard error in the channel its "ready" line comes
+#	on.
 proc startServer {command} {
     set pipe [open |[list setsid {*}$command 2>@stderr] r]
     set pgid [pid $pipe]
+    dict set ::servers $pipe $pgid
     set timer [after 20000 {set ::ready timeout}]
     fileevent $pipe readable [list apply {{pipe} {
 	if {[gets $pipe line] >= 0 || [eof $pipe]} {
@@ -218,6 +236,32 @@ proc stopServer {pipe pgid} {
 	catch {::socketserver::kill KILL -$pgid}
     }
     catch {close $pipe}
+    dict unset ::servers $pipe
+}
+
+# interrupted signal status --
+#	Run when this process gets signal (INT, TERM or HUP), from the event
+#	loop (the next vwait, or the update after the last round): kills
+#	wrk and strace if they run, stops every server still running,
+#	removes the files of strace and Apache and exits with status.
+proc interrupted {signal status} {
+    puts stderr "SIG$signal: stopping the servers"
+    foreach chan [chan names] {
+	if {![dict exists $::servers $chan] && ![catch {pid $chan} pids]} {
+	    foreach process $pids {
+		catch {::socketserver::kill KILL $process}
+	    }
+	}
+    }
+    dict for {pipe pgid} $::servers {
+	stopServer $pipe $pgid
+    }
+    set tmp [expr {[info exists ::env(TMPDIR)] ? $::env(TMPDIR) : "/tmp"}]
+    file delete -force $tmp/socketserver-bench-strace-[pid] $tmp/socketserver-bench-rivet-[pid]
+    exit $status
+}
+foreach {signal status} {INT 130 TERM 143 HUP 129} {
+    ::socketserver::signal $signal [list interrupted $signal $status]
 }
 
 # toMs text --
@@ -629,6 +673,8 @@ for {set round 1} {$round <= $rounds} {incr round} {
 	dict lappend results $item $measured
     }
 }
+# A signal that came while no event loop ran (stopping the last server).
+update
 set rows {}
 dict for {item measured} $results {
     set row [lindex $measured 0]
