@@ -53,7 +53,7 @@ namespace eval ::socketserver::prefork {
 	-ready       0      {hand a connection to a worker only once it has sent something; close it after S silent seconds (0: hand over at once)}
 	-readyafter  {}     {with -ready: ready once what a connection sent contains this string, in which \r, \n, \t, \\ and \xHH stand for those characters (\r\n\r\n: a whole HTTP request head)}
 	-keepalive   5      {close a connection a handler released after S seconds without a request}
-	-graceful    30     {seconds stop and reload wait for connections in progress}
+	-graceful    30     {seconds stop and reload wait for connections in progress, and a reload or upgrade for the new code to load}
 	-log         {}     {command prefix called with each log line (default: stderr)}
 	-user        {}     {run the workers as this user (the supervisor starts as root)}
 	-group       {}     {and this group (default: the user's)}
@@ -191,6 +191,11 @@ proc ::socketserver::prefork::Validate {optionList} {
     }
     dict for {name value} $config {
 	set ok 1
+	if {$name in {-port -backlog -maxrequests -workers} && [Decimal $value]} {
+	    # "08" is 8, as a shell user means it, and is logged so.
+	    set value [scan $value %d]
+	    dict set config $name $value
+	}
 	switch -- $name {
 	    -port {
 		# Systemd may pass the socket; a worker has its queue.
@@ -199,8 +204,8 @@ proc ::socketserver::prefork::Validate {optionList} {
 			|| [info exists ::env(SOCKETSERVER_UPGRADE)]
 			|| [llength [::socketserver::socket info]] > 0))
 		    || ($value ne "" && (
-		    ([string is entier -strict $value] && $value >= 0 && $value <= 65535)
-		    || ![string is entier -strict $value]))}]
+		    ([Decimal $value] && $value <= 65535)
+		    || ![regexp {^[0-9]+$} $value]))}]
 		set want "a port number from 0 to 65535 or a service name"
 	    }
 	    -user - -group {
@@ -208,13 +213,11 @@ proc ::socketserver::prefork::Validate {optionList} {
 		set want "a user or group name"
 	    }
 	    -backlog - -maxrequests {
-		set ok [expr {[string is entier -strict $value] && $value >= 0
-		    && $value <= 1000000000}]
+		set ok [expr {[Decimal $value] && $value <= 1000000000}]
 		set want "a whole number, 0 or more"
 	    }
 	    -workers {
-		set ok [expr {[string is entier -strict $value] && $value >= 1
-		    && $value <= 1024}]
+		set ok [expr {[Decimal $value] && $value >= 1 && $value <= 1024}]
 		set want "a whole number from 1 to 1024"
 	    }
 	    -timeout - -graceful - -ready - -keepalive {
@@ -247,6 +250,14 @@ proc ::socketserver::prefork::Validate {optionList} {
 	}
     }
     return $config
+}
+
+# Decimal value --
+#	Whether value is a whole number written in decimal digits alone (no
+#	sign, space or 0x; at most 10 digits), as the options' numbers must
+#	be; Validate reads them as decimal, leading zeros too.
+proc ::socketserver::prefork::Decimal {value} {
+    regexp {^[0-9]{1,10}$} $value
 }
 
 # Unescape text --
@@ -295,14 +306,15 @@ proc ::socketserver::prefork::Clip {text} {
 
 # Log message --
 #	One line to the -log command, or to stderr with a time stamp and the
-#	supervisor's pid.
+#	supervisor's pid; if the -log command fails, the line goes to
+#	stderr after the reason, so that it is never lost.
 proc ::socketserver::prefork::Log {message} {
     variable Config
     if {[info exists Config] && [dict get $Config -log] ne ""} {
-	if {[catch {uplevel #0 [list {*}[dict get $Config -log] $message]} err]} {
-	    puts stderr "prefork: -log failed: $err"
+	if {![catch {uplevel #0 [list {*}[dict get $Config -log] $message]} err]} {
+	    return
 	}
-	return
+	catch {puts stderr "prefork: -log failed: $err"}
     }
     set stamp [clock format [clock seconds] -format %Y-%m-%dT%H:%M:%S]
     catch {
@@ -351,9 +363,15 @@ proc ::socketserver::prefork::Worker {config handler} {
     interp bgerror {} [namespace code WorkerError]
     trace add execution ::socketserver::socket enter [namespace code Rule]
     ::socketserver::signal TERM [namespace code Leave]
-    # Ctrl-C in a terminal reaches the whole process group: the
-    # supervisor alone decides what it means (a graceful stop first).
-    ::socketserver::signal INT {# left to the supervisor}
+    # Ctrl-C in a terminal, a terminal's hang-up, 'kill -SIG -PGID' and
+    # 'systemctl kill' without --kill-whom=main reach the whole process
+    # group (or unit): the supervisor alone decides what they mean (a
+    # graceful stop first, a reload, ...). Left at their default, HUP,
+    # USR1 and USR2 would end a worker in the middle of a request, and
+    # TTIN or TTOU stop it with connections on their way to it.
+    foreach signal {INT HUP USR1 USR2 TTIN TTOU} {
+	::socketserver::signal $signal {# left to the supervisor}
+    }
     variable READY
     catch {puts $READY}
     Ask
@@ -1681,7 +1699,12 @@ proc ::socketserver::prefork::Resize {delta} {
     variable Workers
     variable Generation
     variable State
-    if {$State eq "stopping" || $Wanted + $delta < 1 || $Wanted + $delta > 1024} {
+    if {$State eq "stopping"} {
+	return
+    }
+    if {$Wanted + $delta < 1 || $Wanted + $delta > 1024} {
+	Log "workers: [Count $Wanted worker], the [expr {$delta < 0
+	    ? "fewest there can be: SIGTTOU" : "most there can be: SIGTTIN"}] ignored"
 	return
     }
     incr Wanted $delta

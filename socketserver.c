@@ -10493,9 +10493,12 @@ ParseSignal(
 	}
     }
     Tcl_SetObjResult(interp, Tcl_ObjPrintf(
-	    "bad signal \"%s\": must be one of %s (with or without SIG)%s",
-	    Tcl_GetString(objPtr), Tcl_GetString(listObj),
-	    (catchable ? "" : ", or a number")));
+	    "bad signal \"%s\": must be one of %s (with or without SIG)",
+	    Tcl_GetString(objPtr), Tcl_GetString(listObj)));
+    if (!catchable) {
+	Tcl_AppendPrintfToObj(Tcl_GetObjResult(interp),
+		", or a number from 0 to %d", NSIG - 1);
+    }
     Tcl_DecrRefCount(listObj);
     Tcl_SetErrorCode(interp, "TCL", "LOOKUP", "SIGNAL", Tcl_GetString(objPtr),
 	    NULL);
