@@ -87,15 +87,23 @@ proc reapWorkers {} {
 # spawn' (their output), for reapSpawned.
 set ::spawned {}
 
-# reapSpawned --
-#	Kills every worker spawned by the test and closes its channel (which
-#	reaps it).
-proc reapSpawned {} {
-    foreach chan $::spawned {
+# stopPipes chans --
+#	Kills the process of each command channel in chans and closes the
+#	channel, blocking, so that close reaps it; a channel already closed
+#	is passed over.
+proc stopPipes {chans} {
+    foreach chan $chans {
 	catch {::socketserver::kill KILL [pid $chan]}
 	catch {fconfigure $chan -blocking 1}
 	catch {close $chan}
     }
+}
+
+# reapSpawned --
+#	Kills every worker spawned by the test and closes its channel (which
+#	reaps it).
+proc reapSpawned {} {
+    stopPipes $::spawned
     set ::spawned {}
 }
 

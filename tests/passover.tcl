@@ -169,10 +169,6 @@ proc passMany {n {prefix {}}} {
 #	Closes every client and kills every program passOn or passMany
 #	started.
 proc passCleanup {} {
-    foreach chan $::passChans {
-	catch {::socketserver::kill KILL [pid $chan]}
-	catch {fconfigure $chan -blocking 1}
-	catch {close $chan}
-    }
+    stopPipes $::passChans
     set ::passChans {}
 }
